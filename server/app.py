@@ -1,0 +1,144 @@
+"""Assembly of one HTTP process: store, sandbox pool, live-script table, dispatcher,
+Tornado application, and their start/stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.web
+
+from server import lint
+from server.catalog import Catalog, catalog
+from server.config import Config
+from server.dispatch import Dispatcher
+from server.http_admin import routes as admin_routes
+from server.http_callback import CallbackHandler
+from server.http_common import NotFoundHandler
+from server.metrics import Metrics
+from server.scripts_table import ScriptTable
+from server.tester import Tester
+
+log = logging.getLogger("scriptgate.app")
+
+
+@dataclass
+class AppState:
+    config: Config
+    catalog: Catalog
+    store: Any
+    pool: Any
+    token: str
+    metrics: Metrics
+    table: ScriptTable
+    dispatcher: Dispatcher
+    tester: Tester
+    recorder: Any = None
+    callback_networks: list[Any] = field(default_factory=list)
+    admin_networks: list[Any] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    async def refresh_scripts(self) -> None:
+        """After an admin write through this instance: serve the change at once."""
+        try:
+            await self.table.refresh()
+        except Exception:  # the watcher will catch up; the write itself succeeded
+            log.warning("could not refresh live scripts after an admin write", exc_info=True)
+
+    def lint(self, command: str, source: str) -> list[dict[str, Any]]:
+        cmd = self.catalog.get(command)
+        return [w.to_json() for w in lint.warnings(cmd, source)] if cmd else []
+
+
+def kv_caller(store: Any) -> Any:
+    """Bind the store's KV entry point to one namespace, once per namespace."""
+    cache: dict[str, Any] = {}
+
+    def for_namespace(namespace: str) -> Any:
+        fn = cache.get(namespace)
+        if fn is None:
+
+            async def fn(op: str, args: list[Any], _ns: str = namespace) -> Any:
+                return await store.kv_call(_ns, op, args)
+
+            cache[namespace] = fn
+        return fn
+
+    return for_namespace
+
+
+async def build_state(config: Config, token: str, *, store: Any = None, pool: Any = None) -> AppState:
+    from sandbox.pool import WorkerPool
+
+    from server.recorder import Recorder
+    from server.store.connect import open_store
+
+    cat = catalog()
+    if store is None:
+        store = await open_store(config.redis, prefix=config.prefix)
+    if pool is None:
+        pool = WorkerPool(size=config.sandbox_workers, memory_mb=config.defaults.budgets.memory_mb)
+        await pool.start()
+    table = ScriptTable(store)
+    dispatcher = Dispatcher(cat, config, table, pool, kv_caller(store))
+
+    async def open_scratch() -> Any:
+        return await open_store(None, prefix="scratch")
+
+    state = AppState(
+        config=config,
+        catalog=cat,
+        store=store,
+        pool=pool,
+        token=token,
+        metrics=Metrics(),
+        table=table,
+        dispatcher=dispatcher,
+        tester=Tester(dispatcher, store, open_scratch),
+        callback_networks=config.networks(admin=False),
+        admin_networks=config.networks(admin=True),
+    )
+    state.recorder = Recorder.create(state)
+    return state
+
+
+def make_app(state: AppState) -> tornado.web.Application:
+    handlers: list[Any] = list(admin_routes(state))
+    handlers.append((r"/admin(/.*)?", NotFoundHandler))
+    handlers.append((r"/(.*)", CallbackHandler, {"state": state}))
+    return tornado.web.Application(
+        handlers,
+        default_handler_class=NotFoundHandler,
+        compress_response=False,
+        serve_traceback=False,
+        xheaders=state.config.trust_proxy,
+    )
+
+
+async def start_background(state: AppState) -> None:
+    """Load the live scripts (if the store answers) and keep them fresh."""
+    with contextlib.suppress(Exception):
+        await state.table.refresh()
+    state.tasks.append(asyncio.create_task(state.table.watch(), name="scripts-watch"))
+    if state.recorder is not None:
+        state.tasks.append(asyncio.create_task(state.recorder.run(), name="recorder"))
+
+
+async def stop(state: AppState) -> None:
+    for task in state.tasks:
+        task.cancel()
+    for task in state.tasks:
+        with contextlib.suppress(BaseException):
+            await task
+    if state.recorder is not None:
+        with contextlib.suppress(Exception):
+            await state.recorder.flush()
+    with contextlib.suppress(Exception):
+        await state.pool.close()
+    with contextlib.suppress(Exception):
+        await state.store.close()

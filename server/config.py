@@ -1,0 +1,242 @@
+"""Server configuration: defaults, the TOML config file, and command-line overrides.
+
+Per-command settings (failure policy, deadline, budgets, KV namespace, recording) come
+from ``[defaults]`` overlaid by ``[commands.<callbackCommand>]``; they are resolved once
+at start into ``CommandSettings`` so the hot path only does a dict lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sandbox.api import Budgets
+
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+DEFAULT_PORT = 10006
+ERRCODE_MIN, ERRCODE_MAX = 100, 2**31 - 1
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    enabled: bool = False
+    sample: float = 1.0  # fraction of callbacks recorded, 0..1
+    max_records: int = 100_000  # per command (stream MAXLEN, approximate)
+    max_age_s: int = 7 * 24 * 3600  # records older than this are trimmed
+    redact: tuple[str, ...] = ()  # request/reply fields replaced by "[redacted]"
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    failure_policy: str = "open"  # open: continue unchanged; closed: reject
+    reject_errcode: int = 5000
+    reject_errmsg: str = "request refused by the callback server"
+    reject_errdlt: str = ""
+    deadline_ms: int = 2000  # whole callback, queueing included; below OpenIM's timeout
+    namespace: str = "default"  # KV namespace the script sees
+    budgets: Budgets = field(default_factory=Budgets)
+    record: RecordSettings = field(default_factory=RecordSettings)
+
+
+_COMMAND_KEYS = {f.name for f in fields(CommandSettings)}
+_RECORD_KEYS = {f.name for f in fields(RecordSettings)}
+
+
+@dataclass
+class Config:
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    redis: str | None = None  # None: embedded in-process store
+    prefix: str = "scriptgate"  # key prefix in Redis, one per deployment
+    workers: int = 0  # HTTP processes sharing the port; 0 = one per core
+    sandbox_workers: int = 4  # script worker processes per HTTP process
+    scripts_dir: str | None = None
+    record: bool = False  # --record: record every command
+    path_prefix: str = ""  # secret path segment(s) callbacks must start with
+    allow_cidrs: tuple[str, ...] = ()  # callback clients allowed; empty = any
+    admin_allow_cidrs: tuple[str, ...] = ()
+    max_body_bytes: int = 1_048_576
+    max_script_bytes: int = 65_536
+    admin_token: str | None = None
+    metrics_public: bool = False  # /metrics without the admin token
+    trust_proxy: bool = False  # take the client address from X-Forwarded-For / X-Real-Ip
+    defaults: CommandSettings = field(default_factory=CommandSettings)
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    record_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source_file: str | None = None
+
+    def settings_for(self, command: str) -> CommandSettings:
+        return _resolve(self, command)
+
+    def networks(self, admin: bool = False) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        cidrs = self.admin_allow_cidrs if admin else self.allow_cidrs
+        return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+def _check_command_settings(where: str, s: CommandSettings) -> None:
+    if s.failure_policy not in ("open", "closed"):
+        raise ConfigError(f"{where}.failure_policy must be 'open' or 'closed'")
+    if type(s.reject_errcode) is not int or not ERRCODE_MIN <= s.reject_errcode <= ERRCODE_MAX:
+        raise ConfigError(f"{where}.reject_errcode must be an integer in {ERRCODE_MIN}..{ERRCODE_MAX}")
+    for name in ("reject_errmsg", "reject_errdlt"):
+        if type(getattr(s, name)) is not str:
+            raise ConfigError(f"{where}.{name} must be a string")
+    if type(s.deadline_ms) is not int or not 50 <= s.deadline_ms <= 14_000:
+        raise ConfigError(f"{where}.deadline_ms must be an integer in 50..14000 (OpenIM caps at 15 s)")
+    if not NAMESPACE_RE.match(str(s.namespace)):
+        raise ConfigError(f"{where}.namespace must match [A-Za-z0-9_-]{{1,64}}")
+    if s.budgets.wall_ms >= s.deadline_ms:
+        raise ConfigError(f"{where}: budgets.wall_ms must be below deadline_ms")
+    r = s.record
+    if not 0.0 <= float(r.sample) <= 1.0:
+        raise ConfigError(f"{where}.record.sample must be between 0 and 1")
+    if type(r.max_records) is not int or r.max_records < 1:
+        raise ConfigError(f"{where}.record.max_records must be a positive integer")
+
+
+def _apply(where: str, base: CommandSettings, table: dict[str, Any]) -> CommandSettings:
+    unknown = set(table) - _COMMAND_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    changes: dict[str, Any] = {k: v for k, v in table.items() if k not in ("budgets", "record")}
+    if "budgets" in table:
+        try:
+            changes["budgets"] = base.budgets.merged(table["budgets"])
+        except (ValueError, AttributeError) as exc:
+            raise ConfigError(f"{where}.budgets: {exc}") from None
+    if "record" in table:
+        changes["record"] = _record(f"{where}.record", base.record, table["record"])
+    return replace(base, **changes)
+
+
+def _record(where: str, base: RecordSettings, table: Any) -> RecordSettings:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = set(table) - _RECORD_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    changes = dict(table)
+    if "redact" in changes:
+        redact = changes["redact"]
+        if not isinstance(redact, list) or not all(isinstance(x, str) for x in redact):
+            raise ConfigError(f"{where}.redact must be a list of field names")
+        changes["redact"] = tuple(redact)
+    return replace(base, **changes)
+
+
+def _resolve(cfg: Config, command: str) -> CommandSettings:
+    s = cfg.defaults
+    if cfg.record:
+        s = replace(s, record=replace(s.record, enabled=True))
+    if command in cfg.overrides:
+        s = _apply(f"commands.{command}", s, cfg.overrides[command])
+    if command in cfg.record_overrides:
+        s = replace(s, record=_record(f"record.commands.{command}", s.record, cfg.record_overrides[command]))
+    return s
+
+
+_TOP_KEYS = {
+    "host", "port", "redis", "prefix", "workers", "sandbox_workers", "scripts_dir", "record",
+    "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
+    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands",
+}
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+
+
+def build(data: dict[str, Any], *, source_file: str | None = None, known_commands: set[str] | None = None) -> Config:
+    """Build and validate a Config from a parsed TOML document."""
+    unknown = set(data) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
+    cfg = Config(source_file=source_file)
+    simple = {k: v for k, v in data.items() if k not in ("defaults", "commands", "record")}
+    for key, value in simple.items():
+        if key in ("allow_cidrs", "admin_allow_cidrs"):
+            if not isinstance(value, list):
+                raise ConfigError(f"{key} must be a list of CIDR strings")
+            value = tuple(value)
+        setattr(cfg, key, value)
+    record = data.get("record")
+    if isinstance(record, bool):
+        cfg.record = record
+    elif isinstance(record, dict):
+        per_command = record.get("commands", {})
+        table = {k: v for k, v in record.items() if k != "commands"}
+        cfg.defaults = replace(cfg.defaults, record=_record("record", cfg.defaults.record, table))
+        if not isinstance(per_command, dict):
+            raise ConfigError("record.commands must be a table")
+        cfg.record_overrides = dict(per_command)
+    elif record is not None:
+        raise ConfigError("record must be true/false or a table")
+    if "defaults" in data:
+        cfg.defaults = _apply("defaults", cfg.defaults, data["defaults"])
+    commands = data.get("commands", {})
+    if not isinstance(commands, dict):
+        raise ConfigError("commands must be a table of callbackCommand tables")
+    cfg.overrides = dict(commands)
+    validate(cfg, known_commands)
+    return cfg
+
+
+def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
+    if type(cfg.port) is not int or not 0 <= cfg.port <= 65535:
+        raise ConfigError("port must be an integer in 0..65535")
+    for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes"):
+        value = getattr(cfg, key)
+        if type(value) is not int or value < (0 if key == "workers" else 1):
+            raise ConfigError(f"{key} must be a positive integer")
+    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cfg.prefix):
+        raise ConfigError("prefix must match [A-Za-z0-9_.-]{1,64}")
+    if cfg.path_prefix:
+        cfg.path_prefix = "/" + cfg.path_prefix.strip("/")
+        if "//" in cfg.path_prefix or len(cfg.path_prefix) < 2:
+            raise ConfigError("path_prefix must be a non-empty path such as 'hook-7f3a9c'")
+    for key in ("allow_cidrs", "admin_allow_cidrs"):
+        for cidr in getattr(cfg, key):
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"{key}: {cidr!r} is not a valid network (e.g. 10.0.0.0/8)") from None
+    _check_command_settings("defaults", cfg.defaults)
+    for command in cfg.overrides:
+        if known_commands is not None and command not in known_commands:
+            raise ConfigError(f"commands.{command}: not an OpenIM callbackCommand")
+        if not isinstance(cfg.overrides[command], dict):
+            raise ConfigError(f"commands.{command} must be a table")
+        _check_command_settings(f"commands.{command}", _resolve(cfg, command))
+    for command in cfg.record_overrides:
+        if known_commands is not None and command not in known_commands:
+            raise ConfigError(f"record.commands.{command}: not an OpenIM callbackCommand")
+        _check_command_settings(f"record.commands.{command}", _resolve(cfg, command))
+
+
+def admin_token_from_env(cfg: Config) -> str | None:
+    return os.environ.get("SCRIPTGATE_ADMIN_TOKEN") or cfg.admin_token or None
+
+
+def load(path: str | None, known_commands: set[str] | None = None) -> Config:
+    if path is None:
+        cfg = Config()
+        validate(cfg, known_commands)
+        return cfg
+    return build(load_file(path), source_file=str(Path(path)), known_commands=known_commands)

@@ -1,0 +1,99 @@
+"""What every HTTP handler shares: JSON errors (never HTML, never a stack trace), request
+bodies read as a stream with a size limit (413 before the body is buffered), and the
+client-network allow-list."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+import orjson
+import tornado.web
+
+log = logging.getLogger("scriptgate.http")
+
+
+class JSONErrorMixin(tornado.web.RequestHandler):
+    """Every error this server sends is a JSON object with ``error`` and ``message``."""
+
+    def json_error(self, status: int, code: str, message: str, **extra: Any) -> None:
+        if self._finished:
+            return
+        self.clear()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        body = {"error": code, "message": message, **extra}
+        self.finish(orjson.dumps(body))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if exc and not isinstance(exc[1], tornado.web.HTTPError):
+            log.error("unhandled error on %s %s", self.request.method, self.request.path, exc_info=exc)
+        reason = {
+            400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+        }.get(status_code, "internal_error" if status_code >= 500 else "error")
+        message = self._reason if status_code < 500 else "internal error (see the server log)"
+        self.set_header("Content-Type", "application/json")
+        self.finish(orjson.dumps({"error": reason, "message": message}))
+
+
+class StreamedBody(JSONErrorMixin):
+    """Reads the request body in chunks so oversized bodies are refused with 413 before
+    they are buffered (Tornado would otherwise read them whole, or drop the connection)."""
+
+    body_limit = 1_048_576
+
+    def limit_for_request(self) -> int:
+        return self.body_limit
+
+    def too_large(self, limit: int) -> None:
+        self.json_error(413, "payload_too_large", f"request body is larger than {limit} bytes")
+
+    def prepare(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = self.limit_for_request()
+        length = self.request.headers.get("Content-Length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                self.json_error(400, "bad_request", "invalid Content-Length")
+                return
+            if declared > self._limit:
+                self.too_large(self._limit)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._size += len(chunk)
+        if self._size > self._limit:
+            self._chunks = []
+            self.too_large(self._limit)
+            return
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        chunks = self._chunks
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def client_allowed(remote_ip: str | None, networks: list[Any]) -> bool:
+    if not networks:
+        return True
+    if not remote_ip:
+        return False
+    try:
+        address = ipaddress.ip_address(remote_ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    return any(address in net for net in networks)
+
+
+class NotFoundHandler(JSONErrorMixin):
+    def prepare(self) -> None:
+        self.json_error(404, "not_found", f"no such endpoint: {self.request.method} {self.request.path}")
