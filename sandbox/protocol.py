@@ -1,0 +1,155 @@
+"""Framing and messages between the host (``sandbox.pool``) and a worker (``sandbox.worker``).
+
+Wire format, both directions, over a SOCK_STREAM socketpair::
+
+    u32 big-endian header length | u32 big-endian body length | header | body
+
+``header`` is one orjson-encoded JSON object with a string ``"t"`` (the message type).
+``body`` is raw bytes that are not re-encoded: the request payload JSON the host already
+validated rides in the ``run`` frame as-is (so a 100 KB payload is never parsed and dumped
+again on the host side). Every other message has an empty body.
+
+Host -> worker:
+    run     {"t","id","sha","b": budgets, "src"?: source}      body = payload JSON
+            ("src" is sent only when the host believes the worker lacks that sha)
+    check   {"t","id","src","cpu_s"}
+    kvr     {"t","id","ok": value} | {"t","id","err": "kv"|"unavailable","msg"}
+    probe   {"t","id","name"}            only honoured by workers started with --test-hooks
+Worker -> host:
+    ready   {"t","pid","confine": report}
+    fatal   {"t","msg"}                  startup failed; the worker exits
+    need    {"t","id"}                   the worker lacks the sha: resend with "src"
+    kv      {"t","id","op","args"}       one KV call; the worker blocks until "kvr"
+    done    {"t","id","r": RunResult.to_wire(), "cached": bool, "cpu": seconds used}
+    checked {"t","id","issues": [[line, col, message], ...]}
+    probed  {"t","id","r": value}
+
+The worker is untrusted: the host bounds frame sizes (``MAX_FROM_WORKER``) and checks every
+message's shape before acting on it. The worker trusts the host but still bounds what it
+accepts so a host bug cannot make it allocate without limit.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+HEADER = struct.Struct(">II")
+HEADER_SIZE = HEADER.size
+
+# A worker's biggest legitimate frame is a result (bounded by Budgets.result_bytes, 1 MiB by
+# default, plus logs) or a KV call (<= 1000 members x value size). 8 MiB leaves room for
+# raised budgets while keeping a hostile worker from making the host buffer gigabytes.
+MAX_FROM_WORKER = 8 * 1024 * 1024
+# Sources and payloads are bounded by the HTTP layer; this is only a backstop.
+MAX_FROM_HOST = 64 * 1024 * 1024
+
+# Message types
+RUN, CHECK, KVR, PROBE = "run", "check", "kvr", "probe"
+READY, FATAL, NEED, KV, DONE, CHECKED, PROBED = "ready", "fatal", "need", "kv", "done", "checked", "probed"
+
+# KV error classes carried in "kvr" frames
+KV_ERR, KV_UNAVAILABLE = "kv", "unavailable"
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not a well-formed frame or message."""
+
+
+def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
+    head = orjson.dumps(header)
+    return HEADER.pack(len(head), len(body)) + head + body
+
+
+def encode_raw(head: bytes, body: bytes = b"") -> bytes:
+    """Frame an already-encoded header (lets the host splice precomputed JSON)."""
+    return HEADER.pack(len(head), len(body)) + head + body
+
+
+def parse_header(raw: bytes | memoryview) -> dict[str, Any]:
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("frame header is not JSON") from None
+    if type(msg) is not dict or type(msg.get("t")) is not str:
+        raise ProtocolError("frame header is not a message object")
+    return msg
+
+
+class FrameDecoder:
+    """Incremental decoder for a non-blocking reader (the host's asyncio protocol).
+
+    ``feed`` returns the complete frames in the data so far as (message, body) pairs and
+    keeps any partial frame. A length over ``limit`` raises ProtocolError *before* the bytes
+    arrive, so a peer cannot make us buffer more than ``limit`` (+ one read).
+    """
+
+    __slots__ = ("_buf", "_limit")
+
+    def __init__(self, limit: int = MAX_FROM_WORKER) -> None:
+        self._buf = bytearray()
+        self._limit = limit
+
+    def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        out: list[tuple[dict[str, Any], bytes]] = []
+        pos, end = 0, len(data)
+        view = memoryview(data)
+        while end - pos >= HEADER_SIZE:
+            hlen, blen = HEADER.unpack_from(data, pos)
+            if hlen == 0 or hlen + blen > self._limit:
+                raise ProtocolError(f"frame of {hlen + blen} bytes exceeds the limit")
+            stop = pos + HEADER_SIZE + hlen + blen
+            if stop > end:
+                break
+            start = pos + HEADER_SIZE
+            msg = parse_header(view[start : start + hlen])
+            body = bytes(view[start + hlen : stop]) if blen else b""
+            out.append((msg, body))
+            pos = stop
+        if pos < end:
+            self._buf += view[pos:]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+class BlockingChannel:
+    """The worker's side: blocking reads and writes on one connected socket.
+
+    Reads go through a buffered file so a header + body usually costs one recv syscall.
+    """
+
+    def __init__(self, sock: Any, limit: int = MAX_FROM_HOST) -> None:
+        self._sock = sock
+        self._rfile = sock.makefile("rb", buffering=65536)
+        self._limit = limit
+
+    def recv(self) -> tuple[dict[str, Any], bytes] | None:
+        """Next message, or None on a clean EOF from the host."""
+        head = self._rfile.read(HEADER_SIZE)
+        if not head:
+            return None
+        if len(head) < HEADER_SIZE:
+            raise ProtocolError("truncated frame")
+        hlen, blen = HEADER.unpack(head)
+        if hlen == 0 or hlen + blen > self._limit:
+            raise ProtocolError("frame too large")
+        raw = self._rfile.read(hlen + blen)
+        if len(raw) < hlen + blen:
+            raise ProtocolError("truncated frame")
+        view = memoryview(raw)
+        return parse_header(view[:hlen]), bytes(view[hlen:]) if blen else b""
+
+    def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+        self._sock.sendall(encode(header, body))
+
+    def send_raw(self, frame: bytes) -> None:
+        self._sock.sendall(frame)
