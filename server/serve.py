@@ -11,8 +11,10 @@ import secrets
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from server.config import Config
 
@@ -20,6 +22,16 @@ log = logging.getLogger("scriptgate.serve")
 # Tornado must never drop an oversized request before our handler can answer 413 with a
 # JSON body; the real per-endpoint limits are enforced while streaming the body.
 TORNADO_MAX_BODY = 1 << 30
+
+
+def redact_url(url: str) -> str:
+    """The store URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
 
 
 def resolve_token(cfg: Config) -> tuple[str, bool]:
@@ -91,6 +103,13 @@ async def serve_process(cfg: Config, token: str, sockets: list[Any] | None, load
     else:
         server.add_sockets(sockets)
     await start_background(state)
+    where = redact_url(cfg.redis) if cfg.redis else "embedded (in-process, not persistent)"
+    print(
+        f"scriptgate: ready on http://{cfg.host}:{cfg.port} (pid {os.getpid()}, store: {where}, "
+        f"{cfg.sandbox_workers} sandbox workers)",
+        file=sys.stderr,
+        flush=True,
+    )
     if load_scripts and cfg.scripts_dir:
         if state.store.healthy:
             await load_scripts_dir(state, cfg.scripts_dir)
@@ -107,9 +126,69 @@ async def serve_process(cfg: Config, token: str, sockets: list[Any] | None, load
     await stop(state)
 
 
+def supervise(workers: int, child_main: Any) -> int:
+    """Fork ``workers`` HTTP processes, restart any that dies, forward SIGTERM/SIGINT.
+
+    Tornado's fork_processes does not pass signals on, which would leave orphans behind a
+    process manager's stop; this loop does, and gives up on a crash loop.
+    """
+    children: dict[int, int] = {}
+    restarts: list[float] = []
+    stopping = False
+
+    def spawn(task_id: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            code = 0
+            try:
+                child_main(task_id)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+                if not isinstance(exc.code, int) and exc.code:
+                    print(exc.code, file=sys.stderr, flush=True)
+            except BaseException:
+                log.exception("HTTP process %d failed", task_id)
+                code = 1
+            os._exit(code)
+        children[pid] = task_id
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for task_id in range(workers):
+        spawn(task_id)
+    exit_code = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        task_id = children.pop(pid, None)
+        if task_id is None or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 30] + [now]
+        if len(restarts) > 5 * workers:
+            log.error("HTTP processes keep dying (last exit %s); stopping", code)
+            on_signal(signal.SIGTERM, None)
+            exit_code = 1
+            continue
+        log.warning("HTTP process %d exited with %s; restarting it", task_id, code)
+        spawn(task_id)
+    return exit_code
+
+
 def run(cfg: Config) -> int:
     import tornado.netutil
-    import tornado.process
 
     token, generated = resolve_token(cfg)
     if generated:
@@ -119,33 +198,19 @@ def run(cfg: Config) -> int:
             flush=True,
         )
     workers = cfg.workers or os.cpu_count() or 1
-    store_desc = cfg.redis or "embedded (in-process, not persistent)"
     if workers == 1:
-        print(f"scriptgate: listening on http://{cfg.host}:{cfg.port} (store: {store_desc})", file=sys.stderr, flush=True)
         asyncio.run(serve_process(cfg, token, None, True))
         return 0
     # Several processes share the listening socket and one store.
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="scriptgate-metrics-"))
-    embedded = None
+    stop_embedded = None
     if cfg.redis is None:
         from server.store.connect import start_embedded_server
 
-        url, embedded = start_embedded_server()
-        cfg.redis = url
-        store_desc = f"embedded (shared by {workers} processes, not persistent)"
+        cfg.redis, stop_embedded = start_embedded_server()
     sockets = tornado.netutil.bind_sockets(cfg.port, cfg.host)
-    print(
-        f"scriptgate: listening on http://{cfg.host}:{cfg.port} with {workers} processes (store: {store_desc})",
-        file=sys.stderr,
-        flush=True,
-    )
     try:
-        task_id = tornado.process.fork_processes(workers, max_restarts=100)
-    except KeyboardInterrupt:
-        return 0
+        return supervise(workers, lambda task_id: asyncio.run(serve_process(cfg, token, sockets, task_id == 0)))
     finally:
-        # Only the parent gets here when its children have all exited.
-        if embedded is not None and tornado.process.task_id() is None:
-            embedded()
-    asyncio.run(serve_process(cfg, token, sockets, task_id == 0))
-    return 0
+        if stop_embedded is not None:
+            stop_embedded()
