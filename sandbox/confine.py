@@ -254,7 +254,7 @@ def _close_fds(keep: set[int]) -> None:
 def _set_rlimits(memory_mb: int, max_fd: int) -> None:
     mem = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    cpu_used = _cpu_seconds()
+    cpu_used = cpu_seconds()
     hard_cpu = int(cpu_used) + LIFETIME_CPU_S
     resource.setrlimit(resource.RLIMIT_CPU, (hard_cpu, hard_cpu))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
@@ -265,7 +265,7 @@ def _set_rlimits(memory_mb: int, max_fd: int) -> None:
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
 
 
-def _cpu_seconds() -> float:
+def cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
 
@@ -274,7 +274,7 @@ def set_call_limits(wall_ms: int, memory_mb: int) -> None:
     """Per-call soft limits: CPU = used + wall budget + margin (so a C loop that ignores
     signals still gets SIGXCPU even if the host is slow to kill us), memory = the call's
     budget (never above the hard limit fixed at start)."""
-    soft_cpu = int(_cpu_seconds()) + -(-wall_ms // 1000) + CPU_MARGIN_S
+    soft_cpu = int(cpu_seconds()) + -(-wall_ms // 1000) + CPU_MARGIN_S
     hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
     if hard_cpu != resource.RLIM_INFINITY:
         soft_cpu = min(soft_cpu, hard_cpu)

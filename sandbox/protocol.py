@@ -58,8 +58,15 @@ class ProtocolError(Exception):
     """The peer sent something that is not a well-formed frame or message."""
 
 
+def _plain(value: Any) -> Any:
+    # KV results may hold sets (smembers); everything else orjson does not know is refused.
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = orjson.dumps(header)
+    head = orjson.dumps(header, default=_plain)
     return HEADER.pack(len(head), len(body)) + head + body
 
 

@@ -1,0 +1,785 @@
+"""Asyncio pool of pre-started sandbox worker processes (``sandbox.worker``).
+
+Scripts never run in the host process. Each call is sent to an idle worker over its own
+socketpair (``sandbox.protocol``); KV operations come back to the host, which owns the
+store, as ``kv`` frames that it re-validates and answers. The host always answers on time:
+
+* waiting for a free worker counts against the caller's ``deadline``;
+* a call that has not finished by ``min(deadline, start + wall budget + grace)`` gets its
+  worker SIGKILLed (reaped and replaced in the background) and a ``budget`` error;
+* a worker that dies by itself (address-space limit, SIGXCPU, segfault) fails only the
+  call it was running, and is replaced;
+* a worker that breaks the protocol (oversized or malformed frames, messages it was not
+  asked for, more KV operations than the budget) is killed on the spot. Workers are
+  untrusted: nothing they send is acted on before its shape is checked.
+
+Workers are recycled (killed quietly and replaced) after ``max_calls_per_worker`` calls
+and after any call that ended in a budget, policy or invalid-result error, so a call that
+misbehaved never shares a process with a later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sandbox import kvops, protocol
+from sandbox.api import (
+    ALLOW,
+    BUDGET,
+    DENY,
+    ERROR,
+    ERROR_KINDS,
+    INVALID_RESULT,
+    MODIFY,
+    POLICY,
+    UNAVAILABLE,
+    Budgets,
+    CompileIssue,
+    KVError,
+    KVUnavailable,
+    RunResult,
+    ScriptError,
+    bounded,
+)
+from sandbox.confine import LIFETIME_CPU_S
+
+log = logging.getLogger("scriptgate.sandbox")
+
+KVCall = Callable[[str, list], Awaitable[Any]]
+
+_STARTING, _IDLE, _BUSY, _DEAD = "starting", "idle", "busy", "dead"
+_VERDICTS = (ALLOW, MODIFY, DENY, ERROR)
+# Worker exit codes (sandbox.worker); duplicated here so the host never imports the
+# worker module (which pulls in the runtime and RestrictedPython).
+_EXIT_OOM, _EXIT_PROTOCOL, _EXIT_FATAL = 71, 72, 73
+_MAX_ISSUES = 100
+_MAX_LOG_LINES = 10_000
+# A worker that reports this much CPU used is replaced before its hard RLIMIT_CPU
+# (LIFETIME_CPU_S) could cut a legitimate call short.
+_CPU_RECYCLE_S = LIFETIME_CPU_S / 2
+
+
+class WorkerStartError(RuntimeError):
+    """A worker process could not be started or did not become ready in time."""
+
+
+class _WorkerGone(Exception):
+    """The worker died or was killed while a call was waiting on it."""
+
+
+class _Violation(Exception):
+    """The worker broke the protocol; ``result`` is what the call returns."""
+
+    def __init__(self, reason: str, result: RunResult | None = None) -> None:
+        super().__init__(reason)
+        self.result = result or RunResult.failed(INVALID_RESULT, "sandbox worker sent a malformed message")
+
+
+def worker_env() -> dict[str, str]:
+    """The complete environment of a worker: nothing inherited from the host, where the
+    admin token and Redis credentials live."""
+    root = Path(__file__).resolve().parent.parent
+    return {
+        "PATH": "/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TZ": "UTC",
+        "PYTHONPATH": str(root),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONSAFEPATH": "1",
+    }
+
+
+class _Conn(asyncio.Protocol):
+    """Reads frames from one worker and hands each message to it."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.decoder = protocol.FrameDecoder(protocol.MAX_FROM_WORKER)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.worker.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        worker = self.worker
+        try:
+            frames = self.decoder.feed(data)
+        except protocol.ProtocolError as exc:
+            worker.kill(f"protocol: {exc}")
+            return
+        for msg, body in frames:
+            if worker.state == _DEAD:
+                return
+            if body:
+                worker.kill("protocol: unexpected frame body")
+                return
+            worker.on_message(msg)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.worker.on_eof()
+
+
+class _Worker:
+    """Host-side handle of one worker process."""
+
+    def __init__(self, pool: WorkerPool, proc: subprocess.Popen, pidfd: int | None) -> None:
+        self.pool = pool
+        self.proc = proc
+        self.pid = proc.pid
+        self.pidfd = pidfd
+        self.loop = pool._loop
+        self.transport: asyncio.Transport | None = None
+        self.state = _STARTING
+        self.ready: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.exited: asyncio.Future[int] = self.loop.create_future()
+        self.waiter: asyncio.Future[dict[str, Any] | None] | None = None
+        self.calls = 0
+        self.cpu = 0.0
+        self.known: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.killed_reason: str | None = None  # set when the host killed it
+        self.confine: dict[str, Any] = {}
+        self._poll_handle: asyncio.TimerHandle | None = None
+        if pidfd is not None:
+            self.loop.add_reader(pidfd, self._reap)
+        else:  # no pidfd (old kernel): poll for the exit
+            self._poll_handle = self.loop.call_later(0.05, self._poll_exit)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.state != _DEAD
+
+    def _reap(self) -> None:
+        rc = self.proc.poll()
+        if rc is None:
+            return  # spurious wake-up
+        if self.pidfd is not None:
+            self.loop.remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+        if not self.exited.done():
+            self.exited.set_result(rc)
+        if self.state != _DEAD:
+            self._mark_dead(None)
+
+    def _poll_exit(self) -> None:
+        if self.proc.poll() is None:
+            self._poll_handle = self.loop.call_later(0.05, self._poll_exit)
+        else:
+            self._reap()
+
+    def _mark_dead(self, reason: str | None) -> None:
+        was_ready = self.state != _STARTING
+        self.state = _DEAD
+        if reason is not None and self.killed_reason is None:
+            self.killed_reason = reason
+        if self.transport is not None:
+            self.transport.abort()
+        if not self.ready.done():
+            self.ready.set_exception(WorkerStartError(reason or "worker exited during startup"))
+            self.ready.exception()  # retrieved here: start() may have given up already
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # None = gone; never an exception nobody retrieves
+        self.pool._worker_gone(self, replace=was_ready)
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL now (idempotent). The exit is reaped asynchronously by ``_reap``."""
+        if self.pidfd is not None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        elif self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                self.proc.kill()
+        if self.state != _DEAD:
+            if not reason.startswith("recycle"):
+                log.warning("sandbox worker %d killed: %s", self.pid, reason)
+            self._mark_dead(reason)
+
+    def on_eof(self) -> None:
+        if self.state == _DEAD:
+            return
+        # The worker closed its end: it is exiting (crash, limit) or misbehaving. Keep
+        # the exit status for classification; kill it if it does not go away promptly.
+        self._mark_dead(None)
+        self.loop.call_later(0.5, self._kill_if_running)
+
+    def _kill_if_running(self) -> None:
+        if not self.exited.done():
+            self.kill("closed its channel but kept running")
+
+    # --- messages ----------------------------------------------------------------------
+
+    def expect(self) -> asyncio.Future[dict[str, Any] | None]:
+        if self.state == _DEAD:
+            raise _WorkerGone()
+        fut = self.loop.create_future()
+        self.waiter = fut
+        return fut
+
+    def send(self, frame: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(frame)
+
+    def on_message(self, msg: dict[str, Any]) -> None:
+        if self.state == _STARTING:
+            if msg["t"] == protocol.READY and type(msg.get("confine")) is dict and not self.ready.done():
+                self.ready.set_result(msg)
+            elif msg["t"] == protocol.FATAL:
+                self.kill(f"startup failed: {bounded(str(msg.get('msg')), 300)}")
+            else:
+                self.kill("protocol: unexpected message during startup")
+            return
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # Nobody asked: a flood, or a message outside a call. Never buffered.
+            self.kill(f"protocol: unsolicited {bounded(msg['t'], 20)!r} message")
+            return
+        self.waiter = None
+        waiter.set_result(msg)
+
+    async def wait_exit(self, until: float) -> int | None:
+        if not self.exited.done():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(max(until, self.loop.time() + 0.01)):
+                    await asyncio.shield(self.exited)
+        return self.exited.result() if self.exited.done() else None
+
+
+class WorkerPool:
+    """Pre-started sandbox workers; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        size: int = 4,
+        memory_mb: int = 512,
+        max_calls_per_worker: int = 10_000,
+        *,
+        max_queue: int | None = None,
+        grace_ms: int = 100,
+        start_timeout: float = 15.0,
+        script_cache: int = 64,
+        worker_stderr: bool = False,
+        test_hooks: bool = False,
+        worker_cmd: list[str] | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("size must be at least 1")
+        self.size = size
+        self.memory_mb = memory_mb
+        self.max_calls_per_worker = max_calls_per_worker
+        self.max_queue = max_queue if max_queue is not None else max(64, 64 * size)
+        self.grace = grace_ms / 1000
+        self.start_timeout = start_timeout
+        self.script_cache = script_cache
+        self._stderr = None if worker_stderr else subprocess.DEVNULL
+        self._test_hooks = test_hooks
+        self._worker_cmd = worker_cmd  # tests: a fake (hostile) worker
+        self._env = worker_env()
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._workers: set[_Worker] = set()
+        self._idle: list[_Worker] = []
+        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        self._tasks: set[asyncio.Task] = set()
+        self._ids = itertools.count(1)
+        self._budget_wire: dict[Budgets, dict[str, int]] = {}
+        self._started = False
+        self._closing = False
+        self._spawn_failures = 0
+        self.spawned = self.killed = self.recycled = self.calls = 0
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start ``size`` workers concurrently; return when all are ready."""
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        results = await asyncio.gather(*(self._spawn() for _ in range(self.size)), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await self.close()
+            raise WorkerStartError(f"{len(errors)} of {self.size} sandbox workers failed to start: {errors[0]}")
+
+    async def close(self) -> None:
+        self._closing = True
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        workers = list(self._workers)
+        for w in workers:
+            w.kill("recycle: pool closed")
+        exits = [w.exited for w in workers if not w.exited.done()]
+        if exits:
+            await asyncio.wait(exits, timeout=5)
+
+    async def __aenter__(self) -> WorkerPool:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _command(self, fd: int) -> list[str]:
+        tail = ["--fd", str(fd), "--memory-mb", str(self.memory_mb), "--parent", str(os.getpid())]
+        if self._test_hooks:
+            tail.append("--test-hooks")
+        if self._worker_cmd is not None:
+            return [*self._worker_cmd, *tail]
+        # -P: no script dir on sys.path, -s: no user site, -B: never write .pyc
+        return [sys.executable, "-P", "-s", "-B", "-m", "sandbox.worker", *tail]
+
+    async def _spawn(self) -> _Worker:
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                self._command(child_sock.fileno()),
+                pass_fds=(child_sock.fileno(),),
+                close_fds=True,
+                env=self._env,
+                cwd="/",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                start_new_session=True,  # the host's terminal signals are not the worker's
+            )
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        try:
+            pidfd: int | None = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pidfd = None
+        worker = _Worker(self, proc, pidfd)
+        self._workers.add(worker)
+        self.spawned += 1
+        try:
+            parent_sock.setblocking(False)
+            await self._loop.create_unix_connection(lambda: _Conn(worker), sock=parent_sock)
+            async with asyncio.timeout(self.start_timeout):
+                ready = await worker.ready
+        except BaseException as exc:
+            worker.kill(f"startup failed: {exc!r}")
+            if isinstance(exc, (Exception, TimeoutError)):
+                raise WorkerStartError(f"sandbox worker did not start: {worker.killed_reason}") from None
+            raise
+        worker.confine = ready["confine"]
+        for warning in worker.confine.get("warnings") or []:
+            log.warning("sandbox worker %d: %s", worker.pid, warning)
+        if self._closing:
+            worker.kill("recycle: pool closed")
+            raise WorkerStartError("pool closed")
+        worker.state = _BUSY
+        self._release(worker)
+        return worker
+
+    def _worker_gone(self, worker: _Worker, replace: bool) -> None:
+        self._workers.discard(worker)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(worker)
+        reason = worker.killed_reason or ""
+        if reason.startswith("recycle"):
+            if not self._closing:
+                self.recycled += 1
+        else:
+            self.killed += 1
+        # A worker that never became ready is retried by whoever spawned it (_replace);
+        # replacing it here too would multiply spawns while something is broken.
+        if replace and not self._closing:
+            task = self._loop.create_task(self._replace())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self) -> None:
+        # Back off while spawning keeps failing (broken install, fork limits) instead of
+        # burning CPU in a tight respawn loop; callers meanwhile wait or time out.
+        if self._spawn_failures:
+            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self._spawn_failures, 6)))
+        try:
+            await self._spawn()
+            self._spawn_failures = 0
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._spawn_failures += 1
+            log.error("could not start a replacement sandbox worker: %s", exc)
+            if not self._closing:
+                task = self._loop.create_task(self._replace())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    # --- handing out workers -----------------------------------------------------------
+
+    def _release(self, worker: _Worker) -> None:
+        if worker.state == _DEAD:
+            return
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                worker.state = _BUSY
+                fut.set_result(worker)
+                return
+        worker.state = _IDLE
+        self._idle.append(worker)
+
+    def _take_idle(self, sha: str) -> _Worker | None:
+        idle = self._idle
+        if not idle:
+            return None
+        # Prefer a worker that already compiled this script; else the most recent one.
+        for i in range(len(idle) - 1, -1, -1):
+            if sha in idle[i].known:
+                worker = idle.pop(i)
+                break
+        else:
+            worker = idle.pop()
+        worker.state = _BUSY
+        return worker
+
+    def _reclaim(self, fut: asyncio.Future[_Worker]) -> None:
+        # The waiter gave up (deadline or cancellation); if a worker was handed to it in
+        # the meantime, give that worker to the next caller.
+        if fut.done():
+            if not fut.cancelled() and fut.exception() is None:
+                self._release(fut.result())
+        else:
+            fut.cancel()
+
+    async def _acquire(self, sha: str, deadline: float) -> _Worker | RunResult:
+        if self._closing or not self._started:
+            return RunResult.failed(UNAVAILABLE, "sandbox is not running")
+        worker = self._take_idle(sha)
+        if worker is not None:
+            return worker
+        if sum(1 for f in self._waiters if not f.done()) >= self.max_queue:
+            return RunResult.failed(BUDGET, "sandbox overloaded")
+        fut: asyncio.Future[_Worker] = self._loop.create_future()
+        self._waiters.append(fut)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await fut
+        except TimeoutError:
+            self._reclaim(fut)
+            return RunResult.failed(BUDGET, "budget exceeded: wall time (no sandbox worker was free before the deadline)")
+        except asyncio.CancelledError:
+            self._reclaim(fut)
+            if self._closing and fut.cancelled():
+                return RunResult.failed(UNAVAILABLE, "sandbox is shutting down")
+            raise
+
+    def _finish(self, worker: _Worker, result: RunResult | None) -> None:
+        """Return a worker after a call, or retire it."""
+        if worker.state == _DEAD:
+            return
+        error = result.error if result is not None else None
+        if error is not None and error.kind in (BUDGET, POLICY, INVALID_RESULT):
+            worker.kill(f"recycle: after a {error.kind} error")
+        elif worker.calls >= self.max_calls_per_worker:
+            worker.kill("recycle: call limit reached")
+        elif worker.cpu >= _CPU_RECYCLE_S:
+            worker.kill("recycle: CPU time limit approaching")
+        else:
+            self._release(worker)
+
+    # --- calls -------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        source: str,
+        sha256: str,
+        payload_json: bytes,
+        budgets: Budgets,
+        kv: KVCall,
+        deadline: float,
+    ) -> RunResult:
+        """Run ``handle(payload)`` of ``source`` in a worker; always returns by ``deadline``."""
+        loop = self._loop or asyncio.get_running_loop()
+        while True:
+            acquired = await self._acquire(sha256, deadline)
+            if isinstance(acquired, RunResult):
+                return acquired
+            if acquired.alive:
+                break
+        worker = acquired
+        start = loop.time()
+        wall_limit = start + budgets.wall_ms / 1000 + self.grace
+        limit = min(deadline, wall_limit)
+        call_id = next(self._ids)
+        head: dict[str, Any] = {"t": protocol.RUN, "id": call_id, "sha": sha256, "b": self._wire(budgets)}
+        if sha256 not in worker.known:
+            head["src"] = source
+        worker.calls += 1
+        self.calls += 1
+        kv_ops = 0
+        result: RunResult | None = None
+        try:
+            async with asyncio.timeout_at(limit):
+                fut = worker.expect()
+                worker.send(protocol.encode(head, payload_json))
+                while True:
+                    msg = await fut
+                    if msg is None:
+                        raise _WorkerGone()
+                    kind = msg["t"]
+                    if msg.get("id") != call_id:
+                        raise _Violation("message for another call")
+                    if kind == protocol.DONE:
+                        result = self._parse_done(worker, msg, sha256)
+                        break
+                    if kind == protocol.KV:
+                        kv_ops += 1
+                        if kv_ops > budgets.kv_ops:
+                            raise _Violation(
+                                "kv flood",
+                                RunResult.failed(BUDGET, f"budget exceeded: kv operations (limit {budgets.kv_ops})"),
+                            )
+                        reply = await self._kv_reply(msg, call_id, budgets, kv)
+                        fut = worker.expect()
+                        worker.send(reply)
+                    elif kind == protocol.NEED and "src" not in head:
+                        head["src"] = source
+                        fut = worker.expect()
+                        worker.send(protocol.encode(head, payload_json))
+                    else:
+                        raise _Violation(f"unexpected {bounded(kind, 20)!r} message during a call")
+        except TimeoutError:
+            worker.kill("call exceeded its time limit")
+            if limit == wall_limit:
+                result = RunResult.failed(BUDGET, f"budget exceeded: wall time (limit {budgets.wall_ms} ms)")
+            else:
+                result = RunResult.failed(BUDGET, "budget exceeded: wall time (request deadline reached)")
+        except _WorkerGone:
+            result = await self._death_result(worker, budgets, limit)
+        except _Violation as exc:
+            worker.kill(f"protocol: {exc}")
+            result = exc.result
+        except BaseException:
+            worker.kill("call cancelled")  # state unknown: never reuse
+            raise
+        self._finish(worker, result)
+        result.kv_ops = kv_ops
+        result.elapsed_ms = round((loop.time() - start) * 1000, 3)
+        return result
+
+    def _wire(self, budgets: Budgets) -> dict[str, int]:
+        wire = self._budget_wire.get(budgets)
+        if wire is None:
+            if len(self._budget_wire) > 256:
+                self._budget_wire.clear()
+            wire = self._budget_wire[budgets] = budgets.to_wire()
+        return wire
+
+    async def _kv_reply(self, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall) -> bytes:
+        def error(kind: str, text: str) -> bytes:
+            return protocol.encode({"t": protocol.KVR, "id": call_id, "err": kind, "msg": bounded(text)})
+
+        try:
+            # The worker checked this too, but it is untrusted: check again before the store.
+            op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
+        except KVError as exc:
+            return error(protocol.KV_ERR, str(exc))
+        try:
+            value = await kv(op.name, args)
+        except KVError as exc:
+            return error(protocol.KV_ERR, str(exc))
+        except KVUnavailable as exc:
+            return error(protocol.KV_UNAVAILABLE, str(exc) or "KV store unavailable")
+        except Exception as exc:  # never leak host internals into a script's view
+            log.warning("kv %s failed: %r", op.name, exc)
+            return error(protocol.KV_UNAVAILABLE, "KV store unavailable")
+        try:
+            return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": value})
+        except TypeError:
+            log.warning("kv %s returned unencodable %s", op.name, type(value).__name__)
+            return error(protocol.KV_UNAVAILABLE, "KV store returned unusable data")
+
+    def _parse_done(self, worker: _Worker, msg: dict[str, Any], sha: str) -> RunResult:
+        """Rebuild a RunResult from untrusted wire data, accepting only the exact shape."""
+        cpu = msg.get("cpu")
+        if type(cpu) in (int, float):
+            worker.cpu = float(cpu)
+        if msg.get("cached") is True:
+            worker.known[sha] = None
+            worker.known.move_to_end(sha)
+            while len(worker.known) > self.script_cache:
+                worker.known.popitem(last=False)
+        r = msg.get("r")
+        bad = _Violation("malformed result", RunResult.failed(INVALID_RESULT, "sandbox worker returned a malformed result"))
+        if type(r) is not dict:
+            raise bad
+        verdict, fields, err, logs = r.get("verdict"), r.get("fields", {}), r.get("error"), r.get("logs", [])
+        if verdict not in _VERDICTS or type(fields) is not dict or type(logs) is not list:
+            raise bad
+        if len(logs) > _MAX_LOG_LINES or any(type(line) is not str for line in logs):
+            raise bad
+        error: ScriptError | None = None
+        if err is not None:
+            if type(err) is not dict or err.get("kind") not in ERROR_KINDS or type(err.get("message")) is not str:
+                raise bad
+            error = ScriptError(err["kind"], bounded(err["message"]))
+        if (verdict == ERROR) != (error is not None):
+            raise bad
+        return RunResult(verdict=verdict, fields=fields, error=error, logs=logs)
+
+    async def _death_result(self, worker: _Worker, budgets: Budgets, limit: float) -> RunResult:
+        if worker.killed_reason is not None:  # we killed it (pool closing, ...)
+            return RunResult.failed(UNAVAILABLE, "sandbox worker stopped: " + worker.killed_reason.removeprefix("recycle: "))
+        rc = await worker.wait_exit(min(limit, self._loop.time() + 0.5))
+        if rc is None:
+            worker.kill("closed its channel but kept running")
+            return RunResult.failed(BUDGET, "budget exceeded: sandbox worker stopped responding")
+        return RunResult.failed(BUDGET, describe_exit(rc, budgets.memory_mb))
+
+    async def check(self, source: str, timeout: float = 2.0) -> list[CompileIssue]:
+        """Validate ``source`` (``sandbox.policy.check_source``) inside a worker, under a
+        time limit: compiling hostile source is itself a DoS vector."""
+        loop = self._loop or asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            acquired = await self._acquire("", deadline)
+            if isinstance(acquired, RunResult):
+                message = acquired.error.message if acquired.error else "sandbox unavailable"
+                return [CompileIssue(1, 0, f"could not validate the script now: {message}")]
+            if acquired.alive:
+                break
+        worker = acquired
+        call_id = next(self._ids)
+        worker.calls += 1
+        issues: list[CompileIssue] | None = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                fut = worker.expect()
+                worker.send(
+                    protocol.encode({"t": protocol.CHECK, "id": call_id, "src": source, "cpu_s": math.ceil(timeout)})
+                )
+                msg = await fut
+            if msg is None:
+                raise _WorkerGone()
+            if msg["t"] != protocol.CHECKED or msg.get("id") != call_id:
+                raise _Violation("unexpected message during a check")
+            issues = _parse_issues(msg.get("issues"))
+        except TimeoutError:
+            worker.kill("check exceeded its time limit")
+            return [CompileIssue(1, 0, f"compiling the script exceeded the time limit ({timeout:g} s)")]
+        except _WorkerGone:
+            if worker.killed_reason is None:
+                rc = await worker.wait_exit(loop.time() + 0.5)
+                why = describe_exit(rc, self.memory_mb) if rc is not None else "sandbox worker died"
+            else:
+                why = "sandbox worker stopped"
+            return [CompileIssue(1, 0, f"compiling the script exceeded the memory or time limit ({why})")]
+        except _Violation as exc:
+            worker.kill(f"protocol: {exc}")
+            return [CompileIssue(1, 0, "could not validate the script: sandbox error")]
+        except BaseException:
+            worker.kill("check cancelled")
+            raise
+        self._finish(worker, None)
+        return issues
+
+    async def _probe(self, name: str, timeout: float = 10.0, **args: Any) -> Any:
+        """Test-only: run a fixed probe (``sandbox._probes``) in a confined worker.
+
+        Returns the probe's report, or ``{"died": exit status}`` if the worker died."""
+        if not self._test_hooks:
+            raise RuntimeError("probes need WorkerPool(test_hooks=True)")
+        loop = self._loop
+        acquired = await self._acquire("", loop.time() + timeout)
+        if isinstance(acquired, RunResult):
+            raise RuntimeError(str(acquired.error))
+        worker = acquired
+        try:
+            async with asyncio.timeout(timeout):
+                fut = worker.expect()
+                worker.send(protocol.encode({"t": protocol.PROBE, "id": next(self._ids), "name": name, **args}))
+                msg = await fut
+        except TimeoutError:
+            worker.kill("probe timed out")
+            return {"died": "timeout"}
+        except _WorkerGone:
+            return {"died": await worker.wait_exit(loop.time() + 5)}
+        if msg is None:
+            return {"died": await worker.wait_exit(loop.time() + 5)}
+        # Probes may leave the worker in any state: never reuse it.
+        worker.kill("recycle: after a probe")
+        return msg.get("r")
+
+    # --- introspection -----------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        states = collections.Counter(w.state for w in self._workers)
+        return {
+            "size": self.size,
+            "live": len(self._workers),
+            "idle": len(self._idle),
+            "busy": states[_BUSY],
+            "starting": states[_STARTING],
+            "spawned": self.spawned,
+            "killed": self.killed,
+            "recycled": self.recycled,
+            "queue": sum(1 for f in self._waiters if not f.done()),
+            "calls": self.calls,
+        }
+
+    def confinement(self) -> list[dict[str, Any]]:
+        """What each live worker reported about its confinement (for logs and tests)."""
+        return [w.confine for w in self._workers if w.state != _STARTING]
+
+
+def _parse_issues(raw: Any) -> list[CompileIssue]:
+    if type(raw) is not list or len(raw) > _MAX_ISSUES * 10:
+        raise _Violation("malformed issues")
+    issues: list[CompileIssue] = []
+    for item in raw[:_MAX_ISSUES]:
+        if (
+            type(item) is not list
+            or len(item) != 3
+            or type(item[0]) is not int
+            or type(item[1]) is not int
+            or type(item[2]) is not str
+        ):
+            raise _Violation("malformed issue")
+        issues.append(CompileIssue(max(1, item[0]), max(0, item[1]), bounded(item[2])))
+    return issues
+
+
+def describe_exit(rc: int, memory_mb: int) -> str:
+    """Best-effort reason for a worker that died by itself."""
+    if rc == -signal.SIGXCPU:
+        return "budget exceeded: cpu time (worker stopped by the kernel CPU limit)"
+    if rc == -signal.SIGKILL:
+        return f"budget exceeded: memory (worker killed by the kernel; limit {memory_mb} MiB)"
+    if rc == _EXIT_OOM:
+        return f"budget exceeded: memory (limit {memory_mb} MiB)"
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"budget exceeded: memory or cpu (sandbox worker crashed with {name}; memory limit {memory_mb} MiB)"
+    return f"budget exceeded: memory or cpu (sandbox worker exited with status {rc})"

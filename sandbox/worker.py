@@ -1,0 +1,328 @@
+"""Sandbox worker process: runs scripts for ``sandbox.pool.WorkerPool``, one call at a time.
+
+Started as a fresh interpreter (never forked from the HTTP process, so it never holds the
+host's secrets) with a minimal environment and one end of a socketpair::
+
+    python -P -s -B -m sandbox.worker --fd N --memory-mb M --parent PID [--test-hooks]
+
+Life cycle: import everything, warm up (run a trivial, a failing and a refused script so
+every lazily loaded module is in memory), freeze the heap for the GC, confine the process
+(``sandbox.confine``: rlimits, chroot, uid nobody, seccomp) and only then say ``ready`` and
+serve. After confinement the process cannot open files, so anything not imported by then
+is unavailable: the warm-up exists to make that set complete.
+
+The host kills this process (SIGKILL) whenever a call overruns; nothing here needs to be
+interruptible. Exceptions that escape a call are turned into results, never into a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import signal
+import socket
+import sys
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+
+from sandbox import api, confine, protocol
+from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVError, KVUnavailable, RunResult
+from sandbox.policy import check_source
+from sandbox.runtime import CompiledScript, PolicyRefused, compile_script, execute
+
+# Exit codes the host uses to classify a death it did not cause.
+EXIT_OOM = 71  # MemoryError outside a script (e.g. the result did not fit)
+EXIT_PROTOCOL = 72  # the host sent something unexpected
+EXIT_FATAL = 73  # startup failed
+
+SCRIPT_CACHE_SIZE = 64  # compiled scripts kept per worker (host mirrors this)
+
+
+class IpcKV:
+    """The ``KVPort`` of one call: every operation is a round trip to the host, which owns
+    the store connection and re-validates the operation. Closed when the call ends, so a
+    leaked reference (a finalizer that somehow survives) cannot act in a later call."""
+
+    __slots__ = ("_chan", "_id", "closed")
+
+    def __init__(self, chan: protocol.BlockingChannel, call_id: int) -> None:
+        self._chan = chan
+        self._id = call_id
+        self.closed = False
+
+    def call(self, op: str, args: list[Any]) -> Any:
+        if self.closed:
+            raise KVUnavailable("kv used after the call ended")
+        try:
+            frame = protocol.encode({"t": protocol.KV, "id": self._id, "op": op, "args": args})
+        except TypeError:
+            raise KVError(f"kv.{op}: arguments are not plain data") from None
+        self._chan.send_raw(frame)
+        msg = self._chan.recv()
+        if msg is None:
+            os._exit(0)  # host gone
+        reply = msg[0]
+        if reply["t"] != protocol.KVR or reply.get("id") != self._id:
+            os._exit(EXIT_PROTOCOL)
+        if "ok" in reply:
+            return reply["ok"]
+        text = str(reply.get("msg", ""))
+        if reply.get("err") == protocol.KV_ERR:
+            raise KVError(text)
+        raise KVUnavailable(text)
+
+
+class _WarmKV:
+    """KV used only during warm-up: exercises the success and both error paths."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def call(self, op: str, args: list[Any]) -> Any:
+        self.n += 1
+        if self.n == 2:
+            raise KVError("warm-up refusal")
+        if self.n == 3:
+            raise KVUnavailable("warm-up outage")
+        return None
+
+
+_WARM_OK = """
+def handle(req):
+    n = 0
+    for x in req["items"]:
+        n += x
+    d = {"a": [1, 2], "b": "s"}
+    s = "x-" + str(n) + "-" + ",".join([str(i) for i in range(3)])
+    if "x" in s and d.get("a") and s.startswith("x") and s.split("-")[0].upper() == "X":
+        pass
+    try:
+        kv.get("k")
+        kv.get("k")
+    except Exception as e:
+        log("kv error", str(e))
+    log("n", n, 1.5, None, True)
+    return allow(items=[n], text=s.lower())
+"""
+_WARM_RAISE = """
+def handle(req):
+    def f(d):
+        return {}["missing"] if d else 1 / 0
+    try:
+        f(0)
+    except ZeroDivisionError:
+        pass
+    f(1)
+"""
+_WARM_DENY = """
+def handle(req):
+    kv.get("a")
+    kv.get("b")
+    kv.get("c")
+    return deny(5001, "no", "because")
+"""
+_WARM_DEEP = """
+def handle(req):
+    def r(n):
+        return r(n + 1)
+    return r(0)
+"""
+
+
+def warm_up() -> None:
+    """Run every path a call can take once, so lazy imports and caches (encodings,
+    traceback formatting, RestrictedPython's compiler, re2) happen before confinement."""
+    budgets = Budgets()
+    payload = orjson.loads(b'{"items": [1, 2, 3], "s": "\\u00e9\\u003c"}\n')
+    for src in (_WARM_OK, _WARM_RAISE, _WARM_DENY, _WARM_DEEP):
+        script = compile_script(src)
+        result = execute(script, payload, _WarmKV(), budgets)
+        orjson.dumps(result.to_wire())
+    for bad in ("def handle(req:\n", "import os\n", "def handle(req):\n    return req._x\n", "x = 1\n"):
+        check_source(bad)
+        try:
+            compile_script(bad)
+        except PolicyRefused:
+            pass
+    try:
+        orjson.loads(b"{bad")
+    except orjson.JSONDecodeError:
+        pass
+    "\u00e9".encode()
+    b"\xc3\xa9".decode()
+    str(MemoryError())
+
+
+class Worker:
+    def __init__(self, chan: protocol.BlockingChannel, test_hooks: bool) -> None:
+        self.chan = chan
+        self.test_hooks = test_hooks
+        self.cache: OrderedDict[str, CompiledScript] = OrderedDict()
+        self._budgets_raw: dict[str, Any] | None = None
+        self._budgets = Budgets()
+
+    def budgets(self, raw: Any) -> Budgets:
+        # Budgets rarely change between calls: skip re-validation when they are the same.
+        if raw != self._budgets_raw:
+            self._budgets = Budgets.from_wire(raw)
+            self._budgets_raw = raw
+        return self._budgets
+
+    def serve(self) -> None:
+        chan = self.chan
+        while True:
+            msg = chan.recv()
+            if msg is None:
+                return
+            head, body = msg
+            kind = head["t"]
+            if kind == protocol.RUN:
+                self.run(head, body)
+            elif kind == protocol.CHECK:
+                self.check(head)
+            elif kind == protocol.PROBE and self.test_hooks:
+                from sandbox import _probes
+
+                chan.send({"t": protocol.PROBED, "id": head["id"], "r": _probes.run(head["name"], head)})
+            else:
+                os._exit(EXIT_PROTOCOL)
+
+    def run(self, head: dict[str, Any], body: bytes) -> None:
+        call_id = head["id"]
+        sha = head["sha"]
+        budgets = self.budgets(head["b"])
+        # Limits go on before any work for this call, compilation included.
+        confine.set_call_limits(budgets.wall_ms, budgets.memory_mb)
+        script = self.cache.get(sha)
+        result: RunResult | None = None
+        cached = script is not None
+        if script is None:
+            source = head.get("src")
+            if type(source) is not str:
+                self.chan.send({"t": protocol.NEED, "id": call_id})
+                return
+            try:
+                script = compile_script(source)
+            except PolicyRefused as exc:
+                first = exc.issues[0] if exc.issues else CompileIssue(1, 0, "refused")
+                result = RunResult.failed(POLICY, f"line {first.line}, col {first.col}: {first.message}")
+            except MemoryError:
+                result = RunResult.failed(BUDGET, f"budget exceeded: memory (limit {budgets.memory_mb} MiB)")
+            except RecursionError:
+                result = RunResult.failed(POLICY, "script is nested too deeply to compile")
+            else:
+                self.cache[sha] = script
+                cached = True
+                if len(self.cache) > SCRIPT_CACHE_SIZE:
+                    self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(sha)
+        if result is None:
+            assert script is not None
+            kv = IpcKV(self.chan, call_id)
+            try:
+                payload = orjson.loads(body)
+                result = execute(script, payload, kv, budgets)
+            except MemoryError:
+                result = RunResult.failed(BUDGET, f"budget exceeded: memory (limit {budgets.memory_mb} MiB)")
+            except BaseException as exc:  # execute must not raise; never let a script kill the loop
+                result = RunResult.failed(api.EXCEPTION, f"sandbox error: {type(exc).__name__}")
+            finally:
+                kv.closed = True
+                payload = script = None
+        # Anything the script left in reference cycles (a suspended generator with a
+        # ``finally``, objects with finalizers) is collected now, inside this call's time
+        # window and limits, not later during someone else's call.
+        gc.collect()
+        self.reply_done(call_id, result, cached, budgets)
+
+    def reply_done(self, call_id: int, result: RunResult, cached: bool, budgets: Budgets) -> None:
+        try:
+            frame = protocol.encode(
+                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached,
+                 "cpu": confine.cpu_seconds()}
+            )
+        except MemoryError:
+            result = RunResult.failed(BUDGET, f"budget exceeded: memory (limit {budgets.memory_mb} MiB)")
+            frame = b""
+        except (TypeError, orjson.JSONEncodeError):
+            result = RunResult.failed(api.INVALID_RESULT, "result is not plain JSON data")
+            frame = b""
+        if not frame:
+            try:
+                frame = protocol.encode(
+                    {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": 0.0}
+                )
+            except MemoryError:
+                os._exit(EXIT_OOM)
+        if len(frame) > protocol.MAX_FROM_WORKER:
+            result = RunResult.failed(BUDGET, "budget exceeded: result and logs are too large")
+            frame = protocol.encode(
+                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": 0.0}
+            )
+        self.chan.send_raw(frame)
+
+    def check(self, head: dict[str, Any]) -> None:
+        cpu_s = head.get("cpu_s", 2)
+        confine.set_call_limits(int(cpu_s * 1000), Budgets().memory_mb)
+        try:
+            issues = check_source(head["src"])
+            out = [[i.line, i.col, i.message] for i in issues]
+        except MemoryError:
+            out = [[1, 0, "compile exceeded the memory limit"]]
+        except BaseException as exc:  # check_source must not raise; report rather than die
+            out = [[1, 0, f"could not compile: {type(exc).__name__}"]]
+        gc.collect()
+        self.chan.send({"t": protocol.CHECKED, "id": head["id"], "issues": out})
+
+
+def _parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="sandbox.worker")
+    p.add_argument("--fd", type=int, required=True)
+    p.add_argument("--memory-mb", type=int, required=True)
+    p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--test-hooks", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    # Terminal signals go to the host, which decides; a worker is only ever SIGKILLed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sock = socket.socket(fileno=args.fd)
+    sock.setblocking(True)
+    chan = protocol.BlockingChannel(sock)
+    try:
+        extra: dict[str, Any] = {}
+        if args.test_hooks:
+            from sandbox import _probes
+
+            extra = _probes.before_confine()
+        warm_up()
+        worker = Worker(chan, args.test_hooks)
+        # Startup objects never need collecting: moving them to the permanent generation
+        # makes the per-call gc.collect() scan only what calls create.
+        gc.collect()
+        gc.freeze()
+        report = confine.confine(args.memory_mb, {sock.fileno()}, args.parent)
+    except BaseException as exc:
+        try:
+            chan.send({"t": protocol.FATAL, "msg": api.bounded(f"{type(exc).__name__}: {exc}")})
+        finally:
+            os._exit(EXIT_FATAL)
+    chan.send({"t": protocol.READY, "pid": os.getpid(), "confine": report.to_wire(), **extra})
+    try:
+        worker.serve()
+    except protocol.ProtocolError:
+        os._exit(EXIT_PROTOCOL)
+    except MemoryError:
+        os._exit(EXIT_OOM)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
