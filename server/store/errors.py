@@ -1,0 +1,54 @@
+"""Which backend failures mean "Redis is not there right now" (503 / KVUnavailable).
+
+Everything else a Redis command can raise is a refusal of that command (wrong type,
+not an integer...), reported to the caller as a 4xx / KVError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis import exceptions as rex
+
+# ReadOnlyError (writing to a replica right after a failover), TryAgain / ClusterDown
+# (slots moving) and LOADING are ResponseErrors in redis-py, yet they are outages.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    rex.ConnectionError,  # includes BusyLoadingError, MaxConnectionsError, MasterNotFoundError
+    rex.TimeoutError,
+    asyncio.TimeoutError,
+    TimeoutError,
+    OSError,
+    rex.ReadOnlyError,
+    rex.TryAgainError,
+    rex.ClusterDownError,
+    rex.ClusterError,
+    rex.RedisClusterException,
+    rex.SlotNotCoveredError,
+    rex.MovedError,
+    rex.AskError,
+)
+_UNAVAILABLE_REPLIES = ("LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "NOREPLICAS")
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, _UNAVAILABLE):
+        return True
+    if isinstance(exc, rex.ResponseError):
+        text = str(exc)
+        # A pipeline wraps the reply: "Command # 1 (...) of pipeline caused error: LOADING ..."
+        _, _, tail = text.rpartition("caused error: ")
+        return (tail or text).startswith(_UNAVAILABLE_REPLIES)
+    return False
+
+
+def describe(exc: BaseException) -> str:
+    """A short, host-internal-free description for logs and /healthz."""
+    name = type(exc).__name__
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{name}: {text[:200]}" if text else name
+
+
+def reply_text(exc: rex.ResponseError) -> str:
+    text = str(exc)
+    _, _, tail = text.rpartition("caused error: ")
+    return tail or text

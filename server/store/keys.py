@@ -1,0 +1,107 @@
+"""Redis key layout: every name the store uses, built in one place so it can be audited.
+
+With ``P`` the deployment prefix (``scriptgate`` by default):
+
+=================================  ======  ==================================================
+key                                type    what
+=================================  ======  ==================================================
+``P:{s}:gen``                      string  generation counter, +1 on every script change
+``P:{s}:commands``                 set     commands that have at least one version
+``P:{s}:meta:<command>``           hash    latest, created_at, updated_at (touched by every
+                                           change to the command: the WATCH target)
+``P:{s}:active``                   hash    command -> live version (the live pointer)
+``P:{s}:v:<command>:<n>``          hash    immutable version n: source, sha256, size,
+                                           created_at, author
+``P:{s}:audit``                    stream  audit log, capped (XADD MAXLEN ~)
+``P:{s}:changes``                  pubsub  channel; the new generation after each change
+``P:rec:<command>``                stream  recorded callbacks, capped by length and age
+``P:{s}:rec_commands``             set     commands that have recordings
+``P:kv:<namespace>:<key>``         any     script KV data
+=================================  ======  ==================================================
+
+Why it is safe and cluster friendly:
+
+- Everything of the script registry and the audit log shares the hash tag ``{s}``, so one
+  MULTI/EXEC can update a version, the live pointer, the generation and the audit log
+  atomically on a Redis Cluster too (they live in one slot).
+- The prefix matches ``[A-Za-z0-9_.-]{1,64}`` (no ``:``), so two deployments with
+  different prefixes never share a key.
+- A namespace matches ``[A-Za-z0-9_-]{1,64}`` (no ``:``), so in ``P:kv:<ns>:<key>`` the
+  first ``:`` after ``P:kv:`` always ends the namespace: ``(ns, key) -> name`` is
+  injective, whatever the script key contains (``:``, ``{``, ``*``, unicode...). Every
+  script key starts with ``P:kv:``, which no registry (``P:{s}:``) or recording
+  (``P:rec:``) key does. A ``{...}`` inside a script key only chooses the key's cluster
+  slot; every KV operation touches one key, so that is harmless.
+- Command names match ``[A-Za-z0-9_.-]{1,128}`` (OpenIM callback names are plain words).
+"""
+
+from __future__ import annotations
+
+import re
+
+from server.store.base import StoreError
+
+PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
+COMMAND_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+# Characters that SCAN MATCH treats as glob syntax; escaped so a listing prefix is literal.
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def check_prefix(prefix: str) -> str:
+    if type(prefix) is not str or not PREFIX_RE.fullmatch(prefix):
+        raise ValueError("store prefix must match [A-Za-z0-9_.-]{1,64}")
+    return prefix
+
+
+def check_namespace(namespace: str) -> str:
+    if type(namespace) is not str or not NAMESPACE_RE.fullmatch(namespace):
+        raise StoreError("invalid_namespace", "namespace must match [A-Za-z0-9_-]{1,64}", 400)
+    return namespace
+
+
+def check_command(command: str) -> str:
+    if type(command) is not str or not COMMAND_RE.fullmatch(command):
+        raise StoreError("invalid_command", "command must match [A-Za-z0-9_.-]{1,128}", 400)
+    return command
+
+
+def glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+class Keys:
+    """Key names for one deployment prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        p = check_prefix(prefix)
+        self.prefix = p
+        reg = f"{p}:{{s}}:"
+        self.gen = reg + "gen"
+        self.commands = reg + "commands"
+        self.active = reg + "active"
+        self.audit = reg + "audit"
+        self.changes = reg + "changes"
+        self.rec_commands = reg + "rec_commands"
+        self._meta = reg + "meta:"
+        self._version = reg + "v:"
+        self._rec = f"{p}:rec:"
+        self.kv_root = f"{p}:kv:"  # also the CLIENT TRACKING BCAST prefix
+
+    def meta(self, command: str) -> str:
+        return self._meta + command
+
+    def version(self, command: str, n: int) -> str:
+        return f"{self._version}{command}:{n}"
+
+    def recordings(self, command: str) -> str:
+        return self._rec + command
+
+    def kv_ns_root(self, namespace: str) -> str:
+        return f"{self.kv_root}{check_namespace(namespace)}:"
+
+    def kv(self, namespace: str, key: str) -> str:
+        # The script key was checked by sandbox.kvops.check_key (no control characters,
+        # bounded length, valid unicode); the namespace is checked here.
+        return self.kv_ns_root(namespace) + key

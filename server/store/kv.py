@@ -1,0 +1,276 @@
+"""The ``kv`` operations scripts may run, on the namespaced Redis keys.
+
+Every call is re-validated with ``sandbox.kvops.validate`` (the worker that sent it is
+untrusted), then mapped to one Redis command (or one MULTI for ``incr`` with a TTL).
+Results are plain JSON data. Refusals raise ``KVError`` with a message naming the
+script-level key only; outages raise ``KVUnavailable``.
+
+Reads of read-mostly data (get, exists, sismember, smismember, hget) are served from
+the client-side cache (``tracking.KVCache``) while invalidation tracking is connected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis import exceptions as rex
+
+from sandbox import kvops
+from sandbox.api import KVError, KVUnavailable
+from server.store.base import StoreError
+from server.store.errors import is_unavailable, reply_text
+from server.store.health import Health
+from server.store.keys import Keys
+from server.store.tracking import MISS, KVCache, Tracker
+
+MAX = kvops.MAX_COLLECTION_RESULT
+
+_EXPECTED = {
+    "get": "string", "set": "string", "incr": "string",
+    "sadd": "set", "srem": "set", "sismember": "set", "smismember": "set", "smembers": "set", "scard": "set",
+    "hget": "hash", "hset": "hash", "hdel": "hash", "hgetall": "hash", "hincrby": "hash",
+    "lpush": "list", "rpush": "list", "lrange": "list", "ltrim": "list", "llen": "list",
+}
+
+
+def _expires(started: float, pttl: int) -> float:
+    # started is taken before the request left, so started + pttl is never later than
+    # the moment Redis expires the key. 0.0 means "no expiry".
+    return started + pttl / 1000.0 if pttl >= 0 else 0.0
+
+
+class KVEngine:
+    def __init__(self, client: Any, keys: Keys, health: Health, *, cache: KVCache | None,
+                 tracker: Tracker | None, deadline: float, key_bytes: int, value_bytes: int) -> None:
+        self.client = client
+        self.keys = keys
+        self.health = health
+        self.cache = cache
+        self.tracker = tracker
+        self.deadline = deadline
+        self.key_bytes = key_bytes
+        self.value_bytes = value_bytes
+        self.round_trips = 0  # commands sent for script KV calls (cache effectiveness)
+        self._ops: dict[str, Callable[[str, list[Any]], Awaitable[Any]]] = {
+            name: getattr(self, "_op_" + name) for name in kvops.OPS
+        }
+
+    def cache_usable(self) -> bool:
+        # drain() applies pending invalidations first: see tracking.py for why this
+        # makes a write from any instance visible to the next read here.
+        return self.tracker is not None and self.tracker.drain()
+
+    async def call(self, namespace: str, op_name: str, args: list[Any]) -> Any:
+        op, a = kvops.validate(op_name, args, self.key_bytes, self.value_bytes)
+        try:
+            key = self.keys.kv(namespace, a[0])
+        except StoreError as exc:
+            raise KVError(exc.message) from None
+        try:
+            async with asyncio.timeout(self.deadline):
+                result = await self._ops[op.name](key, a)
+        except KVError:
+            raise
+        except rex.ResponseError as exc:
+            if is_unavailable(exc):
+                self.health.down(exc)
+                raise KVUnavailable("the KV store is unavailable") from None
+            raise KVError(self._refusal(op.name, a[0], exc)) from None
+        except Exception as exc:
+            if is_unavailable(exc):
+                self.health.down(exc)
+                raise KVUnavailable("the KV store is unavailable") from None
+            raise
+        finally:
+            # Even a failed write may have been applied: forget what we knew.
+            if op.writes and self.cache is not None:
+                self.cache.invalidate(key)
+        self.health.ok()
+        return result
+
+    @staticmethod
+    def _refusal(op: str, key: str, exc: rex.ResponseError) -> str:
+        text = reply_text(exc)
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        if text.startswith("WRONGTYPE"):
+            return f"kv.{op}: key {shown!r} holds another type of value (not a {_EXPECTED.get(op, 'value')})"
+        if "not an integer" in text or "not a valid" in text:
+            return f"kv.{op}: the value at {shown!r} is not an integer"
+        if "overflow" in text:
+            return f"kv.{op}: increment or decrement would overflow"
+        return f"kv.{op}: refused by the store"
+
+    # --- cached reads ------------------------------------------------------------------
+
+    async def _cached(self, key: str, sub: Any, send: Callable[[Any], Any]) -> Any:
+        cache = self.cache
+        if cache is None or not self.cache_usable():
+            self.round_trips += 1
+            async with self.client.pipeline(transaction=False) as pipe:
+                send(pipe)
+                return (await pipe.execute())[0]
+        value = cache.lookup(key, sub)
+        if value is not MISS:
+            return value
+        return (await self._fill(key, [sub], send))[0]
+
+    async def _fill(self, key: str, subs: list[Any], send: Callable[[Any], Any], many: bool = False) -> list[Any]:
+        """One round trip: the read plus PTTL; cached unless it raced an invalidation."""
+        assert self.cache is not None
+        epoch = self.cache.begin(key)
+        started = time.monotonic()
+        items: list[tuple[Any, Any]] | None = None
+        expires = 0.0
+        try:
+            self.round_trips += 1
+            async with self.client.pipeline(transaction=False) as pipe:
+                send(pipe)
+                pipe.pttl(key)
+                value, pttl = await pipe.execute()
+            values = list(value) if many else [value]
+            items = list(zip(subs, values, strict=True))
+            expires = _expires(started, int(pttl))
+            return values
+        finally:
+            self.cache.finish(key, epoch, items, expires)
+
+    async def _op_get(self, key: str, a: list[Any]) -> Any:
+        return await self._cached(key, ("g",), lambda p: p.get(key))
+
+    async def _op_exists(self, key: str, a: list[Any]) -> bool:
+        return bool(await self._cached(key, ("e",), lambda p: p.exists(key)))
+
+    async def _op_hget(self, key: str, a: list[Any]) -> Any:
+        return await self._cached(key, ("h", a[1]), lambda p: p.hget(key, a[1]))
+
+    async def _op_sismember(self, key: str, a: list[Any]) -> bool:
+        return bool(await self._cached(key, ("m", a[1]), lambda p: p.sismember(key, a[1])))
+
+    async def _op_smismember(self, key: str, a: list[Any]) -> list[bool]:
+        members: list[str] = a[1]
+        cache = self.cache
+        if cache is None or not self.cache_usable():
+            self.round_trips += 1
+            return [bool(x) for x in await self.client.smismember(key, members)]
+        found = {m: cache.lookup(key, ("m", m)) for m in members}
+        missing = [m for m, v in found.items() if v is MISS]
+        if missing:
+            fetched = await self._fill(key, [("m", m) for m in missing], lambda p: p.smismember(key, missing), many=True)
+            for m, v in zip(missing, fetched, strict=True):
+                found[m] = v
+        return [bool(found[m]) for m in members]
+
+    # --- everything else: one command each ---------------------------------------------
+
+    async def _op_set(self, key: str, a: list[Any]) -> bool:
+        self.round_trips += 1
+        await self.client.set(key, a[1], ex=a[2])
+        return True
+
+    async def _op_delete(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.delete(key))
+
+    async def _op_incr(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        by, ttl = a[1], a[2]
+        if ttl is None:
+            return int(await self.client.incrby(key, by))
+        # The TTL is set only when the key has none (EXPIRE NX), in the same MULTI, so a
+        # counter window is never extended by later increments and never left immortal.
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, by)
+            pipe.expire(key, ttl, nx=True)
+            value, _ = await pipe.execute()
+        return int(value)
+
+    async def _op_expire(self, key: str, a: list[Any]) -> bool:
+        self.round_trips += 1
+        return bool(await self.client.expire(key, a[1]))
+
+    async def _op_ttl(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.ttl(key))
+
+    async def _op_sadd(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.sadd(key, *a[1]))
+
+    async def _op_srem(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.srem(key, *a[1]))
+
+    async def _op_smembers(self, key: str, a: list[Any]) -> list[str]:
+        self.round_trips += 2
+        if int(await self.client.scard(key)) > MAX:
+            raise KVError(f"kv.smembers: the set has more than {MAX} members; use sismember/smismember")
+        members = await self.client.smembers(key)
+        if len(members) > MAX:
+            raise KVError(f"kv.smembers: the set has more than {MAX} members; use sismember/smismember")
+        return sorted(members)
+
+    async def _op_scard(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.scard(key))
+
+    async def _op_hset(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.hset(key, mapping=a[1]))
+
+    async def _op_hdel(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.hdel(key, *a[1]))
+
+    async def _op_hgetall(self, key: str, a: list[Any]) -> dict[str, str]:
+        self.round_trips += 2
+        if int(await self.client.hlen(key)) > MAX:
+            raise KVError(f"kv.hgetall: the hash has more than {MAX} fields; use hget")
+        data = await self.client.hgetall(key)
+        if len(data) > MAX:
+            raise KVError(f"kv.hgetall: the hash has more than {MAX} fields; use hget")
+        return dict(data)
+
+    async def _op_hincrby(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.hincrby(key, a[1], a[2]))
+
+    async def _op_lpush(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.lpush(key, *a[1]))
+
+    async def _op_rpush(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.rpush(key, *a[1]))
+
+    async def _op_lrange(self, key: str, a: list[Any]) -> list[str]:
+        start, stop = a[1], a[2]
+        if 0 <= start and 0 <= stop:
+            if start > stop:
+                return []
+            if stop - start < MAX:  # at most MAX items whatever the length: one round trip
+                self.round_trips += 1
+                return list(await self.client.lrange(key, start, stop))
+        # Negative or wide indexes: resolve them against the length, then fetch exactly
+        # that window (so a list growing meanwhile still yields at most MAX items).
+        self.round_trips += 2
+        n = int(await self.client.llen(key))
+        s = start + n if start < 0 else start
+        e = stop + n if stop < 0 else stop
+        s, e = max(s, 0), min(e, n - 1)
+        if e < s:
+            return []
+        if e - s + 1 > MAX:
+            raise KVError(f"kv.lrange: at most {MAX} items per call; ask for a smaller range")
+        return list(await self.client.lrange(key, s, e))
+
+    async def _op_ltrim(self, key: str, a: list[Any]) -> bool:
+        self.round_trips += 1
+        await self.client.ltrim(key, a[1], a[2])
+        return True
+
+    async def _op_llen(self, key: str, a: list[Any]) -> int:
+        self.round_trips += 1
+        return int(await self.client.llen(key))

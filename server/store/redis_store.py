@@ -1,0 +1,486 @@
+"""The production store: everything the server keeps, in Redis.
+
+One class for every backend (embedded fakeredis, standalone, Sentinel, Cluster); the
+differences (how to connect, where a transaction runs, whether the client-side cache is
+available) are decided in ``connect.py`` and ``txn.py``. The key layout is documented in
+``keys.py``.
+
+Guarantees:
+- Admin writes are one MULTI/EXEC (WATCH on the command's meta hash for the
+  read-modify-write): a version's body, the meta hash, the live pointer, the generation
+  and the audit entry are stored together or not at all. A connection error or timeout
+  raises ``StoreUnavailable``; if it happened while EXEC was in flight, the change is
+  either fully applied or absent, never partial.
+- Every public call fails within its deadline (socket timeouts + an overall
+  ``asyncio.timeout``) when Redis is down, paused or slow; the client reconnects by
+  itself on the next call.
+- ``watch`` notices a change made through any instance within ``poll_interval`` (0.5 s)
+  even if pub/sub messages are lost, typically within milliseconds via pub/sub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, ParamSpec, TypeVar
+
+import orjson
+from redis import exceptions as rex
+
+from server.store import audit
+from server.store.base import (
+    ActiveScript,
+    AuditEntry,
+    ChangeListener,
+    ScriptMeta,
+    StoreError,
+    StoreUnavailable,
+    VersionInfo,
+)
+from server.store.errors import describe, is_unavailable
+from server.store.health import Health
+from server.store.keys import Keys, check_command
+from server.store.kv import KVEngine
+from server.store.kv_admin import KVAdmin
+from server.store.tracking import KVCache, Tracker
+from server.store.txn import Transactor
+
+log = logging.getLogger("scriptgate.store")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Bound the call by the admin deadline and turn outages into StoreUnavailable."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        self: Store = args[0]  # type: ignore[assignment]
+        try:
+            async with asyncio.timeout(self.admin_timeout):
+                result = await fn(*args, **kwargs)
+        except (StoreError, StoreUnavailable):
+            raise
+        except Exception as exc:
+            if is_unavailable(exc):
+                self.health.down(exc)
+                raise StoreUnavailable(f"redis unavailable: {describe(exc)}") from None
+            if isinstance(exc, rex.ResponseError):
+                raise StoreError("store_error", f"redis refused the operation: {describe(exc)}", 500) from None
+            raise
+        self.health.ok()
+        return result
+
+    return wrapper
+
+
+def _f(value: str | None, default: float = 0.0) -> float:
+    return float(value) if value else default
+
+
+class Store:
+    def __init__(self, client: Any, *, prefix: str = "scriptgate", mode: str = "embedded",
+                 display: str = "embedded", cluster: bool = False, op_timeout: float = 0.5,
+                 admin_timeout: float | None = None, tracker_provider: Any = None,
+                 cache_size: int = 100_000, key_bytes: int = 512, value_bytes: int = 65_536,
+                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.mode = mode
+        self.display = display
+        self.cluster = cluster
+        self.op_timeout = op_timeout
+        self.admin_timeout = admin_timeout or max(2.0, 4 * op_timeout)
+        self.health = Health()
+        self.txn = Transactor(client, cluster)
+        self.cache: KVCache | None = None
+        self.tracker: Tracker | None = None
+        if tracker_provider is not None:
+            self.cache = KVCache(cache_size)
+            self.tracker = Tracker(self.cache, self.keys.kv_root, tracker_provider, timeout=op_timeout)
+        self.kv = KVEngine(client, self.keys, self.health, cache=self.cache, tracker=self.tracker,
+                           deadline=max(op_timeout * 2, 0.2), key_bytes=key_bytes, value_bytes=value_bytes)
+        self.kv_admin = KVAdmin(client, self.keys, self.txn, self.cache, cluster, self.add_audit)
+        self._on_close = on_close
+        self._rec_known: set[str] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start background connections (cache invalidation). Never fails if Redis is down."""
+        if self.tracker is not None:
+            self.tracker.start()
+        with contextlib.suppress(Exception):
+            await self.ping()
+
+    # --- health --------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    async def ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self.op_timeout * 2):
+                await self.client.ping()
+        except Exception as exc:
+            if not is_unavailable(exc) and not isinstance(exc, rex.RedisError):
+                raise
+            self.health.down(exc)
+            return False
+        self.health.ok()
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        cache: dict[str, Any] = {"enabled": False}
+        if self.cache is not None and self.tracker is not None:
+            cache = {"enabled": True, **self.tracker.describe(), **self.cache.stats()}
+        elif self.cluster:
+            cache["reason"] = "not available on Redis Cluster (tracking is per node)"
+        elif self.mode == "embedded":
+            cache["reason"] = "embedded store (in-process, no round trips to save)"
+        else:
+            cache["reason"] = "disabled by configuration"
+        return {"mode": self.mode, "url": self.display, "prefix": self.keys.prefix, **self.health.to_json(),
+                "op_timeout": self.op_timeout, "cache": cache, "kv_round_trips": self.kv.round_trips}
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.tracker is not None:
+            await self.tracker.close()
+        await self.txn.close()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+        if self._on_close is not None:
+            with contextlib.suppress(Exception):
+                await self._on_close()
+
+    # --- scripts -------------------------------------------------------------------------
+
+    @guarded
+    async def generation(self) -> int:
+        return int(await self.client.get(self.keys.gen) or 0)
+
+    async def _announce(self, generation: int) -> None:
+        # Best effort: watchers also poll the generation, so a lost message only delays.
+        with contextlib.suppress(Exception):
+            await self.client.publish(self.keys.changes, str(generation))
+
+    @guarded
+    async def put_version(self, command: str, source: str, sha256: str, activate: bool,
+                          actor: str) -> tuple[VersionInfo, int | None]:
+        check_command(command)
+        if type(source) is not str:
+            raise StoreError("invalid_source", "source must be a string", 400)
+        k = self.keys
+        meta_key = k.meta(command)
+        now = time.time()
+        size = len(source.encode("utf-8", "surrogatepass"))
+
+        async def body(pipe: Any) -> tuple[int, int | None]:
+            latest = await pipe.hget(meta_key, "latest")
+            prev_raw = await pipe.hget(k.active, command)
+            n = int(latest or 0) + 1
+            prev = int(prev_raw) if prev_raw else None
+            pipe.multi()
+            pipe.incr(k.gen)
+            pipe.hset(k.version(command, n), mapping={
+                "source": source, "sha256": sha256, "size": size, "created_at": repr(now), "author": actor,
+            })
+            pipe.hset(meta_key, mapping={"latest": n, "updated_at": repr(now)})
+            pipe.hsetnx(meta_key, "created_at", repr(now))
+            pipe.sadd(k.commands, command)
+            if activate:
+                pipe.hset(k.active, command, n)
+            pipe.xadd(k.audit, audit.fields(actor, "upload", command, prev, n if activate else prev,
+                                            {"version": n, "sha256": sha256, "activated": activate}),
+                      maxlen=audit.AUDIT_MAXLEN, approximate=True)
+            return n, prev
+
+        (n, prev), results = await self.txn.run(meta_key, [meta_key], body)
+        assert results is not None
+        await self._announce(int(results[0]))
+        return VersionInfo(command, n, sha256, size, now, actor, source), prev
+
+    @guarded
+    async def activate(self, command: str, version: int, actor: str) -> tuple[int | None, int]:
+        check_command(command)
+        k = self.keys
+        meta_key = k.meta(command)
+        if type(version) is not int:
+            raise StoreError("invalid_version", "version must be an integer", 400)
+
+        async def body(pipe: Any) -> int | None:
+            latest = await pipe.hget(meta_key, "latest")
+            if latest is None:
+                raise StoreError("no_such_script", f"no script was ever uploaded for {command}", 404)
+            if not 1 <= version <= int(latest):
+                raise StoreError("no_such_version", f"{command} has no version {version}", 404)
+            prev_raw = await pipe.hget(k.active, command)
+            prev = int(prev_raw) if prev_raw else None
+            action = "rollback" if prev is not None and version < prev else "activate"
+            pipe.multi()
+            pipe.incr(k.gen)
+            pipe.hset(k.active, command, version)
+            pipe.hset(meta_key, "updated_at", repr(time.time()))
+            pipe.xadd(k.audit, audit.fields(actor, action, command, prev, version),
+                      maxlen=audit.AUDIT_MAXLEN, approximate=True)
+            return prev
+
+        prev, results = await self.txn.run(meta_key, [meta_key], body)
+        assert results is not None
+        await self._announce(int(results[0]))
+        return prev, version
+
+    @guarded
+    async def deactivate(self, command: str, actor: str) -> int | None:
+        check_command(command)
+        k = self.keys
+        meta_key = k.meta(command)
+
+        async def body(pipe: Any) -> int:
+            prev_raw = await pipe.hget(k.active, command)
+            if not prev_raw:
+                raise StoreError("no_live_script", f"no live script for {command}", 404)
+            prev = int(prev_raw)
+            pipe.multi()
+            pipe.incr(k.gen)
+            pipe.hdel(k.active, command)
+            pipe.hset(meta_key, "updated_at", repr(time.time()))
+            pipe.xadd(k.audit, audit.fields(actor, "delete", command, prev, None),
+                      maxlen=audit.AUDIT_MAXLEN, approximate=True)
+            return prev
+
+        prev, results = await self.txn.run(meta_key, [meta_key], body)
+        assert results is not None
+        await self._announce(int(results[0]))
+        return prev
+
+    def _meta(self, command: str, data: dict[str, str], active: str | None) -> ScriptMeta:
+        latest = int(data.get("latest") or 0)
+        return ScriptMeta(command, int(active) if active else None, latest, list(range(1, latest + 1)),
+                          _f(data.get("updated_at")))
+
+    async def _registry(self) -> Any:
+        # Reads of registry keys go where its transactions go (one slot on a cluster).
+        return await self.txn.client_for(self.keys.gen)
+
+    @guarded
+    async def get_meta(self, command: str) -> ScriptMeta | None:
+        check_command(command)
+        client = await self._registry()
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.meta(command))
+            pipe.hget(self.keys.active, command)
+            data, active = await pipe.execute()
+        return self._meta(command, data, active) if data else None
+
+    @guarded
+    async def list_scripts(self) -> list[ScriptMeta]:
+        client = await self._registry()
+        commands = sorted(await client.smembers(self.keys.commands))
+        if not commands:
+            return []
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.active)
+            for command in commands:
+                pipe.hgetall(self.keys.meta(command))
+            active, *metas = await pipe.execute()
+        return [self._meta(c, m, active.get(c)) for c, m in zip(commands, metas, strict=True) if m]
+
+    @staticmethod
+    def _version(command: str, n: int, data: dict[str, str], with_source: bool) -> VersionInfo:
+        return VersionInfo(command, n, data.get("sha256", ""), int(data.get("size") or 0),
+                           _f(data.get("created_at")), data.get("author", ""),
+                           data.get("source") if with_source else None)
+
+    @guarded
+    async def get_version(self, command: str, n: int) -> VersionInfo | None:
+        check_command(command)
+        if type(n) is not int or n < 1:
+            return None
+        client = await self._registry()
+        data = await client.hgetall(self.keys.version(command, n))
+        return self._version(command, n, data, True) if data else None
+
+    @guarded
+    async def list_versions(self, command: str) -> list[VersionInfo]:
+        check_command(command)
+        client = await self._registry()
+        latest = int(await client.hget(self.keys.meta(command), "latest") or 0)
+        if not latest:
+            return []
+        fields = ("sha256", "size", "created_at", "author")
+        async with client.pipeline(transaction=False) as pipe:
+            for n in range(1, latest + 1):
+                pipe.hmget(self.keys.version(command, n), fields)
+            rows = await pipe.execute()
+        return [self._version(command, n, dict(zip(fields, row, strict=True)), False)
+                for n, row in enumerate(rows, start=1) if row[0] is not None]
+
+    @guarded
+    async def active_table(self) -> dict[str, ActiveScript]:
+        client = await self._registry()
+        active = await client.hgetall(self.keys.active)
+        if not active:
+            return {}
+        items = sorted((c, int(v)) for c, v in active.items())
+        async with client.pipeline(transaction=False) as pipe:
+            for command, n in items:
+                pipe.hmget(self.keys.version(command, n), ("sha256", "source"))
+            rows = await pipe.execute()
+        return {c: ActiveScript(c, n, row[0], row[1]) for (c, n), row in zip(items, rows, strict=True)
+                if row[1] is not None}
+
+    # --- change propagation ----------------------------------------------------------------
+
+    async def watch(self, listener: ChangeListener, poll_interval: float = 0.5) -> None:
+        """Run forever: call ``listener()`` whenever the generation changed.
+
+        Woken by a pub/sub message on ``P:{s}:changes`` (milliseconds) and, as a fallback
+        for lost messages or a broken subscription, by polling ``generation()`` every
+        ``poll_interval`` seconds. The first successful poll also calls the listener (the
+        table may have been loaded before Redis was reachable). Outages are retried
+        forever; a listener that raises is called again on the next round.
+        """
+        changed = asyncio.Event()
+        subscriber = asyncio.create_task(self._subscribe(changed), name="store-subscribe")
+        last: int | None = None
+        try:
+            while True:
+                try:
+                    gen: int | None = await self.generation()
+                except StoreUnavailable:
+                    gen = None
+                if gen is not None and gen != last:
+                    try:
+                        await listener()
+                        last = gen
+                    except Exception:
+                        log.warning("change listener failed; retrying", exc_info=True)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), poll_interval)
+                changed.clear()
+        finally:
+            subscriber.cancel()
+            with contextlib.suppress(BaseException):
+                await subscriber
+
+    async def _subscribe(self, changed: asyncio.Event) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = None
+            try:
+                pubsub = self.client.pubsub()
+                await asyncio.wait_for(pubsub.subscribe(self.keys.changes), self.admin_timeout)
+                changed.set()  # messages may have been missed while unsubscribed
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        changed.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("change subscription lost: %s", describe(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(pubsub.aclose(), 0.5)
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    @guarded
+    async def audit(self, limit: int = 100, before_id: str | None = None) -> list[AuditEntry]:
+        top = "(" + audit.check_id(before_id) if before_id else "+"
+        client = await self._registry()
+        rows = await client.xrevrange(self.keys.audit, max=top, min="-", count=max(1, min(int(limit), 10_000)))
+        return [audit.parse(entry_id, data) for entry_id, data in rows]
+
+    @guarded
+    async def add_audit(self, actor: str, action: str, target: str, before: int | None = None,
+                        after: int | None = None, detail: dict[str, Any] | None = None) -> str:
+        client = await self._registry()
+        return str(await client.xadd(self.keys.audit, audit.fields(actor, action, target, before, after, detail),
+                                     maxlen=audit.AUDIT_MAXLEN, approximate=True))
+
+    # --- KV ------------------------------------------------------------------------------------
+
+    async def kv_call(self, namespace: str, op: str, args: list[Any]) -> Any:
+        """One script KV operation (see sandbox/kvops.py); KVError / KVUnavailable on failure."""
+        return await self.kv.call(namespace, op, args)
+
+    @guarded
+    async def kv_scan(self, namespace: str, prefix: str = "", limit: int = 100,
+                      cursor: str | None = "0") -> tuple[list[dict[str, Any]], str]:
+        return await self.kv_admin.scan(namespace, prefix, limit, cursor)
+
+    @guarded
+    async def kv_read(self, namespace: str, key: str) -> dict[str, Any] | None:
+        return await self.kv_admin.read(namespace, key)
+
+    @guarded
+    async def kv_write(self, namespace: str, key: str, type: str, value: Any, ttl: int | None, actor: str) -> None:
+        await self.kv_admin.write(namespace, key, type, value, ttl, actor)
+
+    @guarded
+    async def kv_delete(self, namespace: str, key: str, actor: str) -> bool:
+        return await self.kv_admin.delete(namespace, key, actor)
+
+    @guarded
+    async def kv_members(self, namespace: str, key: str, add: list[Any], remove: list[Any],
+                         actor: str) -> dict[str, int]:
+        return await self.kv_admin.members(namespace, key, add, remove, actor)
+
+    # --- recordings ------------------------------------------------------------------------------
+
+    @guarded
+    async def record(self, command: str, entry: dict[str, Any], maxlen: int = 10_000,
+                     max_age_s: int | None = None) -> str:
+        """Append one recorded callback to the command's stream, trimmed by length and age."""
+        check_command(command)
+        key = self.keys.recordings(command)
+        now_ms = int(time.time() * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"d": orjson.dumps(entry)}, maxlen=max(1, int(maxlen)), approximate=True)
+            if max_age_s:
+                pipe.xtrim(key, minid=f"{max(0, now_ms - int(max_age_s) * 1000)}", approximate=True)
+                # An idle stream disappears once everything in it is too old.
+                pipe.expire(key, int(max_age_s))
+            results = await pipe.execute()
+        if command not in self._rec_known:
+            client = await self._registry()
+            await client.sadd(self.keys.rec_commands, command)
+            self._rec_known.add(command)
+        return str(results[0])
+
+    @guarded
+    async def recordings(self, command: str, limit: int = 1000, since: float | None = None) -> list[dict[str, Any]]:
+        """Recorded callbacks, oldest first: the last ``limit``, or the first ``limit`` from ``since``."""
+        check_command(command)
+        key = self.keys.recordings(command)
+        count = max(1, int(limit))
+        if since is None:
+            rows = list(reversed(await self.client.xrevrange(key, count=count)))
+        else:
+            start = max(0, math.floor(float(since) * 1000))
+            rows = await self.client.xrange(key, min=f"{start}-0", max="+", count=count)
+        out = []
+        for _, data in rows:
+            with contextlib.suppress(orjson.JSONDecodeError, KeyError):
+                out.append(orjson.loads(data["d"]))
+        return out
+
+    @guarded
+    async def recording_commands(self) -> list[str]:
+        client = await self._registry()
+        return sorted(await client.smembers(self.keys.rec_commands))

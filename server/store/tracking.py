@@ -1,0 +1,389 @@
+"""Client-side cache of KV reads, kept correct by Redis server-assisted invalidation.
+
+Blocklist checks (``sismember`` & co.) are read-mostly: after the first read of a key,
+answering from process memory saves a network round trip per check. The cache is only
+used while a dedicated connection has ``CLIENT TRACKING ON BCAST PREFIX <P>:kv:``
+active (RESP3): Redis then pushes an ``invalidate`` message for every KV key that any
+client modifies, expires or evicts.
+
+"A write from any instance is visible to the next read on every instance": Redis sends
+the invalidation before (or in the same event-loop pass as) the reply to the writer
+(BCAST invalidations are flushed in ``beforeSleep`` ahead of pending replies). The
+tracking socket is a plain non-blocking socket that is drained *synchronously* before
+every cache lookup (one ``recv`` syscall, no event-loop turn needed), so once the
+writer has its reply, the invalidation is already in our socket buffer whenever the
+network delivers it no later than the writer's reply to whoever reads next (always true
+on one host; across hosts it is bounded by network delay, like any replica lag).
+
+Safety rules:
+- The cache is empty and unused whenever the tracking connection is down; it is
+  flushed on every connect, disconnect, missed probe or ``invalidate`` with a null key
+  list (FLUSHALL/FLUSHDB).
+- A read is cached only if no invalidation for its key (and no flush) happened while
+  it was in flight, so an old value can never be stored after its invalidation.
+- Entries of keys with a TTL expire locally no later than in Redis.
+- A probe (``ROLE``) every ``probe_interval`` must be answered within the op timeout and
+  say ``master``; otherwise the connection is dropped (covers a silently dead peer and
+  a master demoted by a failover).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import hiredis
+
+log = logging.getLogger("scriptgate.store.tracking")
+
+_MISS = object()
+
+
+class KVCache:
+    """Bounded LRU: Redis key -> {sub-key (what was asked) -> (value, expires_at)}."""
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max(1, max_entries)
+        self._keys: OrderedDict[str, dict[Hashable, tuple[Any, float]]] = OrderedDict()
+        self._size = 0
+        self._epoch = 0  # +1 on every flush: in-flight reads from before it are not cached
+        self._inflight: dict[str, list[int]] = {}  # key -> [reads in flight, invalidated?]
+        self.hits = self.misses = self.invalidations = self.flushes = self.evictions = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def lookup(self, key: str, sub: Hashable) -> Any:
+        entries = self._keys.get(key)
+        if entries is not None:
+            item = entries.get(sub)
+            if item is not None:
+                value, expires_at = item
+                if expires_at and time.monotonic() >= expires_at:
+                    self._drop(key)
+                else:
+                    self._keys.move_to_end(key)
+                    self.hits += 1
+                    return value
+        self.misses += 1
+        return _MISS
+
+    def begin(self, key: str) -> int:
+        rec = self._inflight.get(key)
+        if rec is None:
+            self._inflight[key] = [1, 0]
+        else:
+            rec[0] += 1
+        return self._epoch
+
+    def finish(self, key: str, epoch: int, items: list[tuple[Hashable, Any]] | None, expires_at: float) -> None:
+        """End a read started with ``begin``; cache ``items`` unless it raced an invalidation."""
+        rec = self._inflight.get(key)
+        clean = rec is not None and not rec[1] and epoch == self._epoch
+        if rec is not None:
+            rec[0] -= 1
+            if rec[0] <= 0:
+                del self._inflight[key]
+        if not clean or not items:
+            return
+        entries = self._keys.get(key)
+        if entries is None:
+            entries = self._keys[key] = {}
+        else:
+            self._keys.move_to_end(key)
+        for sub, value in items:
+            if sub not in entries:
+                self._size += 1
+            entries[sub] = (value, expires_at)
+        while self._size > self.max_entries and self._keys:
+            _, old = self._keys.popitem(last=False)
+            self._size -= len(old)
+            self.evictions += 1
+
+    def _drop(self, key: str) -> None:
+        entries = self._keys.pop(key, None)
+        if entries is not None:
+            self._size -= len(entries)
+
+    def invalidate(self, key: str) -> None:
+        self.invalidations += 1
+        self._drop(key)
+        rec = self._inflight.get(key)
+        if rec is not None:
+            rec[1] = 1
+
+    def flush(self) -> None:
+        self.flushes += 1
+        self._keys.clear()
+        self._size = 0
+        self._epoch += 1
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": self._size, "keys": len(self._keys), "max_entries": self.max_entries,
+                "hits": self.hits, "misses": self.misses, "invalidations": self.invalidations,
+                "flushes": self.flushes, "evictions": self.evictions}
+
+
+MISS = _MISS
+
+
+@dataclass
+class TrackingTarget:
+    """Where the tracking connection goes: the server the data connections use."""
+
+    host: str | None = None
+    port: int = 6379
+    path: str | None = None  # unix socket
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+TargetProvider = Callable[[], Awaitable[TrackingTarget]]
+
+
+class TrackingUnsupported(Exception):
+    """The server refuses RESP3 or CLIENT TRACKING (Redis < 6, fakeredis): no cache."""
+
+
+def _command(*parts: str | bytes | int) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        data = part if isinstance(part, bytes) else str(part).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class Tracker:
+    """Owns the tracking connection and feeds invalidations into a ``KVCache``."""
+
+    def __init__(self, cache: KVCache, kv_prefix: str, provider: TargetProvider,
+                 timeout: float = 0.5, probe_interval: float = 1.0) -> None:
+        self.cache = cache
+        self.kv_prefix = kv_prefix
+        self.provider = provider
+        self.timeout = timeout
+        self.probe_interval = probe_interval
+        self.connected = False
+        self.supported = True
+        self.last_error: str | None = None
+        self.connects = 0
+        self._sock: socket.socket | None = None
+        self._reader = hiredis.Reader()
+        self._replies: deque[asyncio.Future[Any]] = deque()
+        self._lost_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._loop = asyncio.get_running_loop()
+            self._task = asyncio.create_task(self._run(), name="kv-tracking")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        self._lost("closed")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self.connected and self.supported and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.connected
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                target = await asyncio.wait_for(self.provider(), self.timeout * 4)
+                sock = await asyncio.wait_for(asyncio.to_thread(self._handshake, target), self.timeout * 4)
+            except TrackingUnsupported as exc:
+                self.supported = False
+                self.last_error = str(exc)
+                log.info("client-side KV cache off: %s", exc)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
+            backoff = 0.05
+            self._attach(sock)
+            try:
+                await self._probe_loop()
+            finally:
+                self._lost("probe loop ended")
+
+    def _handshake(self, target: TrackingTarget) -> socket.socket:
+        """Blocking connect + HELLO 3 + CLIENT TRACKING, run in a thread with timeouts."""
+        if target.path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(target.path)
+        else:
+            sock = socket.create_connection((target.host or "127.0.0.1", target.port), timeout=self.timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            if target.ssl_context is not None:
+                sock = target.ssl_context.wrap_socket(sock, server_hostname=target.server_hostname)
+            hello: list[str | bytes | int] = ["HELLO", 3]
+            if target.password is not None:
+                hello += ["AUTH", target.username or "default", target.password]
+            sock.sendall(
+                _command(*hello)
+                + _command("CLIENT", "SETNAME", "scriptgate-kv-tracking")
+                + _command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.kv_prefix)
+            )
+            reader = hiredis.Reader()
+            replies: list[Any] = []
+            while len(replies) < 3:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionError("connection closed during tracking handshake")
+                reader.feed(data)
+                while (reply := reader.gets()) is not False:
+                    replies.append(reply)
+            hello_reply, _, tracking_reply = replies[:3]
+            for reply, what in ((hello_reply, "HELLO 3"), (tracking_reply, "CLIENT TRACKING")):
+                if isinstance(reply, hiredis.ReplyError):
+                    text = str(reply)
+                    if text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
+                        raise ConnectionError(f"{what}: {text}")
+                    raise TrackingUnsupported(f"server refused {what}: {text[:120]}")
+            # Keep any bytes buffered after the replies; pushes parsed already are covered
+            # by the flush in _attach.
+            self._reader = reader
+            sock.setblocking(False)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    def _attach(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._replies.clear()
+        self._lost_event = asyncio.Event()
+        # Anything cached or in flight from before this connection may have missed an
+        # invalidation: start clean.
+        self.cache.flush()
+        self.connected = True
+        self.connects += 1
+        self.last_error = None
+        assert self._loop is not None
+        self._loop.add_reader(sock.fileno(), self.drain)
+        self.drain()
+
+    def _lost(self, reason: str) -> None:
+        sock, self._sock = self._sock, None
+        was = self.connected
+        self.connected = False
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                assert self._loop is not None
+                self._loop.remove_reader(sock.fileno())
+            with contextlib.suppress(Exception):
+                sock.close()
+        self.cache.flush()
+        while self._replies:
+            fut = self._replies.popleft()
+            if not fut.done():
+                fut.set_exception(ConnectionError(reason))
+        self._reader = hiredis.Reader()
+        self._lost_event.set()
+        if was:
+            self.last_error = reason
+            log.warning("KV cache invalidation connection lost (%s); cache flushed", reason)
+
+    async def _probe_loop(self) -> None:
+        while self.connected:
+            try:
+                await asyncio.wait_for(self._lost_event.wait(), self.probe_interval)
+                return  # lost
+            except TimeoutError:
+                pass
+            try:
+                role = await asyncio.wait_for(self._request(_command("ROLE")), self.timeout)
+            except (TimeoutError, ConnectionError, OSError) as exc:
+                self._lost(f"probe failed: {type(exc).__name__}")
+                return
+            if isinstance(role, hiredis.ReplyError) or not role or role[0] != b"master":
+                self._lost("server is no longer a master")
+                return
+
+    def _request(self, payload: bytes) -> asyncio.Future[Any]:
+        assert self._loop is not None
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        if self._sock is None:
+            fut.set_exception(ConnectionError("not connected"))
+            return fut
+        self._replies.append(fut)
+        try:
+            self._sock.send(payload)  # a few bytes: never blocks in practice
+        except (OSError, ssl.SSLError) as exc:
+            self._lost(f"send failed: {exc}")
+        return fut
+
+    # --- the hot path ----------------------------------------------------------------
+
+    def drain(self) -> bool:
+        """Apply every invalidation already received; return whether the cache is usable."""
+        sock = self._sock
+        if sock is None:
+            return False
+        got = False
+        while True:
+            try:
+                data = sock.recv(262144)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                break
+            except (OSError, ssl.SSLError) as exc:
+                self._lost(f"read failed: {exc}")
+                return False
+            if not data:
+                self._lost("closed by server")
+                return False
+            self._reader.feed(data)
+            got = True
+        if got:
+            try:
+                while (msg := self._reader.gets()) is not False:
+                    self._handle(msg)
+            except hiredis.ProtocolError:
+                self._lost("protocol error")
+                return False
+        return self.connected
+
+    def _handle(self, msg: Any) -> None:
+        if isinstance(msg, hiredis.PushNotification):
+            if len(msg) >= 2 and msg[0] == b"invalidate":
+                keys = msg[1]
+                if keys is None:  # FLUSHDB / FLUSHALL
+                    self.cache.flush()
+                else:
+                    for key in keys:
+                        self.cache.invalidate(key.decode("utf-8", "replace"))
+            return
+        if self._replies:
+            fut = self._replies.popleft()
+            if not fut.done():
+                fut.set_result(msg)
+
+    def describe(self) -> dict[str, Any]:
+        state = "connected" if self.connected else ("unsupported" if not self.supported else "down")
+        return {"tracking": state, "connects": self.connects, "tracking_error": self.last_error}
