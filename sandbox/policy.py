@@ -1,30 +1,417 @@
-"""Upload-time policy: which source is accepted (FIRST CUT, hardened version follows)."""
+"""Upload-time policy: what source is accepted, and how it is rewritten before compiling.
+
+``check_source`` never raises: every refusal (syntax, size, nesting, forbidden syntax or
+names, missing ``handle``) is a ``CompileIssue`` with a line and column. ``transform``
+returns the compiled code object for the runtime.
+
+On top of RestrictedPython's ``RestrictingNodeTransformer`` (underscore names, inspect
+attributes, exec/eval calls, async, ``except*``...) this policy refuses whole features that
+only serve attacks in a webhook handler (imports, classes, generators, ``with``, bare
+``except``, star-unpacking in displays, ``return``/``break``/``continue`` in ``finally``)
+and injects the accounting calls the runtime needs (see ``sandbox.guards`` for the names):
+
+- ``_step_()`` at the top of every ``while`` body, and in every lambda;
+- ``_enter_()`` / ``try: ... finally: _leave_()`` around every function body;
+- ``_tick_()`` at the top of every ``for`` body and as the first ``if`` of every
+  comprehension clause (clock check, sticky stop), plus ``_sized_()`` around list, set
+  and dict comprehensions (item limit);
+- ``+ * ** << %`` become ``_add_ _mul_ _pow_ _lshift_ _mod_`` so sizes are checked
+  *before* anything is allocated, and f-string fields become ``_fmt_`` calls (widths,
+  safe conversions).
+"""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Iterator
 
-from RestrictedPython import compile_restricted_exec
+from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
 from sandbox.api import CompileIssue
 
-MAX_SOURCE_BYTES = 64 * 1024
 SCRIPT_FILENAME = "<script>"
+MAX_SOURCE_BYTES = 64 * 1024
+MAX_AST_DEPTH = 80  # RP's transformer and CPython's compiler recurse per level
+MAX_AST_NODES = 30_000
+MAX_ISSUES = 50
+SMALL_INT = 2**31  # `x + 1`, `n += 1` with a small constant cannot grow anything dangerously
+
+# Names refused wherever they appear (load or store): they only exist to reach the
+# interpreter, and refusing them at upload gives a clear error instead of a NameError.
+FORBIDDEN_NAMES = frozenset(
+    {
+        "exec", "eval", "compile", "open", "globals", "locals", "vars", "getattr", "setattr",
+        "delattr", "hasattr", "breakpoint", "memoryview", "super", "object", "classmethod",
+        "staticmethod", "property", "bytearray", "BaseException", "SystemExit", "KeyboardInterrupt",
+        "GeneratorExit", "StopAsyncIteration", "builtins", "printed",
+    }
+)  # fmt: skip
+# Names refused when loaded unless the script binds them itself: they are builtins we do
+# not provide, but also ordinary variable names (`type = req["type"]`). When the script
+# binds one, a load refers to the script's own value (our builtins lack them anyway).
+UNPROVIDED_BUILTINS = frozenset(
+    {
+        "type", "id", "hash", "dir", "help", "input", "exit", "quit", "iter", "next", "format",
+        "map", "filter", "pow", "ascii", "bytes", "callable", "issubclass", "slice", "complex",
+        "copyright", "credits", "license", "aiter", "anext", "frozenset", "oct", "bin",
+    }
+)  # fmt: skip
+REFUSED_ATTRIBUTES = frozenset({"format", "format_map", "mro"})
+
+_BINOP_HOOKS: dict[type[ast.operator], str] = {
+    ast.Add: "_add_",
+    ast.Mult: "_mul_",
+    ast.Pow: "_pow_",
+    ast.LShift: "_lshift_",
+    ast.Mod: "_mod_",
+}
+
+
+_INPLACE_HOOKS: dict[type[ast.operator], str] = {**_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_"}
+
+
+def _call(name: str, *args: ast.expr) -> ast.Call:
+    return ast.Call(func=ast.Name(name, ast.Load()), args=list(args), keywords=[])
+
+
+def _small_int(node: ast.expr) -> bool:
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) is int
+        and -SMALL_INT < node.value < SMALL_INT
+    )
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Every name the script binds anywhere (assignment, parameter, def, except-as...)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+    return names
+
+
+def _finally_escapes(stmts: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """return/break/continue in a ``finally`` block that would swallow a pending exception."""
+
+    def walk(node: ast.AST, in_loop: bool) -> Iterator[ast.stmt]:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            return
+        if isinstance(node, ast.Return) or (isinstance(node, (ast.Break, ast.Continue)) and not in_loop):
+            yield node  # type: ignore[misc]
+            return
+        if isinstance(node, (ast.For, ast.While, ast.AsyncFor)):
+            for child in node.body:
+                yield from walk(child, True)
+            for child in node.orelse:  # `else:` of a loop belongs to the enclosing one
+                yield from walk(child, in_loop)
+            return
+        for child in ast.iter_child_nodes(node):
+            yield from walk(child, in_loop)
+
+    for stmt in stmts:
+        yield from walk(stmt, False)
+
+
+class ScriptPolicy(RestrictingNodeTransformer):
+    """RestrictedPython's transformer, stricter, with accounting hooks injected."""
+
+    def __init__(self, bound_names: set[str]) -> None:
+        super().__init__()
+        self.issues: list[CompileIssue] = []
+        self.bound_names = bound_names
+
+    # -- error collection with columns ----------------------------------------------------
+
+    def error(self, node: ast.AST, info: str) -> None:
+        line = getattr(node, "lineno", None) or 1
+        col = getattr(node, "col_offset", None) or 0
+        self.errors.append(f"Line {line}: {info}")
+        if len(self.issues) < MAX_ISSUES:
+            self.issues.append(CompileIssue(line, col, info))
+
+    # -- whole features refused -------------------------------------------------------------
+
+    def visit_Import(self, node: ast.Import) -> ast.AST:
+        self.error(node, "imports are not allowed: use the provided globals (kv, json, re, time, log...)")
+        return node
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST:
+        self.error(node, "imports are not allowed: use the provided globals (kv, json, re, time, log...)")
+        return node
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.error(node, "class definitions are not allowed: use dicts and functions")
+        return node
+
+    def visit_Yield(self, node: ast.Yield) -> ast.AST:
+        self.error(node, "generator functions (yield) are not allowed")
+        return node
+
+    def visit_YieldFrom(self, node: ast.YieldFrom) -> ast.AST:
+        self.error(node, "generator functions (yield from) are not allowed")
+        return node
+
+    def visit_With(self, node: ast.With) -> ast.AST:
+        self.error(node, "with statements are not allowed (no context managers are available)")
+        return node
+
+    def visit_Global(self, node: ast.Global) -> ast.AST:
+        for name in node.names:
+            self.check_name(node, name)
+        return self.node_contents_visit(node)
+
+    # -- exceptions -------------------------------------------------------------------------
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
+        if node.type is None:
+            self.error(node, "bare 'except:' is not allowed: name the exceptions (e.g. 'except Exception:')")
+        return super().visit_ExceptHandler(node)
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        for bad in _finally_escapes(node.finalbody):
+            word = type(bad).__name__.lower()
+            self.error(bad, f"'{word}' inside 'finally' is not allowed (it would swallow errors)")
+        return super().visit_Try(node)
+
+    # -- names, attributes, calls -------------------------------------------------------------
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id in FORBIDDEN_NAMES:
+            self.error(node, f'"{node.id}" is not available in scripts')
+            return node
+        if isinstance(node.ctx, ast.Load) and node.id in UNPROVIDED_BUILTINS and node.id not in self.bound_names:
+            self.error(node, f'"{node.id}" is not available in scripts')
+            return node
+        return super().visit_Name(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
+        if node.attr in REFUSED_ATTRIBUTES:
+            self.error(node, f'".{node.attr}" is not allowed (use f-strings or %)')
+        return super().visit_Attribute(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        for kw in node.keywords:
+            if kw.arg is not None and kw.arg.startswith("_"):
+                self.error(kw if hasattr(kw, "lineno") else node,
+                           f'keyword argument "{kw.arg}" is not allowed (starts with "_")')
+        return super().visit_Call(node)
+
+    # -- displays: star-unpacking iterates in C, past every guard ----------------------------
+
+    def _no_starred(self, node: ast.List | ast.Tuple | ast.Set) -> None:
+        ctx = getattr(node, "ctx", None)  # ast.Set has no ctx: it is always a load
+        if ctx is None or isinstance(ctx, ast.Load):
+            for elt in node.elts:
+                if isinstance(elt, ast.Starred):
+                    self.error(elt, "star-unpacking in a list/tuple/set display is not allowed: use list(x)")
+
+    def visit_List(self, node: ast.List) -> ast.AST:
+        self._no_starred(node)
+        return super().visit_List(node)
+
+    def visit_Tuple(self, node: ast.Tuple) -> ast.AST:
+        self._no_starred(node)
+        return super().visit_Tuple(node)
+
+    def visit_Set(self, node: ast.Set) -> ast.AST:
+        self._no_starred(node)
+        return super().visit_Set(node)
+
+    def visit_Dict(self, node: ast.Dict) -> ast.AST:
+        for key, value in zip(node.keys, node.values, strict=True):
+            if key is None:
+                self.error(value, "'**' unpacking in a dict display is not allowed: use d.update(x)")
+        return super().visit_Dict(node)
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.AST:
+        if isinstance(node.ctx, ast.Store):
+            slices = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if any(isinstance(s, ast.Slice) for s in slices):
+                self.error(node, "slice assignment is not allowed: build a new list instead")
+        return super().visit_Subscript(node)
+
+    # -- functions: recursion depth and steps --------------------------------------------------
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        if node.decorator_list:
+            self.error(node, "decorators are not allowed")
+        node = super().visit_FunctionDef(node)
+        enter = ast.Expr(_call("_enter_"))
+        leave = ast.Expr(_call("_leave_"))
+        guarded = ast.Try(body=node.body, handlers=[], orelse=[], finalbody=[leave])
+        for new in (enter, leave, guarded):
+            copy_locations(new, node)
+        node.body = [enter, guarded]
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        node = super().visit_Lambda(node)
+        # `_step_()` returns None, so `None or body` is the body: a lambda call costs a step.
+        node.body = ast.BoolOp(op=ast.Or(), values=[_call("_step_"), node.body])
+        copy_locations(node.body, node)
+        return node
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def visit_While(self, node: ast.While) -> ast.AST:
+        node = super().visit_While(node)
+        step = ast.Expr(_call("_step_"))
+        copy_locations(step, node)
+        node.body.insert(0, step)
+        return node
+
+    def visit_For(self, node: ast.For) -> ast.AST:
+        node = super().visit_For(node)  # iter becomes _getiter_(...): charged up front
+        tick = ast.Expr(_call("_tick_"))
+        copy_locations(tick, node)
+        node.body.insert(0, tick)
+        return node
+
+    def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
+        node = super().visit_comprehension(node)
+        tick = _call("_tick_")
+        copy_locations(tick, node.iter)
+        node.ifs.insert(0, tick)
+        return node
+
+    def _sized(self, node: ast.expr) -> ast.AST:
+        new = _call("_sized_", node)
+        copy_locations(new, node)
+        return new
+
+    def visit_ListComp(self, node: ast.ListComp) -> ast.AST:
+        return self._sized(super().visit_ListComp(node))
+
+    def visit_SetComp(self, node: ast.SetComp) -> ast.AST:
+        return self._sized(super().visit_SetComp(node))
+
+    def visit_DictComp(self, node: ast.DictComp) -> ast.AST:
+        return self._sized(super().visit_DictComp(node))
+
+    # -- growth operators ------------------------------------------------------------------------
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        node = super().visit_BinOp(node)
+        hook = _BINOP_HOOKS.get(type(node.op))
+        if hook is None:
+            return node  # - / // >> & | ^ @ cannot grow past their operands
+        if hook == "_add_" and (_small_int(node.left) or _small_int(node.right)):
+            return node  # `i + 1` stays native: fast, grows an int by one bit at most
+        new = _call(hook, node.left, node.right)
+        copy_locations(new, node)
+        return new
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
+        op = type(node.op)
+        native = op not in _BINOP_HOOKS or (op is ast.Add and _small_int(node.value))
+        if native and isinstance(node.target, ast.Name):
+            # `n += 1`, `x -= y`, `s |= t` on a plain name: no guard needed, no call overhead.
+            return self.node_contents_visit(node)
+        if isinstance(node.target, ast.Name):
+            # n = _iadd_(n, v): one direct hook per operator (lists grow in place, checked).
+            node = self.node_contents_visit(node)
+            hook = _INPLACE_HOOKS[op]
+            value = _call(hook, ast.Name(node.target.id, ast.Load()), node.value)
+            new = ast.Assign(targets=[node.target], value=value)
+            copy_locations(new, node)
+            return new
+        return super().visit_AugAssign(node)  # refuses a.b += ... and a[i] += ...
+
+    def visit_FormattedValue(self, node: ast.FormattedValue) -> ast.AST:
+        node = super().visit_FormattedValue(node)
+        spec: ast.expr = node.format_spec if node.format_spec is not None else ast.Constant("")
+        new_value = _call("_fmt_", node.value, ast.Constant(node.conversion), spec)
+        copy_locations(new_value, node)
+        node.value = new_value
+        node.conversion = -1
+        node.format_spec = None
+        return node
+
+
+def _shape_issues(tree: ast.Module) -> list[CompileIssue]:
+    """Node count and nesting depth, measured without recursion."""
+    count = 0
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_AST_NODES:
+            return [CompileIssue(1, 0, f"script is too large ({MAX_AST_NODES} syntax nodes at most)")]
+        if depth > MAX_AST_DEPTH:
+            return [
+                CompileIssue(
+                    getattr(node, "lineno", 1) or 1,
+                    getattr(node, "col_offset", 0) or 0,
+                    f"code is nested too deeply ({MAX_AST_DEPTH} levels at most)",
+                )
+            ]
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return []
+
+
+def _handle_issues(tree: ast.Module) -> list[CompileIssue]:
+    handles = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "handle"]
+    if not handles:
+        return [CompileIssue(1, 0, "no top-level 'def handle(req):' function")]
+    fn = handles[-1]
+    a = fn.args
+    positional = [*a.posonlyargs, *a.args]
+    if len(positional) != 1 or a.vararg or a.kwarg or a.kwonlyargs or a.defaults:
+        return [CompileIssue(fn.lineno, fn.col_offset, "handle must take exactly one parameter: def handle(req):")]
+    return []
+
+
+def _syntax_issue(e: SyntaxError) -> CompileIssue:
+    return CompileIssue(e.lineno or 1, max((e.offset or 1) - 1, 0), f"syntax error: {e.msg}")
+
+
+def transform(source: object) -> tuple[object | None, list[CompileIssue]]:
+    """Check and compile ``source``. Returns (code object or None, issues). Never raises."""
+    try:
+        return _transform(source)
+    except SyntaxError as e:
+        return None, [_syntax_issue(e)]
+    except RecursionError:
+        return None, [CompileIssue(1, 0, "code is nested too deeply")]
+    except MemoryError:
+        return None, [CompileIssue(1, 0, "code is too complex to compile (nested too deeply?)")]
+    except Exception as e:  # ValueError (NUL bytes), anything unexpected from RP or compile()
+        return None, [CompileIssue(1, 0, f"source cannot be compiled ({type(e).__name__})")]
+
+
+def _transform(source: object) -> tuple[object | None, list[CompileIssue]]:
+    if type(source) is not str:
+        return None, [CompileIssue(1, 0, "source must be text")]
+    if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
+        return None, [CompileIssue(1, 0, f"source is larger than {MAX_SOURCE_BYTES} bytes")]
+    if "\x00" in source:
+        line = source.count("\n", 0, source.index("\x00")) + 1
+        return None, [CompileIssue(line, 0, "source contains a NUL character")]
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, [CompileIssue(1, 0, "source is not valid unicode (lone surrogate)")]
+    tree = ast.parse(source, SCRIPT_FILENAME, "exec")
+    issues = _shape_issues(tree)
+    if issues:
+        return None, issues
+    issues = _handle_issues(tree)
+    policy = ScriptPolicy(_bound_names(tree))
+    tree = policy.visit(tree)
+    issues = sorted({*issues, *policy.issues}, key=lambda i: (i.line, i.col, i.message))
+    if issues:
+        return None, issues
+    ast.fix_missing_locations(tree)
+    return compile(tree, SCRIPT_FILENAME, "exec", dont_inherit=True), []
 
 
 def check_source(source: str) -> list[CompileIssue]:
-    try:
-        if type(source) is not str:
-            return [CompileIssue(1, 0, "source must be text")]
-        if len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
-            return [CompileIssue(1, 0, f"source is larger than {MAX_SOURCE_BYTES} bytes")]
-        tree = ast.parse(source, SCRIPT_FILENAME)
-        result = compile_restricted_exec(source, SCRIPT_FILENAME)
-        issues = [CompileIssue(1, 0, e) for e in result.errors]
-        if not any(isinstance(n, ast.FunctionDef) and n.name == "handle" for n in tree.body):
-            issues.append(CompileIssue(1, 0, "no top-level 'def handle(req)'"))
-        return issues
-    except SyntaxError as e:
-        return [CompileIssue(e.lineno or 1, max((e.offset or 1) - 1, 0), f"syntax error: {e.msg}")]
-    except BaseException as e:  # RecursionError, MemoryError, ValueError (NUL bytes)
-        return [CompileIssue(1, 0, f"source cannot be compiled ({type(e).__name__})")]
+    """Every reason ``source`` would be refused at upload; [] means it is accepted."""
+    return transform(source)[1]

@@ -1,21 +1,17 @@
-"""Script runtime (FIRST CUT: minimal guards; the hardened version replaces this)."""
+"""Compile a script once, run it many times: each call in fresh globals, under budgets.
+
+``execute`` never raises for anything the script does: every outcome is a ``RunResult``
+(verdict allow / modify / deny, or error with a kind and a bounded message). Only
+process-level interruptions (``KeyboardInterrupt``, ``SystemExit`` from the worker's own
+signal handling) pass through.
+"""
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import time
 import types
 from dataclasses import dataclass
 from typing import Any
-
-from RestrictedPython import compile_restricted_exec, safe_builtins
-from RestrictedPython.Guards import (
-    full_write_guard,
-    guarded_iter_unpack_sequence,
-    guarded_unpack_sequence,
-    safer_getattr_raise,
-)
 
 from sandbox.api import (
     ALLOW,
@@ -24,15 +20,33 @@ from sandbox.api import (
     EXCEPTION,
     INVALID_RESULT,
     MODIFY,
-    UNAVAILABLE,
+    POLICY,
     Budgets,
     CompileIssue,
-    KVError,
     KVPort,
-    KVUnavailable,
     RunResult,
+    bounded,
 )
-from sandbox.policy import SCRIPT_FILENAME, check_source
+from sandbox.budget import RunState, Stop
+from sandbox.convert import (
+    InvalidResult,
+    copy_payload,
+    encoded_size,
+    exception_message,
+    scrub,
+    to_plain,
+)
+from sandbox.guards import SUBSCRIPTABLE, build_attrs, make_hooks
+from sandbox.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
+from sandbox.kvapi import KV
+from sandbox.policy import SCRIPT_FILENAME, transform
+from sandbox.safe_builtins import SafeType, make_builtins
+
+ERR_CODE_MIN, ERR_CODE_MAX = 100, 2_147_483_647
+MAX_ERR_TEXT = 4096
+
+_ATTRS = build_attrs([*FACADE_CLASSES, KV, SafeType])
+_SUBSCRIPTABLE = frozenset({*SUBSCRIPTABLE, *SUBSCRIPTABLE_FACADES})
 
 
 @dataclass(frozen=True)
@@ -42,78 +56,134 @@ class CompiledScript:
 
 
 class PolicyRefused(Exception):
+    """The source was refused at compile time; ``issues`` says where and why."""
+
     def __init__(self, issues: list[CompileIssue]) -> None:
-        super().__init__("; ".join(f"line {i.line}: {i.message}" for i in issues))
+        first = issues[0] if issues else CompileIssue(1, 0, "refused")
+        super().__init__(bounded(f"line {first.line}, col {first.col}: {first.message}"))
         self.issues = issues
 
 
 def compile_script(source: str) -> CompiledScript:
-    issues = check_source(source)
-    if issues:
-        raise PolicyRefused(issues)
-    result = compile_restricted_exec(source, SCRIPT_FILENAME)
-    return CompiledScript(result.code, hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest())
+    code, issues = transform(source)
+    if issues or not isinstance(code, types.CodeType):
+        raise PolicyRefused(issues or [CompileIssue(1, 0, "source cannot be compiled")])
+    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return CompiledScript(code, digest)
 
 
-class _Verdict:
-    def __init__(self, kind: str, fields: dict[str, Any]) -> None:
-        self.kind, self.fields = kind, fields
+def _script_line(exc: BaseException) -> int | None:
+    """The innermost line of the script's own frames (never host frames) in a traceback."""
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == SCRIPT_FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
-class _Stop(BaseException):
-    pass
+def _at(line: int | None) -> str:
+    return f" (line {line})" if line else ""
+
+
+def _describe(exc: BaseException) -> str:
+    name = type(exc).__name__
+    try:
+        text = exception_message(exc)
+    except Exception:
+        text = ""
+    text = scrub(bounded(text, 400))
+    return f"{name}: {text}" if text else name
+
+
+def build_globals(st: RunState, port: KVPort) -> dict[str, Any]:
+    """Fresh globals for one call. Nothing in here survives the call."""
+    builtins = make_builtins(st)
+    builtins.update(make_hooks(st, _ATTRS, _SUBSCRIPTABLE, PrintCollector))
+    g: dict[str, Any] = {"__builtins__": builtins, "__name__": "script", "kv": KV(st, port)}
+    g.update(make_helpers(st))
+    return g
+
+
+def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
+    """Turn handle()'s return value into (verdict, plain fields). Raises InvalidResult."""
+    if rv is None:
+        return ALLOW, {}
+    if type(rv) is Verdict:
+        if rv.kind == DENY:
+            code, msg, dlt = rv.fields
+            if type(code) is not int or not ERR_CODE_MIN <= code <= ERR_CODE_MAX:
+                raise InvalidResult(f"deny(): errCode must be an int from {ERR_CODE_MIN} to {ERR_CODE_MAX}")
+            for name, text in (("errMsg", msg), ("errDlt", dlt)):
+                if type(text) is not str:
+                    raise InvalidResult(f"deny(): {name} must be a str")
+                if len(text) > MAX_ERR_TEXT:
+                    raise InvalidResult(f"deny(): {name} is longer than {MAX_ERR_TEXT} characters")
+            return DENY, {"errCode": code, "errMsg": msg, "errDlt": dlt}
+        rv = rv.fields
+    if type(rv) is not dict:
+        raise InvalidResult(
+            f"handle() must return allow(...), deny(...), None or a dict, not {type(rv).__name__}"
+        )
+    fields = to_plain(rv, st)
+    if not fields:
+        return ALLOW, {}
+    size = encoded_size(fields)
+    if size > st.budgets.result_bytes:
+        raise InvalidResult(f"result is {size} bytes of JSON (limit {st.budgets.result_bytes})")
+    return MODIFY, fields
 
 
 def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) -> RunResult:
-    start = time.monotonic()
-    logs: list[str] = []
-    ops = [0]
-
-    def log(*args: Any) -> None:
-        logs.append(" ".join(str(a) for a in args))
-
-    class KV:
-        def __getattr__(self, op: str) -> Any:
-            def call(*args: Any) -> Any:
-                ops[0] += 1
-                return kv.call(op, list(args))
-            return call
-
-    def allow(**fields: Any) -> _Verdict:
-        return _Verdict(ALLOW, fields)
-
-    def deny(errCode: int, errMsg: str = "", errDlt: str = "") -> _Verdict:
-        return _Verdict(DENY, {"errCode": errCode, "errMsg": errMsg, "errDlt": errDlt})
-
-    builtins = dict(safe_builtins)
-    builtins.update(_getattr_=safer_getattr_raise, _getitem_=lambda o, k: o[k], _getiter_=iter,
-                    _iter_unpack_sequence_=guarded_iter_unpack_sequence,
-                    _unpack_sequence_=guarded_unpack_sequence, _write_=full_write_guard,
-                    _apply_=lambda f, *a, **k: f(*a, **k), list=list, dict=dict, set=set, sorted=sorted,
-                    zip=zip, any=any, all=all, min=min, max=max, sum=sum, enumerate=enumerate)
-    g: dict[str, Any] = {"__builtins__": builtins, "__name__": "script", "kv": KV(), "log": log,
-                         "allow": allow, "deny": deny}
-
-    def done(**kw: Any) -> RunResult:
-        return RunResult(logs=logs, kv_ops=ops[0], elapsed_ms=(time.monotonic() - start) * 1000, **kw)
-
+    """Run ``handle(req)`` once. Never raises for anything the script does."""
+    st = RunState(budgets)
+    g: dict[str, Any] = {}
     try:
-        exec(script.code, g)
-        rv = g["handle"](copy.deepcopy(payload))
-    except KVUnavailable as e:
-        return RunResult.failed(UNAVAILABLE, str(e), logs=logs, kv_ops=ops[0])
-    except KVError as e:
-        return RunResult.failed(EXCEPTION, f"KVError: {e}", logs=logs, kv_ops=ops[0])
-    except RecursionError as e:
-        return RunResult.failed(BUDGET, f"budget exceeded: recursion ({e})", logs=logs, kv_ops=ops[0])
-    except Exception as e:
-        return RunResult.failed(EXCEPTION, f"{type(e).__name__}: {e}", logs=logs, kv_ops=ops[0])
-    if rv is None:
-        return done(verdict=ALLOW)
-    if isinstance(rv, _Verdict):
-        if rv.kind == ALLOW:
-            return done(verdict=MODIFY if rv.fields else ALLOW, fields=dict(rv.fields))
-        return done(verdict=DENY, fields=rv.fields)
-    if type(rv) is dict:
-        return done(verdict=MODIFY if rv else ALLOW, fields=rv)
-    return RunResult.failed(INVALID_RESULT, f"handle returned {type(rv).__name__}", logs=logs, kv_ops=ops[0])
+        g = build_globals(st, kv)
+        req = copy_payload(payload)
+        verdict, fields = _run(script, g, req, st)
+        return RunResult(verdict=verdict, fields=fields, logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
+    except (KeyboardInterrupt, SystemExit):
+        raise  # the worker's own signals; a script cannot name or raise these
+    except BaseException as exc:
+        kind, message = _classify(exc, st)
+        return RunResult.failed(kind, message, logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
+    finally:
+        g.clear()  # break function <-> globals cycles now, not in a later GC
+
+
+def _run(script: CompiledScript, g: dict[str, Any], req: Any, st: RunState) -> tuple[str, dict[str, Any]]:
+    exec(script.code, g)
+    handle = g.get("handle")
+    if type(handle) is not types.FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
+        st.refuse("'handle' must be the script's own function")
+    rv = handle(req)
+    if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
+        st.reraise()
+    result = _verdict(rv, st)
+    if st.dead is not None:
+        st.reraise()
+    return result
+
+
+def _classify(exc: BaseException, st: RunState) -> tuple[str, str]:
+    line = _script_line(exc)
+    # A stop always wins: a `finally:` may have replaced it with an ordinary exception.
+    dead = st.dead
+    if dead is not None:
+        return dead.kind, dead.message + _at(line)
+    if isinstance(exc, Stop):
+        return exc.kind, exc.message + _at(line)
+    if isinstance(exc, InvalidResult):
+        return INVALID_RESULT, str(exc)
+    if isinstance(exc, MemoryError):
+        return BUDGET, "budget exceeded: memory (the script allocated too much)" + _at(line)
+    if isinstance(exc, RecursionError):
+        return BUDGET, "budget exceeded: recursion (interpreter stack limit)" + _at(line)
+    if line is None and not isinstance(exc, Exception):
+        return POLICY, f"sandbox error: {type(exc).__name__}"
+    return EXCEPTION, _describe(exc) + _at(line)
+
+
+__all__ = ["CompiledScript", "PolicyRefused", "compile_script", "execute"]

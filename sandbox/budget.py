@@ -1,0 +1,192 @@
+"""Per-call accounting: steps, wall clock, recursion depth, sizes, logs, KV ops.
+
+One ``RunState`` is created for every ``execute`` call and dropped afterwards, so nothing a
+script does is visible to the next call. The guard functions (``sandbox.guards``) and the
+helper facades charge against it.
+
+Stopping a script: every limit raises a ``Stop`` subclass. ``Stop`` derives from
+``BaseException`` so ``except Exception`` in a script cannot catch it (bare ``except:``
+and the name ``BaseException`` are refused at upload). It is also *sticky*: the first stop
+is remembered in ``RunState.dead`` and every later guard call raises it again, so a
+``finally:`` block that loops, calls helpers or touches KV dies as well.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NoReturn
+
+from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
+
+# How many cheap ticks pass between two reads of the monotonic clock. A tick costs a
+# counter decrement; reading the clock costs ~50 ns more. 64 keeps the overshoot small
+# even when each loop iteration does a lot of C-level work.
+CLOCK_EVERY = 64
+
+
+class Stop(BaseException):
+    """Ends the script; not catchable by ``except Exception``. ``kind`` is an api error kind."""
+
+    kind = POLICY
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BudgetExceeded(Stop):
+    kind = BUDGET
+
+
+class PolicyViolation(Stop):
+    """The sandbox blocked an operation at run time (forbidden attribute, type, keyword...)."""
+
+    kind = POLICY
+
+
+class BackendUnavailable(Stop):
+    """The KV backend could not be reached: the script must not go on as if it had an answer."""
+
+    kind = UNAVAILABLE
+
+
+class RunState:
+    """Mutable per-call counters. Kept in ``__slots__`` for fast attribute access in guards."""
+
+    __slots__ = (
+        "budgets",
+        "dead",
+        "deadline",
+        "depth",
+        "kv_ops",
+        "log_bytes",
+        "logs",
+        "started",
+        "steps_left",
+        "ticks_left",
+    )
+
+    def __init__(self, budgets: Budgets) -> None:
+        self.budgets = budgets
+        self.started = time.monotonic()
+        self.deadline = self.started + budgets.wall_ms / 1000.0
+        self.steps_left = budgets.steps
+        self.ticks_left = CLOCK_EVERY
+        self.depth = 0
+        self.dead: Stop | None = None
+        self.logs: list[str] = []
+        self.log_bytes = 0
+        self.kv_ops = 0
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def stop(self, exc: Stop) -> NoReturn:
+        """Remember the first stop and raise it (or the earlier one if already dead)."""
+        if self.dead is None:
+            self.dead = exc
+            raise exc
+        raise type(self.dead)(self.dead.message)
+
+    def reraise(self) -> NoReturn:
+        dead = self.dead
+        assert dead is not None
+        raise type(dead)(dead.message)
+
+    def exceeded(self, name: str, limit: int | float, detail: str = "") -> NoReturn:
+        extra = f": {detail}" if detail else ""
+        self.stop(BudgetExceeded(f"budget exceeded: {name} (limit {limit}){extra}"))
+
+    def refuse(self, message: str) -> NoReturn:
+        self.stop(PolicyViolation(f"blocked by sandbox: {message}"))
+
+    # -- time and steps -----------------------------------------------------------------
+
+    def check_clock(self) -> None:
+        if self.dead is not None:
+            self.reraise()
+        self.ticks_left = CLOCK_EVERY
+        if time.monotonic() > self.deadline:
+            self.exceeded("wall_ms", self.budgets.wall_ms)
+
+    def tick(self) -> bool:
+        """A loop iteration or comprehension item: checks the clock now and then, costs no step.
+
+        Returns True so it can sit in a comprehension's ``if`` clause.
+        """
+        self.ticks_left -= 1
+        if self.ticks_left <= 0 or self.dead is not None:
+            self.check_clock()
+        return True
+
+    def step(self) -> None:
+        """One unit of script work (while-loop iteration, function call)."""
+        self.steps_left -= 1
+        self.ticks_left -= 1
+        if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
+            self._slow_step()
+
+    def charge(self, n: int) -> None:
+        """Charge ``n`` steps at once (items about to be iterated by a loop or in C)."""
+        self.steps_left -= n
+        self.ticks_left -= 1
+        if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
+            self._slow_step()
+
+    def _slow_step(self) -> None:
+        if self.dead is not None:
+            self.reraise()
+        if self.steps_left < 0:
+            self.exceeded("steps", self.budgets.steps)
+        self.check_clock()
+
+    def enter(self) -> None:
+        """Script function entry: one step plus one level of recursion depth."""
+        self.depth += 1
+        if self.depth > self.budgets.recursion:
+            self.depth -= 1
+            self.exceeded("recursion", self.budgets.recursion, "script functions nested too deeply")
+        self.step()
+
+    def leave(self) -> None:
+        self.depth -= 1
+
+    def alive(self) -> None:
+        """Raise again if the script has already been stopped (for non-loop guards)."""
+        if self.dead is not None:
+            self.reraise()
+
+    # -- sizes --------------------------------------------------------------------------
+
+    def check_str(self, n: int) -> None:
+        if n > self.budgets.max_str:
+            self.exceeded("max_str", self.budgets.max_str, f"a string of {n} characters")
+
+    def check_bytes(self, n: int) -> None:
+        if n > self.budgets.max_bytes:
+            self.exceeded("max_bytes", self.budgets.max_bytes, f"a bytes object of {n} bytes")
+
+    def check_items(self, n: int) -> None:
+        if n > self.budgets.max_items:
+            self.exceeded("max_items", self.budgets.max_items, f"a container of {n} items")
+
+    def check_bits(self, n: int | float) -> None:
+        if n > self.budgets.max_int_bits:
+            self.exceeded("max_int_bits", self.budgets.max_int_bits, "an integer that large")
+
+    # -- logs ---------------------------------------------------------------------------
+
+    def add_log(self, line: str) -> None:
+        self.alive()
+        b = self.budgets
+        if len(self.logs) >= b.log_lines:
+            self.exceeded("log_lines", b.log_lines)
+        room = b.log_bytes - self.log_bytes
+        # A character is at least one byte: refuse before encoding a huge line.
+        size = len(line) if len(line) > room or line.isascii() else len(line.encode("utf-8", "replace"))
+        if size > room:
+            self.exceeded("log_bytes", b.log_bytes)
+        self.log_bytes += size
+        self.logs.append(line)
+
+    def elapsed_ms(self) -> float:
+        return round((time.monotonic() - self.started) * 1000.0, 3)

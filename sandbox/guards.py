@@ -1,0 +1,616 @@
+"""The guard functions RestrictedPython's rewritten code calls, written for this sandbox.
+
+``make_hooks(st)`` returns the hook table for one call; every hook closes over that call's
+``RunState``. Principles:
+
+- Attribute access is an allow-list per *exact* type (``ATTRS``). Methods that can build
+  something big, or that iterate their argument in C, are replaced by wrappers that check
+  the size *before* building and charge the items as steps.
+- Iteration charges ``len()`` steps up front for sized built-in containers; the only unsized
+  iterables a script can get are its own generator expressions (their loops are guarded)
+  and ``enumerate``/``zip`` objects our wrappers built from already-charged inputs.
+- Every hook first checks ``st.dead`` so a stopped script cannot do anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import types
+from collections.abc import Callable
+from typing import Any
+
+from sandbox.budget import RunState
+from sandbox.convert import (
+    SafeText,
+    TooLong,
+    exception_args,
+    safe_repr,
+    safe_str,
+    sanitize_format_arg,
+)
+
+INTLIKE = frozenset({int, bool})
+# Built-in containers whose length is known: iterating them is charged len() steps at once.
+SIZED = frozenset(
+    {
+        list, tuple, str, bytes, dict, set, frozenset, range,
+        type({}.keys()), type({}.values()), type({}.items()),
+    }
+)  # fmt: skip
+# Unsized iterables a script can hold: its own generator expressions (guarded inside) and
+# enumerate/zip objects our wrappers built over materialized, charged inputs.
+LAZY = frozenset({types.GeneratorType, enumerate, zip})
+SUBSCRIPTABLE = {dict, list, tuple, str, bytes, range}
+WRITABLE = frozenset({dict, list, set})
+ENCODINGS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf-32"})
+ERROR_MODES = frozenset({"strict", "ignore", "replace", "backslashreplace", "surrogatepass"})
+
+_PERCENT_SPEC = re.compile(
+    r"%(?:\((?P<key>[^)]*)\))?[-#0 +]*(?P<width>\*|\d+)?(?:\.(?P<prec>\*|\d+))?[hlL]?(?P<conv>.?)", re.S
+)
+_SPEC_NUMBER = re.compile(r"\d+")
+
+Factory = Callable[[RunState, Any], Any]
+
+
+# -- shared building blocks --------------------------------------------------------------
+
+
+def materialize(st: RunState, x: Any) -> Any:
+    """The items of ``x`` in a sized container, charged as steps, bounded by max_items.
+
+    Sized built-ins are returned as they are (charged ``len``); generators are drained
+    into a list with a running item cap. Anything else is refused.
+    """
+    t = type(x)
+    if t in SIZED:
+        st.charge(len(x))
+        return x
+    if t in LAZY:
+        st.alive()
+        cap = st.budgets.max_items
+        out: list[Any] = []
+        append = out.append
+        for item in x:
+            append(item)
+            if len(out) > cap:
+                st.check_items(len(out))
+        st.charge(len(out))
+        return out
+    st.refuse(f"cannot iterate over {t.__name__}")
+
+
+def check_encoding(encoding: Any, errors: Any) -> None:
+    if type(encoding) is not str or encoding.lower() not in ENCODINGS:
+        raise ValueError(f"unsupported encoding (use one of: {', '.join(sorted(ENCODINGS))})")
+    if type(errors) is not str or errors not in ERROR_MODES:
+        raise ValueError(f"unsupported errors mode (use one of: {', '.join(sorted(ERROR_MODES))})")
+
+
+def text_of(st: RunState, x: Any, as_repr: bool = False) -> str:
+    """Safe str()/repr() bounded by max_str (a budget error past it)."""
+    limit = st.budgets.max_str
+    try:
+        return safe_repr(x, st, limit) if as_repr else safe_str(x, st, limit)
+    except TooLong:
+        st.exceeded("max_str", limit, "text representation too long")
+
+
+# -- size-checking method wrappers (one factory per method) ----------------------------------
+
+
+def _str_join(st: RunState, s: str) -> Callable[..., str]:
+    def join(iterable: Any) -> str:
+        items = materialize(st, iterable)
+        try:
+            total = sum(map(len, items))
+        except TypeError:
+            total = 0  # a non-str item: str.join raises its own TypeError below
+        st.check_str(total + len(s) * max(len(items) - 1, 0))
+        return s.join(items)
+
+    return join
+
+
+def _str_replace(st: RunState, s: str) -> Callable[..., str]:
+    def replace(old: Any, new: Any, count: Any = -1) -> str:
+        if type(old) is str and type(new) is str and type(count) in INTLIKE:
+            n = s.count(old) if old else len(s) + 1
+            if count >= 0:
+                n = min(n, count)
+            st.check_str(len(s) + max(n * (len(new) - len(old)), 0))
+        return s.replace(old, new, count)
+
+    return replace
+
+
+def _str_width(name: str) -> Factory:
+    def factory(st: RunState, s: str) -> Callable[..., str]:
+        method = getattr(s, name)
+
+        def pad(width: Any, *fill: Any) -> str:
+            if type(width) in INTLIKE:
+                st.check_str(width)
+            return method(width, *fill)
+
+        return pad
+
+    return factory
+
+
+def _str_expandtabs(st: RunState, s: str) -> Callable[..., str]:
+    def expandtabs(tabsize: Any = 8) -> str:
+        if type(tabsize) in INTLIKE:
+            st.check_str(len(s) + s.count("\t") * max(tabsize, 0))
+        return s.expandtabs(tabsize)
+
+    return expandtabs
+
+
+def _str_case(name: str) -> Factory:
+    # upper()/casefold()... can grow a string at most 3x ('ß' -> 'SS'): check the result.
+    def factory(st: RunState, s: str) -> Callable[[], str]:
+        method = getattr(s, name)
+
+        def change_case() -> str:
+            r = method()
+            st.check_str(len(r))
+            return r
+
+        return change_case
+
+    return factory
+
+
+def _str_encode(st: RunState, s: str) -> Callable[..., bytes]:
+    def encode(encoding: Any = "utf-8", errors: Any = "strict") -> bytes:
+        check_encoding(encoding, errors)
+        st.check_bytes(len(s))
+        r = s.encode(encoding, errors)
+        st.check_bytes(len(r))
+        return r
+
+    return encode
+
+
+def _bytes_decode(st: RunState, b: bytes) -> Callable[..., str]:
+    def decode(encoding: Any = "utf-8", errors: Any = "strict") -> str:
+        check_encoding(encoding, errors)
+        r = b.decode(encoding, errors)
+        st.check_str(len(r))
+        return r
+
+    return decode
+
+
+def _result_items(name: str) -> Factory:
+    # split()/splitlines(): one item per character at worst; check and charge the result.
+    def factory(st: RunState, s: Any) -> Callable[..., list[Any]]:
+        method = getattr(s, name)
+
+        def split(*args: Any, **kwargs: Any) -> list[Any]:
+            r = method(*args, **kwargs)
+            st.check_items(len(r))
+            st.charge(len(r))
+            return r
+
+        return split
+
+    return factory
+
+
+def _result_str(name: str) -> Factory:
+    def factory(st: RunState, s: Any) -> Callable[..., str]:
+        method = getattr(s, name)
+
+        def call(*args: Any) -> str:
+            r = method(*args)
+            st.check_str(len(r))
+            return r
+
+        return call
+
+    return factory
+
+
+def _list_extend(st: RunState, lst: list[Any]) -> Callable[[Any], None]:
+    def extend(iterable: Any) -> None:
+        items = materialize(st, iterable)
+        st.check_items(len(lst) + len(items))
+        lst.extend(items)
+
+    return extend
+
+
+def _list_sort(st: RunState, lst: list[Any]) -> Callable[..., None]:
+    def sort(*, key: Any = None, reverse: Any = False) -> None:
+        st.charge(len(lst))
+        lst.sort(key=key, reverse=reverse)
+
+    return sort
+
+
+def _dict_update(st: RunState, d: dict[Any, Any]) -> Callable[..., None]:
+    def update(*args: Any, **kwargs: Any) -> None:
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 argument, got {len(args)}")
+        other = materialize(st, args[0]) if args else ()
+        st.check_items(len(d) + len(other) + len(kwargs))
+        d.update(other, **kwargs)
+
+    return update
+
+
+def _set_op(name: str, grows: bool) -> Factory:
+    # Set methods iterate their arguments in C: materialize (charge) them first.
+    def factory(st: RunState, s: Any) -> Callable[..., Any]:
+        method = getattr(s, name)
+
+        def call(*others: Any) -> Any:
+            items = [materialize(st, o) for o in others]
+            if grows:
+                st.check_items(len(s) + sum(map(len, items)))
+            return method(*items)
+
+        return call
+
+    return factory
+
+
+# -- the attribute allow-list ----------------------------------------------------------------
+
+
+def _plain(*names: str) -> dict[str, Factory | None]:
+    return dict.fromkeys(names)
+
+
+_STR_ATTRS: dict[str, Factory | None] = {
+    **_plain(
+        "count", "endswith", "find", "index", "isalnum", "isalpha", "isascii", "isdecimal", "isdigit",
+        "isidentifier", "islower", "isnumeric", "isprintable", "isspace", "istitle", "isupper", "lstrip",
+        "partition", "removeprefix", "removesuffix", "rfind", "rindex", "rpartition", "rstrip", "startswith",
+        "strip",
+    ),
+    "join": _str_join,
+    "replace": _str_replace,
+    "ljust": _str_width("ljust"),
+    "rjust": _str_width("rjust"),
+    "center": _str_width("center"),
+    "zfill": _str_width("zfill"),
+    "expandtabs": _str_expandtabs,
+    "encode": _str_encode,
+    "split": _result_items("split"),
+    "rsplit": _result_items("rsplit"),
+    "splitlines": _result_items("splitlines"),
+    **{name: _str_case(name) for name in ("upper", "lower", "casefold", "title", "capitalize", "swapcase")},
+}  # fmt: skip
+
+_BYTES_ATTRS: dict[str, Factory | None] = {
+    **_plain(
+        "count", "endswith", "find", "index", "isalnum", "isalpha", "isascii", "isdigit", "isspace", "lower",
+        "lstrip", "rfind", "rstrip", "startswith", "strip", "upper",
+    ),
+    "decode": _bytes_decode,
+    "hex": _result_str("hex"),
+    "split": _result_items("split"),
+}  # fmt: skip
+
+_LIST_ATTRS: dict[str, Factory | None] = {
+    **_plain("append", "clear", "copy", "count", "index", "insert", "pop", "remove", "reverse"),
+    "extend": _list_extend,
+    "sort": _list_sort,
+}
+
+_DICT_ATTRS: dict[str, Factory | None] = {
+    **_plain("clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "values"),
+    "update": _dict_update,
+}
+
+_FROZENSET_ATTRS: dict[str, Factory | None] = {
+    "copy": None,
+    "union": _set_op("union", True),
+    "symmetric_difference": _set_op("symmetric_difference", True),
+    "intersection": _set_op("intersection", False),
+    "difference": _set_op("difference", False),
+    "issubset": _set_op("issubset", False),
+    "issuperset": _set_op("issuperset", False),
+    "isdisjoint": _set_op("isdisjoint", False),
+}
+
+_SET_ATTRS: dict[str, Factory | None] = {
+    **_FROZENSET_ATTRS,
+    **_plain("add", "clear", "discard", "pop", "remove"),
+    "update": _set_op("update", True),
+    "symmetric_difference_update": _set_op("symmetric_difference_update", True),
+    "intersection_update": _set_op("intersection_update", False),
+    "difference_update": _set_op("difference_update", False),
+}
+
+BASE_ATTRS: dict[type, dict[str, Factory | None]] = {
+    str: _STR_ATTRS,
+    bytes: _BYTES_ATTRS,
+    list: _LIST_ATTRS,
+    dict: _DICT_ATTRS,
+    set: _SET_ATTRS,
+    frozenset: _FROZENSET_ATTRS,
+    tuple: _plain("count", "index"),
+    int: _plain("bit_length", "bit_count"),
+    bool: _plain("bit_length", "bit_count"),
+    float: _plain("is_integer"),
+    range: _plain("start", "stop", "step", "count", "index"),
+}
+
+
+def build_attrs(facades: list[type]) -> dict[type, dict[str, Factory | None]]:
+    """The full allow-list: built-in types plus each facade class's ``PUBLIC`` names."""
+    table = dict(BASE_ATTRS)
+    for cls in facades:
+        table[cls] = dict.fromkeys(cls.PUBLIC)  # type: ignore[attr-defined]
+    return table
+
+
+# -- the hooks for one call --------------------------------------------------------------------
+
+
+def make_hooks(
+    st: RunState,
+    attrs: dict[type, dict[str, Factory | None]],
+    subscriptable: frozenset[type],
+    print_collector: Callable[[RunState], Any],
+) -> dict[str, Any]:
+    b = st.budgets
+    max_str, max_items, max_bits = b.max_str, b.max_items, b.max_int_bits
+    int_limit = 1 << max_bits
+    neg_int_limit = -int_limit  # computed once: negating a 100k-bit int allocates
+    missing = object()
+
+    def getattr_(obj: Any, name: str) -> Any:
+        if st.dead is not None:
+            st.reraise()
+        t = type(obj)
+        table = attrs.get(t)
+        if table is not None and type(name) is str:
+            how = table.get(name, missing)
+            if how is None:
+                return getattr(obj, name)
+            if how is not missing:
+                return how(st, obj)
+        elif isinstance(obj, BaseException) and name == "args":
+            return exception_args(obj)
+        st.refuse(f"attribute '{name}' of {t.__name__} is not available")
+
+    def getitem_(obj: Any, key: Any) -> Any:
+        if st.dead is not None:
+            st.reraise()
+        if type(obj) in subscriptable:
+            return obj[key]
+        st.refuse(f"{type(obj).__name__} objects cannot be indexed")
+
+    def getiter_(obj: Any) -> Any:
+        t = type(obj)
+        if t in SIZED:
+            st.charge(len(obj))
+            return obj
+        if t in LAZY:
+            st.alive()
+            return obj
+        st.refuse(f"cannot iterate over {t.__name__}")
+
+    def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
+        # Native unpacking stops after len(targets)+1 items (or collects a starred target
+        # from a sized / self-charging iterable), so no list() of the whole thing here.
+        return getiter_(it)
+
+    def iter_unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
+        return getiter_(it)
+
+    def write_(obj: Any) -> Any:
+        if st.dead is not None:
+            st.reraise()
+        if type(obj) in WRITABLE:
+            return obj
+        st.refuse(f"{type(obj).__name__} objects cannot be modified")
+
+    def apply_(func: Any, *args: Any, **kwargs: Any) -> Any:
+        for key in kwargs:
+            if key.startswith("_"):
+                st.refuse(f'keyword argument "{key}" is not allowed')
+        st.charge(len(args) + len(kwargs))
+        return func(*args, **kwargs)
+
+    def sized_(container: Any) -> Any:
+        if len(container) > max_items:
+            st.check_items(len(container))
+        return container
+
+    # -- growth operators: check before allocating --
+
+    def add_(a: Any, b: Any) -> Any:
+        ta = type(a)
+        if ta is int and type(b) is int:
+            r = a + b
+            if neg_int_limit < r < int_limit:
+                return r
+            st.check_bits(r.bit_length())
+            return r
+        if ta is str and type(b) is str:
+            if len(a) + len(b) > max_str:
+                st.check_str(len(a) + len(b))
+            return a + b
+        if (ta is list or ta is tuple) and type(b) is ta:
+            st.check_items(len(a) + len(b))
+            st.charge(len(b))
+        elif ta is bytes and type(b) is bytes:
+            st.check_bytes(len(a) + len(b))
+        return a + b
+
+    def mul_(a: Any, b: Any) -> Any:
+        ta, tb = type(a), type(b)
+        if ta in INTLIKE and tb in INTLIKE:
+            if a and b and a.bit_length() + b.bit_length() > max_bits:
+                st.check_bits(a.bit_length() + b.bit_length())
+            return a * b
+        if tb in INTLIKE:
+            seq, n = a, b
+        elif ta in INTLIKE:
+            seq, n = b, a
+        else:
+            return a * b
+        ts = type(seq)
+        if n > 0 and ts in (str, list, tuple, bytes):
+            size = len(seq) * n
+            if ts is str:
+                st.check_str(size)
+            elif ts is bytes:
+                st.check_bytes(size)
+            else:
+                st.check_items(size)
+                st.charge(size)
+        return a * b
+
+    def pow_(a: Any, b: Any) -> Any:
+        if type(a) in INTLIKE and type(b) in INTLIKE and b > 1 and (a > 1 or a < -1):
+            # |a| >= 2, so the result has at least b bits: compare b first (no float overflow).
+            st.check_bits(b if b > max_bits else math.log2(abs(a)) * b)
+        return a**b
+
+    def lshift_(a: Any, b: Any) -> Any:
+        if type(a) in INTLIKE and type(b) in INTLIKE and a and b > 0:
+            st.check_bits(a.bit_length() + b)
+        return a << b
+
+    def mod_(a: Any, b: Any) -> Any:
+        ta = type(a)
+        if ta is str:
+            return percent_format(a, b)
+        if ta is bytes:
+            raise TypeError("bytes %-formatting is not supported; format a str and encode it")
+        return a % b
+
+    def percent_format(fmt: str, args: Any) -> str:
+        targs = type(args)
+        positional = args if targs is tuple else (args,)
+        total = len(fmt)
+        index = 0
+        for m in _PERCENT_SPEC.finditer(fmt):
+            if m.group("conv") == "%":
+                continue
+            for part in ("width", "prec"):
+                val = m.group(part)
+                if val == "*":
+                    star = positional[index] if index < len(positional) else 0
+                    index += 1
+                    total += abs(star) if type(star) in INTLIKE else 0
+                elif val:
+                    total += int(val) if len(val) < 10 else max_str + 1
+            if m.group("key") is None:
+                index += 1
+            if total > max_str:
+                st.check_str(total)
+        if targs is tuple:
+            st.charge(len(args))
+            safe: Any = tuple(sanitize_format_arg(a, st, max_str) for a in args)
+            total += sum(len(a) if type(a) is str else 24 for a in args)
+        elif targs is dict:
+            st.charge(len(args))
+            safe = {k: sanitize_format_arg(v, st, max_str) for k, v in args.items()}
+            total += sum(len(v) if type(v) is str else 24 for v in args.values())
+        else:
+            safe = sanitize_format_arg(args, st, max_str)
+            total += len(args) if targs is str else len(safe.text) if type(safe) is SafeText else 24
+        st.check_str(total)
+        r = fmt % safe
+        st.check_str(len(r))
+        return r
+
+    def fmt_(value: Any, conversion: int, spec: Any) -> str:
+        if spec:
+            for m in _SPEC_NUMBER.finditer(spec):
+                digits = m.group()
+                if len(digits) > 9 or int(digits) > max_str:
+                    st.exceeded("max_str", max_str, f"format width {digits[:12]}")
+        if conversion == 114:  # !r
+            value = text_of(st, value, as_repr=True)
+        elif conversion == 97:  # !a
+            value = text_of(st, value, as_repr=True).encode("ascii", "backslashreplace").decode("ascii")
+        elif conversion == 115 or type(value) not in (str, int, float, bool, type(None)):
+            value = text_of(st, value)
+        if not spec and type(value) is str:
+            return value
+        r = format(value, spec)
+        st.check_str(len(r))
+        return r
+
+    def iadd_(x: Any, y: Any) -> Any:
+        if type(x) is list:  # in place, like native `+=` (aliases see the change)
+            items = materialize(st, y)
+            st.check_items(len(x) + len(items))
+            x += items
+            return x
+        return add_(x, y)
+
+    def imul_(x: Any, y: Any) -> Any:
+        if type(x) is list and type(y) in INTLIKE:
+            st.check_items(len(x) * max(y, 0))
+            st.charge(len(x) * max(y, 0))
+            x *= y
+            return x
+        return mul_(x, y)
+
+    def inplacevar_(op: str, x: Any, y: Any) -> Any:
+        # Only reached if the policy left an augmented assignment to RestrictedPython.
+        if op == "+=":
+            return iadd_(x, y)
+        if op == "*=":
+            return imul_(x, y)
+        if op == "**=":
+            return pow_(x, y)
+        if op == "<<=":
+            return lshift_(x, y)
+        if op == "%=":
+            return mod_(x, y)
+        fallback = _INPLACE_FALLBACK.get(op)
+        if fallback is None:
+            st.refuse(f"operator {op} is not supported")
+        return fallback(x, y)
+
+    def print_(_getattr: Any) -> Any:
+        return print_collector(st)
+
+    return {
+        "_getattr_": getattr_,
+        "_getitem_": getitem_,
+        "_getiter_": getiter_,
+        "_iter_unpack_sequence_": iter_unpack_sequence_,
+        "_unpack_sequence_": unpack_sequence_,
+        "_write_": write_,
+        "_apply_": apply_,
+        "_inplacevar_": inplacevar_,
+        "_print_": print_,
+        "_step_": st.step,
+        "_tick_": st.tick,
+        "_enter_": st.enter,
+        "_leave_": st.leave,
+        "_sized_": sized_,
+        "_add_": add_,
+        "_iadd_": iadd_,
+        "_imul_": imul_,
+        "_mul_": mul_,
+        "_pow_": pow_,
+        "_lshift_": lshift_,
+        "_mod_": mod_,
+        "_fmt_": fmt_,
+    }
+
+
+_INPLACE_FALLBACK: dict[str, Callable[[Any, Any], Any]] = {
+    "-=": operator.isub,
+    "/=": operator.itruediv,
+    "//=": operator.ifloordiv,
+    ">>=": operator.irshift,
+    "&=": operator.iand,
+    "|=": operator.ior,
+    "^=": operator.ixor,
+}

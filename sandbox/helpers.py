@@ -1,0 +1,430 @@
+"""The helpers a script gets as globals: facades and functions, never modules.
+
+Each facade is a small class with ``__slots__`` whose per-call state lives in underscore
+slots (unreachable: underscore attributes are refused at upload) and whose ``PUBLIC`` set
+is the whole attribute allow-list ``sandbox.guards`` grants for it. Every helper checks
+sizes against the call's budgets and raises plain ``ValueError``/``TypeError`` with plain
+messages, never a host exception object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import orjson
+import re2
+
+from sandbox.budget import RunState
+from sandbox.convert import InvalidResult, TooLong, safe_str, scrub, to_plain
+from sandbox.guards import INTLIKE
+
+MAX_PATTERN = 10_000  # characters in one regular expression
+MAX_PATTERNS_PER_CALL = 200  # compiled patterns cached per call
+RE2_MAX_MEM = 8 << 20  # RE2's own per-pattern memory budget
+
+
+class Facade:
+    """Base for script-visible helper objects: no public state, a harmless repr."""
+
+    __slots__ = ("_st",)
+    PUBLIC: frozenset[str] = frozenset()
+    NAME = "helper"
+
+    def __init__(self, st: RunState) -> None:
+        self._st = st
+
+    def script_repr(self) -> str:
+        return f"<{self.NAME}>"
+
+    __repr__ = script_repr
+
+
+# -- json --------------------------------------------------------------------------------------
+
+
+class JsonFacade(Facade):
+    __slots__ = ()
+    PUBLIC = frozenset({"loads", "dumps"})
+    NAME = "json"
+
+    def loads(self, s: Any) -> Any:
+        st = self._st
+        st.alive()
+        if type(s) is not str and type(s) is not bytes:
+            raise TypeError("json.loads() needs a str or bytes")
+        st.charge(len(s) // 64 + 1)
+        try:
+            return orjson.loads(s)
+        except orjson.JSONDecodeError as e:
+            raise ValueError(f"invalid JSON: {scrub(str(e))}") from None
+
+    def dumps(self, obj: Any, *, sort_keys: Any = False, indent: Any = None) -> str:
+        st = self._st
+        st.alive()
+        try:
+            plain = to_plain(obj, st, "json.dumps")
+        except InvalidResult as e:
+            raise TypeError(str(e)) from None
+        option = orjson.OPT_SORT_KEYS if sort_keys else 0
+        if indent is not None:
+            if indent != 2:
+                raise ValueError("json.dumps() supports indent=2 only")
+            option |= orjson.OPT_INDENT_2
+        try:
+            out = orjson.dumps(plain, option=option)
+        except orjson.JSONEncodeError as e:
+            raise ValueError(f"cannot encode as JSON: {scrub(str(e))}") from None
+        st.check_str(len(out))
+        return out.decode("utf-8")
+
+
+# -- re (google-re2: linear time, no backtracking) -----------------------------------------
+
+
+class Match(Facade):
+    __slots__ = ("_m",)
+    PUBLIC = frozenset({"group", "groups", "groupdict", "start", "end", "span", "string"})
+    NAME = "re.Match"
+
+    def __init__(self, st: RunState, m: Any) -> None:
+        super().__init__(st)
+        self._m = m
+
+    def group(self, *ids: Any) -> Any:
+        return self._m.group(*ids)
+
+    def __getitem__(self, g: Any) -> Any:
+        return self._m.group(g)
+
+    def groups(self, default: Any = None) -> tuple[Any, ...]:
+        return self._m.groups(default)
+
+    def groupdict(self, default: Any = None) -> dict[str, Any]:
+        return self._m.groupdict(default)
+
+    def start(self, g: Any = 0) -> int:
+        return self._m.start(g)
+
+    def end(self, g: Any = 0) -> int:
+        return self._m.end(g)
+
+    def span(self, g: Any = 0) -> tuple[int, int]:
+        return self._m.span(g)
+
+    @property
+    def string(self) -> str:
+        return self._m.string
+
+
+def _text(st: RunState, s: Any) -> str:
+    if type(s) is not str:
+        raise TypeError("regular expressions work on str only")
+    st.charge(len(s) // 64 + 1)  # a linear scan
+    return s
+
+
+class Pattern(Facade):
+    __slots__ = ("_pattern", "_rx")
+    PUBLIC = frozenset({"search", "match", "fullmatch", "findall", "sub", "split", "pattern", "groups"})
+    NAME = "re.Pattern"
+
+    def __init__(self, st: RunState, rx: Any, pattern: str) -> None:
+        super().__init__(st)
+        self._rx = rx
+        self._pattern = pattern
+
+    def script_repr(self) -> str:
+        return f"re.compile({self._pattern[:200]!r})"
+
+    __repr__ = script_repr
+
+    @property
+    def pattern(self) -> str:
+        return self._pattern
+
+    @property
+    def groups(self) -> int:
+        return self._rx.groups
+
+    def _wrap(self, m: Any) -> Match | None:
+        return None if m is None else Match(self._st, m)
+
+    def search(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
+        return self._wrap(self._rx.search(_text(self._st, string), pos, endpos))
+
+    def match(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
+        return self._wrap(self._rx.match(_text(self._st, string), pos, endpos))
+
+    def fullmatch(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
+        return self._wrap(self._rx.fullmatch(_text(self._st, string), pos, endpos))
+
+    def findall(self, string: Any) -> list[Any]:
+        st = self._st
+        text = _text(st, string)
+        ngroups = self._rx.groups
+        cap = st.budgets.max_items
+        out: list[Any] = []
+        for m in self._rx.finditer(text):
+            st.step()
+            if ngroups == 0:
+                out.append(m.group())
+            elif ngroups == 1:
+                out.append(m.group(1) or "")
+            else:
+                out.append(tuple(g or "" for g in m.groups()))
+            if len(out) > cap:
+                st.check_items(len(out))
+        return out
+
+    def sub(self, repl: Any, string: Any, count: Any = 0) -> str:
+        st = self._st
+        if type(repl) is not str:
+            raise TypeError("re.sub() replacement must be a str (functions are not supported)")
+        if type(count) not in INTLIKE:
+            raise TypeError("count must be an int")
+        text = _text(st, string)
+        limit = st.budgets.max_str
+        refs = repl.count("\\")
+        parts: list[str] = []
+        size = 0
+        last = 0
+        for n, m in enumerate(self._rx.finditer(text)):
+            if count > 0 and n >= count:
+                break
+            st.step()
+            start, end = m.span()
+            # Bound the expansion before building it: each backreference copies a match.
+            bound = size + (start - last) + len(repl) + refs * (end - start)
+            if bound > limit:
+                st.check_str(bound)
+            try:
+                piece = m.expand(repl) if refs else repl
+            except Exception as e:  # bad group reference in the template
+                raise ValueError(f"invalid replacement: {scrub(str(e))}") from None
+            parts.append(text[last:start])
+            parts.append(piece)
+            size += (start - last) + len(piece)
+            last = end
+        parts.append(text[last:])
+        out = "".join(parts)
+        st.check_str(len(out))
+        return out
+
+    def split(self, string: Any, maxsplit: Any = 0) -> list[Any]:
+        st = self._st
+        if type(maxsplit) not in INTLIKE:
+            raise TypeError("maxsplit must be an int")
+        out = self._rx.split(_text(st, string), maxsplit)
+        st.check_items(len(out))
+        st.charge(len(out))
+        return out
+
+
+class ReFacade(Facade):
+    __slots__ = ("_cache",)
+    PUBLIC = frozenset(
+        {"compile", "search", "match", "fullmatch", "findall", "sub", "split", "escape",
+         "I", "IGNORECASE", "M", "MULTILINE", "S", "DOTALL"}
+    )  # fmt: skip
+    NAME = "re"
+    I = IGNORECASE = 2  # noqa: E741 - the same names and values as Python's re module
+    M = MULTILINE = 8
+    S = DOTALL = 16
+    _FLAG_LETTERS = ((2, "i"), (8, "m"), (16, "s"))
+
+    def __init__(self, st: RunState) -> None:
+        super().__init__(st)
+        self._cache: dict[tuple[str, int], Pattern] = {}
+
+    def compile(self, pattern: Any, flags: Any = 0) -> Pattern:
+        st = self._st
+        st.alive()
+        if type(pattern) is Pattern and not flags:
+            return pattern
+        if type(pattern) is not str:
+            raise TypeError("pattern must be a str")
+        if type(flags) not in INTLIKE or flags & ~(2 | 8 | 16):
+            raise ValueError("flags must be a combination of re.I, re.M and re.S")
+        key = (pattern, flags)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        if len(pattern) > MAX_PATTERN:
+            raise ValueError(f"pattern longer than {MAX_PATTERN} characters")
+        if len(self._cache) >= MAX_PATTERNS_PER_CALL:
+            st.exceeded("patterns", MAX_PATTERNS_PER_CALL, "distinct regular expressions in one call")
+        st.charge(len(pattern) + 100)
+        letters = "".join(letter for bit, letter in self._FLAG_LETTERS if flags & bit)
+        options = re2.Options()
+        options.log_errors = False
+        options.max_mem = RE2_MAX_MEM
+        try:
+            rx = re2.compile(f"(?{letters}){pattern}" if letters else pattern, options)
+        except re2.error as e:
+            detail = e.args[0].decode("utf-8", "replace") if e.args and type(e.args[0]) is bytes else str(e)
+            raise ValueError(f"invalid regular expression: {scrub(detail)}") from None
+        compiled = Pattern(st, rx, pattern)
+        self._cache[key] = compiled
+        return compiled
+
+    def search(self, pattern: Any, string: Any, flags: Any = 0) -> Match | None:
+        return self.compile(pattern, flags).search(string)
+
+    def match(self, pattern: Any, string: Any, flags: Any = 0) -> Match | None:
+        return self.compile(pattern, flags).match(string)
+
+    def fullmatch(self, pattern: Any, string: Any, flags: Any = 0) -> Match | None:
+        return self.compile(pattern, flags).fullmatch(string)
+
+    def findall(self, pattern: Any, string: Any, flags: Any = 0) -> list[Any]:
+        return self.compile(pattern, flags).findall(string)
+
+    def sub(self, pattern: Any, repl: Any, string: Any, count: Any = 0, flags: Any = 0) -> str:
+        return self.compile(pattern, flags).sub(repl, string, count)
+
+    def split(self, pattern: Any, string: Any, maxsplit: Any = 0, flags: Any = 0) -> list[Any]:
+        return self.compile(pattern, flags).split(string, maxsplit)
+
+    def escape(self, s: Any) -> str:
+        if type(s) is not str:
+            raise TypeError("re.escape() needs a str")
+        self._st.check_str(len(s) * 2)
+        return re2.escape(s)
+
+
+# -- time, hashing -------------------------------------------------------------------------------
+
+
+class TimeFacade(Facade):
+    __slots__ = ()
+    PUBLIC = frozenset({"time"})
+    NAME = "time"
+
+    def time(self) -> float:
+        self._st.alive()
+        return time.time()
+
+
+def _as_bytes(st: RunState, data: Any, what: str) -> bytes:
+    if type(data) is str:
+        raw = data.encode("utf-8", "surrogatepass")
+    elif type(data) is bytes:
+        raw = data
+    else:
+        raise TypeError(f"{what} needs a str or bytes")
+    st.charge(len(raw) // 256 + 1)
+    return raw
+
+
+# -- results: allow / deny ------------------------------------------------------------------------
+
+
+class Verdict:
+    """What allow()/deny() return. Opaque to the script; checked when handle() returns."""
+
+    __slots__ = ("fields", "kind")
+    PUBLIC: frozenset[str] = frozenset()
+
+    def __init__(self, kind: str, fields: Any) -> None:
+        self.kind = kind
+        self.fields = fields
+
+    def script_repr(self) -> str:
+        return f"<{self.kind}>"
+
+    __repr__ = script_repr
+
+
+class PrintCollector:
+    """What ``print`` is rewritten to use: one log line per call, no ``file=``."""
+
+    __slots__ = ("_st",)
+
+    def __init__(self, st: RunState) -> None:
+        self._st = st
+
+    def _call_print(self, *objects: Any, sep: Any = " ", end: Any = "\n", file: Any = None, flush: Any = False) -> None:
+        if file is not None:
+            self._st.refuse("print(file=...) is not available; output goes to the script log")
+        if sep is not None and type(sep) is not str:
+            raise TypeError("sep must be None or a string")
+        if end is not None and type(end) is not str:
+            raise TypeError("end must be None or a string")
+        text = log_line(self._st, objects, " " if sep is None else sep)
+        end = "\n" if end is None else end
+        self._st.add_log(text + (end[:-1] if end.endswith("\n") else end))
+
+    def script_repr(self) -> str:
+        return "<print>"
+
+
+def log_line(st: RunState, objects: tuple[Any, ...], sep: str) -> str:
+    room = st.budgets.log_bytes - st.log_bytes
+    parts: list[str] = []
+    size = 0
+    try:
+        for obj in objects:
+            text = safe_str(obj, st, room - size + 1)
+            size += len(text) + len(sep)
+            if size > room + len(sep):
+                raise TooLong
+            parts.append(text)
+    except TooLong:
+        st.exceeded("log_bytes", st.budgets.log_bytes)
+    return sep.join(parts)
+
+
+def make_helpers(st: RunState) -> dict[str, Any]:
+    """The helper globals for one call (facades bound to this call's state)."""
+
+    def log(*objects: Any, sep: Any = " ") -> None:
+        if type(sep) is not str:
+            raise TypeError("sep must be a string")
+        st.add_log(log_line(st, objects, sep))
+
+    def now() -> int:
+        st.alive()
+        return int(time.time())
+
+    def sha256(data: Any) -> str:
+        return hashlib.sha256(_as_bytes(st, data, "sha256()")).hexdigest()
+
+    def sha1(data: Any) -> str:
+        return hashlib.sha1(_as_bytes(st, data, "sha1()"), usedforsecurity=False).hexdigest()
+
+    def md5(data: Any) -> str:
+        return hashlib.md5(_as_bytes(st, data, "md5()"), usedforsecurity=False).hexdigest()
+
+    def hmac_sha256(key: Any, msg: Any) -> str:
+        return hmac.new(_as_bytes(st, key, "hmac_sha256()"), _as_bytes(st, msg, "hmac_sha256()"), "sha256").hexdigest()
+
+    def allow(*args: Any, **fields: Any) -> Verdict:
+        if args:
+            if len(args) != 1 or fields or type(args[0]) is not dict:
+                raise TypeError("allow() takes field=value keywords, or one dict of fields")
+            return Verdict("allow", args[0])
+        return Verdict("allow", fields)
+
+    def deny(errCode: Any, errMsg: Any = "", errDlt: Any = "") -> Verdict:
+        return Verdict("deny", (errCode, errMsg, errDlt))
+
+    return {
+        "json": JsonFacade(st),
+        "re": ReFacade(st),
+        "time": TimeFacade(st),
+        "log": log,
+        "now": now,
+        "sha256": sha256,
+        "sha1": sha1,
+        "md5": md5,
+        "hmac_sha256": hmac_sha256,
+        "allow": allow,
+        "deny": deny,
+    }
+
+
+FACADE_CLASSES: list[type] = [JsonFacade, ReFacade, TimeFacade, Pattern, Match, Verdict]
+SUBSCRIPTABLE_FACADES: list[type] = [Match]
