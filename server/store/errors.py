@@ -34,10 +34,7 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, _UNAVAILABLE):
         return True
     if isinstance(exc, rex.ResponseError):
-        text = str(exc)
-        # A pipeline wraps the reply: "Command # 1 (...) of pipeline caused error: LOADING ..."
-        _, _, tail = text.rpartition("caused error: ")
-        return (tail or text).startswith(_UNAVAILABLE_REPLIES)
+        return reply_text(exc).startswith(_UNAVAILABLE_REPLIES)
     return False
 
 
@@ -49,6 +46,10 @@ def describe(exc: BaseException) -> str:
 
 
 def reply_text(exc: rex.ResponseError) -> str:
+    """The server's error reply without the pipeline wrapper (which quotes the command)."""
     text = str(exc)
-    _, _, tail = text.rpartition("caused error: ")
-    return tail or text
+    # A pipeline wraps the reply: "Command # 1 (SISMEMBER k a) of pipeline caused error: ('WRONGTYPE ...',)"
+    head, sep, tail = text.partition(" of pipeline caused error: ")
+    if sep:
+        text = tail.lstrip("('\"")
+    return text

@@ -77,6 +77,8 @@ class KVAdmin:
                 pos, batch = await self.client.scan(pos, match=pattern, count=max(100, limit))
             else:
                 pos, batch = await self.client.scan(pos, match=pattern, count=max(100, limit), target_nodes=node)
+                if isinstance(pos, dict):  # redis-py answers {node name: cursor} for a targeted SCAN
+                    pos = next(iter(pos.values()))
             found.extend(batch)
             if int(pos) == 0:
                 node_index, pos = node_index + 1, 0

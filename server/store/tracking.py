@@ -183,6 +183,7 @@ class Tracker:
         self._lost_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -192,6 +193,7 @@ class Tracker:
             self._task = asyncio.create_task(self._run(), name="kv-tracking")
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(BaseException):
@@ -306,7 +308,7 @@ class Tracker:
                 fut.set_exception(ConnectionError(reason))
         self._reader = hiredis.Reader()
         self._lost_event.set()
-        if was:
+        if was and not self._closing:
             self.last_error = reason
             log.warning("KV cache invalidation connection lost (%s); cache flushed", reason)
 
