@@ -74,7 +74,6 @@ def kv_caller(store: Any) -> Any:
 
 async def build_state(config: Config, token: str, *, store: Any = None, pool: Any = None) -> AppState:
     from sandbox.pool import WorkerPool
-
     from server.recorder import Recorder
     from server.store.connect import open_store
 
@@ -107,6 +106,19 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
     return state
 
 
+access_log = logging.getLogger("scriptgate.access")
+
+
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """Access log at DEBUG only: a line per callback would cost more than the callback."""
+    status = handler.get_status()
+    if status >= 500:
+        access_log.error("%d %s %.2fms", status, handler.request.path, 1000 * handler.request.request_time())
+    elif access_log.isEnabledFor(logging.DEBUG):
+        access_log.debug("%d %s %s %.2fms", status, handler.request.method, handler.request.path,
+                         1000 * handler.request.request_time())
+
+
 def make_app(state: AppState) -> tornado.web.Application:
     handlers: list[Any] = list(admin_routes(state))
     handlers.append((r"/admin(/.*)?", NotFoundHandler))
@@ -117,6 +129,7 @@ def make_app(state: AppState) -> tornado.web.Application:
         compress_response=False,
         serve_traceback=False,
         xheaders=state.config.trust_proxy,
+        log_function=log_request,
     )
 
 

@@ -75,8 +75,12 @@ class AdminHandler(StreamedBody):
             self.json_error(403, "forbidden", "client address is not in admin_allow_cidrs")
             return
         if self.admin and not self._authorized():
-            self.set_header("WWW-Authenticate", 'Bearer realm="scriptgate"')
-            self.json_error(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer <token>)")
+            self.json_error(
+                401,
+                "unauthorized",
+                "missing or wrong admin token (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": 'Bearer realm="scriptgate"'},
+            )
             return
         super().prepare()
 

@@ -64,7 +64,7 @@ class CallbackHandler(StreamedBody):
     def too_large(self, limit: int) -> None:
         self.callback_error(413, "payload_too_large", f"request body is larger than {limit} bytes")
 
-    def json_error(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def json_error(self, status: int, code: str, message: str, headers: Any = None, **extra: Any) -> None:
         self.callback_error(status, code, message)
 
     def prepare(self) -> None:

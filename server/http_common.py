@@ -17,12 +17,16 @@ log = logging.getLogger("scriptgate.http")
 class JSONErrorMixin(tornado.web.RequestHandler):
     """Every error this server sends is a JSON object with ``error`` and ``message``."""
 
-    def json_error(self, status: int, code: str, message: str, **extra: Any) -> None:
+    def json_error(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         if self._finished:
             return
         self.clear()
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
         body = {"error": code, "message": message, **extra}
         self.finish(orjson.dumps(body))
 

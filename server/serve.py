@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,6 +127,39 @@ async def serve_process(cfg: Config, token: str, sockets: list[Any] | None, load
     await stop(state)
 
 
+_EMBEDDED_MAIN = """
+import sys
+from server.store.connect import start_embedded_server
+url, _stop = start_embedded_server()
+print(url, flush=True)
+sys.stdin.read()  # serve until the parent goes away (its end of the pipe closes)
+"""
+
+
+def start_embedded_process() -> tuple[str, Any]:
+    """Run the embedded store (fakeredis over TCP on loopback) in its own process, so the
+    HTTP processes can share it. A thread in this process would be inherited half-way by
+    fork; a child process also dies with us because it waits on our pipe."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EMBEDDED_MAIN],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("redis://"):
+        proc.kill()
+        raise SystemExit("scriptgate: the embedded store did not start")
+
+    def stop() -> None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    return url, stop
+
+
 def supervise(workers: int, child_main: Any) -> int:
     """Fork ``workers`` HTTP processes, restart any that dies, forward SIGTERM/SIGINT.
 
@@ -205,9 +239,7 @@ def run(cfg: Config) -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="scriptgate-metrics-"))
     stop_embedded = None
     if cfg.redis is None:
-        from server.store.connect import start_embedded_server
-
-        cfg.redis, stop_embedded = start_embedded_server()
+        cfg.redis, stop_embedded = start_embedded_process()
     sockets = tornado.netutil.bind_sockets(cfg.port, cfg.host)
     try:
         return supervise(workers, lambda task_id: asyncio.run(serve_process(cfg, token, sockets, task_id == 0)))
