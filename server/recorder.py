@@ -1,9 +1,18 @@
 """Recording of callbacks, off the reply's critical path.
 
 ``submit`` is called after the reply has been written: it applies the command's sampling
-rate and puts the record on a bounded in-memory queue (dropping, and counting, when the
-store cannot keep up). ``run`` drains the queue into the store (Redis Streams, capped by
-count and age), so memory stays bounded whatever the traffic or the store's health.
+rate and redaction and puts the record on a bounded in-memory queue (dropping, and
+counting, when the store cannot keep up). ``run`` drains the queue into the store (Redis
+Streams, capped by count and age), a few writes at a time, so memory stays bounded
+whatever the traffic or the store's health.
+
+A record: ``{"ts", "command", "operationID", "request", "reply", "version", "verdict",
+"error_kind", "error", "elapsed_ms"}`` (verdict: allow | modify | deny | error | none).
+
+Redaction (``record.redact`` in the config) names fields to replace by ``"[redacted]"``
+in both the request and the reply: ``content`` (a top-level field), or a dotted path
+into nested objects, ``offlinePushInfo.title``; lists on the way are walked element by
+element, so ``memberCallbackList.nickname`` redacts every member's nickname.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import asyncio
 import logging
 import random
 import time
+from functools import lru_cache
 from typing import Any
 
 from server.catalog import Command
@@ -19,22 +29,66 @@ from server.catalog import Command
 log = logging.getLogger("scriptgate.recorder")
 REDACTED = "[redacted]"
 QUEUE_LIMIT = 10_000
+# Writes in flight at once: enough to hide a Redis round trip, few enough that a burst
+# does not open a connection per record.
+WRITE_BATCH = 16
+DROP_LOG_INTERVAL_S = 60.0
+
+# A compiled redaction: field -> True (replace the value) or a nested redaction.
+Redaction = dict[str, Any]
+
+
+@lru_cache(maxsize=256)
+def compile_redaction(paths: tuple[str, ...]) -> Redaction:
+    tree: Redaction = {}
+    for path in paths:
+        parts = [p for p in path.split(".") if p]
+        if not parts:
+            continue
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if child is True:  # a parent is redacted whole already
+                break
+            node = child
+        else:
+            node[parts[-1]] = True
+    return tree
+
+
+def apply_redaction(data: Any, tree: Redaction) -> Any:
+    """A copy of ``data`` with the redacted fields replaced; shares everything untouched
+    (no deep copy), and returns ``data`` itself when nothing matches."""
+    if not tree:
+        return data
+    if type(data) is list:
+        return [apply_redaction(item, tree) for item in data]
+    if type(data) is not dict:
+        return data
+    hit = [k for k in tree if k in data]
+    if not hit:
+        return data
+    out = dict(data)
+    for key in hit:
+        sub = tree[key]
+        out[key] = REDACTED if sub is True else apply_redaction(out[key], sub)
+    return out
 
 
 def redact(data: Any, fields: tuple[str, ...]) -> Any:
-    if not fields or type(data) is not dict:
-        return data
-    return {k: (REDACTED if k in fields else v) for k, v in data.items()}
+    return apply_redaction(data, compile_redaction(tuple(fields))) if fields else data
 
 
 class Recorder:
     def __init__(self, state: Any) -> None:
         self.state = state
         self.settings = {name: s.record for name, s in state.dispatcher.settings.items()}
+        self.redactions = {name: compile_redaction(tuple(s.redact)) for name, s in self.settings.items()}
         self.queue: asyncio.Queue[tuple[Command, dict[str, Any]]] = asyncio.Queue(QUEUE_LIMIT)
-        self.dropped = 0
+        self.dropped = 0  # queue full or the store refused/failed the write
         self.written = 0
         self._random = random.Random()
+        self._drop_logged_at = 0.0
 
     @classmethod
     def create(cls, state: Any) -> Recorder | None:
@@ -43,32 +97,45 @@ class Recorder:
         return cls(state)
 
     def submit(self, command: Command, payload: dict[str, Any], operation_id: str, outcome: Any, elapsed: float) -> None:
+        """Queue one record; never blocks and never raises into the request handler."""
         settings = self.settings[command.name]
         if not settings.enabled:
             return
         if settings.sample < 1.0 and self._random.random() >= settings.sample:
             return
+        if self.queue.full():  # checked first: no record is built only to be dropped
+            self._drop()
+            return
+        tree = self.redactions[command.name]
+        error = outcome.error
         record = {
             "ts": round(time.time(), 6),
             "command": command.name,
             "operationID": operation_id or str(payload.get("operationID") or ""),
-            "request": redact(payload, settings.redact),
-            "reply": redact(outcome.reply, settings.redact),
+            "request": apply_redaction(payload, tree),
+            "reply": apply_redaction(outcome.reply, tree),
             "version": outcome.version,
             "verdict": outcome.verdict,
-            "error_kind": outcome.error.kind if outcome.error else None,
-            "error": outcome.error.message if outcome.error else None,
+            "error_kind": error.kind if error else None,
+            "error": error.message if error else None,
             "elapsed_ms": round(elapsed * 1000, 3),
         }
-        try:
-            self.queue.put_nowait((command, record))
-        except asyncio.QueueFull:
-            self.dropped += 1
+        self.queue.put_nowait((command, record))
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            log.warning("recordings dropped: %d so far (the store is slow or unavailable)", self.dropped)
+            self._drop_logged_at = now
 
     async def run(self) -> None:
+        queue = self.queue
         while True:
-            command, record = await self.queue.get()
-            await self._write(command, record)
+            batch = [await queue.get()]
+            while len(batch) < WRITE_BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            await asyncio.gather(*(self._write(c, r) for c, r in batch))
 
     async def _write(self, command: Command, record: dict[str, Any]) -> None:
         settings = self.settings[command.name]
@@ -76,10 +143,13 @@ class Recorder:
             await self.state.store.record(command.name, record, settings.max_records, settings.max_age_s)
             self.written += 1
         except Exception as exc:  # a store outage must not stop recording for good
-            self.dropped += 1
             log.debug("recording dropped: %s", exc)
+            self._drop()
 
     async def flush(self) -> None:
+        """Write what is queued (at shutdown)."""
         while not self.queue.empty():
-            command, record = self.queue.get_nowait()
-            await self._write(command, record)
+            batch = []
+            while len(batch) < WRITE_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            await asyncio.gather(*(self._write(c, r) for c, r in batch))

@@ -1,0 +1,231 @@
+"""Offline warnings (``server.lint``): fields a command cannot change and the OpenIM traps
+of PROTOCOL.md §9.5. Each trap has a script that trips it and a correct one that must not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from server import lint
+from server.catalog import catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT = catalog()
+
+
+def warn(command: str, source: str) -> list[str]:
+    cmd = CAT.get(command)
+    assert cmd is not None
+    return [w.message for w in lint.warnings(cmd, source)]
+
+
+def only(command: str, source: str, needle: str) -> list[str]:
+    return [m for m in warn(command, source) if needle in m]
+
+
+# --- fields the command cannot change ---------------------------------------------------
+
+def test_field_not_mutable_is_named_with_the_allowed_ones():
+    msgs = warn("callbackBeforeInviteJoinGroupCommand", "def handle(req):\n    return allow(groupID='x')\n")
+    assert any("cannot change 'groupID'" in m and "invitedUserIDs" in m for m in msgs)
+
+
+def test_reject_only_command_says_so():
+    msgs = warn("callbackBeforeSendSingleMsgCommand", "def handle(req):\n    return allow(content='x')\n")
+    assert any("none (reject or continue only)" in m for m in msgs)
+
+
+def test_returned_dict_literal_in_handle_is_checked_but_helper_dicts_are_not():
+    src = (
+        "def helper():\n    return {'anything': 1}\n\n"
+        "def handle(req):\n    helper()\n    return {'remark': 'x', 'nope': 1}\n"
+    )
+    msgs = warn("callbackBeforeSetFriendRemarkCommand", src)
+    assert any("cannot change 'nope'" in m for m in msgs)
+    assert not any("anything" in m for m in msgs)
+
+
+def test_renamed_reply_fields_get_a_hint():
+    msgs = warn("callbackBeforeMsgModifyCommand", "def handle(req):\n    return allow(faceURL='x', atUserList=[])\n")
+    assert any("'senderFaceURL'" in m for m in msgs)
+    assert any("'atUserIDList'" in m for m in msgs)
+
+
+def test_positions_are_line_and_col_of_the_field_value():
+    cmd = CAT.get("callbackBeforeInviteJoinGroupCommand")
+    ws = lint.warnings(cmd, "def handle(req):\n    return allow(\n        nope=1)\n")
+    assert [(w.line, w.col) for w in ws] == [(3, 13)]
+
+
+def test_unparsable_source_gives_no_warnings():
+    assert warn("callbackBeforeInviteJoinGroupCommand", "def handle(req:\n") == []
+
+
+# --- after callbacks ---------------------------------------------------------------------
+
+def test_after_callback_fields_and_deny_are_ignored():
+    src = "def handle(req):\n    if req['x']:\n        return deny(5001, 'no')\n    return allow(x=1)\n"
+    msgs = warn("callbackAfterSendSingleMsgCommand", src)
+    assert any("deny() has no effect" in m for m in msgs)
+    assert any("returned fields are ignored (x)" in m for m in msgs)
+    assert warn("callbackAfterSendSingleMsgCommand", "def handle(req):\n    kv.incr('n')\n") == []
+
+
+# --- deny errCode ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", ["99", "0", "-5", "2147483648", "'5001'", "5001.0"])
+def test_deny_errcode_out_of_range_or_not_int(code):
+    msgs = warn("callbackBeforeAddFriendCommand", f"def handle(req):\n    return deny({code}, 'x')\n")
+    assert any("errCode" in m for m in msgs), msgs
+
+
+@pytest.mark.parametrize("call", ["deny(100)", "deny(5001, 'x', 'y')", "deny(errCode=2147483647)", "deny(code)"])
+def test_deny_errcode_fine_or_unknown(call):
+    assert warn("callbackBeforeAddFriendCommand", f"code = 5001\ndef handle(req):\n    return {call}\n") == []
+
+
+def test_deny_without_errcode():
+    assert only("callbackBeforeAddFriendCommand", "def handle(req):\n    return deny()\n", "needs an errCode")
+
+
+# --- set group info: echo groupID ------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["callbackBeforeSetGroupInfoCommand", "callbackBeforeSetGroupInfoExCommand"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "return allow(groupName='x')",
+        "return allow()",
+        "return None",
+        "return",
+        "log('x')",  # falls off the end = allow()
+        "return {'groupName': 'x'}",
+    ],
+)
+def test_set_group_info_must_echo_group_id(command, body):
+    assert only(command, f"def handle(req):\n    {body}\n", "groupID"), body
+
+
+def test_set_group_info_echo_is_fine_and_deny_needs_nothing():
+    src = (
+        "def handle(req):\n"
+        "    if req['groupName'] == 'bad':\n"
+        "        return deny(5001, 'bad name')\n"
+        "    return allow(groupID=req['groupID'], groupName=req['groupName'].strip())\n"
+    )
+    assert warn("callbackBeforeSetGroupInfoCommand", src) == []
+
+
+def test_set_group_info_opaque_fields_get_the_benefit_of_the_doubt():
+    src = "def handle(req):\n    fields = {'groupID': req['groupID']}\n    return allow(**fields)\n"
+    assert warn("callbackBeforeSetGroupInfoCommand", src) == []
+
+
+def test_set_group_info_ex_must_echo_every_field_to_keep():
+    src = "def handle(req):\n    return allow(groupID=req['groupID'], groupName=req['groupName'])\n"
+    msgs = only("callbackBeforeSetGroupInfoExCommand", src, "drops every field")
+    assert msgs and "introduction" in msgs[0] and "groupName," not in msgs[0]
+    full = (
+        "def handle(req):\n    return allow(groupID=req['groupID'], groupName=req['groupName'], "
+        "introduction=req['introduction'], faceURL=req['faceURL'], ex=req['ex'], "
+        "needVerification=req['needVerification'], lookMemberInfo=req['lookMemberInfo'], "
+        "applyMemberFriend=req['applyMemberFriend'])\n"
+    )
+    assert warn("callbackBeforeSetGroupInfoExCommand", full) == []
+
+
+def test_raise_and_always_returning_branches_are_not_fall_through():
+    src = (
+        "def handle(req):\n"
+        "    if req['groupName']:\n"
+        "        return allow(groupID=req['groupID'])\n"
+        "    else:\n"
+        "        return deny(5001, 'x')\n"
+    )
+    assert warn("callbackBeforeSetGroupInfoCommand", src) == []
+
+
+# --- update user info ex -----------------------------------------------------------------
+
+def test_update_user_info_ex_never_ex():
+    assert only("callbackBeforeUpdateUserInfoExCommand", "def handle(req):\n    return allow(ex='x')\n", "never return ex")
+    assert warn("callbackBeforeUpdateUserInfoExCommand", "def handle(req):\n    return allow(ex=None)\n") == []
+
+
+def test_update_user_info_ex_only_non_null_request_fields():
+    unguarded = "def handle(req):\n    return allow(nickName=req['nickName'].strip())\n"
+    assert only("callbackBeforeUpdateUserInfoExCommand", unguarded, "not null")
+    guarded = (
+        "def handle(req):\n"
+        "    if req.get('nickName') is not None:\n"
+        "        return allow(nickName=req['nickName'].strip())\n"
+    )
+    assert warn("callbackBeforeUpdateUserInfoExCommand", guarded) == []
+
+
+# --- msg modify --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "value,bad",
+    [
+        ("'hello'", True),
+        ("'[1, 2]'", True),
+        ("'{\"content\": \"hi\"}'", False),
+        ("json.dumps({'content': 'hi'})", False),
+        ("json.dumps(['hi'])", True),
+        ("f'{{\"content\": \"{x}\"}}'", True),
+        ("'{\"a\":' + x + '}'", True),
+        ("new_content", False),
+    ],
+)
+def test_msg_modify_content_must_be_a_json_object(value, bad):
+    src = f"def handle(req):\n    x = 'a'\n    new_content = req['content']\n    return allow(content={value})\n"
+    assert bool(only("callbackBeforeMsgModifyCommand", src, "content")) is bad, warn("callbackBeforeMsgModifyCommand", src)
+
+
+def test_msg_modify_offline_push_info_is_a_trap():
+    src = "def handle(req):\n    return allow(offlinePushInfo={'title': 't', 'desc': '', 'ex': ''})\n"
+    assert only("callbackBeforeMsgModifyCommand", src, "offlinePushInfo")
+
+
+# --- members join ------------------------------------------------------------------------
+
+def test_member_callback_list_entries_need_user_id():
+    bad = "def handle(req):\n    return allow(memberCallbackList=[{'nickname': 'x'} for m in req['memberList']])\n"
+    assert only("callbackBeforeMembersJoinGroupCommand", bad, "userID")
+    bad2 = "def handle(req):\n    return allow(memberCallbackList=[dict(ex='1')])\n"
+    assert only("callbackBeforeMembersJoinGroupCommand", bad2, "userID")
+    good = (
+        "def handle(req):\n"
+        "    return allow(memberCallbackList=[{'userID': m['userID'], 'ex': 'vip'} for m in req['memberList']])\n"
+    )
+    assert warn("callbackBeforeMembersJoinGroupCommand", good) == []
+
+
+# --- invite / notes --------------------------------------------------------------------------
+
+def test_invite_invited_user_ids_ignored_by_some_versions():
+    msgs = only("callbackBeforeInviteJoinGroupCommand", "def handle(req):\n    return allow(invitedUserIDs=[])\n", "ignores")
+    assert msgs and "deny()" in msgs[0]
+
+
+def test_empty_value_that_openim_treats_as_no_change():
+    msgs = only("callbackBeforeSetFriendRemarkCommand", "def handle(req):\n    return allow(remark='')\n", "empty value")
+    assert msgs
+    assert warn("callbackBeforeSetFriendRemarkCommand", "def handle(req):\n    return allow(remark='hi')\n") == []
+
+
+def test_warnings_are_deduplicated_and_sorted():
+    cmd = CAT.get("callbackBeforeAddFriendCommand")
+    ws = lint.warnings(cmd, "def handle(req):\n    a = deny(1)\n    return deny(2)\n")
+    assert [w.line for w in ws] == [2, 3]
+
+
+# --- the ready scripts are clean -------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scripts").glob("*.py")), ids=lambda p: p.stem)
+def test_ready_scripts_have_no_warnings_except_known_notes(path):
+    msgs = warn(path.stem, path.read_text())
+    # The invite script narrows invitedUserIDs on purpose (documented contract).
+    assert [m for m in msgs if "ignores invitedUserIDs" not in m] == []
