@@ -183,7 +183,8 @@ def safe_repr(x: Any, st: RunState | None, limit: int, strict: bool = True) -> s
             emit(f"<function {v.__name__}>")
             return
         if t in _METHOD_TYPES:
-            emit(f"<method {getattr(v, '__name__', '?')}>")
+            name = getattr(v, "__name__", "?")
+            emit("<function print>" if name == "_call_print" else f"<method {name}>")
             return
         if t.__name__ in ("dict_keys", "dict_values", "dict_items"):
             emit(t.__name__ + "(")
@@ -215,6 +216,10 @@ class InvalidResult(Exception):
     """The script returned something that is not plain JSON data (or is too big)."""
 
 
+class InvalidNumber(InvalidResult):
+    """A number JSON cannot carry (NaN, infinity, an int beyond 64 bits)."""
+
+
 def to_plain(value: Any, st: RunState | None, what: str = "result") -> Any:
     """Copy ``value`` into exact JSON types (tuples become lists); raise InvalidResult otherwise."""
 
@@ -224,11 +229,11 @@ def to_plain(value: Any, st: RunState | None, what: str = "result") -> Any:
             return v
         if t is int:
             if not INT_MIN <= v <= UINT_MAX:
-                raise InvalidResult(f"{what}: integer out of the 64-bit range")
+                raise InvalidNumber(f"{what}: integer out of the 64-bit range")
             return v
         if t is float:
             if not math.isfinite(v):
-                raise InvalidResult(f"{what}: NaN and infinity are not JSON")
+                raise InvalidNumber(f"{what}: NaN and infinity are not JSON")
             return v
         if depth >= MAX_RESULT_DEPTH:
             raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 import operator
 import re
@@ -39,13 +40,20 @@ SIZED = frozenset(
         type({}.keys()), type({}.values()), type({}.items()),
     }
 )  # fmt: skip
-# Unsized iterables a script can hold: its own generator expressions (guarded inside) and
-# enumerate/zip objects our wrappers built over materialized, charged inputs.
-LAZY = frozenset({types.GeneratorType, enumerate, zip})
+# The only unsized iterables a script can hold: its own generator expressions, whose own
+# loops are guarded (zip/enumerate/reversed/items return charged lists).
+LAZY = frozenset({types.GeneratorType})
 SUBSCRIPTABLE = {dict, list, tuple, str, bytes, range}
 WRITABLE = frozenset({dict, list, set})
 ENCODINGS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf-32"})
 ERROR_MODES = frozenset({"strict", "ignore", "replace", "backslashreplace", "surrogatepass"})
+for _name in ENCODINGS:  # import the codec modules now, before a worker confines itself
+    codecs.lookup(_name)
+# Tuples are the one hashable container a script can nest, and CPython hashes nested
+# tuples recursively in C with no depth check: hashing a tuple nested ~1M deep segfaults
+# the interpreter (measured on 3.11.7). Every place a script can build a tuple holding
+# script values checks that no tuple gets deeper than this.
+MAX_TUPLE_DEPTH = 100
 
 _PERCENT_SPEC = re.compile(
     r"%(?:\((?P<key>[^)]*)\))?[-#0 +]*(?P<width>\*|\d+)?(?:\.(?P<prec>\*|\d+))?[hlL]?(?P<conv>.?)", re.S
@@ -80,6 +88,47 @@ def materialize(st: RunState, x: Any) -> Any:
         st.charge(len(out))
         return out
     st.refuse(f"cannot iterate over {t.__name__}")
+
+
+def check_tuple_depth(st: RunState, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Refuse ``t`` if tuples nest more than MAX_TUPLE_DEPTH deep. Charged per tuple visited."""
+    for item in t:
+        if type(item) is tuple:
+            break
+    else:
+        return t  # flat: the common case, no walk
+    depths: dict[int, int] = {}  # id -> depth, for tuples reachable from t (alive during the walk)
+    stack: list[tuple[tuple[Any, ...], bool]] = [(t, False)]
+    visited = 0
+    while stack:
+        node, done = stack.pop()
+        if done:
+            depth = 1 + max((depths[id(c)] for c in node if type(c) is tuple), default=0)
+            if depth > MAX_TUPLE_DEPTH:
+                st.exceeded("nesting", MAX_TUPLE_DEPTH, "tuples nested too deeply")
+            depths[id(node)] = depth
+            continue
+        if id(node) in depths:
+            continue
+        visited += 1
+        if visited >= 10_000:  # a wide structure: charge as we go, not only at the end
+            st.charge(visited)
+            visited = 0
+        stack.append((node, True))
+        stack.extend((c, False) for c in node if type(c) is tuple and id(c) not in depths)
+    st.charge(visited)
+    return t
+
+
+def check_pairs_depth(st: RunState, pairs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    for pair in pairs:
+        check_tuple_depth(st, pair)
+    return pairs
+
+
+def describe(obj: Any) -> str:
+    script_repr = getattr(type(obj), "script_repr", None)
+    return script_repr(obj) if script_repr is not None else type(obj).__name__
 
 
 def check_encoding(encoding: Any, errors: Any) -> None:
@@ -303,8 +352,30 @@ _LIST_ATTRS: dict[str, Factory | None] = {
     "sort": _list_sort,
 }
 
+def _dict_items(st: RunState, d: dict[Any, Any]) -> Callable[[], list[tuple[Any, Any]]]:
+    # A list snapshot rather than a live view: the (key, value) tuples it yields are new
+    # tuples holding script values, so their nesting depth is checked here, once.
+    def items() -> list[tuple[Any, Any]]:
+        pairs = list(d.items())
+        st.charge(len(pairs))
+        if tuple in map(type, d.values()) or tuple in map(type, d):
+            check_pairs_depth(st, pairs)
+        return pairs
+
+    return items
+
+
+def _dict_popitem(st: RunState, d: dict[Any, Any]) -> Callable[[], tuple[Any, Any]]:
+    def popitem() -> tuple[Any, Any]:
+        return check_tuple_depth(st, d.popitem())
+
+    return popitem
+
+
 _DICT_ATTRS: dict[str, Factory | None] = {
-    **_plain("clear", "copy", "get", "items", "keys", "pop", "popitem", "setdefault", "values"),
+    **_plain("clear", "copy", "get", "keys", "pop", "setdefault", "values"),
+    "items": _dict_items,
+    "popitem": _dict_popitem,
     "update": _dict_update,
 }
 
@@ -379,14 +450,14 @@ def make_hooks(
                 return how(st, obj)
         elif isinstance(obj, BaseException) and name == "args":
             return exception_args(obj)
-        st.refuse(f"attribute '{name}' of {t.__name__} is not available")
+        st.refuse(f"attribute '{name}' of {describe(obj)} is not available")
 
     def getitem_(obj: Any, key: Any) -> Any:
         if st.dead is not None:
             st.reraise()
         if type(obj) in subscriptable:
             return obj[key]
-        st.refuse(f"{type(obj).__name__} objects cannot be indexed")
+        st.refuse(f"{describe(obj)} cannot be indexed")
 
     def getiter_(obj: Any) -> Any:
         t = type(obj)
@@ -411,7 +482,7 @@ def make_hooks(
             st.reraise()
         if type(obj) in WRITABLE:
             return obj
-        st.refuse(f"{type(obj).__name__} objects cannot be modified")
+        st.refuse(f"{describe(obj)} cannot be modified")
 
     def apply_(func: Any, *args: Any, **kwargs: Any) -> Any:
         for key in kwargs:
@@ -419,6 +490,9 @@ def make_hooks(
                 st.refuse(f'keyword argument "{key}" is not allowed')
         st.charge(len(args) + len(kwargs))
         return func(*args, **kwargs)
+
+    def nest_(t: tuple[Any, ...]) -> tuple[Any, ...]:
+        return check_tuple_depth(st, t)
 
     def sized_(container: Any) -> Any:
         if len(container) > max_items:
@@ -594,6 +668,7 @@ def make_hooks(
         "_enter_": st.enter,
         "_leave_": st.leave,
         "_sized_": sized_,
+        "_nest_": nest_,
         "_add_": add_,
         "_iadd_": iadd_,
         "_imul_": imul_,

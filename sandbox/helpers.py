@@ -18,7 +18,7 @@ import orjson
 import re2
 
 from sandbox.budget import RunState
-from sandbox.convert import InvalidResult, TooLong, safe_str, scrub, to_plain
+from sandbox.convert import InvalidNumber, InvalidResult, TooLong, safe_str, scrub, to_plain
 from sandbox.guards import INTLIKE
 
 MAX_PATTERN = 10_000  # characters in one regular expression
@@ -66,6 +66,8 @@ class JsonFacade(Facade):
         st.alive()
         try:
             plain = to_plain(obj, st, "json.dumps")
+        except InvalidNumber as e:
+            raise ValueError(str(e)) from None
         except InvalidResult as e:
             raise TypeError(str(e)) from None
         option = orjson.OPT_SORT_KEYS if sort_keys else 0

@@ -218,7 +218,13 @@ class ScriptPolicy(RestrictingNodeTransformer):
 
     def visit_Tuple(self, node: ast.Tuple) -> ast.AST:
         self._no_starred(node)
-        return super().visit_Tuple(node)
+        node = super().visit_Tuple(node)
+        if isinstance(node.ctx, ast.Load) and not all(isinstance(e, ast.Constant) for e in node.elts):
+            # A tuple holding script values: _nest_ bounds tuple nesting (see guards.MAX_TUPLE_DEPTH).
+            new = _call("_nest_", node)
+            copy_locations(new, node)
+            return new
+        return node
 
     def visit_Set(self, node: ast.Set) -> ast.AST:
         self._no_starred(node)
@@ -243,6 +249,10 @@ class ScriptPolicy(RestrictingNodeTransformer):
         if node.decorator_list:
             self.error(node, "decorators are not allowed")
         node = super().visit_FunctionDef(node)
+        if node.args.vararg is not None:  # *args packs a new tuple of script values
+            nest = ast.Expr(_call("_nest_", ast.Name(node.args.vararg.arg, ast.Load())))
+            copy_locations(nest, node)
+            node.body.insert(0, nest)
         enter = ast.Expr(_call("_enter_"))
         leave = ast.Expr(_call("_leave_"))
         guarded = ast.Try(body=node.body, handlers=[], orelse=[], finalbody=[leave])
@@ -252,6 +262,8 @@ class ScriptPolicy(RestrictingNodeTransformer):
         return node
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        if node.args.vararg is not None:
+            self.error(node, "*args in a lambda is not allowed: use a def")
         node = super().visit_Lambda(node)
         # `_step_()` returns None, so `None or body` is the body: a lambda call costs a step.
         node.body = ast.BoolOp(op=ast.Or(), values=[_call("_step_"), node.body])

@@ -11,11 +11,20 @@ capped at 4300 digits by CPython).
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
 from sandbox.budget import RunState
-from sandbox.guards import INTLIKE, SIZED, check_encoding, materialize, text_of
+from sandbox.guards import (
+    INTLIKE,
+    SIZED,
+    check_encoding,
+    check_pairs_depth,
+    check_tuple_depth,
+    materialize,
+    text_of,
+)
 from sandbox.kvapi import KVError
 
 # Script-visible exception classes. All derive from Exception: a script can raise and
@@ -89,7 +98,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
     def tuple_(iterable: Any = ()) -> tuple[Any, ...]:
         r = tuple(materialize(st, iterable))
         st.check_items(len(r))
-        return r
+        return check_tuple_depth(st, r)
 
     def set_(iterable: Any = ()) -> set[Any]:
         r = set(materialize(st, iterable))
@@ -115,11 +124,22 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         st.charge(len(seq))
         return list(reversed(seq))
 
-    def enumerate_(iterable: Any, start: Any = 0) -> enumerate[Any]:
-        return enumerate(materialize(st, iterable), start)
+    # enumerate() and zip() return lists of new tuples (not lazy iterators), so each
+    # tuple's nesting depth is checked once, here.
+    def enumerate_(iterable: Any, start: Any = 0) -> list[tuple[int, Any]]:
+        items = materialize(st, iterable)
+        pairs = list(enumerate(items, start))
+        if tuple in map(type, items):
+            check_pairs_depth(st, pairs)
+        return pairs
 
-    def zip_(*iterables: Any, strict: Any = False) -> zip[Any]:
-        return zip(*(materialize(st, it) for it in iterables), strict=strict)
+    def zip_(*iterables: Any, strict: Any = False) -> list[tuple[Any, ...]]:
+        inputs = [materialize(st, it) for it in iterables]
+        rows = list(zip(*inputs, strict=strict))
+        st.charge(len(rows))
+        if any(tuple in map(type, items) for items in inputs):
+            check_pairs_depth(st, rows)
+        return rows
 
     def range_(*args: Any) -> range:
         r = range(*args)
@@ -155,7 +175,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
 
     def _lazy(iterable: Any) -> Any:
         # Short-circuiting over a generator expression: it guards its own loop.
-        if type(iterable).__name__ != "generator":
+        if type(iterable) is not types.GeneratorType:
             return materialize(st, iterable)
         st.alive()
         return iterable
