@@ -128,7 +128,8 @@ class RunState:
     def charge(self, n: int) -> None:
         """Charge ``n`` steps at once (items about to be iterated by a loop or in C)."""
         self.steps_left -= n
-        self.ticks_left -= 1
+        # Big batches stand for real C-level work: look at the clock right away.
+        self.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
         if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
             self._slow_step()
 

@@ -246,6 +246,10 @@ class ScriptPolicy(RestrictingNodeTransformer):
     # -- functions: recursion depth and steps --------------------------------------------------
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        if node.name.startswith("_"):
+            # RP lets indented dunder defs through (for class bodies); with no classes they
+            # serve nothing but confusion.
+            self.error(node, f'function name "{node.name}" is not allowed (starts with "_")')
         if node.decorator_list:
             self.error(node, "decorators are not allowed")
         node = super().visit_FunctionDef(node)
