@@ -171,7 +171,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 # --- run / replay ------------------------------------------------------------------------
 
 
-def _load_script(path: str, explicit: str | None) -> tuple[str, str | None]:
+def _load_script(path: str) -> tuple[str, str]:
     p = Path(path)
     if not p.is_file():
         raise OfflineError(f"{path}: no such file")
@@ -196,7 +196,7 @@ def _print_compile_errors(script: str, issues: list[Any]) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from server.offline import namespace_note, open_env, run_sync
 
-    source, stem = _load_script(args.script, args.command)
+    source, stem = _load_script(args.script)
     raw = _read_input(args.payload)
     try:
         payload = orjson.loads(raw)
@@ -262,7 +262,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from server import replay as rp
     from server.offline import default_workers, namespace_note, open_env, run_sync
 
-    source, stem = _load_script(args.script, args.command)
+    source, stem = _load_script(args.script)
     name = "<stdin>" if args.recordings == "-" else args.recordings
     if args.recordings == "-":
         records, line_errors = rp.read_recordings(sys.stdin.buffer)
@@ -283,7 +283,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if len(line_errors) > rp.MAX_SHOWN_LINE_ERRORS:
         print(f"{name}: ... and {len(line_errors) - rp.MAX_SHOWN_LINE_ERRORS} more bad lines", file=sys.stderr)
     workers = args.workers or default_workers()
-    jobs = args.jobs or workers
+    # Two calls per worker: one runs while the host prepares or finishes the other.
+    jobs = args.jobs or 2 * workers
     show_progress = args.progress if args.progress is not None else sys.stderr.isatty()
 
     async def go() -> Any:
@@ -562,7 +563,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document (per-record changes + summary)")
     p.add_argument("--quiet", "-q", action="store_true", help="only the summary, no per-record lines")
     p.add_argument("--workers", type=int, metavar="N", help="sandbox worker processes (default: one per core, max 8)")
-    p.add_argument("--jobs", type=int, metavar="N", help="records in flight (default: --workers; 1 = strict order)")
+    p.add_argument("--jobs", type=int, metavar="N", help="records in flight (default: 2 x --workers; 1 = strict file order)")
     p.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="progress bar on stderr (default: when stderr is a terminal)",
