@@ -413,3 +413,17 @@ def test_snapshot_in_another_namespace_is_noted(tmp_path):
 
     note = asyncio.run(go())
     assert note and "'mod'" in note and "'default'" in note
+
+
+def test_benchmark_runs_and_reports_the_ratio():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "bench" / "bench_replay.py"), "--records", "300", "--repeat", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=root)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["noop"], ["simple"], ["kv"])}
+    assert set(rows) == {"noop", "simple", "kv"} and rows["noop"][2] == "1.00"
+    assert "simple script:" in r.stdout
