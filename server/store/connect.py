@@ -122,6 +122,8 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
     }
     provider = None
     on_close = None
+    data_address = None
+    monitor = None
 
     if target.mode == "standalone":
         assert target.url is not None
@@ -144,14 +146,20 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
                                      **target.redis_options)
         service = target.service
         ssl_ctx = _ssl_context(ssl_opts) if target.ssl else None
+        pool = client.connection_pool
 
         async def sentinel_target() -> TrackingTarget:
-            host, port = await sentinel.discover_master(service)
+            # Track the server the data connections use (redis-py's pool keeps its
+            # master until a connection fails), not merely what Sentinel says now: right
+            # after a failover both may claim to be master for a while.
+            address = pool.master_address or await pool.get_master_address()
+            host, port = address
             return TrackingTarget(host=host, port=int(port), ssl_context=ssl_ctx,
                                   server_hostname=host if ssl_ctx is not None and ssl_ctx.check_hostname else None,
                                   **auth)
 
         provider = sentinel_target
+        data_address = lambda: pool.master_address  # noqa: E731  (set by redis-py on (re)connect)
 
         async def close_sentinels() -> None:
             for s in sentinel.sentinels:
@@ -159,6 +167,15 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
                     await s.aclose()
 
         on_close = close_sentinels
+
+        async def follow_master() -> None:
+            # redis-py moves to a new master only when a connection to the old one fails;
+            # after a manual failover the old master keeps accepting writes until Sentinel
+            # reconfigures it (seconds later), and those writes would be lost. Asking every
+            # second switches the pool (and the cache's tracking link) within ~1 s.
+            await pool.get_master_address()
+
+        monitor = follow_master
     else:
         base.pop("client_name")
         client = RedisCluster(
@@ -171,7 +188,7 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
     store = Store(
         client, prefix=prefix, mode=target.mode, display=target.display, cluster=target.mode == "cluster",
         op_timeout=op_timeout, tracker_provider=provider if cache_wanted else None, cache_size=cache_size,
-        on_close=on_close, **common,
+        data_address=data_address, monitor=monitor, on_close=on_close, **common,
     )
     await store.start()
     return store

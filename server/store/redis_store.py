@@ -89,7 +89,8 @@ class Store:
                  display: str = "embedded", cluster: bool = False, op_timeout: float = 0.5,
                  admin_timeout: float | None = None, tracker_provider: Any = None,
                  cache_size: int = 100_000, key_bytes: int = 512, value_bytes: int = 65_536,
-                 on_close: Callable[[], Awaitable[None]] | None = None) -> None:
+                 data_address: Callable[[], Any] | None = None,
+                 monitor: Callable[[], Awaitable[None]] | None = None, on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self.client = client
         self.keys = Keys(prefix)
         self.mode = mode
@@ -103,11 +104,14 @@ class Store:
         self.tracker: Tracker | None = None
         if tracker_provider is not None:
             self.cache = KVCache(cache_size)
-            self.tracker = Tracker(self.cache, self.keys.kv_root, tracker_provider, timeout=op_timeout)
+            self.tracker = Tracker(self.cache, self.keys.kv_root, tracker_provider, timeout=op_timeout,
+                                   data_address=data_address)
         self.kv = KVEngine(client, self.keys, self.health, cache=self.cache, tracker=self.tracker,
                            deadline=max(op_timeout * 2, 0.2), key_bytes=key_bytes, value_bytes=value_bytes)
         self.kv_admin = KVAdmin(client, self.keys, self.txn, self.cache, cluster, self.add_audit)
         self._on_close = on_close
+        self._monitor = monitor
+        self._monitor_task: asyncio.Task[None] | None = None
         self._rec_known: set[str] = set()
         self._closed = False
 
@@ -115,8 +119,22 @@ class Store:
         """Start background connections (cache invalidation). Never fails if Redis is down."""
         if self.tracker is not None:
             self.tracker.start()
+        if self._monitor is not None:
+            self._monitor_task = asyncio.create_task(self._run_monitor(), name="store-monitor")
         with contextlib.suppress(Exception):
             await self.ping()
+
+    async def _run_monitor(self, interval: float = 1.0) -> None:
+        assert self._monitor is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with asyncio.timeout(self.admin_timeout):
+                    await self._monitor()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("store monitor: %s", describe(exc))
 
     # --- health --------------------------------------------------------------------------
 
@@ -153,6 +171,10 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._monitor_task
         if self.tracker is not None:
             await self.tracker.close()
         await self.txn.close()

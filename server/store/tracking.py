@@ -167,7 +167,8 @@ class Tracker:
     """Owns the tracking connection and feeds invalidations into a ``KVCache``."""
 
     def __init__(self, cache: KVCache, kv_prefix: str, provider: TargetProvider,
-                 timeout: float = 0.5, probe_interval: float = 1.0) -> None:
+                 timeout: float = 0.5, probe_interval: float = 1.0,
+                 data_address: Callable[[], Any] | None = None) -> None:
         self.cache = cache
         self.kv_prefix = kv_prefix
         self.provider = provider
@@ -177,6 +178,12 @@ class Tracker:
         self.supported = True
         self.last_error: str | None = None
         self.connects = 0
+        # Where the data connections currently go (Sentinel: the pool's master address).
+        # If it differs from where tracking is connected, invalidations would come from
+        # the wrong server: the cache is dropped at once (checked on every drain).
+        self._data_address = data_address
+        self._address: tuple[str, int] | None = None
+        self.client_id: int | None = None  # the tracking connection's CLIENT ID (tests, debugging)
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
         self._replies: deque[asyncio.Future[Any]] = deque()
@@ -213,6 +220,7 @@ class Tracker:
             try:
                 target = await asyncio.wait_for(self.provider(), self.timeout * 4)
                 sock = await asyncio.wait_for(asyncio.to_thread(self._handshake, target), self.timeout * 4)
+                self._address = (target.host, int(target.port)) if target.host else None
             except TrackingUnsupported as exc:
                 self.supported = False
                 self.last_error = str(exc)
@@ -271,6 +279,8 @@ class Tracker:
             # Keep any bytes buffered after the replies; pushes parsed already are covered
             # by the flush in _attach.
             self._reader = reader
+            if isinstance(hello_reply, dict):
+                self.client_id = hello_reply.get(b"id")
             sock.setblocking(False)
             return sock
         except BaseException:
@@ -327,6 +337,16 @@ class Tracker:
             if isinstance(role, hiredis.ReplyError) or not role or role[0] != b"master":
                 self._lost("server is no longer a master")
                 return
+            if self._address is not None:
+                # Sentinel may have promoted another server while this one still says
+                # "master" (it is reconfigured only later): follow the provider.
+                try:
+                    target = await asyncio.wait_for(self.provider(), self.timeout * 2)
+                except Exception:
+                    continue  # cannot ask right now; the data side fails over the same way
+                if (target.host, int(target.port)) != self._address:
+                    self._lost("the master moved")
+                    return
 
     def _request(self, payload: bytes) -> asyncio.Future[Any]:
         assert self._loop is not None
@@ -348,6 +368,11 @@ class Tracker:
         sock = self._sock
         if sock is None:
             return False
+        if self._data_address is not None and self._address is not None:
+            current = self._data_address()
+            if current is not None and (current[0], int(current[1])) != self._address:
+                self._lost("the data connections use another server")
+                return False
         got = False
         while True:
             try:
