@@ -511,7 +511,9 @@ Per-record lines name each record by its operationID (or its line number):
 then a summary table: unchanged / allow -> deny / deny -> allow / modify changes /
 deny changes / errors. "allow" includes "none" (no script was live when recorded);
 "allow -> deny" includes modify -> deny. For after callbacks only verdicts are compared
-(OpenIM ignores their replies).
+(OpenIM ignores their replies). Fields are compared by their effect: returning the
+value the request already had is no change (except fields OpenIM applies even when
+absent, such as groupID in set-group-info); "[redacted]" values never count as changes.
 
 Records of other commands are skipped and counted. The command is --command, else the
 script's file name (<callbackCommand>.py), else the records' command if they all agree.
