@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
 from redis_servers import Cluster, SentinelSetup, Standalone, redis_available
 
 __all__ = [

@@ -144,7 +144,6 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
         sentinel = Sentinel(target.hosts, sentinel_kwargs=sentinel_kwargs)
         client = sentinel.master_for(target.service, db=target.db, ssl=target.ssl, **auth, **base,
                                      **target.redis_options)
-        service = target.service
         ssl_ctx = _ssl_context(ssl_opts) if target.ssl else None
         pool = client.connection_pool
 

@@ -49,7 +49,7 @@ def reply_text(exc: rex.ResponseError) -> str:
     """The server's error reply without the pipeline wrapper (which quotes the command)."""
     text = str(exc)
     # A pipeline wraps the reply: "Command # 1 (SISMEMBER k a) of pipeline caused error: ('WRONGTYPE ...',)"
-    head, sep, tail = text.partition(" of pipeline caused error: ")
+    _head, sep, tail = text.partition(" of pipeline caused error: ")
     if sep:
         text = tail.lstrip("('\"")
     return text

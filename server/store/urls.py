@@ -147,6 +147,13 @@ def parse(url: str) -> Target:
         redis_opts.pop("db", None)
         return Target("cluster", scheme, display, hosts=_hosts(hostpart, 6379), username=username,
                       password=password, ssl=ssl, redis_options=redis_opts, store_options=store_opts)
+    if scheme != "unix":
+        try:
+            parts.port  # noqa: B018  (raises ValueError for a non-numeric port)
+        except ValueError:
+            raise ValueError(f"bad port in redis URL {display!r}") from None
+        if not parts.hostname:
+            raise ValueError("redis URL names no host")
     clean = parts._replace(scheme=scheme, query=urlencode(passthrough)).geturl()
     db = int(redis_opts.get("db", 0))
     if scheme != "unix" and parts.path.strip("/"):

@@ -1,0 +1,343 @@
+"""Redis faults against real servers: down at start, killed mid-traffic, paused, slow,
+failover; admin writes never half-apply."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import pytest
+from redis_servers import Standalone, free_port
+
+from sandbox.api import KVUnavailable
+from server.store.base import StoreError, StoreUnavailable
+from server.store.connect import open_store
+from server.store.redis_store import Store
+
+pytest_plugins = ["conftest_redis"]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _eventually(check: Any, timeout: float = 10.0) -> float:
+    """Poll an async check until it returns truthy; return how long it took."""
+    t0 = time.monotonic()
+    while True:
+        with contextlib.suppress(Exception):
+            if await check():
+                return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def _timed(coro: Any) -> tuple[float, BaseException | None]:
+    t0 = time.monotonic()
+    try:
+        await coro
+        return time.monotonic() - t0, None
+    except BaseException as exc:
+        return time.monotonic() - t0, exc
+
+
+async def assert_consistent(s: Store, command: str) -> int:
+    """Every version 1..latest is complete, the live pointer names one of them, and the
+    generation counts the script changes recorded in the audit log."""
+    meta = await s.get_meta(command)
+    if meta is None:
+        return 0
+    for n in meta.versions:
+        info = await s.get_version(command, n)
+        assert info is not None and info.source is not None and info.sha256, n
+    assert await s.get_version(command, meta.latest_version + 1) is None
+    if meta.active_version is not None:
+        assert meta.active_version in meta.versions
+    entries = [e for e in await s.audit(limit=10_000) if e.target == command]
+    assert await s.generation() == len(entries)
+    assert sum(1 for e in entries if e.action == "upload") == meta.latest_version
+    return meta.latest_version
+
+
+def test_redis_down_at_start_then_recovers(tmp_path: Any, store_prefix: str) -> None:
+    from conftest_redis import require_redis
+
+    require_redis()
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}"
+
+    async def scenario() -> None:
+        s = await open_store(url, prefix=store_prefix)  # does not raise
+        try:
+            assert s.healthy is False and s.describe()["connected"] is False
+            assert await s.ping() is False
+            took, exc = await _timed(s.kv_call("ns", "get", ["k"]))
+            assert isinstance(exc, KVUnavailable) and took < 1.5
+            took, exc = await _timed(s.put_version("cbA", "src", "h", True, "u"))
+            assert isinstance(exc, StoreUnavailable) and took < 2.5
+            assert "redis unavailable" in str(exc)
+            for call in (s.list_scripts(), s.active_table(), s.generation(), s.audit(), s.kv_read("ns", "k")):
+                assert isinstance((await _timed(call))[1], StoreUnavailable)
+            server = Standalone(tmp_path / "late")
+            server.server.stop()
+            server.server.port = port
+            server.server.start()
+            try:
+                took = await _eventually(s.ping, 10)
+                assert s.healthy
+                await s.kv_call("ns", "set", ["k", "v", None])
+                assert await s.kv_call("ns", "get", ["k"]) == "v"
+                assert s.tracker is not None and await s.tracker.wait_connected(5)
+                await s.put_version("cbA", "src", "h", True, "u")
+                assert await assert_consistent(s, "cbA") == 1
+            finally:
+                server.close()
+        finally:
+            await s.close()
+
+    run(scenario())
+
+
+def test_redis_killed_mid_traffic(redis_factory: Any, store_prefix: str) -> None:
+    server = redis_factory()
+
+    async def scenario() -> None:
+        s = await open_store(server.url, prefix=store_prefix)
+        watcher_store = await open_store(server.url, prefix=store_prefix)
+        seen: list[int] = []
+
+        async def listener() -> None:
+            table = await watcher_store.active_table()
+            seen.append(table["cbA"].version if "cbA" in table else 0)
+
+        watcher = asyncio.create_task(watcher_store.watch(listener, poll_interval=0.5))
+        outcomes: list[tuple[float, str]] = []
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            i = 0
+            while not stop.is_set():
+                i += 1
+                t0 = time.monotonic()
+                try:
+                    await s.kv_call("ns", "incr", ["hits", 1, None])
+                    await s.kv_call("ns", "sismember", ["bl", "u"])
+                    outcomes.append((time.monotonic() - t0, "ok"))
+                except KVUnavailable:
+                    outcomes.append((time.monotonic() - t0, "down"))
+                    await asyncio.sleep(0.01)
+
+        try:
+            await s.put_version("cbA", "v1", "h", True, "u")
+            task = asyncio.create_task(traffic())
+            await asyncio.sleep(0.3)
+            server.server.kill()
+            await asyncio.sleep(1.0)
+            assert not s.healthy
+            took, exc = await _timed(s.put_version("cbA", "v2", "h", True, "u"))
+            assert isinstance(exc, StoreUnavailable) and took < 2.5
+            server.server.start()  # same port, empty (no persistence in tests)
+            await _eventually(lambda: asyncio.sleep(0, s.healthy and outcomes[-1][1] == "ok"), 10)
+            stop.set()
+            await task
+            kinds = [k for _, k in outcomes]
+            assert "down" in kinds and kinds[-1] == "ok"
+            assert max(t for t, _ in outcomes) < 2.0  # nothing hung
+            # the watcher survived the outage and sees changes made after it
+            await s.put_version("cbA", "v-after", "h", True, "u")
+            await _eventually(lambda: asyncio.sleep(0, bool(seen) and seen[-1] == 1), 3)
+        finally:
+            stop.set()
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+            await s.close()
+            await watcher_store.close()
+
+    run(scenario())
+
+
+def test_paused_redis_fails_fast_and_recovers(redis_factory: Any, store_prefix: str) -> None:
+    server = redis_factory()
+
+    async def scenario() -> None:
+        s = await open_store(server.url, prefix=store_prefix)
+        try:
+            await s.kv_call("ns", "set", ["k", "v", None])
+            server.server.pause()  # SIGSTOP: connections stay open, nothing answers
+            try:
+                took, exc = await _timed(s.kv_call("ns", "get", ["k2"]))
+                assert isinstance(exc, KVUnavailable) and took < 1.2
+                took, exc = await _timed(s.activate("cbA", 1, "u"))
+                assert isinstance(exc, StoreUnavailable) and took < 2.5
+                assert s.healthy is False
+            finally:
+                server.server.resume()
+            await _eventually(s.ping, 5)
+            assert await s.kv_call("ns", "get", ["k"]) == "v"
+        finally:
+            await s.close()
+
+    run(scenario())
+
+
+def test_slow_redis_times_out(redis_standalone: Any, store_prefix: str) -> None:
+    async def scenario() -> None:
+        s = await open_store(redis_standalone.url, prefix=store_prefix, cache=False)
+        slow = redis_standalone.client()
+        try:
+            await s.kv_call("ns", "set", ["k", "v", None])
+            sleeper = asyncio.create_task(asyncio.to_thread(slow.execute_command, "DEBUG", "SLEEP", "1.2"))
+            await asyncio.sleep(0.05)
+            took, exc = await _timed(s.kv_call("ns", "get", ["k"]))
+            assert isinstance(exc, KVUnavailable) and 0.3 < took < 1.1
+            took, exc = await _timed(s.list_scripts())
+            assert isinstance(exc, StoreUnavailable) and took < 1.1
+            await sleeper
+            await _eventually(s.ping, 5)
+            assert await s.kv_call("ns", "get", ["k"]) == "v"
+        finally:
+            await s.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("fault", ["pause", "kill", "conflict"])
+def test_version_write_is_all_or_nothing(redis_factory: Any, store_prefix: str, fault: str) -> None:
+    """A fault between reading the version counter and EXEC: the upload either fully
+    happens or not at all, and the registry stays consistent."""
+    server = redis_factory()
+
+    async def scenario() -> None:
+        s = await open_store(server.url, prefix=store_prefix)
+        other = await open_store(server.url, prefix=store_prefix)
+        try:
+            await s.put_version("cbA", "v1", "h1", True, "u")
+            fired = False
+
+            async def inject() -> None:
+                nonlocal fired
+                if fired:
+                    return
+                fired = True
+                if fault == "pause":
+                    server.server.pause()
+                    asyncio.get_running_loop().call_later(1.5, server.server.resume)
+                elif fault == "kill":
+                    server.server.kill()
+                else:  # another instance uploads in between: WATCH makes this one retry
+                    await other.put_version("cbA", "other", "h-other", False, "o")
+
+            s.txn.before_exec = inject
+            result: Any = None
+            try:
+                result = await s.put_version("cbA", "v2", "h2", True, "u")
+            except StoreUnavailable:
+                result = None
+            s.txn.before_exec = None
+            if fault == "kill":
+                assert result is None
+                server.server.start()
+                await _eventually(s.ping, 10)
+                assert await assert_consistent(s, "cbA") == 0  # the server came back empty
+                return
+            if fault == "pause":
+                assert result is None  # timed out waiting for EXEC's reply
+                await asyncio.sleep(1.6)
+                await _eventually(s.ping, 5)
+            latest = await assert_consistent(s, "cbA")
+            if fault == "conflict":
+                info, prev = result
+                assert (info.version, prev, latest) == (3, 1, 3)
+                assert (await s.get_version("cbA", 2)).source == "other"  # type: ignore[union-attr]
+            else:
+                # EXEC had been sent: applied as a whole after the pause, or not at all
+                assert latest in (1, 2)
+                if latest == 2:
+                    assert (await s.get_version("cbA", 2)).source == "v2"  # type: ignore[union-attr]
+                    assert (await s.active_table())["cbA"].version == 2
+        finally:
+            await s.close()
+            await other.close()
+
+    run(scenario())
+
+
+def test_admin_errors_are_not_outages(redis_standalone: Any, store_prefix: str) -> None:
+    async def scenario() -> None:
+        s = await open_store(redis_standalone.url, prefix=store_prefix)
+        try:
+            with pytest.raises(StoreError):
+                await s.activate("cbA", 1, "u")
+            assert s.healthy
+        finally:
+            await s.close()
+
+    run(scenario())
+
+
+def test_sentinel_failover_under_traffic(sentinel_factory: Any, store_prefix: str) -> None:
+    setup = sentinel_factory()
+
+    async def scenario() -> None:
+        s = await open_store(setup.url, prefix=store_prefix)
+        try:
+            await s.put_version("cbA", "v1", "h", True, "u")
+            await s.kv_call("ns", "sadd", ["bl", ["x"]])
+            with setup.current_master().client() as c:
+                c.execute_command("WAIT", 1, 2000)
+            old = setup.master_port()
+            new = await asyncio.to_thread(setup.failover)
+            assert new != old
+            # The store follows Sentinel by itself within ~1 s (it asks every second; the
+            # demoted master would otherwise keep taking writes until Sentinel
+            # reconfigures it, which takes several seconds).
+            pool = s.client.connection_pool
+            took = await _eventually(lambda: asyncio.sleep(0, pool.master_address is not None
+                                                            and int(pool.master_address[1]) == new), 5)
+            assert took < 2.5
+            t0 = time.monotonic()
+            while True:
+                try:
+                    await s.put_version("cbA", "v2", "h", True, "u")
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() - t0 < 10
+                    await asyncio.sleep(0.05)
+            assert await s.kv_call("ns", "sismember", ["bl", "x"]) is True  # replicated data kept
+            assert (await s.active_table())["cbA"].version == 2
+            assert s.describe()["mode"] == "sentinel"
+            with setup.current_master().client() as c:  # written to the new master
+                assert c.hget(s.keys.active, "cbA") == "2"
+        finally:
+            await s.close()
+
+    run(scenario())
+
+
+def test_embedded_tcp_server_for_multiprocess(store_prefix: str) -> None:
+    from server.store.connect import start_embedded_server
+
+    url, stop = start_embedded_server()
+    try:
+        async def scenario() -> None:
+            a = await open_store(url, prefix=store_prefix)
+            b = await open_store(url, prefix=store_prefix)
+            try:
+                assert a.describe()["mode"] == "standalone"
+                await a.put_version("cbA", "src", "h", True, "u")
+                assert (await b.active_table())["cbA"].source == "src"
+                await a.kv_call("ns", "sadd", ["bl", ["x"]])
+                assert await b.kv_call("ns", "sismember", ["bl", "x"]) is True
+                assert b.tracker is not None
+                await asyncio.sleep(0.3)
+                assert b.tracker.supported is False  # no CLIENT TRACKING: no cache, still correct
+            finally:
+                await a.close()
+                await b.close()
+
+        run(scenario())
+    finally:
+        stop()
