@@ -67,6 +67,7 @@ class Record:
     error_kind: str | None = None
     elapsed_ms: float | None = None
     redacted: bool = False
+    version: int | None = None  # script version that answered when recorded
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def parse_line(raw: bytes, line: int) -> Record | LineError | None:
         reply=reply,
         error_kind=kind if type(kind) is str else None,
         elapsed_ms=float(elapsed) if type(elapsed) in (int, float) else None,
+        version=data["version"] if type(data.get("version")) is int else None,
         redacted=REDACTED_JSON in raw,
     )
 
@@ -398,6 +400,7 @@ class Summary:
     corrupt: int = 0  # lines that could not be used
     redacted: int = 0  # replayed records with redacted fields
     skipped: Counter[str] = field(default_factory=Counter)  # other commands -> count
+    versions: Counter[int] = field(default_factory=Counter)  # recorded script version -> count
     counts: Counter[str] = field(default_factory=Counter)  # category -> count
     times_new: list[float] = field(default_factory=list)
     times_old: list[float] = field(default_factory=list)
@@ -418,12 +421,20 @@ class Summary:
             "corrupt_lines": self.corrupt,
             "skipped_other_commands": dict(self.skipped),
             "redacted_records": self.redacted,
+            "recorded_versions": {str(v): n for v, n in sorted(self.versions.items())},
             "categories": {c: self.counts[c] for c in CATEGORIES},
             "changed": self.changed,
             "ms_per_callback": {"new": _stats(self.times_new), "recorded": _stats(self.times_old)},
             "seconds": round(self.seconds, 3),
             "records_per_second": round(self.rate, 1),
         }
+
+
+def _versions(versions: Counter[int]) -> str:
+    if not versions:
+        return ""
+    shown = ", ".join(f"v{v}: {n}" for v, n in sorted(versions.items(), reverse=True)[:4])
+    return f"(recorded with {shown}{', ...' if len(versions) > 4 else ''})"
 
 
 def _stats(values: list[float]) -> dict[str, float] | None:
@@ -472,7 +483,7 @@ class ReplayReport:
         out.append(f"replay of {self.script} ({self.command}) against {self.recordings}")
         rows: list[tuple[str, Any, str]] = [
             ("records read", s.read, ""),
-            ("replayed", s.replayed, ""),
+            ("replayed", s.replayed, _versions(s.versions)),
         ]
         if s.skipped:
             detail = ", ".join(f"{c}: {n}" for c, n in s.skipped.most_common(3))
@@ -570,6 +581,7 @@ async def replay(
     summary.times_new = times
     summary.times_old = [r.elapsed_ms for r in todo if r.elapsed_ms is not None]
     summary.redacted = sum(1 for r in todo if r.redacted)
+    summary.versions = Counter(r.version for r in todo if r.version is not None)
     changes: list[Change] = []
     for change in results:
         assert change is not None

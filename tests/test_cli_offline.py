@@ -207,6 +207,7 @@ def test_replay_reports_changes_and_exits_1(capsys, tmp_path, script, snapshot):
         "op-789  deny -> allow",
     ]
     assert "result: 3 of 4 replies would change (exit 1)" in out
+    assert "(recorded with v1: 4)" in out
 
 
 def test_replay_corrupt_lines_and_other_commands(capsys, tmp_path, script, snapshot):

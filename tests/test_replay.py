@@ -294,6 +294,7 @@ def test_report_renders_the_summary_table_and_json():
     doc = rep.to_json()
     assert doc["summary"]["categories"][rp.TO_DENY] == 1
     assert doc["summary"]["skipped_other_commands"] == {FRIEND: 1}
+    assert doc["summary"]["recorded_versions"] == {}
     assert doc["changes"][0]["operationID"] == "op-1" and doc["changes"][0]["new"]["errCode"] == 5001
     assert doc["line_errors"] == [{"line": 9, "message": "not valid JSON"}]
     orjson.dumps(doc)  # serialisable
