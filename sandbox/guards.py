@@ -17,10 +17,11 @@ from __future__ import annotations
 import codecs
 import math
 import operator
+import random
 import re
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from sandbox.budget import RunState
 from sandbox.convert import (
@@ -44,6 +45,12 @@ SIZED = frozenset(
 # loops are guarded (zip/enumerate/reversed/items return charged lists).
 LAZY = frozenset({types.GeneratorType})
 SUBSCRIPTABLE = {dict, list, tuple, str, bytes, range}
+PLAIN_DATA = frozenset({type(None), str, bytes, int, float, bool, complex, list, dict, set, frozenset, tuple, range})
+COLLISION_CHECK_MIN = 2048  # below this, even all-colliding keys cost little (~2M comparisons)
+COLLISION_SAMPLE = 1024
+MAX_COLLISION_WORK = 20_000_000  # estimated key comparisons in one C call (~0.15 s)
+HASH_MODULUS = 2**61 - 1  # sys.hash_info.modulus on 64-bit CPython
+_random = random.Random()  # private instance: never shared with, or seeded by, scripts
 WRITABLE = frozenset({dict, list, set})
 ENCODINGS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf-32"})
 ERROR_MODES = frozenset({"strict", "ignore", "replace", "backslashreplace", "surrogatepass"})
@@ -87,7 +94,47 @@ def materialize(st: RunState, x: Any) -> Any:
                 st.check_items(len(out))
         st.charge(len(out))
         return out
-    st.refuse(f"cannot iterate over {t.__name__}")
+    not_iterable(st, x)
+
+
+def not_iterable(st: RunState, x: Any) -> NoReturn:
+    t = type(x)
+    if t in PLAIN_DATA:  # ordinary Python error for ordinary values (scripts may catch it)
+        raise TypeError(f"'{t.__name__}' object is not iterable")
+    st.refuse(f"cannot iterate over {describe(x)}")
+
+
+def check_collisions(st: RunState, items: Any) -> None:
+    """Refuse many distinct keys sharing hashes before a set/dict is built from them in C.
+
+    Int, float and tuple hashes are not randomized (``hash(i * (2**61 - 1)) == 0``) and
+    CPython compares each colliding key with every other one: building a set of 40k such
+    ints is one uninterruptible 13 s C call (measured). The work is estimated from a random
+    sample (the script cannot predict which items are looked at): pairs of distinct,
+    equal-hash items in the sample, scaled by (n / sample size)^2. Equal keys are cheap
+    (the first comparison matches) and do not count.
+    """
+    n = len(items)
+    t = type(items)
+    if n < COLLISION_CHECK_MIN or t in (str, bytes, set, frozenset, dict) or t is type({}.keys()):
+        return  # too small to matter, or hashes are randomized / keys already unique
+    if t is range:
+        if items.step % HASH_MODULUS == 0:  # every item has the same hash
+            st.exceeded("hash_collisions", MAX_COLLISION_WORK, "range items all share one hash")
+        return
+    if t is not list and t is not tuple:
+        items = list(items)
+    picked = [items[i] for i in _random.sample(range(n), COLLISION_SAMPLE)]
+    groups: dict[int, list[Any]] = {}
+    for item in picked:
+        groups.setdefault(hash(item), []).append(item)
+    pairs = 0
+    for group in groups.values():
+        if len(group) > 1:
+            distinct = len(set(group))  # at most COLLISION_SAMPLE items: bounded cost
+            pairs += distinct * (distinct - 1) // 2
+    if pairs and pairs * (n / COLLISION_SAMPLE) ** 2 > MAX_COLLISION_WORK:
+        st.exceeded("hash_collisions", MAX_COLLISION_WORK, "too many distinct keys with the same hash")
 
 
 def check_tuple_depth(st: RunState, t: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -118,6 +165,21 @@ def check_tuple_depth(st: RunState, t: tuple[Any, ...]) -> tuple[Any, ...]:
         stack.extend((c, False) for c in node if type(c) is tuple and id(c) not in depths)
     st.charge(visited)
     return t
+
+
+def dict_from_pairs(st: RunState, pairs: Any) -> dict[Any, Any]:
+    """``dict(pairs)`` with the key-collision check (pairs already materialized)."""
+    if type(pairs) is dict:
+        return dict(pairs)
+    if len(pairs) >= COLLISION_CHECK_MIN:
+        keys = []
+        for pair in pairs:
+            if type(pair) is not tuple and type(pair) is not list:
+                break  # dict() reports the malformed element itself
+            keys.append(pair[0] if len(pair) else None)
+        else:
+            check_collisions(st, keys)
+    return dict(pairs)
 
 
 def check_pairs_depth(st: RunState, pairs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -287,6 +349,8 @@ def _dict_update(st: RunState, d: dict[Any, Any]) -> Callable[..., None]:
             raise TypeError(f"update expected at most 1 argument, got {len(args)}")
         other = materialize(st, args[0]) if args else ()
         st.check_items(len(d) + len(other) + len(kwargs))
+        if type(other) is not dict:
+            other = dict_from_pairs(st, other)
         d.update(other, **kwargs)
 
     return update
@@ -301,6 +365,8 @@ def _set_op(name: str, grows: bool) -> Factory:
             items = [materialize(st, o) for o in others]
             if grows:
                 st.check_items(len(s) + sum(map(len, items)))
+                for group in items:
+                    check_collisions(st, group)
             return method(*items)
 
         return call
@@ -450,6 +516,9 @@ def make_hooks(
                 return how(st, obj)
         elif isinstance(obj, BaseException) and name == "args":
             return exception_args(obj)
+        if t in PLAIN_DATA and not hasattr(t, name):
+            # A typo or a None where a dict was expected: the ordinary, catchable error.
+            raise AttributeError(f"'{t.__name__}' object has no attribute '{name}'")
         st.refuse(f"attribute '{name}' of {describe(obj)} is not available")
 
     def getitem_(obj: Any, key: Any) -> Any:
@@ -467,7 +536,7 @@ def make_hooks(
         if t in LAZY:
             st.alive()
             return obj
-        st.refuse(f"cannot iterate over {t.__name__}")
+        not_iterable(st, obj)
 
     def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target

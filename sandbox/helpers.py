@@ -121,9 +121,12 @@ class Match(Facade):
         return self._m.string
 
 
-def _text(st: RunState, s: Any) -> str:
+def _text(st: RunState, s: Any, *bounds: Any) -> str:
     if type(s) is not str:
         raise TypeError("regular expressions work on str only")
+    for b in bounds:
+        if b is not None and type(b) not in INTLIKE:
+            raise TypeError("pos and endpos must be ints")
     st.charge(len(s) // 64 + 1)  # a linear scan
     return s
 
@@ -155,13 +158,13 @@ class Pattern(Facade):
         return None if m is None else Match(self._st, m)
 
     def search(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
-        return self._wrap(self._rx.search(_text(self._st, string), pos, endpos))
+        return self._wrap(self._rx.search(_text(self._st, string, pos, endpos), pos, endpos))
 
     def match(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
-        return self._wrap(self._rx.match(_text(self._st, string), pos, endpos))
+        return self._wrap(self._rx.match(_text(self._st, string, pos, endpos), pos, endpos))
 
     def fullmatch(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
-        return self._wrap(self._rx.fullmatch(_text(self._st, string), pos, endpos))
+        return self._wrap(self._rx.fullmatch(_text(self._st, string, pos, endpos), pos, endpos))
 
     def findall(self, string: Any) -> list[Any]:
         st = self._st

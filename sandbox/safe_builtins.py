@@ -19,9 +19,11 @@ from sandbox.budget import RunState
 from sandbox.guards import (
     INTLIKE,
     SIZED,
+    check_collisions,
     check_encoding,
     check_pairs_depth,
     check_tuple_depth,
+    dict_from_pairs,
     materialize,
     text_of,
 )
@@ -33,7 +35,7 @@ EXCEPTIONS: dict[str, type[Exception]] = {
     cls.__name__: cls
     for cls in (
         Exception, ValueError, KeyError, TypeError, IndexError, ZeroDivisionError, ArithmeticError,
-        LookupError, RuntimeError, AssertionError,
+        LookupError, RuntimeError, AssertionError, AttributeError,
     )
 }  # fmt: skip
 EXCEPTIONS["KVError"] = KVError
@@ -101,14 +103,17 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         return check_tuple_depth(st, r)
 
     def set_(iterable: Any = ()) -> set[Any]:
-        r = set(materialize(st, iterable))
+        items = materialize(st, iterable)
+        if type(items) not in (set, frozenset, dict):  # those keys are already unique
+            check_collisions(st, items)
+        r = set(items)
         st.check_items(len(r))
         return r
 
     def dict_(*args: Any, **kwargs: Any) -> dict[Any, Any]:
         if len(args) > 1:
             raise TypeError(f"dict expected at most 1 argument, got {len(args)}")
-        r = dict(materialize(st, args[0])) if args else {}
+        r = dict_from_pairs(st, materialize(st, args[0])) if args else {}
         r.update(kwargs)
         st.check_items(len(r))
         return r
