@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import orjson
 
+from sandbox.pool import WorkerStartError
 from server.admin_client import DEFAULT_SERVER, TOKEN_ENV, AdminClient, AdminError
 from server.catalog import Catalog, catalog
 from server.config import ConfigError
@@ -44,16 +45,11 @@ def _guard(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             return func(args)
         except (OfflineError, AdminError, ConfigError) as exc:
             _err(str(exc))
-        except ValueError as exc:  # argument values (durations, command inference)
-            _err(str(exc))
+        except WorkerStartError as exc:
+            _err(f"the sandbox could not start: {exc}")
         except OSError as exc:
             where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
             _err(f"{where}{exc.strerror or exc}")
-        except Exception as exc:  # e.g. the sandbox could not start: still one line
-            if type(exc).__name__ == "WorkerStartError":
-                _err(f"the sandbox could not start: {exc}")
-            else:
-                raise
         return EXIT_ERROR
 
     wrapper.__name__ = func.__name__
@@ -274,7 +270,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise OfflineError(f"cannot read {args.recordings}: {exc.strerror or exc}") from None
     cat = catalog()
-    command_name, how = rp.infer_command(cat, args.command, stem, records)
+    try:
+        command_name, how = rp.infer_command(cat, args.command, stem, records)
+    except ValueError as exc:
+        raise OfflineError(str(exc)) from None
     command = cat.get(command_name)
     assert command is not None
     records, bad_requests = rp.check_requests(command, records)
@@ -392,7 +391,7 @@ def parse_since(value: str | None, now: float | None = None) -> float | None:
     try:
         return float(value)
     except ValueError:
-        raise ValueError(f"--since must be a unix timestamp or a duration like 15m, 2h, 7d (got {value!r})") from None
+        raise OfflineError(f"--since must be a unix timestamp or a duration like 15m, 2h, 7d (got {value!r})") from None
 
 
 class _Output:
