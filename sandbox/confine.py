@@ -270,20 +270,43 @@ def cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+class CallLimits:
+    """Per-call soft limits, with a syscall only when a limit has to move.
+
+    CPU: soft = CPU used so far + the call's wall budget + a margin, so a C loop that
+    ignores signals still gets SIGXCPU even if the host is slow to kill us. Calls are
+    short, so the limit set for one call almost always fits the next (it is kept while it
+    lies within [needed, needed + 1 s]). Memory: the call's budget, never above the hard
+    limit fixed at start.
+    """
+
+    def __init__(self) -> None:
+        self._cpu_soft = -1
+        self._as_soft = -1
+
+    def apply(self, wall_ms: int, memory_mb: int) -> float:
+        """Set the limits for one call; return the CPU seconds used so far."""
+        used = cpu_seconds()
+        need = int(used) + -(-wall_ms // 1000) + CPU_MARGIN_S
+        if not need <= self._cpu_soft <= need + 1:
+            hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
+            if hard_cpu != resource.RLIM_INFINITY:
+                need = min(need, hard_cpu)
+            resource.setrlimit(resource.RLIMIT_CPU, (need, hard_cpu))
+            self._cpu_soft = need
+        soft_as = memory_mb * 1024 * 1024
+        if soft_as != self._as_soft:
+            hard_as = resource.getrlimit(resource.RLIMIT_AS)[1]
+            if hard_as != resource.RLIM_INFINITY:
+                soft_as = min(soft_as, hard_as)
+            resource.setrlimit(resource.RLIMIT_AS, (soft_as, hard_as))
+            self._as_soft = memory_mb * 1024 * 1024
+        return used
+
+
 def set_call_limits(wall_ms: int, memory_mb: int) -> None:
-    """Per-call soft limits: CPU = used + wall budget + margin (so a C loop that ignores
-    signals still gets SIGXCPU even if the host is slow to kill us), memory = the call's
-    budget (never above the hard limit fixed at start)."""
-    soft_cpu = int(cpu_seconds()) + -(-wall_ms // 1000) + CPU_MARGIN_S
-    hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)[1]
-    if hard_cpu != resource.RLIM_INFINITY:
-        soft_cpu = min(soft_cpu, hard_cpu)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, hard_cpu))
-    hard_as = resource.getrlimit(resource.RLIMIT_AS)[1]
-    soft_as = memory_mb * 1024 * 1024
-    if hard_as != resource.RLIM_INFINITY:
-        soft_as = min(soft_as, hard_as)
-    resource.setrlimit(resource.RLIMIT_AS, (soft_as, hard_as))
+    """One-off version of ``CallLimits.apply`` (probes, tests)."""
+    CallLimits().apply(wall_ms, memory_mb)
 
 
 def _chroot_empty() -> None:

@@ -95,17 +95,26 @@ def handle(req):
     n = 0
     for x in req["items"]:
         n += x
-    d = {"a": [1, 2], "b": "s"}
+    d = {"a": [1, 2], "b": "s", "n": n}
     s = "x-" + str(n) + "-" + ",".join([str(i) for i in range(3)])
     if "x" in s and d.get("a") and s.startswith("x") and s.split("-")[0].upper() == "X":
-        pass
+        d["c"] = sorted([3, 1, 2]) + list(d.keys()) + [k for k, v in d.items()]
+    text = f"{n:>5}|{s!r}|{1.5:.2f}" + "%s-%d" % ("a", 3)
+    doc = json.loads(json.dumps({"k": [1, "\u00e9", None, True, 2.5]}, sort_keys=True))
+    pat = re.compile("(?P<w>[a-z]+)-([0-9]+)")
+    m = pat.search("abc-12")
+    found = [m.group(1), m.group("w"), m.span()] if m else []
+    found.append(re.findall("[0-9]", "a1b2"))
+    found.append(re.sub("a", "b", "aaa"))
+    digest = sha256("x") + md5("x") + sha1("x") + hmac_sha256("k", "m")
+    t = time.time() + now()
     try:
         kv.get("k")
         kv.get("k")
     except Exception as e:
         log("kv error", str(e))
-    log("n", n, 1.5, None, True)
-    return allow(items=[n], text=s.lower())
+    log("n", n, 1.5, None, True, doc, found, len(digest), t > 0)
+    return allow(items=[n], text=text.lower(), doc=doc)
 """
 _WARM_RAISE = """
 def handle(req):
@@ -115,14 +124,25 @@ def handle(req):
         f(0)
     except ZeroDivisionError:
         pass
+    try:
+        [1][5]
+    except IndexError as e:
+        log(str(e))
     f(1)
 """
 _WARM_DENY = """
 def handle(req):
     kv.get("a")
-    kv.get("b")
-    kv.get("c")
     return deny(5001, "no", "because")
+"""
+_WARM_OUTAGE = """
+def handle(req):
+    kv.sismember("a", "b")
+    try:
+        kv.get("b")
+    except Exception as e:
+        log(str(e))
+    kv.get("c")
 """
 _WARM_DEEP = """
 def handle(req):
@@ -130,21 +150,42 @@ def handle(req):
         return r(n + 1)
     return r(0)
 """
+_WARM_LOOP = """
+def handle(req):
+    while True:
+        pass
+"""
+_WARM_BAD_RESULT = """
+def handle(req):
+    return 42
+"""
+_WARM_SCRIPTS = (_WARM_OK, _WARM_RAISE, _WARM_DENY, _WARM_OUTAGE, _WARM_DEEP, _WARM_LOOP, _WARM_BAD_RESULT)
 
 
-def warm_up() -> None:
+def warm_up() -> list[str]:
     """Run every path a call can take once, so lazy imports and caches (encodings,
-    traceback formatting, RestrictedPython's compiler, re2) happen before confinement."""
-    budgets = Budgets()
+    traceback formatting, RestrictedPython's compiler, re2, budget stops) happen before
+    confinement. Best effort: returns what did not work as expected instead of failing
+    the worker (``tests/test_worker_warmup.py`` requires it to be empty)."""
+    problems: list[str] = []
+    budgets = Budgets(wall_ms=50, steps=100_000)
     payload = orjson.loads(b'{"items": [1, 2, 3], "s": "\\u00e9\\u003c"}\n')
-    for src in (_WARM_OK, _WARM_RAISE, _WARM_DENY, _WARM_DEEP):
-        script = compile_script(src)
+    for i, src in enumerate(_WARM_SCRIPTS):
+        try:
+            script = compile_script(src)
+        except PolicyRefused as exc:
+            problems.append(f"warm-up script {i} refused: {exc}")
+            continue
         result = execute(script, payload, _WarmKV(), budgets)
+        if result.error is not None and result.error.kind == POLICY:
+            problems.append(f"warm-up script {i}: {result.error.message}")
         orjson.dumps(result.to_wire())
-    for bad in ("def handle(req:\n", "import os\n", "def handle(req):\n    return req._x\n", "x = 1\n"):
+    for bad in ("def handle(req:\n", "import os\n", "def handle(req):\n    return req._x\n", "x = 1\n",
+                "def handle(req):\n" + "    x = (" * 100 + "1" + ")" * 100 + "\n"):
         check_source(bad)
         try:
             compile_script(bad)
+            problems.append("a refused warm-up script compiled")
         except PolicyRefused:
             pass
     try:
@@ -154,12 +195,37 @@ def warm_up() -> None:
     "\u00e9".encode()
     b"\xc3\xa9".decode()
     str(MemoryError())
+    return problems
+
+
+class _GcWatch:
+    """Notes whether a collection of generation >= 1 ran: only those promote objects
+    into the oldest generation, so only then must the post-call sweep be a full one."""
+
+    def __init__(self) -> None:
+        self.promoted = False
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start" and info["generation"] >= 1:
+            self.promoted = True
+
+    def sweep(self) -> None:
+        # Anything a call left in reference cycles (a suspended generator with a
+        # ``finally``, objects with finalizers) is collected now, inside that call's time
+        # window and limits, never later during someone else's call. A full collection
+        # costs ~30 us even on a frozen heap; a young one well under 1 us.
+        promoted, self.promoted = self.promoted, False
+        gc.collect(2 if promoted else 1)
+        self.promoted = False  # our own collection does not count
 
 
 class Worker:
     def __init__(self, chan: protocol.BlockingChannel, test_hooks: bool) -> None:
         self.chan = chan
         self.test_hooks = test_hooks
+        self.limits = confine.CallLimits()
+        self.gc = _GcWatch()
+        gc.callbacks.append(self.gc)
         self.cache: OrderedDict[str, CompiledScript] = OrderedDict()
         self._budgets_raw: dict[str, Any] | None = None
         self._budgets = Budgets()
@@ -195,7 +261,18 @@ class Worker:
         sha = head["sha"]
         budgets = self.budgets(head["b"])
         # Limits go on before any work for this call, compilation included.
-        confine.set_call_limits(budgets.wall_ms, budgets.memory_mb)
+        cpu = self.limits.apply(budgets.wall_ms, budgets.memory_mb)
+        if self.test_hooks and sha.startswith("test-hook:"):
+            # Tests only: a fixed probe (sandbox._probes) in place of a script, so the host's
+            # kill and death-classification paths can be driven by things no script can do
+            # (a C loop that ignores signals, a segfault, the kernel's SIGXCPU).
+            from sandbox import _probes
+
+            value = _probes.run(sha.removeprefix("test-hook:"), {"wall_ms": budgets.wall_ms,
+                                                                 "memory_mb": budgets.memory_mb, "mb": 4096})
+            self.reply_done(call_id, RunResult(verdict=api.ALLOW, logs=[orjson.dumps(value).decode()]),
+                            False, budgets, cpu)
+            return
         script = self.cache.get(sha)
         result: RunResult | None = None
         cached = script is not None
@@ -233,17 +310,13 @@ class Worker:
             finally:
                 kv.closed = True
                 payload = script = None
-        # Anything the script left in reference cycles (a suspended generator with a
-        # ``finally``, objects with finalizers) is collected now, inside this call's time
-        # window and limits, not later during someone else's call.
-        gc.collect()
-        self.reply_done(call_id, result, cached, budgets)
+        self.gc.sweep()
+        self.reply_done(call_id, result, cached, budgets, cpu)
 
-    def reply_done(self, call_id: int, result: RunResult, cached: bool, budgets: Budgets) -> None:
+    def reply_done(self, call_id: int, result: RunResult, cached: bool, budgets: Budgets, cpu: float) -> None:
         try:
             frame = protocol.encode(
-                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached,
-                 "cpu": confine.cpu_seconds()}
+                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": cpu}
             )
         except MemoryError:
             result = RunResult.failed(BUDGET, f"budget exceeded: memory (limit {budgets.memory_mb} MiB)")
@@ -267,7 +340,7 @@ class Worker:
 
     def check(self, head: dict[str, Any]) -> None:
         cpu_s = head.get("cpu_s", 2)
-        confine.set_call_limits(int(cpu_s * 1000), Budgets().memory_mb)
+        self.limits.apply(int(cpu_s * 1000), Budgets().memory_mb)
         try:
             issues = check_source(head["src"])
             out = [[i.line, i.col, i.message] for i in issues]
@@ -275,7 +348,7 @@ class Worker:
             out = [[1, 0, "compile exceeded the memory limit"]]
         except BaseException as exc:  # check_source must not raise; report rather than die
             out = [[1, 0, f"could not compile: {type(exc).__name__}"]]
-        gc.collect()
+        self.gc.sweep()
         self.chan.send({"t": protocol.CHECKED, "id": head["id"], "issues": out})
 
 
@@ -302,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             from sandbox import _probes
 
             extra = _probes.before_confine()
-        warm_up()
+        problems = warm_up()
         worker = Worker(chan, args.test_hooks)
         # Startup objects never need collecting: moving them to the permanent generation
         # makes the per-call gc.collect() scan only what calls create.
@@ -314,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
             chan.send({"t": protocol.FATAL, "msg": api.bounded(f"{type(exc).__name__}: {exc}")})
         finally:
             os._exit(EXIT_FATAL)
+    report.warnings.extend(problems)
     chan.send({"t": protocol.READY, "pid": os.getpid(), "confine": report.to_wire(), **extra})
     try:
         worker.serve()
