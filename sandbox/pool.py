@@ -155,6 +155,7 @@ class _Worker:
         self.known: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.killed_reason: str | None = None  # set when the host killed it
         self.confine: dict[str, Any] = {}
+        self.info: dict[str, Any] = {}  # the whole ready message (tests read "pre")
         self._poll_handle: asyncio.TimerHandle | None = None
         if pidfd is not None:
             self.loop.add_reader(pidfd, self._reap)
@@ -388,6 +389,7 @@ class WorkerPool:
                 raise WorkerStartError(f"sandbox worker did not start: {worker.killed_reason}") from None
             raise
         worker.confine = ready["confine"]
+        worker.info = ready
         for warning in worker.confine.get("warnings") or []:
             log.warning("sandbox worker %d: %s", worker.pid, warning)
         if self._closing:
@@ -647,8 +649,11 @@ class WorkerPool:
         return RunResult(verdict=verdict, fields=fields, error=error, logs=logs)
 
     async def _death_result(self, worker: _Worker, budgets: Budgets, limit: float) -> RunResult:
-        if worker.killed_reason is not None:  # we killed it (pool closing, ...)
-            return RunResult.failed(UNAVAILABLE, "sandbox worker stopped: " + worker.killed_reason.removeprefix("recycle: "))
+        reason = worker.killed_reason
+        if reason is not None:  # the host killed it
+            if reason.startswith("protocol:"):
+                return RunResult.failed(INVALID_RESULT, "sandbox worker sent a malformed message")
+            return RunResult.failed(UNAVAILABLE, "sandbox worker stopped: " + reason.removeprefix("recycle: "))
         rc = await worker.wait_exit(min(limit, self._loop.time() + 0.5))
         if rc is None:
             worker.kill("closed its channel but kept running")
@@ -725,9 +730,12 @@ class WorkerPool:
             return {"died": await worker.wait_exit(loop.time() + 5)}
         if msg is None:
             return {"died": await worker.wait_exit(loop.time() + 5)}
-        # Probes may leave the worker in any state: never reuse it.
-        worker.kill("recycle: after a probe")
-        return msg.get("r")
+        report = msg.get("r")
+        if type(report) is not dict or report.get("allowed") is not False:
+            worker.kill("recycle: after a probe that was not refused")  # state unknown now
+        else:
+            self._finish(worker, None)
+        return report
 
     # --- introspection -----------------------------------------------------------------
 
@@ -749,6 +757,10 @@ class WorkerPool:
     def confinement(self) -> list[dict[str, Any]]:
         """What each live worker reported about its confinement (for logs and tests)."""
         return [w.confine for w in self._workers if w.state != _STARTING]
+
+    def worker_reports(self) -> list[dict[str, Any]]:
+        """The ready messages of the live workers (pid, confinement, test-hook extras)."""
+        return [w.info for w in self._workers if w.state != _STARTING]
 
 
 def _parse_issues(raw: Any) -> list[CompileIssue]:

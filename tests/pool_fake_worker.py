@@ -1,0 +1,107 @@
+"""A hostile (or merely broken) stand-in for ``sandbox.worker``, for tests/test_pool_hostile.py.
+
+    python tests/pool_fake_worker.py MODE --fd N --memory-mb M --parent PID
+
+It speaks just enough of ``sandbox.protocol`` to become ready, then misbehaves according
+to MODE when the host sends a call. The host must survive every mode.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sandbox import protocol  # noqa: E402
+
+
+def main() -> None:
+    mode = sys.argv[1]
+    fd = int(sys.argv[sys.argv.index("--fd") + 1])
+    sock = socket.socket(fileno=fd)
+    chan = protocol.BlockingChannel(sock)
+    if mode == "no_ready":
+        chan.recv()  # until EOF
+        return
+    if mode == "fatal":
+        chan.send({"t": "fatal", "msg": "cannot start"})
+        return
+    if mode == "unsolicited":
+        chan.send({"t": "ready", "pid": os.getpid(), "confine": {}})
+        chan.send({"t": "kv", "id": 0, "op": "get", "args": ["k"]})
+        chan.recv()
+        return
+    chan.send({"t": "ready", "pid": os.getpid(), "confine": {"fake": True}})
+    while True:
+        msg = chan.recv()
+        if msg is None:
+            return
+        head, body = msg
+        call_id = head.get("id")
+        if mode == "echo":
+            if head["t"] == "check":
+                chan.send({"t": "checked", "id": call_id, "issues": []})
+            else:
+                chan.send({"t": "done", "id": call_id, "cached": True, "cpu": 0.0,
+                           "r": {"verdict": "modify", "fields": {"echo": body.decode()}, "error": None, "logs": []}})
+        elif mode == "garbage":
+            sock.sendall(b"\x00\x00\x00\x05\x00\x00\x00\x00hello")
+        elif mode == "oversize":
+            # Announce a 1 GiB frame; the host must refuse before buffering it.
+            sock.sendall(protocol.HEADER.pack(1 << 30, 0) + b"x" * 65536)
+        elif mode == "kv_flood":
+            frames = b"".join(
+                protocol.encode({"t": "kv", "id": call_id, "op": "get", "args": [f"k{i}"]}) for i in range(50)
+            )
+            sock.sendall(frames)
+        elif mode == "kv_over_budget":
+            for i in range(10_000):
+                chan.send({"t": "kv", "id": call_id, "op": "incr", "args": [f"k{i}", 1, None]})
+                if chan.recv() is None:
+                    return
+        elif mode == "bad_kv":
+            replies = []
+            for op, args in (
+                ("flushall", []),
+                ("get", ["bad\nkey"]),
+                ("set", ["k", {"nested": "object"}, None]),
+                ("get", ["k", "extra"]),
+                ("get", "notalist"),
+                ("get", ["fine"]),
+            ):
+                chan.send({"t": "kv", "id": call_id, "op": op, "args": args})
+                reply = chan.recv()
+                assert reply is not None
+                replies.append(reply[0])
+            chan.send({"t": "done", "id": call_id, "cached": False, "cpu": 0.0,
+                       "r": {"verdict": "allow", "fields": {}, "error": None,
+                             "logs": [protocol.orjson.dumps(r).decode() for r in replies]}})
+        elif mode == "bad_result":
+            chan.send({"t": "done", "id": call_id, "r": {"verdict": "allow", "fields": [1, 2], "error": None}})
+        elif mode == "bad_verdict":
+            chan.send({"t": "done", "id": call_id, "r": {"verdict": "error", "fields": {}, "error": None}})
+        elif mode == "wrong_id":
+            chan.send({"t": "done", "id": call_id + 1,
+                       "r": {"verdict": "allow", "fields": {}, "error": None, "logs": []}})
+        elif mode == "with_body":
+            chan.send({"t": "done", "id": call_id, "r": {"verdict": "allow", "fields": {}, "error": None,
+                                                         "logs": []}}, b"surprise")
+        elif mode == "exit_mid_call":
+            os._exit(3)
+        elif mode == "segv":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif mode == "close_and_linger":
+            sock.shutdown(socket.SHUT_RDWR)
+            signal.pause()
+        elif mode == "silent":
+            pass  # never answers; the host's deadline must fire
+        else:
+            raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main()
