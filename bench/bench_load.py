@@ -184,6 +184,14 @@ class Proc:
         return self.popen.pid
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the benchmark process dies, even by SIGKILL."""
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Launcher:
     """Starts processes in their own sessions and guarantees they are all gone at the end,
     including descendants that moved to their own session (sandbox workers)."""
@@ -201,6 +209,7 @@ class Launcher:
             popen = subprocess.Popen(
                 cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else out, stderr=out, start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         finally:
             out.close()
@@ -448,6 +457,8 @@ class Bench:
         self.kv_prefix = ""
         self.results: dict[str, Any] = {"runs": []}
         self.data: Data | None = None
+        # How ScriptGate is started (a profiler wrapper can replace this).
+        self.sg_launch: list[str] = [sys.executable, "-m", "server.cli"]
 
     # --- processes ---
 
@@ -477,7 +488,7 @@ class Bench:
         env = {**os.environ, "SCRIPTGATE_ADMIN_TOKEN": TOKEN,
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        cmd = [*self.sg_launch, "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--sandbox-workers", str(self.args.sandbox_workers), "--prefix", PREFIX]
         if not embedded:
             cmd += ["--redis", self.redis_url]
