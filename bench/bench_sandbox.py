@@ -27,9 +27,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox.api import Budgets  # noqa: E402
-from sandbox.pool import WorkerPool  # noqa: E402
-from sandbox.runtime import compile_script, execute  # noqa: E402
+from sandbox.api import Budgets
+from sandbox.pool import WorkerPool
+from sandbox.runtime import compile_script, execute
 
 SOURCE = '''\
 def handle(req):

@@ -92,7 +92,8 @@ def _alloc(head: dict[str, Any]) -> Any:
 
 
 def _segv(head: dict[str, Any]) -> Any:
-    return ctypes.string_at(0, 1)
+    # A read from a non-canonical address faults on every x86_64 kernel, whatever is mapped.
+    return ctypes.string_at(0xFFFF800000000000, 1)
 
 
 PROBES: dict[str, Callable[[], Any]] = {

@@ -154,6 +154,10 @@ class _Worker:
         self.cpu = 0.0
         self.known: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.killed_reason: str | None = None  # set when the host killed it
+        # The call's task while it awaits the host's KV store: if the worker dies then,
+        # the await is cancelled so the call ends now, not at its deadline.
+        self.kv_task: asyncio.Task | None = None
+        self.death_cancelled = False
         self.confine: dict[str, Any] = {}
         self.info: dict[str, Any] = {}  # the whole ready message (tests read "pre")
         self._poll_handle: asyncio.TimerHandle | None = None
@@ -200,6 +204,9 @@ class _Worker:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)  # None = gone; never an exception nobody retrieves
+        if self.kv_task is not None and not self.kv_task.done():
+            self.death_cancelled = True
+            self.kv_task.cancel()
         self.pool._worker_gone(self, replace=was_ready)
 
     def kill(self, reason: str) -> None:
@@ -560,7 +567,11 @@ class WorkerPool:
                                 "kv flood",
                                 RunResult.failed(BUDGET, f"budget exceeded: kv operations (limit {budgets.kv_ops})"),
                             )
-                        reply = await self._kv_reply(msg, call_id, budgets, kv)
+                        worker.kv_task = asyncio.current_task()
+                        try:
+                            reply = await self._kv_reply(msg, call_id, budgets, kv)
+                        finally:
+                            worker.kv_task = None
                         fut = worker.expect()
                         worker.send(reply)
                     elif kind == protocol.NEED and "src" not in head:
@@ -580,8 +591,16 @@ class WorkerPool:
         except _Violation as exc:
             worker.kill(f"protocol: {exc}")
             result = exc.result
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if worker.death_cancelled and task is not None and task.uncancel() == 0:
+                # Only our own cancellation (the worker died during a KV await).
+                result = await self._death_result(worker, budgets, limit)
+            else:
+                worker.kill("call cancelled")  # state unknown: never reuse
+                raise
         except BaseException:
-            worker.kill("call cancelled")  # state unknown: never reuse
+            worker.kill("call failed in the host")
             raise
         self._finish(worker, result)
         result.kv_ops = kv_ops

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sandbox import protocol  # noqa: E402
+from sandbox import protocol
 
 
 def main() -> None:

@@ -148,7 +148,7 @@ def test_unsolicited_message_kills_an_idle_worker() -> None:
         try:
             while pool.stats()["killed"] < 3:
                 await asyncio.sleep(0.01)
-            result, took = await one_run(pool, timeout=0.5)
+            result, _ = await one_run(pool, timeout=0.5)
             assert result.verdict == "error"
         finally:
             await pool.close()
