@@ -210,6 +210,22 @@ class Command:
     def is_before(self) -> bool:
         return self.kind == "before"
 
+    @property
+    def echo_fields(self) -> tuple[str, ...]:
+        """Reply fields OpenIM applies even when the reply leaves them out (set-group-info:
+        a missing groupID makes the update fail with "record not found"). Every continue
+        reply must carry them, so they default to the request's values."""
+        return tuple(name for name, spec in self.mutable.items() if "always applied" in spec.note.lower())
+
+    def with_echo(self, payload: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        echo = self.echo_fields
+        if not echo or body.get("nextCode") == 1:
+            return body
+        for name in echo:
+            if name not in body and name in payload:
+                body[name] = payload[name]
+        return body
+
     def check_request(self, body: dict[str, Any]) -> str | None:
         """Check the known request fields' types; unknown and missing fields are allowed
         (OpenIM adds fields across versions, and hand-written examples omit some)."""

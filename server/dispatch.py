@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from sandbox.api import (
     ALLOW,
     BUDGET,
@@ -132,7 +134,15 @@ class Dispatcher:
         }
         self._errors = _RateLimitedLog()
 
-    async def dispatch(self, command: Command, payload_json: bytes) -> Outcome:
+    async def dispatch(self, command: Command, payload_json: bytes, payload: dict[str, Any] | None = None) -> Outcome:
+        outcome = await self._dispatch(command, payload_json)
+        if command.is_before and command.echo_fields:
+            if payload is None:
+                payload = orjson.loads(payload_json)
+            command.with_echo(payload, outcome.reply)
+        return outcome
+
+    async def _dispatch(self, command: Command, payload_json: bytes) -> Outcome:
         settings = self.settings[command.name]
         loop = asyncio.get_running_loop()
         started = loop.time()

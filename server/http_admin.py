@@ -12,7 +12,6 @@ import hmac
 import re
 import time
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
 
 import orjson
 import tornado.web
@@ -328,9 +327,10 @@ def _kv_key(raw: str) -> str:
     from sandbox.api import KVError
     from sandbox.kvops import check_key
 
-    key = unquote(raw)
+    # Tornado has already percent-decoded the path argument; decoding again would turn
+    # "pct%2541" into "pctA" and make keys containing "%XX" unreachable.
     try:
-        return check_key(key, 512)
+        return check_key(raw, 512)
     except KVError as exc:
         raise HTTPFail(400, "invalid_key", str(exc)) from None
 

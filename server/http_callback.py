@@ -106,7 +106,7 @@ class CallbackHandler(StreamedBody):
         if problem:
             self.callback_error(400, "invalid_field", problem)
             return
-        outcome = await self.state.dispatcher.dispatch(self.cmd, raw)
+        outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload)
         self.set_header("Content-Type", "application/json")
         self.finish(reply.encode(outcome.reply))
         elapsed = time.perf_counter() - started

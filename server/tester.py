@@ -44,6 +44,7 @@ class Tester:
                 await scratch.close()
         if command.is_before:
             reply, _verdict, error = verdict_reply(command, settings, result)
+            command.with_echo(payload, reply)
         else:
             reply, error = continue_with(), result.error
         out: dict[str, Any] = {

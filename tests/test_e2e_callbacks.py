@@ -315,3 +315,24 @@ def test_closed_failure_policy(tmp_path):
         assert srv.callback("callbackBeforeAddFriendCommand", {}).json() == ACK
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("command", ["callbackBeforeSetGroupInfoCommand", "callbackBeforeSetGroupInfoExCommand"])
+def test_set_group_info_continue_replies_echo_always_applied_fields(clean, command):
+    """OpenIM applies groupID (and, for the Ex variant, every field) from the reply even when
+    it is absent, so continue replies carry the request's values."""
+    server = clean
+    req = {"callbackCommand": command, "operationID": "", "groupID": "g42", "groupName": "Team",
+           "notification": "n", "introduction": "", "faceURL": "", "ex": None,
+           "needVerification": None, "lookMemberInfo": None, "applyMemberFriend": None}
+    if command == "callbackBeforeSetGroupInfoCommand":  # plain values there, never null
+        req.update(ex="", needVerification=0, lookMemberInfo=0, applyMemberFriend=0)
+    data = server.callback(command, req).json()  # no script
+    assert data["groupID"] == "g42" and data["groupName"] == "Team" and "notification" not in data
+    server.upload(command, "def handle(req):\n    return allow(groupName='Renamed')\n")
+    data = server.callback(command, req).json()
+    assert data["groupID"] == "g42" and data["groupName"] == "Renamed"
+    server.upload(command, "def handle(req):\n    raise ValueError()\n")  # open policy
+    assert server.callback(command, req).json()["groupID"] == "g42"
+    server.upload(command, "def handle(req):\n    return deny(5001, 'no')\n")
+    assert "groupID" not in server.callback(command, req).json()  # a rejection applies nothing
