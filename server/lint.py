@@ -293,21 +293,16 @@ def _check_fields(command: Command, site: Site, guarded: set[str]) -> list[tuple
 
 
 def _check_group_info(command: Command, site: Site) -> list[tuple[ast.AST, str]]:
+    # OpenIM applies groupID (and, for the Ex variant, every field) from the reply even when
+    # it is absent. The server echoes the request's values into every continue reply
+    # (Command.with_echo), so scripts need not; only a changed groupID is worth a word.
     if site.kind == "deny" or site.opaque:
         return []
-    name = command.name
-    out: list[tuple[ast.AST, str]] = []
-    if "groupID" not in site.fields:
-        what = "allow() without groupID" if site.kind == "allow" else "returning None (= allow())"
-        out.append((site.node, f"{what}: {name} applies the reply's groupID even when it is missing, and the "
-                               "update then fails with 'record not found'; echo it: "
-                               "allow(groupID=req['groupID'], ...)"))
-    if name == SET_GROUP_INFO_EX:
-        missing = [f for f in SET_GROUP_INFO_EX_FIELDS if f not in site.fields]
-        if missing:
-            out.append((site.node, f"{name} drops every field the reply does not echo: the user's change to "
-                                   f"{', '.join(missing)} would be lost; echo req[...] for each field to keep"))
-    return out
+    value = site.fields.get("groupID")
+    if isinstance(value, ast.Constant):
+        return [(value, f"{command.name}: OpenIM updates the group named by the reply's groupID; a constant "
+                        "groupID changes another group (leave it out: the server echoes the request's)")]
+    return []
 
 
 def warnings(command: Command, source: str) -> list[Warning_]:
