@@ -121,6 +121,112 @@ class Match(Facade):
         return self._m.string
 
 
+def _make_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False
+    options.max_mem = RE2_MAX_MEM
+    return options
+
+
+_RE2_OPTIONS = _make_options()
+_RE2_OPTION_VALUES = tuple(getattr(_RE2_OPTIONS, name) for name in re2.Options.NAMES)
+_UNANCHORED = re2._Anchor.UNANCHORED
+_NULL_SPAN = (-1, -1)
+
+
+def _compile_re2(pattern: str) -> Any:
+    # re2 keeps an LRU of compiled, immutable programs keyed by (pattern, options); calling
+    # its factory with precomputed option values skips rebuilding the options every time.
+    return re2._Regexp._make(pattern, _RE2_OPTION_VALUES)
+
+
+def _encode(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid unicode (lone surrogate)") from None
+
+
+def _spans(rx: Any, data: bytes, limit: int = 0) -> Any:
+    """Byte spans of successive matches, with Python's rules for empty matches (an empty
+    match may follow a non-empty one at the same place, never another empty one). Works on
+    UTF-8 bytes: ~10x faster than re2's wrapper, which builds a Match object per match."""
+    match = rx._regexp.Match
+    pos, end, n = 0, len(data), 0
+    must_advance = False
+    while True:
+        spans = match(_UNANCHORED, data, pos, end)
+        if spans[0] == _NULL_SPAN:
+            return
+        start, stop = spans[0]
+        if must_advance and start == stop == pos:
+            if pos >= end:
+                return
+            pos += 1  # retry one UTF-8 character further on
+            while pos < end and data[pos] & 0xC0 == 0x80:
+                pos += 1
+            must_advance = False
+            continue
+        yield spans
+        n += 1
+        if n == limit:
+            return
+        must_advance = start == stop
+        pos = stop
+
+
+# Python's \w and \d are Unicode-aware; RE2's are ASCII-only. Chat text is mostly not
+# ASCII, so the shorthand classes are translated to their Unicode property equivalents.
+_UNICODE_ESCAPES_OUTSIDE = {"w": r"[\p{L}\p{N}_]", "W": r"[^\p{L}\p{N}_]", "d": r"\p{Nd}", "D": r"\P{Nd}"}
+_UNICODE_ESCAPES_INSIDE = {"w": r"\p{L}\p{N}_", "d": r"\p{Nd}", "D": r"\P{Nd}"}
+
+
+def unicode_classes(pattern: str) -> str:
+    """Rewrite \\w \\W \\d \\D outside and inside character classes (\\W inside a class stays)."""
+    if "\\" not in pattern:
+        return pattern
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    in_class = False
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            nxt = pattern[i + 1]
+            if nxt == "Q":  # \Q...\E is literal text
+                stop = pattern.find("\\E", i + 2)
+                stop = n if stop < 0 else stop + 2
+                out.append(pattern[i:stop])
+                i = stop
+                continue
+            table = _UNICODE_ESCAPES_INSIDE if in_class else _UNICODE_ESCAPES_OUTSIDE
+            out.append(table.get(nxt, c + nxt))
+            i += 2
+            continue
+        if in_class:
+            if c == "[" and pattern.startswith("[:", i):  # [[:alpha:]]
+                stop = pattern.find(":]", i + 2)
+                stop = n if stop < 0 else stop + 2
+                out.append(pattern[i:stop])
+                i = stop
+                continue
+            if c == "]":
+                in_class = False
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if i < n and pattern[i] == "^":
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":  # a leading ] is a literal
+                out.append("]")
+                i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def _text(st: RunState, s: Any, *bounds: Any) -> str:
     if type(s) is not str:
         raise TypeError("regular expressions work on str only")
@@ -168,18 +274,18 @@ class Pattern(Facade):
 
     def findall(self, string: Any) -> list[Any]:
         st = self._st
-        text = _text(st, string)
+        data = _encode(_text(st, string))
         ngroups = self._rx.groups
         cap = st.budgets.max_items
         out: list[Any] = []
-        for m in self._rx.finditer(text):
+        for spans in _spans(self._rx, data):
             st.step()
             if ngroups == 0:
-                out.append(m.group())
-            elif ngroups == 1:
-                out.append(m.group(1) or "")
+                a, b = spans[0]
+                out.append(data[a:b].decode("utf-8"))
             else:
-                out.append(tuple(g or "" for g in m.groups()))
+                groups = tuple("" if a < 0 else data[a:b].decode("utf-8") for a, b in spans[1:])
+                out.append(groups[0] if ngroups == 1 else groups)
             if len(out) > cap:
                 st.check_items(len(out))
         return out
@@ -191,6 +297,31 @@ class Pattern(Facade):
         if type(count) not in INTLIKE:
             raise TypeError("count must be an int")
         text = _text(st, string)
+        if count < 0:
+            return text
+        if "\\" in repl:
+            return self._sub_template(repl, text, count)
+        limit = st.budgets.max_str
+        data = _encode(text)
+        rep = _encode(repl)
+        parts: list[bytes] = []
+        last = 0
+        for n, spans in enumerate(_spans(self._rx, data, count), 1):
+            st.step()
+            if len(text) + n * len(repl) > limit:  # an upper bound on the result, in characters
+                st.check_str(len(text) + n * len(repl))
+            a, b = spans[0]
+            parts.append(data[last:a])
+            parts.append(rep)
+            last = b
+        parts.append(data[last:])
+        out = b"".join(parts).decode("utf-8")
+        st.check_str(len(out))
+        return out
+
+    def _sub_template(self, repl: str, text: str, count: int) -> str:
+        # Backreferences: expand through re2's Match objects (slower, rare).
+        st = self._st
         limit = st.budgets.max_str
         refs = repl.count("\\")
         parts: list[str] = []
@@ -206,7 +337,7 @@ class Pattern(Facade):
             if bound > limit:
                 st.check_str(bound)
             try:
-                piece = m.expand(repl) if refs else repl
+                piece = m.expand(repl)
             except Exception as e:  # bad group reference in the template
                 raise ValueError(f"invalid replacement: {scrub(str(e))}") from None
             parts.append(text[last:start])
@@ -222,9 +353,22 @@ class Pattern(Facade):
         st = self._st
         if type(maxsplit) not in INTLIKE:
             raise TypeError("maxsplit must be an int")
-        out = self._rx.split(_text(st, string), maxsplit)
-        st.check_items(len(out))
-        st.charge(len(out))
+        text = _text(st, string)
+        if maxsplit < 0:
+            return [text]
+        data = _encode(text)
+        cap = st.budgets.max_items
+        out: list[Any] = []
+        last = 0
+        for spans in _spans(self._rx, data, maxsplit):
+            st.step()
+            a, b = spans[0]
+            out.append(data[last:a].decode("utf-8"))
+            out.extend(None if x < 0 else data[x:y].decode("utf-8") for x, y in spans[1:])
+            last = b
+            if len(out) > cap:
+                st.check_items(len(out))
+        out.append(data[last:].decode("utf-8"))
         return out
 
 
@@ -263,11 +407,9 @@ class ReFacade(Facade):
             st.exceeded("patterns", MAX_PATTERNS_PER_CALL, "distinct regular expressions in one call")
         st.charge(len(pattern) + 100)
         letters = "".join(letter for bit, letter in self._FLAG_LETTERS if flags & bit)
-        options = re2.Options()
-        options.log_errors = False
-        options.max_mem = RE2_MAX_MEM
         try:
-            rx = re2.compile(f"(?{letters}){pattern}" if letters else pattern, options)
+            translated = unicode_classes(pattern)
+            rx = _compile_re2(f"(?{letters}){translated}" if letters else translated)
         except re2.error as e:
             detail = e.args[0].decode("utf-8", "replace") if e.args and type(e.args[0]) is bytes else str(e)
             raise ValueError(f"invalid regular expression: {scrub(detail)}") from None
