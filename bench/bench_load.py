@@ -135,12 +135,12 @@ def descendants(pid: int, kids: dict[int, list[int]] | None = None) -> list[int]
     return out
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime + reaped children's (so recycled sandbox workers still count)."""
+def cpu_ticks(pid: int, own: bool = True, reaped: bool = True) -> int:
+    """utime + stime (own) and/or the CPU of reaped children (recycled sandbox workers)."""
     st = proc_stat(pid)
     if st is None:
         return 0
-    return int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
+    return (int(st[11]) + int(st[12]) if own else 0) + (int(st[13]) + int(st[14]) if reaped else 0)
 
 
 def machine_ticks() -> tuple[int, int, int]:
@@ -203,7 +203,7 @@ class Launcher:
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
               capture: bool = False) -> Proc:
-        logfile = self.tmp / f"{name}.log"
+        logfile = self.tmp / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".log")
         out = open(logfile, "ab")  # handed to the child, closed here after the fork
         try:
             popen = subprocess.Popen(
@@ -483,13 +483,13 @@ class Bench:
         self.results["redis_version"] = r.info("server")["redis_version"]
         r.close()
 
-    def start_scriptgate(self, name: str, workers: int = 1, embedded: bool = False) -> Target:
+    def start_scriptgate(self, name: str, workers: int = 1, embedded: bool = False, prefix: str = PREFIX) -> Target:
         port = free_port()
         env = {**os.environ, "SCRIPTGATE_ADMIN_TOKEN": TOKEN,
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         cmd = [*self.sg_launch, "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--sandbox-workers", str(self.args.sandbox_workers), "--prefix", PREFIX]
+               "--workers", str(workers), "--sandbox-workers", str(self.args.sandbox_workers), "--prefix", prefix]
         if not embedded:
             cmd += ["--redis", self.redis_url]
         proc = self.launcher.start(name, cmd, env)
@@ -575,8 +575,13 @@ class Bench:
             if t.kind == "scriptgate":
                 http_pids = [p for p in pids if "sandbox.worker" not in cmdline(p)]
                 worker_pids = [p for p in pids if "sandbox.worker" in cmdline(p)]
-                snap[f"{t.name}:http"] = sum(cpu_ticks(p) for p in http_pids)
-                snap[f"{t.name}:workers"] = sum(cpu_ticks(p) for p in worker_pids)
+                snap[f"{t.name}:http"] = sum(cpu_ticks(p, reaped=False) for p in http_pids)
+                # Workers recycled during the run are reaped by their HTTP process.
+                snap[f"{t.name}:workers"] = sum(cpu_ticks(p) for p in worker_pids) + sum(
+                    cpu_ticks(p, own=False) for p in http_pids if p != t.proc.pid or len(http_pids) == 1)
+                if len(http_pids) > 1:  # --workers N: the supervisor, then one per HTTP process
+                    for i, p in enumerate(sorted(http_pids[1:])):
+                        snap[f"{t.name}:http#{i + 1}"] = cpu_ticks(p, reaped=False)
             else:
                 snap[f"{t.name}:http"] = sum(cpu_ticks(p) for p in pids)
         return snap
@@ -588,7 +593,7 @@ class Bench:
         cpu = {k: round((after[k] - before.get(k, 0)) / CLK_TCK / wall, 3) for k in after if not k.startswith("_")}
         cpu["wrk"] = round(loadgen_s / wall, 3)
         busy = (after["_busy"] - before["_busy"]) / CLK_TCK / wall
-        cpu["other"] = round(max(0.0, busy - sum(cpu.values())), 3)
+        cpu["other"] = round(max(0.0, busy - sum(v for k, v in cpu.items() if "#" not in k)), 3)
         cpu["steal"] = round((after["_steal"] - before["_steal"]) / CLK_TCK / wall, 3)
         return cpu
 
@@ -746,6 +751,14 @@ class Bench:
 # --- report --------------------------------------------------------------------------------
 
 
+def background_cpu(seconds: float = 3.0) -> float:
+    """Cores busy on the machine before the benchmark starts anything (other users' jobs)."""
+    b0, _, _ = machine_ticks()
+    time.sleep(seconds)
+    b1, _, _ = machine_ticks()
+    return round((b1 - b0) / CLK_TCK / seconds, 2)
+
+
 def machine_facts() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -761,6 +774,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(), "tornado": tornado.version,
         "wrk": (wrk_version.stdout or wrk_version.stderr).splitlines()[0] if (wrk_version.stdout or wrk_version.stderr) else "",
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+        "background_cores": background_cpu(),
         "mem_total_gb": round(os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30, 1),
     }
 
@@ -770,7 +784,8 @@ def med(values: list[float]) -> float:
 
 
 def fmt_cpu(cpu: dict[str, float], name: str) -> str:
-    parts = [f"HTTP {cpu.get(name + ':http', 0):.2f}"]
+    per = [v for k, v in sorted(cpu.items()) if k.startswith(name + ":http#")]
+    parts = [f"HTTP {cpu.get(name + ':http', 0):.2f}" + (f" ({' + '.join(f'{v:.2f}' for v in per)})" if per else "")]
     if name + ":workers" in cpu:
         parts.append(f"workers {cpu[name + ':workers']:.2f}")
     parts.append(f"redis {cpu.get('redis', 0):.2f}")
@@ -779,14 +794,22 @@ def fmt_cpu(cpu: dict[str, float], name: str) -> str:
     return " / ".join(parts)
 
 
+def per_request(runs: list[dict[str, Any]], name: str) -> str:
+    http = med([r["cpu"].get(name + ":http", 0) / r["rps"] * 1e6 for r in runs])
+    if not any(name + ":workers" in r["cpu"] for r in runs):
+        return f"{http:.0f}"
+    workers = med([r["cpu"].get(name + ":workers", 0) / r["rps"] * 1e6 for r in runs])
+    return f"{http + workers:.0f} ({http:.0f} + {workers:.0f})"
+
+
 def ab_table(title: str, rounds: list[list[dict[str, Any]]], base_index: int = -1) -> str:
     """Median per target over rounds; ratio = per-round rps / rps of the base, median."""
     names = [r["target"] for r in rounds[0]]
     base = names[base_index]
     rows = [f"**{title}**", "",
             "| receiver | req/s (median) | p50 ms | p99 ms | ratio to " + base + " (median of rounds) | "
-            "CPU cores used (HTTP / workers / redis / wrk / other jobs) |",
-            "|---|---:|---:|---:|---:|---|"]
+            "CPU µs per request (HTTP + workers) | CPU cores used (HTTP / workers / redis / wrk / other jobs) |",
+            "|---|---:|---:|---:|---:|---:|---|"]
     for i, name in enumerate(names):
         runs = [rnd[i] for rnd in rounds]
         ratios = [rnd[i]["rps"] / rnd[base_index]["rps"] for rnd in rounds]
@@ -794,7 +817,8 @@ def ab_table(title: str, rounds: list[list[dict[str, Any]]], base_index: int = -
         rows.append(
             f"| {name} | {med([r['rps'] for r in runs]):.0f} | {med([r['p50_ms'] for r in runs]):.2f} | "
             f"{med([r['p99_ms'] for r in runs]):.2f} | "
-            f"{med(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) | {fmt_cpu(mid['cpu'], name)} |"
+            f"{med(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) | {per_request(runs, name)} | "
+            f"{fmt_cpu(mid['cpu'], name)} |"
         )
     return "\n".join(rows)
 
@@ -804,7 +828,8 @@ def report(res: dict[str, Any]) -> str:
     m = res["machine"]
     out.append(f"Machine: {m['nproc']} cores ({m['cpu']}), {m['mem_total_gb']} GB, Linux {m['kernel']}, "
                f"Python {m['python']}, Tornado {m['tornado']}, redis-server {res.get('redis_version')}, {m['wrk']}; "
-               f"load average at start {' '.join(m['loadavg_at_start'])}.")
+               f"load average at start {' '.join(m['loadavg_at_start'])}, other jobs' CPU just before the run "
+               f"{m['background_cores']} cores.")
     a = res["args"]
     out.append(f"Settings: wrk -t1 -c{a['connections']}, {a['duration']:g} s per run, {a['rounds']} alternated "
                f"round(s) after a warm-up, ScriptGate --sandbox-workers {a['sandbox_workers']}, hand-written JSON: "
