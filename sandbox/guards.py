@@ -188,6 +188,18 @@ def check_pairs_depth(st: RunState, pairs: list[tuple[Any, ...]]) -> list[tuple[
     return pairs
 
 
+def _text_size(x: Any) -> int:
+    """Most characters a %-conversion of a sanitized argument can produce (widths aside)."""
+    t = type(x)
+    if t is str:
+        return len(x)
+    if t is int:
+        return x.bit_length() // 3 + 2
+    if t is SafeText:
+        return len(x.text)
+    return 400  # float (%f of 1e308 is 316 characters), bool, None
+
+
 def describe(obj: Any) -> str:
     script_repr = getattr(type(obj), "script_repr", None)
     return script_repr(obj) if script_repr is not None else type(obj).__name__
@@ -264,6 +276,8 @@ def _str_case(name: str) -> Factory:
     # upper()/casefold()... can grow a string at most 3x ('ß' -> 'SS'): check the result.
     def factory(st: RunState, s: str) -> Callable[[], str]:
         method = getattr(s, name)
+        if len(s) * 3 <= st.budgets.max_str:
+            return method  # cannot reach the limit: no wrapper, no overhead
 
         def change_case() -> str:
             r = method()
@@ -300,6 +314,8 @@ def _result_items(name: str) -> Factory:
     # split()/splitlines(): one item per character at worst; check and charge the result.
     def factory(st: RunState, s: Any) -> Callable[..., list[Any]]:
         method = getattr(s, name)
+        if len(s) < 1024 and len(s) < st.budgets.max_items:
+            return method  # a short string splits into few items: no wrapper needed
 
         def split(*args: Any, **kwargs: Any) -> list[Any]:
             r = method(*args, **kwargs)
@@ -632,38 +648,49 @@ def make_hooks(
             raise TypeError("bytes %-formatting is not supported; format a str and encode it")
         return a % b
 
+    percent_specs: dict[str, list[tuple[str | None, str | None, str | None, str]]] = {}
+
     def percent_format(fmt: str, args: Any) -> str:
+        specs = percent_specs.get(fmt)
+        if specs is None:  # parsed once per format string and call (loops reuse it)
+            specs = [(m["key"], m["width"], m["prec"], m["conv"]) for m in _PERCENT_SPEC.finditer(fmt)]
+            st.charge(len(specs))
+            if len(percent_specs) < 256:
+                percent_specs[fmt] = specs
         targs = type(args)
-        positional = args if targs is tuple else (args,)
+        uses_mapping = targs is dict and any(spec[0] is not None for spec in specs)
+        if uses_mapping:
+            st.charge(len(args))
+            safe: Any = {k: sanitize_format_arg(v, st, max_str) for k, v in args.items()}
+            positional: Any = ()
+        elif targs is tuple:
+            st.charge(len(args))
+            safe = positional = tuple(sanitize_format_arg(a, st, max_str) for a in args)
+        else:
+            safe = sanitize_format_arg(args, st, max_str)
+            positional = (safe,)
+        # Upper bound of the result before building it: the format's own text, every width
+        # and precision, and every argument each time a conversion uses it.
         total = len(fmt)
         index = 0
-        for m in _PERCENT_SPEC.finditer(fmt):
-            if m.group("conv") == "%":
+        for key, width, prec, conv in specs:
+            if conv == "%":
                 continue
-            for part in ("width", "prec"):
-                val = m.group(part)
+            for val in (width, prec):
                 if val == "*":
                     star = positional[index] if index < len(positional) else 0
                     index += 1
                     total += abs(star) if type(star) in INTLIKE else 0
                 elif val:
                     total += int(val) if len(val) < 10 else max_str + 1
-            if m.group("key") is None:
+            if key is not None:
+                arg = safe.get(key) if uses_mapping else None
+            else:
+                arg = positional[index] if index < len(positional) else None
                 index += 1
+            total += _text_size(arg)
             if total > max_str:
                 st.check_str(total)
-        if targs is tuple:
-            st.charge(len(args))
-            safe: Any = tuple(sanitize_format_arg(a, st, max_str) for a in args)
-            total += sum(len(a) if type(a) is str else 24 for a in args)
-        elif targs is dict:
-            st.charge(len(args))
-            safe = {k: sanitize_format_arg(v, st, max_str) for k, v in args.items()}
-            total += sum(len(v) if type(v) is str else 24 for v in args.values())
-        else:
-            safe = sanitize_format_arg(args, st, max_str)
-            total += len(args) if targs is str else len(safe.text) if type(safe) is SafeText else 24
-        st.check_str(total)
         r = fmt % safe
         st.check_str(len(r))
         return r
