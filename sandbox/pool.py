@@ -286,6 +286,8 @@ class WorkerPool:
         start_timeout: float = 15.0,
         script_cache: int = 64,
         worker_stderr: bool = False,
+        spin_us: int = 0,
+        recycles_per_s: float | None = None,
         test_hooks: bool = False,
         worker_cmd: list[str] | None = None,
     ) -> None:
@@ -300,6 +302,15 @@ class WorkerPool:
         self.script_cache = script_cache
         self._stderr = None if worker_stderr else subprocess.DEVNULL
         self._test_hooks = test_hooks
+        self.spin_us = spin_us  # see protocol.BlockingChannel; 0 suits busy or shared hosts
+        # Recycling after every failed call must not become a fork bomb when one broken
+        # script fails on every callback: at most this many error-triggered recycles per
+        # second (token bucket, burst = size); beyond it the worker is reused, which the
+        # runtime's clean stops allow. Deaths and wall-time kills are never rate limited.
+        self.recycles_per_s = recycles_per_s if recycles_per_s is not None else float(size)
+        self._recycle_tokens = float(size)
+        self._recycle_stamp = 0.0
+        self.recycle_skipped = 0
         self._worker_cmd = worker_cmd  # tests: a fake (hostile) worker
         self._env = worker_env()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -352,6 +363,8 @@ class WorkerPool:
 
     def _command(self, fd: int) -> list[str]:
         tail = ["--fd", str(fd), "--memory-mb", str(self.memory_mb), "--parent", str(os.getpid())]
+        if self.spin_us:
+            tail += ["--spin-us", str(self.spin_us)]
         if self._test_hooks:
             tail.append("--test-hooks")
         if self._worker_cmd is not None:
@@ -505,7 +518,7 @@ class WorkerPool:
         if worker.state == _DEAD:
             return
         error = result.error if result is not None else None
-        if error is not None and error.kind in (BUDGET, POLICY, INVALID_RESULT):
+        if error is not None and error.kind in (BUDGET, POLICY, INVALID_RESULT) and self._recycle_token():
             worker.kill(f"recycle: after a {error.kind} error")
         elif worker.calls >= self.max_calls_per_worker:
             worker.kill("recycle: call limit reached")
@@ -513,6 +526,17 @@ class WorkerPool:
             worker.kill("recycle: CPU time limit approaching")
         else:
             self._release(worker)
+
+    def _recycle_token(self) -> bool:
+        now = self._loop.time()
+        burst = float(self.size)
+        self._recycle_tokens = min(burst, self._recycle_tokens + (now - self._recycle_stamp) * self.recycles_per_s)
+        self._recycle_stamp = now
+        if self._recycle_tokens >= 1.0:
+            self._recycle_tokens -= 1.0
+            return True
+        self.recycle_skipped += 1
+        return False
 
     # --- calls -------------------------------------------------------------------------
 
@@ -769,6 +793,7 @@ class WorkerPool:
             "spawned": self.spawned,
             "killed": self.killed,
             "recycled": self.recycled,
+            "recycle_skipped": self.recycle_skipped,
             "queue": sum(1 for f in self._waiters if not f.done()),
             "calls": self.calls,
         }

@@ -357,6 +357,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--fd", type=int, required=True)
     p.add_argument("--memory-mb", type=int, required=True)
     p.add_argument("--parent", type=int, required=True)
+    p.add_argument("--spin-us", type=int, default=0)
     p.add_argument("--test-hooks", action="store_true")
     return p.parse_args(argv)
 
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
-    chan = protocol.BlockingChannel(sock)
+    chan = protocol.BlockingChannel(sock, spin_us=max(0, min(args.spin_us, 10_000)))
     try:
         extra: dict[str, Any] = {}
         if args.test_hooks:

@@ -421,3 +421,17 @@ def test_close_with_a_call_in_flight(loop: asyncio.AbstractEventLoop) -> None:
         assert small.stats()["live"] == 0
 
     loop.run_until_complete(main())
+
+
+def test_error_recycling_is_rate_limited(loop: asyncio.AbstractEventLoop) -> None:
+    # One script failing on every call must not turn into a respawn per call.
+    async def main() -> None:
+        async with WorkerPool(size=1, recycles_per_s=0.001) as small:
+            for _ in range(3):
+                result = await call(small, STEPS, budgets=Budgets(steps=1000))
+                assert result.error is not None and result.error.kind == BUDGET
+            stats = small.stats()
+            assert stats["recycled"] == 1 and stats["recycle_skipped"] == 2
+            assert (await call(small, ECHO, {"i": 5})).fields == {"i": 5}
+
+    loop.run_until_complete(main())
