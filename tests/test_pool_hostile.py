@@ -87,9 +87,9 @@ def test_malformed_messages_kill_the_worker(mode: str) -> None:
 def test_oversized_frame_is_refused_before_buffering() -> None:
     async def main() -> None:
         async with fake_pool("oversize") as pool:
-            result, took = await one_run(pool)
+            result, took = await one_run(pool, budgets=Budgets(wall_ms=10_000), timeout=10)
             assert result.error is not None and result.error.kind == INVALID_RESULT
-            assert took < 1.0  # refused on the length prefix, not after a timeout
+            assert took < 5.0  # refused on the length prefix, not at the 10 s limit
 
     asyncio.run(main())
 
@@ -189,7 +189,7 @@ def test_silent_worker_hits_the_wall_limit() -> None:
             result, took = await one_run(pool, budgets=Budgets(wall_ms=200))
             assert result.error is not None and result.error.kind == BUDGET
             assert result.error.message == "budget exceeded: wall time (limit 200 ms)"
-            assert 0.2 <= took < 1.0
+            assert 0.2 <= took < 1.5
             assert pool.stats()["killed"] == 1
 
     asyncio.run(main())
@@ -201,7 +201,7 @@ def test_silent_worker_check_times_out_as_a_compile_issue() -> None:
             loop = asyncio.get_running_loop()
             started = loop.time()
             issues = await pool.check("def handle(req):\n    return None\n", timeout=0.3)
-            assert loop.time() - started < 1.0
+            assert loop.time() - started < 1.5
             assert len(issues) == 1 and issues[0].line == 1 and "time limit" in issues[0].message
             assert pool.stats()["killed"] == 1
 
