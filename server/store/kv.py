@@ -36,6 +36,16 @@ _EXPECTED = {
 }
 
 
+# Cacheable single-answer reads: op -> the cache sub-key for its arguments.
+_FAST: dict[str, Callable[[list[Any]], Any]] = {
+    "get": lambda a: ("g",),
+    "exists": lambda a: ("e",),
+    "sismember": lambda a: ("m", a[1]),
+    "hget": lambda a: ("h", a[1]),
+}
+_BOOLS = {"exists", "sismember"}
+
+
 def _expires(started: float, pttl: int) -> float:
     # started is taken before the request left, so started + pttl is never later than
     # the moment Redis expires the key. 0.0 means "no expiry".
@@ -54,6 +64,7 @@ class KVEngine:
         self.key_bytes = key_bytes
         self.value_bytes = value_bytes
         self.round_trips = 0  # commands sent for script KV calls (cache effectiveness)
+        self._roots: dict[str, str] = {}
         self._ops: dict[str, Callable[[str, list[Any]], Awaitable[Any]]] = {
             name: getattr(self, "_op_" + name) for name in kvops.OPS
         }
@@ -63,12 +74,26 @@ class KVEngine:
         # makes a write from any instance visible to the next read here.
         return self.tracker is not None and self.tracker.drain()
 
+    def _name(self, namespace: str, key: str) -> str:
+        root = self._roots.get(namespace)
+        if root is None:
+            try:
+                root = self.keys.kv_ns_root(namespace)
+            except StoreError as exc:
+                raise KVError(exc.message) from None
+            if len(self._roots) < 10_000:
+                self._roots[namespace] = root
+        return root + key
+
     async def call(self, namespace: str, op_name: str, args: list[Any]) -> Any:
         op, a = kvops.validate(op_name, args, self.key_bytes, self.value_bytes)
-        try:
-            key = self.keys.kv(namespace, a[0])
-        except StoreError as exc:
-            raise KVError(exc.message) from None
+        key = self._name(namespace, a[0])
+        fast = _FAST.get(op.name)
+        if fast is not None and self.cache is not None and self.cache_usable():
+            # Hot path: answered from memory, no timeout scope or task switch needed.
+            value = self.cache.peek(key, fast(a))
+            if value is not MISS:
+                return bool(value) if op.name in _BOOLS else value
         try:
             async with asyncio.timeout(self.deadline):
                 result = await self._ops[op.name](key, a)

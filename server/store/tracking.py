@@ -76,6 +76,13 @@ class KVCache:
         self.misses += 1
         return _MISS
 
+    def peek(self, key: str, sub: Hashable) -> Any:
+        """Like ``lookup`` but a miss is not counted (the caller will look up again)."""
+        entries = self._keys.get(key)
+        if entries is None or sub not in entries:
+            return _MISS
+        return self.lookup(key, sub)
+
     def begin(self, key: str) -> int:
         rec = self._inflight.get(key)
         if rec is None:
