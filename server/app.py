@@ -87,7 +87,7 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
     dispatcher = Dispatcher(cat, config, table, pool, kv_caller(store))
 
     async def open_scratch() -> Any:
-        return await open_store(None, prefix="scratch")
+        return await open_store(None, prefix="scratch", isolated=True)
 
     state = AppState(
         config=config,
