@@ -48,6 +48,8 @@ MAX_FROM_WORKER = 8 * 1024 * 1024
 # Sources and payloads are bounded by the HTTP layer; this is only a backstop.
 MAX_FROM_HOST = 64 * 1024 * 1024
 
+RECV_CHUNK = 65536
+
 # Message types
 RUN, CHECK, KVR, PROBE = "run", "check", "kvr", "probe"
 READY, FATAL, NEED, KV, DONE, CHECKED, PROBED = "ready", "fatal", "need", "kv", "done", "checked", "probed"
@@ -102,6 +104,11 @@ class FrameDecoder:
         self._limit = limit
 
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+        if not self._buf and len(data) >= HEADER_SIZE:
+            # Fast path: the usual read is exactly one whole frame with no body.
+            hlen, blen = HEADER.unpack_from(data)
+            if blen == 0 and 0 < hlen <= self._limit and len(data) == HEADER_SIZE + hlen:
+                return [(parse_header(data[HEADER_SIZE:]), b"")]
         if self._buf:
             self._buf += data
             data = bytes(self._buf)
@@ -143,28 +150,32 @@ class BlockingChannel:
     def __init__(self, sock: Any, limit: int = MAX_FROM_HOST, spin_us: int = 0) -> None:
         self._sock = sock
         self._buf = bytearray()
+        self._rbuf = bytearray(RECV_CHUNK)
+        self._rview = memoryview(self._rbuf)
         self._limit = limit
         self._spin_ns = spin_us * 1000
 
-    def _recv_some(self) -> bytes:
+    def _recv_some(self) -> int:
+        # recv_into a buffer kept for the worker's life: sock.recv(n) would allocate (and
+        # for large n, mmap and munmap) n bytes on every call.
         if self._spin_ns:
             end = time.perf_counter_ns() + self._spin_ns
-            recv = self._sock.recv
+            recv_into = self._sock.recv_into
             while True:
                 try:
-                    return recv(262144, socket.MSG_DONTWAIT)
+                    return recv_into(self._rbuf, 0, socket.MSG_DONTWAIT)
                 except BlockingIOError:
                     if time.perf_counter_ns() >= end:
                         break
-        return self._sock.recv(262144)
+        return self._sock.recv_into(self._rbuf)
 
     def _fill(self, need: int) -> bool:
         buf = self._buf
         while len(buf) < need:
-            chunk = self._recv_some()
-            if not chunk:
+            n = self._recv_some()
+            if not n:
                 return False
-            buf += chunk
+            buf += self._rview[:n]
         return True
 
     def recv(self) -> tuple[dict[str, Any], bytes] | None:
