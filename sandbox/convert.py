@@ -184,7 +184,16 @@ def safe_repr(x: Any, st: RunState | None, limit: int, strict: bool = True) -> s
             return
         if t in _METHOD_TYPES:
             name = getattr(v, "__name__", "?")
-            emit("<function print>" if name == "_call_print" else f"<method {name}>")
+            owner = getattr(v, "__self__", None)
+            if name == "_call_print":
+                emit("<function print>")
+            elif owner is None or type(owner) is types.ModuleType:
+                emit(f"<built-in function {name}>")
+            else:
+                emit(f"<method {name}>")
+            return
+        if t is type:  # an exposed class (int, float, bool, an exception class)
+            emit(f"<class '{v.__name__}'>")
             return
         if t.__name__ in ("dict_keys", "dict_values", "dict_items"):
             emit(t.__name__ + "(")

@@ -519,20 +519,25 @@ def make_hooks(
     neg_int_limit = -int_limit  # computed once: negating a 100k-bit int allocates
     missing = object()
 
+    no_attrs: dict[str, Factory | None] = {}
+
     def getattr_(obj: Any, name: str) -> Any:
+        # Hot path first: an allowed plain method of an allowed type, script not stopped.
+        # (RestrictedPython only ever passes constant str names; a script cannot call this.)
+        how = attrs.get(type(obj), no_attrs).get(name, missing)
+        if how is None and st.dead is None:
+            return getattr(obj, name)
+        return getattr_slow(obj, name, how)
+
+    def getattr_slow(obj: Any, name: Any, how: Any) -> Any:
         if st.dead is not None:
             st.reraise()
+        if how is not missing:
+            return how(st, obj)
         t = type(obj)
-        table = attrs.get(t)
-        if table is not None and type(name) is str:
-            how = table.get(name, missing)
-            if how is None:
-                return getattr(obj, name)
-            if how is not missing:
-                return how(st, obj)
-        elif isinstance(obj, BaseException) and name == "args":
+        if isinstance(obj, BaseException) and name == "args":
             return exception_args(obj)
-        if t in PLAIN_DATA and not hasattr(t, name):
+        if t in PLAIN_DATA and type(name) is str and not hasattr(t, name):
             # A typo or a None where a dict was expected: the ordinary, catchable error.
             raise AttributeError(f"'{t.__name__}' object has no attribute '{name}'")
         st.refuse(f"attribute '{name}' of {describe(obj)} is not available")

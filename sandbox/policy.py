@@ -354,21 +354,17 @@ class ScriptPolicy(RestrictingNodeTransformer):
 def _shape_issues(tree: ast.Module) -> list[CompileIssue]:
     """Node count and nesting depth, measured without recursion."""
     count = 0
-    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    stack: list[tuple[ast.AST, int, int, int]] = [(tree, 0, 1, 0)]
     while stack:
-        node, depth = stack.pop()
+        node, depth, line, col = stack.pop()
         count += 1
         if count > MAX_AST_NODES:
             return [CompileIssue(1, 0, f"script is too large ({MAX_AST_NODES} syntax nodes at most)")]
+        line = getattr(node, "lineno", None) or line  # ctx nodes have no position: use the parent's
+        col = getattr(node, "col_offset", None) if hasattr(node, "lineno") else col
         if depth > MAX_AST_DEPTH:
-            return [
-                CompileIssue(
-                    getattr(node, "lineno", 1) or 1,
-                    getattr(node, "col_offset", 0) or 0,
-                    f"code is nested too deeply ({MAX_AST_DEPTH} levels at most)",
-                )
-            ]
-        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+            return [CompileIssue(line, col or 0, f"code is nested too deeply ({MAX_AST_DEPTH} levels at most)")]
+        stack.extend((child, depth + 1, line, col or 0) for child in ast.iter_child_nodes(node))
     return []
 
 

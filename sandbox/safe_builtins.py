@@ -227,5 +227,8 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         "isinstance": isinstance_,
         "round": round_,
     }
+    for name, value in out.items():
+        if type(value) is types.FunctionType:  # show "sorted", not "sorted_", in messages
+            value.__name__ = value.__qualname__ = name
     out.update(EXCEPTIONS)
     return out
