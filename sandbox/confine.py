@@ -263,6 +263,9 @@ def _set_rlimits(memory_mb: int, max_fd: int) -> None:
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
     resource.setrlimit(resource.RLIMIT_MSGQUEUE, (0, 0))
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    if stack != resource.RLIM_INFINITY:
+        resource.setrlimit(resource.RLIMIT_STACK, (stack, stack))  # the soft limit, for good
 
 
 def cpu_seconds() -> float:
