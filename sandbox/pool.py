@@ -104,20 +104,30 @@ def worker_env() -> dict[str, str]:
     }
 
 
-class _Conn(asyncio.Protocol):
-    """Reads frames from one worker and hands each message to it."""
+class _Conn(asyncio.BufferedProtocol):
+    """Reads frames from one worker and hands each message to it.
+
+    A BufferedProtocol: the transport reads into our buffer (recv_into). A plain
+    Protocol makes asyncio allocate a fresh 256 KiB bytes object per read, which costs
+    more than the rest of a KV round trip (measured: 59 vs 31 us per ping-pong).
+    """
 
     def __init__(self, worker: _Worker) -> None:
         self.worker = worker
         self.decoder = protocol.FrameDecoder(protocol.MAX_FROM_WORKER)
+        self.buffer = bytearray(protocol.RECV_CHUNK)
+        self.view = memoryview(self.buffer)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.worker.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
         worker = self.worker
         try:
-            frames = self.decoder.feed(data)
+            frames = self.decoder.feed(self.view[:nbytes])
         except protocol.ProtocolError as exc:
             worker.kill(f"protocol: {exc}")
             return

@@ -103,16 +103,27 @@ class FrameDecoder:
         self._buf = bytearray()
         self._limit = limit
 
-    def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[dict[str, Any], bytes]]:
+        """``data`` may be a view of a buffer the caller reuses: nothing here keeps it."""
         if not self._buf and len(data) >= HEADER_SIZE:
             # Fast path: the usual read is exactly one whole frame with no body.
             hlen, blen = HEADER.unpack_from(data)
             if blen == 0 and 0 < hlen <= self._limit and len(data) == HEADER_SIZE + hlen:
                 return [(parse_header(data[HEADER_SIZE:]), b"")]
         if self._buf:
-            self._buf += data
-            data = bytes(self._buf)
-            self._buf.clear()
+            buf = self._buf
+            buf += data
+            # Copy out only once the first frame is complete: a big frame arriving in
+            # many reads must not be re-copied on each one.
+            if len(buf) < HEADER_SIZE:
+                return []
+            hlen, blen = HEADER.unpack_from(buf)
+            if hlen == 0 or hlen + blen > self._limit:
+                raise ProtocolError(f"frame of {hlen + blen} bytes exceeds the limit")
+            if len(buf) < HEADER_SIZE + hlen + blen:
+                return []
+            data = bytes(buf)
+            buf.clear()
         out: list[tuple[dict[str, Any], bytes]] = []
         pos, end = 0, len(data)
         view = memoryview(data)

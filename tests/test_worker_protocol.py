@@ -103,3 +103,15 @@ def test_result_frame_is_plain_json() -> None:
     msg, _ = FrameDecoder().feed(frame)[0]
     assert len(msg["r"]["error"]["message"]) <= 512
     assert orjson.loads(orjson.dumps(msg)) == msg
+
+
+def test_big_frame_in_small_reads_through_a_reused_buffer() -> None:
+    frame = protocol.encode({"t": "done", "blob": "z" * 3_000_000})
+    dec = FrameDecoder()
+    shared = bytearray(65536)  # like the host's BufferedProtocol buffer
+    got = []
+    for i in range(0, len(frame), 65536):
+        chunk = frame[i : i + 65536]
+        shared[: len(chunk)] = chunk
+        got += dec.feed(memoryview(shared)[: len(chunk)])
+    assert len(got) == 1 and len(got[0][0]["blob"]) == 3_000_000
