@@ -43,7 +43,7 @@ class ServerProc:
     output: list[str] = field(default_factory=list)
 
     def request(self, method: str, path: str, body: bytes | str | None = None,
-                headers: dict[str, str] | None = None, token: str | None | bool = True,
+                headers: dict[str, str] | None = None, token: str | bool | None = True,
                 timeout: float = 10) -> Response:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         hdrs = dict(headers or {})
