@@ -435,3 +435,20 @@ def test_error_recycling_is_rate_limited(loop: asyncio.AbstractEventLoop) -> Non
             assert (await call(small, ECHO, {"i": 5})).fields == {"i": 5}
 
     loop.run_until_complete(main())
+
+
+def test_deadline_kill_of_a_python_loop(pool: WorkerPool, loop: asyncio.AbstractEventLoop) -> None:
+    # `while True: pass` with budgets the runtime would only enforce much later: the
+    # host's deadline kills the worker; the caller gets its answer on time.
+    before = pool.stats()["killed"]
+    started = time.perf_counter()
+    result = loop.run_until_complete(
+        call(pool, STEPS, budgets=Budgets(wall_ms=10_000, steps=10**12), timeout=0.3)
+    )
+    took = time.perf_counter() - started
+    assert result.error is not None and result.error.kind == BUDGET
+    assert result.error.message == "budget exceeded: wall time (request deadline reached)"
+    assert 0.3 <= took < 1.3, took
+    assert pool.stats()["killed"] == before + 1
+    loop.run_until_complete(until(lambda: pool.stats()["live"] == pool.size))
+    assert loop.run_until_complete(call(pool, ECHO, {"i": 9})).fields == {"i": 9}
