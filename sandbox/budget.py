@@ -24,6 +24,17 @@ from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 CLOCK_EVERY = 64
 
 
+def utf8_clean(text: str) -> str:
+    """``text`` with lone surrogates replaced: logs and messages must survive JSON encoding."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+
+
 class Stop(BaseException):
     """Ends the script; not catchable by ``except Exception``. ``kind`` is an api error kind."""
 
@@ -178,6 +189,7 @@ class RunState:
 
     def add_log(self, line: str) -> None:
         self.alive()
+        line = utf8_clean(line)
         b = self.budgets
         if len(self.logs) >= b.log_lines:
             self.exceeded("log_lines", b.log_lines)

@@ -87,6 +87,8 @@ def exception_args(exc: BaseException) -> tuple[Any, ...]:
 
 
 def exception_message(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeError) and all(type(a) in (str, bytes, int) for a in exc.args):
+        return scrub(str(exc))  # "'utf-8' codec can't decode byte 0xff in position 0: ..."
     args = exception_args(exc)
     if not args:
         return ""

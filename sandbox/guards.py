@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import math
 import operator
 import random
@@ -198,6 +199,13 @@ def _text_size(x: Any) -> int:
     if t is SafeText:
         return len(x.text)
     return 400  # float (%f of 1e308 is 316 characters), bool, None
+
+
+@functools.lru_cache(maxsize=8)
+def _int_limits(bits: int) -> tuple[int, int]:
+    # Immutable ints, cached: building a 100k-bit int costs more than a whole small call.
+    limit = 1 << bits
+    return limit, -limit
 
 
 def describe(obj: Any) -> str:
@@ -515,8 +523,7 @@ def make_hooks(
 ) -> dict[str, Any]:
     b = st.budgets
     max_str, max_items, max_bits = b.max_str, b.max_items, b.max_int_bits
-    int_limit = 1 << max_bits
-    neg_int_limit = -int_limit  # computed once: negating a 100k-bit int allocates
+    int_limit, neg_int_limit = _int_limits(max_bits)
     missing = object()
 
     no_attrs: dict[str, Factory | None] = {}
@@ -526,12 +533,14 @@ def make_hooks(
         # (RestrictedPython only ever passes constant str names; a script cannot call this.)
         how = attrs.get(type(obj), no_attrs).get(name, missing)
         if how is None and st.dead is None:
+            st.ticks_left -= 1  # counts as a loop tick (see policy._TICKING_GUARDS)
+            if st.ticks_left <= 0:
+                st.check_clock()
             return getattr(obj, name)
         return getattr_slow(obj, name, how)
 
     def getattr_slow(obj: Any, name: Any, how: Any) -> Any:
-        if st.dead is not None:
-            st.reraise()
+        st.tick()
         if how is not missing:
             return how(st, obj)
         t = type(obj)
@@ -543,8 +552,9 @@ def make_hooks(
         st.refuse(f"attribute '{name}' of {describe(obj)} is not available")
 
     def getitem_(obj: Any, key: Any) -> Any:
-        if st.dead is not None:
-            st.reraise()
+        st.ticks_left -= 1
+        if st.ticks_left <= 0 or st.dead is not None:
+            st.check_clock()
         if type(obj) in subscriptable:
             return obj[key]
         st.refuse(f"{describe(obj)} cannot be indexed")
@@ -568,8 +578,9 @@ def make_hooks(
         return getiter_(it)
 
     def write_(obj: Any) -> Any:
-        if st.dead is not None:
-            st.reraise()
+        st.ticks_left -= 1
+        if st.ticks_left <= 0 or st.dead is not None:
+            st.check_clock()
         if type(obj) in WRITABLE:
             return obj
         st.refuse(f"{describe(obj)} cannot be modified")
@@ -719,6 +730,12 @@ def make_hooks(
         return r
 
     def iadd_(x: Any, y: Any) -> Any:
+        if type(x) is int and type(y) is int:  # the loop-counter case, inlined
+            r = x + y
+            if neg_int_limit < r < int_limit:
+                return r
+            st.check_bits(r.bit_length())
+            return r
         if type(x) is list:  # in place, like native `+=` (aliases see the change)
             items = materialize(st, y)
             st.check_items(len(x) + len(items))

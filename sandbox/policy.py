@@ -285,6 +285,8 @@ class ScriptPolicy(RestrictingNodeTransformer):
 
     def visit_For(self, node: ast.For) -> ast.AST:
         node = super().visit_For(node)  # iter becomes _getiter_(...): charged up front
+        if node.body and _ticks_unconditionally(node.body[0]):
+            return node  # the first statement already passes a ticking guard every iteration
         tick = ast.Expr(_call("_tick_"))
         copy_locations(tick, node)
         node.body.insert(0, tick)
@@ -349,6 +351,38 @@ class ScriptPolicy(RestrictingNodeTransformer):
         node.conversion = -1
         node.format_spec = None
         return node
+
+
+# Guards that also count a tick (clock check now and then, sticky stop): a loop body that
+# calls one of them on every iteration needs no separate _tick_() call.
+_TICKING_GUARDS = frozenset({"_getattr_", "_getitem_", "_write_"})
+
+
+def _ticks_unconditionally(stmt: ast.stmt) -> bool:
+    """Does (already transformed) ``stmt`` call a ticking guard whenever it runs?
+
+    Only parts that are always evaluated count: the first operand of and/or, the test
+    of a conditional expression, the first two operands of a comparison chain, the first
+    iterable of a comprehension; never a lambda body.
+    """
+    if not isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign)):
+        return False
+    stack: list[ast.AST] = [stmt]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _TICKING_GUARDS:
+            return True
+        if isinstance(node, ast.BoolOp):
+            stack.append(node.values[0])
+        elif isinstance(node, ast.IfExp):
+            stack.append(node.test)
+        elif isinstance(node, ast.Compare):
+            stack.extend((node.left, node.comparators[0]))
+        elif isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            stack.append(node.generators[0].iter)
+        elif not isinstance(node, ast.Lambda):
+            stack.extend(ast.iter_child_nodes(node))
+    return False
 
 
 def _shape_issues(tree: ast.Module) -> list[CompileIssue]:

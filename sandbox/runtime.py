@@ -27,7 +27,7 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
-from sandbox.budget import RunState, Stop
+from sandbox.budget import RunState, Stop, utf8_clean
 from sandbox.convert import (
     InvalidResult,
     copy_payload,
@@ -120,6 +120,8 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
                     raise InvalidResult(f"deny(): {name} must be a str")
                 if len(text) > MAX_ERR_TEXT:
                     raise InvalidResult(f"deny(): {name} is longer than {MAX_ERR_TEXT} characters")
+                if utf8_clean(text) is not text:
+                    raise InvalidResult(f"deny(): {name} is not valid unicode (lone surrogate)")
             return DENY, {"errCode": code, "errMsg": msg, "errDlt": dlt}
         rv = rv.fields
     if type(rv) is not dict:
@@ -148,7 +150,7 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         raise  # the worker's own signals; a script cannot name or raise these
     except BaseException as exc:
         kind, message = _classify(exc, st)
-        return RunResult.failed(kind, message, logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
+        return RunResult.failed(kind, utf8_clean(message), logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
     finally:
         g.clear()  # break function <-> globals cycles now, not in a later GC
 

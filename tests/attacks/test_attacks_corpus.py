@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from cases import ALL, Attack
 from fakeport import DictKV
@@ -36,6 +37,7 @@ def test_stopped_at_run_time(attack: Attack) -> None:
     assert result.error.kind == attack.kind, result.error
     assert attack.fragment in result.error.message, result.error
     assert len(result.error.message) <= 512
+    orjson.dumps(result.to_wire())  # whatever happened, the worker can ship the result
     for leak in LEAKS:
         assert leak not in result.error.message, result.error
     if attack.kind != "invalid_result" and attack.id != "handle-replaced":

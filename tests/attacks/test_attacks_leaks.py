@@ -200,3 +200,29 @@ def test_rebinding_helpers_affects_only_this_call() -> None:
     assert execute(script, {}, DictKV(), Budgets()).fields == {"j": True}
     other = compile_script(H("return {'j': json.loads('1')}"))
     assert execute(other, {}, DictKV(), Budgets()).fields == {"j": 1}
+
+
+@pytest.mark.parametrize(
+    "body, kind",
+    [
+        ("log('\\ud800')\nraise ValueError('\\udfff')", "exception"),
+        ("return deny(5001, 'x\\ud800')", "invalid_result"),
+        ("return {'k\\ud800': 1}", "invalid_result"),
+        ("return {'k': ['\\ud800']}", "invalid_result"),
+        ("kv.get('\\ud800')", "exception"),
+        ("x = kv.port\nlog('\\ud800')", "policy"),
+    ],
+)
+def test_lone_surrogates_never_break_the_result_encoding(body: str, kind: str) -> None:
+    import orjson
+
+    result = run(H(body))
+    assert result.error is not None and result.error.kind == kind, result
+    orjson.dumps(result.to_wire())
+
+
+def test_unicode_errors_read_like_python() -> None:
+    result = run(H("b'\\xff'.decode()"))
+    assert result.error is not None
+    assert result.error.message == ("UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff in position 0: "
+                                    "invalid start byte (line 2)")
