@@ -165,6 +165,13 @@ class KV:
     def smismember(self, key: Any, members: Any) -> Any:
         if type(members) is tuple:
             members = list(members)
+        if type(members) is list and not members:
+            # Nothing to ask: answer without a round trip (the key is still checked).
+            try:
+                kvops.check_key(key, self._st.budgets.kv_key_bytes)
+            except PortKVError as e:
+                raise KVError(str(e)) from None
+            return []
         return self._call("smismember", [key, members])
 
     def smembers(self, key: Any) -> Any:
