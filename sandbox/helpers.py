@@ -18,8 +18,8 @@ import orjson
 import re2
 
 from sandbox.budget import RunState
+from sandbox.containers import INTLIKE
 from sandbox.convert import InvalidNumber, InvalidResult, TooLong, safe_str, scrub, to_plain
-from sandbox.guards import INTLIKE
 
 MAX_PATTERN = 10_000  # characters in one regular expression
 MAX_PATTERNS_PER_CALL = 200  # compiled patterns cached per call

@@ -36,9 +36,10 @@ from sandbox.convert import (
     scrub,
     to_plain,
 )
-from sandbox.guards import SUBSCRIPTABLE, build_attrs, make_hooks
+from sandbox.guards import SUBSCRIPTABLE, make_hooks
 from sandbox.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
 from sandbox.kvapi import KV
+from sandbox.methods import build_attrs
 from sandbox.policy import SCRIPT_FILENAME, transform
 from sandbox.safe_builtins import SafeType, make_builtins
 

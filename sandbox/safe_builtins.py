@@ -16,18 +16,17 @@ from collections.abc import Callable
 from typing import Any
 
 from sandbox.budget import RunState
-from sandbox.guards import (
+from sandbox.containers import (
     INTLIKE,
     SIZED,
     check_collisions,
-    check_encoding,
     check_pairs_depth,
     check_tuple_depth,
     dict_from_pairs,
     materialize,
-    text_of,
 )
 from sandbox.kvapi import KVError
+from sandbox.methods import check_encoding, text_of
 
 # Script-visible exception classes. All derive from Exception: a script can raise and
 # catch these, never the BaseException-derived stops used for budgets and policy.

@@ -1,0 +1,160 @@
+"""Container rules shared by the guards, the builtins and the helpers.
+
+How a script's containers may be iterated (``materialize``: charged, bounded), and the
+two CPython traps a script could otherwise spring from inside one C call: tuples nested
+deep enough to overflow the C stack when hashed, and keys chosen to collide in a hash
+table (quadratic insertion).
+"""
+
+from __future__ import annotations
+
+import random
+import types
+from typing import Any, NoReturn
+
+from sandbox.budget import RunState
+
+INTLIKE = frozenset({int, bool})
+# Built-in containers whose length is known: iterating them is charged len() steps at once.
+SIZED = frozenset(
+    {
+        list, tuple, str, bytes, dict, set, frozenset, range,
+        type({}.keys()), type({}.values()), type({}.items()),
+    }
+)  # fmt: skip
+# The only unsized iterables a script can hold: its own generator expressions, whose own
+# loops are guarded (zip/enumerate/reversed/items return charged lists).
+LAZY = frozenset({types.GeneratorType})
+PLAIN_DATA = frozenset({type(None), str, bytes, int, float, bool, complex, list, dict, set, frozenset, tuple, range})
+COLLISION_CHECK_MIN = 2048  # below this, even all-colliding keys cost little (~2M comparisons)
+COLLISION_SAMPLE = 1024
+MAX_COLLISION_WORK = 20_000_000  # estimated key comparisons in one C call (~0.15 s)
+HASH_MODULUS = 2**61 - 1  # sys.hash_info.modulus on 64-bit CPython
+_random = random.Random()  # private instance: never shared with, or seeded by, scripts
+# Tuples are the one hashable container a script can nest, and CPython hashes nested
+# tuples recursively in C with no depth check: hashing a tuple nested ~1M deep segfaults
+# the interpreter (measured on 3.11.7). Every place a script can build a tuple holding
+# script values checks that no tuple gets deeper than this.
+MAX_TUPLE_DEPTH = 100
+
+
+def describe(obj: Any) -> str:
+    """How refusal messages name an object: a facade's own name, else its type's."""
+    script_repr = getattr(type(obj), "script_repr", None)
+    return script_repr(obj) if script_repr is not None else type(obj).__name__
+
+
+def materialize(st: RunState, x: Any) -> Any:
+    """The items of ``x`` in a sized container, charged as steps, bounded by max_items.
+
+    Sized built-ins are returned as they are (charged ``len``); generators are drained
+    into a list with a running item cap. Anything else is refused.
+    """
+    t = type(x)
+    if t in SIZED:
+        st.charge(len(x))
+        return x
+    if t in LAZY:
+        st.alive()
+        cap = st.budgets.max_items
+        out: list[Any] = []
+        append = out.append
+        for item in x:
+            append(item)
+            if len(out) > cap:
+                st.check_items(len(out))
+        st.charge(len(out))
+        return out
+    not_iterable(st, x)
+
+
+def not_iterable(st: RunState, x: Any) -> NoReturn:
+    t = type(x)
+    if t in PLAIN_DATA:  # ordinary Python error for ordinary values (scripts may catch it)
+        raise TypeError(f"'{t.__name__}' object is not iterable")
+    st.refuse(f"cannot iterate over {describe(x)}")
+
+
+def check_collisions(st: RunState, items: Any) -> None:
+    """Refuse many distinct keys sharing hashes before a set/dict is built from them in C.
+
+    Int, float and tuple hashes are not randomized (``hash(i * (2**61 - 1)) == 0``) and
+    CPython compares each colliding key with every other one: building a set of 40k such
+    ints is one uninterruptible 13 s C call (measured). The work is estimated from a random
+    sample (the script cannot predict which items are looked at): pairs of distinct,
+    equal-hash items in the sample, scaled by (n / sample size)^2. Equal keys are cheap
+    (the first comparison matches) and do not count.
+    """
+    n = len(items)
+    t = type(items)
+    if n < COLLISION_CHECK_MIN or t in (str, bytes, set, frozenset, dict) or t is type({}.keys()):
+        return  # too small to matter, or hashes are randomized / keys already unique
+    if t is range:
+        if items.step % HASH_MODULUS == 0:  # every item has the same hash
+            st.exceeded("hash_collisions", MAX_COLLISION_WORK, "range items all share one hash")
+        return
+    if t is not list and t is not tuple:
+        items = list(items)
+    picked = [items[i] for i in _random.sample(range(n), COLLISION_SAMPLE)]
+    groups: dict[int, list[Any]] = {}
+    for item in picked:
+        groups.setdefault(hash(item), []).append(item)
+    pairs = 0
+    for group in groups.values():
+        if len(group) > 1:
+            distinct = len(set(group))  # at most COLLISION_SAMPLE items: bounded cost
+            pairs += distinct * (distinct - 1) // 2
+    if pairs and pairs * (n / COLLISION_SAMPLE) ** 2 > MAX_COLLISION_WORK:
+        st.exceeded("hash_collisions", MAX_COLLISION_WORK, "too many distinct keys with the same hash")
+
+
+def check_tuple_depth(st: RunState, t: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Refuse ``t`` if tuples nest more than MAX_TUPLE_DEPTH deep. Charged per tuple visited."""
+    for item in t:
+        if type(item) is tuple:
+            break
+    else:
+        return t  # flat: the common case, no walk
+    depths: dict[int, int] = {}  # id -> depth, for tuples reachable from t (alive during the walk)
+    stack: list[tuple[tuple[Any, ...], bool]] = [(t, False)]
+    visited = 0
+    while stack:
+        node, done = stack.pop()
+        if done:
+            depth = 1 + max((depths[id(c)] for c in node if type(c) is tuple), default=0)
+            if depth > MAX_TUPLE_DEPTH:
+                st.exceeded("nesting", MAX_TUPLE_DEPTH, "tuples nested too deeply")
+            depths[id(node)] = depth
+            continue
+        if id(node) in depths:
+            continue
+        visited += 1
+        if visited >= 10_000:  # a wide structure: charge as we go, not only at the end
+            st.charge(visited)
+            visited = 0
+        stack.append((node, True))
+        stack.extend((c, False) for c in node if type(c) is tuple and id(c) not in depths)
+    st.charge(visited)
+    return t
+
+
+def dict_from_pairs(st: RunState, pairs: Any) -> dict[Any, Any]:
+    """``dict(pairs)`` with the key-collision check (pairs already materialized)."""
+    if type(pairs) is dict:
+        return dict(pairs)
+    if len(pairs) >= COLLISION_CHECK_MIN:
+        keys = []
+        for pair in pairs:
+            if type(pair) is not tuple and type(pair) is not list:
+                break  # dict() reports the malformed element itself
+            keys.append(pair[0] if len(pair) else None)
+        else:
+            check_collisions(st, keys)
+    return dict(pairs)
+
+
+def check_pairs_depth(st: RunState, pairs: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    for pair in pairs:
+        check_tuple_depth(st, pair)
+    return pairs
+
