@@ -95,10 +95,11 @@ NR = {
 # Allowed without argument checks: memory management, signals bookkeeping, clocks, reads
 # and writes on the fds we already hold (stdio on /dev/null and the IPC socket; no new fd
 # can be created), identity queries, and exit. Most frequent first: the filter is linear.
+# Not sendmsg/recvmsg: they could pass file descriptors or credentials over the socket.
 ALLOW_PLAIN = (
     "recvfrom", "sendto", "read", "write", "getrusage", "clock_gettime", "brk", "munmap",
     "mremap", "madvise", "futex", "getpid", "gettid", "rt_sigaction", "rt_sigprocmask",
-    "rt_sigreturn", "sigaltstack", "recvmsg", "sendmsg", "readv", "writev", "poll", "ppoll",
+    "rt_sigreturn", "sigaltstack", "readv", "writev", "poll", "ppoll",
     "close", "fstat", "newfstatat", "lseek", "fcntl", "getrlimit", "setrlimit", "getrandom",
     "gettimeofday", "time", "clock_getres", "nanosleep", "clock_nanosleep", "sched_yield",
     "sched_getaffinity", "getuid", "geteuid", "getgid", "getegid", "getresuid", "getresgid",
