@@ -74,6 +74,7 @@ BASE = "/callbackExample"  # OpenIM's default webhook url path
 TOKEN = "bench-admin-token-" + "b" * 24
 PREFIX = "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+QUIET_OK = 0.3  # a round counts as quiet when other jobs used at most this many cores in each of its runs
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -459,6 +460,7 @@ class Bench:
         self.data: Data | None = None
         # How ScriptGate is started (a profiler wrapper can replace this).
         self.sg_launch: list[str] = [sys.executable, "-m", "server.cli"]
+        self.quiet_budget = float(getattr(args, "quiet_budget", 0.0))
 
     # --- processes ---
 
@@ -597,6 +599,21 @@ class Bench:
         cpu["steal"] = round((after["_steal"] - before["_steal"]) / CLK_TCK / wall, 3)
         return cpu
 
+    def wait_quiet(self, targets: list[Target]) -> float:
+        """Wait (within ``--quiet-wait`` seconds per run and a total budget) until other
+        jobs on this shared machine use less than ``--quiet-cores``; return what they used."""
+        deadline = time.monotonic() + min(getattr(self.args, "quiet_wait", 0.0), self.quiet_budget)
+        started = time.monotonic()
+        while True:
+            before = self.cpu_snapshot(targets)
+            time.sleep(0.5)
+            after = self.cpu_snapshot(targets)
+            other = self.cpu_delta(before, after, 0.5, 0.0)["other"]
+            if other <= getattr(self.args, "quiet_cores", 0.25) or time.monotonic() >= deadline:
+                break
+        self.quiet_budget -= time.monotonic() - started
+        return other
+
     def wrk(self, target: Target, scenario: str, duration: float, connections: int | None = None,
             others: list[Target] | None = None, record: bool = True, label: str = "") -> dict[str, Any]:
         assert self.data is not None
@@ -605,6 +622,7 @@ class Bench:
                "-s", str(BENCH / "loadgen.lua"), f"http://127.0.0.1:{target.port}", "--",
                str(self.data.files[scenario])]
         watched = [target]
+        background = self.wait_quiet(watched) if record else None
         before = self.cpu_snapshot(watched)
         t0 = time.monotonic()
         proc = self.launcher.start("wrk", cmd, capture=True)
@@ -626,7 +644,7 @@ class Bench:
             "rps": round(w["requests"] / (w["duration_us"] / 1e6), 1), "requests": w["requests"],
             "errors": errors, "p50_ms": w["p50_us"] / 1000, "p90_ms": w["p90_us"] / 1000,
             "p99_ms": w["p99_us"] / 1000, "max_ms": w["max_us"] / 1000, "connections": conns,
-            "duration_s": duration, "cpu": cpu,
+            "duration_s": duration, "cpu": cpu, "background_before": background,
         }
         if errors:
             log(f"  !! {errors} errors in this run: {w}")
@@ -641,6 +659,7 @@ class Bench:
         cmd = [sys.executable, str(BENCH / "openloop.py"), "--port", str(target.port), "--requests",
                str(self.data.files[scenario]), "--rate", f"{rate:.1f}", "--duration", f"{duration:g}",
                "--warmup", "2", "--connections", "32"]
+        background = self.wait_quiet([target])
         before = self.cpu_snapshot([target])
         t0 = time.monotonic()
         proc = self.launcher.start("openloop", cmd, capture=True)
@@ -656,6 +675,7 @@ class Bench:
         res = json.loads(out.strip().splitlines()[-1])
         res["target"] = target.name
         res["scenario"] = scenario
+        res["background_before"] = background
         res["cpu"] = self.cpu_delta(before, after, wall, usage.ru_utime + usage.ru_stime)
         log(f"  open-loop {target.name:22s} at {rate:.0f}/s: achieved {res['achieved_rate']}/s, p50 {res['p50_ms']} "
             f"p99 {res['p99_ms']} p99.9 {res['p999_ms']} max {res['max_ms']} ms, errors {res['errors']}+"
@@ -803,21 +823,29 @@ def per_request(runs: list[dict[str, Any]], name: str) -> str:
 
 
 def ab_table(title: str, rounds: list[list[dict[str, Any]]], base_index: int = -1) -> str:
-    """Median per target over rounds; ratio = per-round rps / rps of the base, median."""
+    """Medians per receiver over the rounds; ratio = this receiver's req/s / the base's req/s
+    in the same round, median over rounds (and over the quiet rounds only)."""
     names = [r["target"] for r in rounds[0]]
     base = names[base_index]
+    quiet = [rnd for rnd in rounds if all(r["cpu"].get("other", 0) <= QUIET_OK for r in rnd)]
     rows = [f"**{title}**", "",
-            "| receiver | req/s (median) | p50 ms | p99 ms | ratio to " + base + " (median of rounds) | "
-            "CPU µs per request (HTTP + workers) | CPU cores used (HTTP / workers / redis / wrk / other jobs) |",
-            "|---|---:|---:|---:|---:|---:|---|"]
+            f"| receiver | req/s | p50 ms | p99 ms | req/s ratio to {base}: median (per round) | "
+            f"same, quiet rounds only ({len(quiet)} of {len(rounds)}) | CPU µs per request (HTTP + workers) | "
+            "CPU cores used (HTTP / workers / redis / wrk / other jobs) |",
+            "|---|---:|---:|---:|---:|---:|---:|---|"]
     for i, name in enumerate(names):
         runs = [rnd[i] for rnd in rounds]
-        ratios = [rnd[i]["rps"] / rnd[base_index]["rps"] for rnd in rounds]
         mid = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+        if name == base:
+            ratio = quiet_ratio = "-"
+        else:
+            ratios = [rnd[i]["rps"] / rnd[base_index]["rps"] for rnd in rounds]
+            qratios = [rnd[i]["rps"] / rnd[base_index]["rps"] for rnd in quiet]
+            ratio = f"**{med(ratios):.2f}** ({', '.join(f'{x:.2f}' for x in ratios)})"
+            quiet_ratio = f"{med(qratios):.2f}" if qratios else "n/a"
         rows.append(
             f"| {name} | {med([r['rps'] for r in runs]):.0f} | {med([r['p50_ms'] for r in runs]):.2f} | "
-            f"{med([r['p99_ms'] for r in runs]):.2f} | "
-            f"{med(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}) | {per_request(runs, name)} | "
+            f"{med([r['p99_ms'] for r in runs]):.2f} | {ratio} | {quiet_ratio} | {per_request(runs, name)} | "
             f"{fmt_cpu(mid['cpu'], name)} |"
         )
     return "\n".join(rows)
@@ -833,7 +861,9 @@ def report(res: dict[str, Any]) -> str:
     a = res["args"]
     out.append(f"Settings: wrk -t1 -c{a['connections']}, {a['duration']:g} s per run, {a['rounds']} alternated "
                f"round(s) after a warm-up, ScriptGate --sandbox-workers {a['sandbox_workers']}, hand-written JSON: "
-               f"{a['hw_json']}. Ratios are per round (same minute, same machine), then the median.")
+               f"{a['hw_json']}. Ratios are per round (same minute, same machine), then the median; a round is quiet when "
+               f"other jobs used <= {QUIET_OK} cores during each of its runs. CPU cores are from /proc (1.00 = one "
+               "core busy for the whole run); p50/p99 from wrk are at saturation (closed loop, 16 connections).")
     out.append("")
     if "verdicts" in res:
         out.append("Reply check before timing (byte-identical replies from both receivers): " + "; ".join(
@@ -858,10 +888,14 @@ def report(res: dict[str, Any]) -> str:
         out.append("| receiver | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors | "
                    "generator send lag p99 ms / CPU share | other jobs' CPU (cores) |")
         out.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+        def ms(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
         for r in lat["runs"]:
-            out.append(f"| {r['target']} | {r['achieved_rate']:.0f} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | "
-                       f"{r['p999_ms']} | {r['max_ms']} | {r['errors'] + r['timeouts'] + r['non200']} | "
-                       f"{r['send_lag_p99_ms']} / {r['cpu_share']} | {r['cpu'].get('other', 0):.2f} |")
+            out.append(f"| {r['target']} | {r['achieved_rate']:.0f} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | "
+                       f"{ms(r['p99_ms'])} | {ms(r['p999_ms'])} | {ms(r['max_ms'])} | "
+                       f"{r['errors'] + r['timeouts'] + r['non200']} | {ms(r['send_lag_p99_ms'])} / {r['cpu_share']} | "
+                       f"{r['cpu'].get('other', 0):.2f} |")
         out.append("")
     if "soak" in res:
         s = res["soak"]
@@ -947,24 +981,32 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="ScriptGate vs a hand-written Tornado receiver, side by side.")
     p.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
-    p.add_argument("--duration", type=float, help="seconds per timed wrk run (default 10, quick 4)")
+    p.add_argument("--duration", type=float, help="seconds per timed wrk run (default 6, quick 4)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per receiver and phase (default 5, quick 2)")
-    p.add_argument("--rounds", type=int, help="alternated rounds per phase (default 3, quick 1)")
+    p.add_argument("--rounds", type=int, help="alternated rounds per phase (default 4, quick 1)")
     p.add_argument("--soak", type=float, help="soak seconds (default 60, quick 15; 300 for the 5-minute check)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     p.add_argument("--sandbox-workers", type=int, default=2, help="ScriptGate sandbox workers per HTTP process")
     p.add_argument("--hw-json", choices=["orjson", "stdlib"], default="orjson", help="hand-written receiver's JSON")
     p.add_argument("--rate", type=float, default=1000, help="open-loop rate when the invite phase is skipped")
+    p.add_argument("--quiet-cores", type=float, default=0.25,
+                   help="before each timed run, wait until other jobs use less than this many cores (default 0.25)")
+    p.add_argument("--quiet-wait", type=float, default=20.0,
+                   help="longest wait for a quiet machine before one run (default 20 s; 0: never wait)")
+    p.add_argument("--quiet-budget", type=float,
+                   help="total waiting for quiet over the whole run (default 60 s, quick 10 s)")
     p.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, request files)")
     args = p.parse_args(argv)
     q = args.quick
-    args.duration = args.duration or (4.0 if q else 10.0)
+    args.duration = args.duration or (4.0 if q else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if q else 5.0)
-    args.rounds = args.rounds or (1 if q else 3)
+    args.rounds = args.rounds or (1 if q else 4)
     args.soak = args.soak if args.soak is not None else (15.0 if q else 60.0)
     args.latency_duration = 5.0 if q else 15.0
+    if args.quiet_budget is None:
+        args.quiet_budget = 10.0 if q else 60.0
     args.latency_rounds = 1 if q else 2
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/bin/{tool}").exists():
@@ -975,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     per_phase = 2 * args.warmup + 2 * args.rounds * args.duration + 10
     budget = 60 + 5 * per_phase + args.rounds * args.duration + 2 * args.warmup + 2 * args.latency_rounds * (
         args.latency_duration + 5) + args.soak + 30
-    limit = int(budget * 1.5 + 120)
+    limit = int(budget * 1.5 + 120 + args.quiet_budget)
 
     def on_alarm(*_: Any) -> None:
         raise BenchTimeout(f"run exceeded its time limit of {limit} s")
