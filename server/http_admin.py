@@ -17,7 +17,7 @@ import orjson
 import tornado.web
 
 from server.config import NAMESPACE_RE
-from server.http_common import JSONErrorMixin, StreamedBody, client_allowed
+from server.http_common import BodyTooLarge, JSONErrorMixin, StreamedBody, client_allowed
 from server.store.base import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -127,6 +127,8 @@ class AdminHandler(StreamedBody):
             await method(*args)
         except HTTPFail as fail:
             self.json_error(fail.status, fail.code, fail.message, **fail.extra)
+        except BodyTooLarge:
+            self.too_large(self._limit)
         except StoreError as exc:
             self.json_error(exc.status, exc.code, exc.message)
         except StoreUnavailable:

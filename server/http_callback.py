@@ -88,6 +88,9 @@ class CallbackHandler(StreamedBody):
 
     async def post(self, *_: Any) -> None:
         started = time.perf_counter()
+        if self._too_large:
+            self.too_large(self._limit)
+            return
         raw = self.body
         try:
             payload = orjson.loads(raw)

@@ -42,11 +42,20 @@ class JSONErrorMixin(tornado.web.RequestHandler):
         self.finish(orjson.dumps({"error": reason, "message": message}))
 
 
+class BodyTooLarge(Exception):
+    """Raised by ``StreamedBody.body`` when the request body was over the limit."""
+
+
 class StreamedBody(JSONErrorMixin):
-    """Reads the request body in chunks so oversized bodies are refused with 413 before
-    they are buffered (Tornado would otherwise read them whole, or drop the connection)."""
+    """Reads the request body in chunks so oversized bodies are never buffered.
+
+    An oversized body is read and discarded (up to ``discard_limit`` more bytes) and then
+    answered with 413 and a JSON body: closing the connection while the client is still
+    sending would make most clients see a broken pipe instead of the answer.
+    """
 
     body_limit = 1_048_576
+    discard_limit = 16 << 20
 
     def limit_for_request(self) -> int:
         return self.body_limit
@@ -57,6 +66,7 @@ class StreamedBody(JSONErrorMixin):
     def prepare(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
+        self._too_large = False
         self._limit = self.limit_for_request()
         length = self.request.headers.get("Content-Length")
         if length is not None:
@@ -65,21 +75,27 @@ class StreamedBody(JSONErrorMixin):
             except ValueError:
                 self.json_error(400, "bad_request", "invalid Content-Length")
                 return
-            if declared > self._limit:
+            if declared > self._limit + self.discard_limit:
                 self.too_large(self._limit)
+            elif declared > self._limit:
+                self._too_large = True
 
     def data_received(self, chunk: bytes) -> None:
         if self._finished:
             return
         self._size += len(chunk)
-        if self._size > self._limit:
+        if self._too_large or self._size > self._limit:
+            self._too_large = True
             self._chunks = []
-            self.too_large(self._limit)
+            if self._size > self._limit + self.discard_limit:
+                self.too_large(self._limit)
             return
         self._chunks.append(chunk)
 
     @property
     def body(self) -> bytes:
+        if self._too_large:
+            raise BodyTooLarge()
         chunks = self._chunks
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

@@ -77,7 +77,7 @@ def test_check_errors_with_line_and_col_and_warnings(capsys, tmp_path):
     d = tmp_path / "scripts"
     d.mkdir()
     (d / f"{FRIEND}.py").write_text("def handle(req):\n    return req.__class__\n")
-    (d / f"{GROUP_INFO}.py").write_text("def handle(req):\n    return allow(groupName='x')\n")
+    (d / f"{GROUP_INFO}.py").write_text("def handle(req):\n    return allow(notification='x')\n")
     (d / f"{INVITE}.py").write_text("def handle(req:\n")
     (d / "helper_notes.py").write_text("def handle(req):\n    return None\n")
     (d / "_private.py").write_text("this is skipped")
@@ -86,7 +86,7 @@ def test_check_errors_with_line_and_col_and_warnings(capsys, tmp_path):
     lines = out.splitlines()
     assert any(line.startswith(f"{d / FRIEND}.py:2:") and ": error: " in line for line in lines)
     assert any(line.startswith(f"{d / INVITE}.py:1:") and "syntax error" in line for line in lines)
-    assert any(line.startswith(f"{d / GROUP_INFO}.py:2:") and ": warning: " in line and "groupID" in line for line in lines)
+    assert any(line.startswith(f"{d / GROUP_INFO}.py:2:") and ": warning: " in line and "notification" in line for line in lines)
     assert any("helper_notes.py:1:0: error: cannot tell the command" in line for line in lines)
     assert "_private" not in out
     assert lines[-1] == "checked 4 script(s): 1 ok, 3 error(s), 1 warning(s)"
@@ -326,7 +326,7 @@ def test_push_draft_and_strict(capsys, tmp_path, server):
     code, out, _ = cli(capsys, "push", str(f), "--command", GROUP_INFO, "--draft", *remote(server))
     assert code == 0 and "(draft," in out
     assert server.request("GET", f"/admin/scripts/{GROUP_INFO}").status == 404  # not live
-    f.write_text("def handle(req):\n    return allow(groupName='n')\n")
+    f.write_text("def handle(req):\n    return allow(notification='n')\n")
     code, _, err = cli(capsys, "push", str(f), "--command", GROUP_INFO, "--strict", *remote(server))
     assert code == 1 and "--strict" in err
 
