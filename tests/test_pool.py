@@ -9,6 +9,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -452,3 +453,56 @@ def test_deadline_kill_of_a_python_loop(pool: WorkerPool, loop: asyncio.Abstract
     assert pool.stats()["killed"] == before + 1
     loop.run_until_complete(until(lambda: pool.stats()["live"] == pool.size))
     assert loop.run_until_complete(call(pool, ECHO, {"i": 9})).fields == {"i": 9}
+
+
+KITCHEN_SINK = """\
+def handle(req):
+    words = sorted(set(req["text"].lower().split()))
+    counts = {}
+    for w in words:
+        counts[w] = counts.get(w, 0) + len(w)
+    pat = re.compile("(?P<k>[a-z]+)=(?P<v>[0-9]+)")
+    pairs = [[k, int(v)] for k, v in re.findall("([a-z]+)=([0-9]+)", req["text"])]
+    m = pat.search(req["text"])
+    pairs.append([m.group("k"), m.span()])
+    doc = json.loads(json.dumps({"w": words, "n": len(words)}, sort_keys=True))
+    stamp = now() > 0 and time.time() > 0
+    digest = sha256(req["text"])[:8] + md5("x")[:4] + hmac_sha256("k", "m")[:4]
+    label = f"{len(words):>4}|{3.14159:.2f}|{'é'!r}" + "%s/%d" % ("a", 7)
+    try:
+        {}["missing"]
+    except KeyError as e:
+        log("caught", str(e))
+    seen = kv.get("seen")
+    kv.set("seen", "yes")
+    log("done", len(pairs), stamp)
+    return allow(words=words, counts=counts, pairs=pairs, doc=doc, digest=digest, label=label, seen=seen)
+"""
+
+
+def test_confined_worker_behaves_like_in_process(pool: WorkerPool, loop: asyncio.AbstractEventLoop) -> None:
+    # Confinement (no files, no lazy imports after warm-up) must not change what a script
+    # sees: the same call in-process and in a worker gives the same result.
+    from sandbox.runtime import compile_script, execute
+
+    payload = {"text": "Alpha beta=2 gamma=30 alpha Été"}
+
+    class SyncKV:
+        def __init__(self) -> None:
+            self.strings: dict[str, str] = {}
+
+        def call(self, op: str, args: list) -> Any:
+            if op == "get":
+                return self.strings.get(args[0])
+            self.strings[args[0]] = args[1]
+            return True
+
+    local = execute(compile_script(KITCHEN_SINK), payload, SyncKV(), Budgets())
+    remote = loop.run_until_complete(call(pool, KITCHEN_SINK, payload))
+    assert local.error is None, local
+    assert (remote.verdict, remote.fields, remote.logs, remote.error) == (
+        local.verdict, local.fields, local.logs, local.error
+    )
+    for name in ("callbackBeforeInviteJoinGroupCommand", "callbackBeforeSendGroupMsgCommand"):
+        source = (Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py").read_text()
+        assert loop.run_until_complete(pool.check(source)) == []
