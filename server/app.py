@@ -144,10 +144,12 @@ async def start_background(state: AppState) -> None:
 
 async def stop(state: AppState) -> None:
     for task in state.tasks:
-        task.cancel()
-    for task in state.tasks:
-        with contextlib.suppress(BaseException):
-            await task
+        # Cancel until done: 3.11's wait_for can swallow one cancellation.
+        for _ in range(50):
+            if task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.1)
     if state.recorder is not None:
         with contextlib.suppress(Exception):
             await state.recorder.flush()

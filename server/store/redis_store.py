@@ -172,9 +172,10 @@ class Store:
             return
         self._closed = True
         if self._monitor_task is not None:
-            self._monitor_task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._monitor_task
+            # Cancel until done: 3.11's wait_for can swallow one cancellation.
+            while not self._monitor_task.done():
+                self._monitor_task.cancel()
+                await asyncio.wait({self._monitor_task}, timeout=0.1)
         if self.tracker is not None:
             await self.tracker.close()
         await self.txn.close()
@@ -391,9 +392,9 @@ class Store:
                     await asyncio.wait_for(changed.wait(), poll_interval)
                 changed.clear()
         finally:
-            subscriber.cancel()
-            with contextlib.suppress(BaseException):
-                await subscriber
+            while not subscriber.done():
+                subscriber.cancel()
+                await asyncio.wait({subscriber}, timeout=0.1)
 
     async def _subscribe(self, changed: asyncio.Event) -> None:
         backoff = 0.1

@@ -208,10 +208,15 @@ class Tracker:
 
     async def close(self) -> None:
         self._closing = True
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
+            # Python 3.11's wait_for can swallow a cancellation that races with its inner
+            # task finishing, so cancel until the task has really ended.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
             with contextlib.suppress(BaseException):
-                await self._task
+                task.result()
             self._task = None
         self._lost("closed")
 
@@ -236,6 +241,8 @@ class Tracker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:
+                    return
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
