@@ -986,7 +986,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="alternated rounds per phase (default 4, quick 1)")
     p.add_argument("--soak", type=float, help="soak seconds (default 60, quick 15; 300 for the 5-minute check)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
-    p.add_argument("--sandbox-workers", type=int, default=2, help="ScriptGate sandbox workers per HTTP process")
+    p.add_argument("--sandbox-workers", type=int, default=4,
+                   help="ScriptGate sandbox workers per HTTP process (default 4, the server's own default)")
     p.add_argument("--hw-json", choices=["orjson", "stdlib"], default="orjson", help="hand-written receiver's JSON")
     p.add_argument("--rate", type=float, default=1000, help="open-loop rate when the invite phase is skipped")
     p.add_argument("--quiet-cores", type=float, default=0.25,
