@@ -14,6 +14,9 @@ bytes (the benchmark checks that before it measures anything):
 * ``callbackAfterSendGroupMsgCommand``: one ``INCR`` of a per-group counter, plain ack.
 * anything else: plain ack.
 
+``--noop`` answers every callback with the plain ack without parsing it or touching Redis:
+the floor of any Tornado receiver on this machine (the benchmark's latency phase reports it).
+
 JSON: orjson by default (the same library ScriptGate uses, so the comparison is about the
 architecture, not the JSON codec); ``--json stdlib`` uses ``json.loads``/``json.dumps``.
 
@@ -55,6 +58,12 @@ def reply(code: int = 0, msg: str = "", dlt: str = "", reject: bool = False, **f
                             "nextCode": 1 if reject else 0}
     body.update(fields)
     return body
+
+
+class NoopHandler(tornado.web.RequestHandler):
+    def post(self, path: str) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(ACK)
 
 
 class CallbackHandler(tornado.web.RequestHandler):
@@ -112,16 +121,21 @@ async def main(argv: list[str] | None = None) -> None:
     p.add_argument("--redis", required=True, help="redis:// URL")
     p.add_argument("--kv-prefix", default="", help="prefix of the KV keys (the same keys ScriptGate's scripts use)")
     p.add_argument("--json", choices=["orjson", "stdlib"], default="orjson")
+    p.add_argument("--noop", action="store_true", help="answer the plain ack to everything (a floor)")
     args = p.parse_args(argv)
     r = redis.Redis.from_url(args.redis, decode_responses=True)
     r.ping()
     loads, dumps = make_codec(args.json)
-    app = tornado.web.Application(
-        [(r"/(.*)", CallbackHandler, {"r": r, "prefix": args.kv_prefix, "loads": loads, "dumps": dumps})]
-    )
+    if args.noop:
+        app = tornado.web.Application([(r"/(.*)", NoopHandler)])
+    else:
+        app = tornado.web.Application(
+            [(r"/(.*)", CallbackHandler, {"r": r, "prefix": args.kv_prefix, "loads": loads, "dumps": dumps})]
+        )
     server = tornado.httpserver.HTTPServer(app)
     server.listen(args.port, args.host)
-    print(f"handwritten: ready on http://{args.host}:{args.port} (json: {args.json})", file=sys.stderr, flush=True)
+    mode = "no-op" if args.noop else f"json: {args.json}"
+    print(f"handwritten: ready on http://{args.host}:{args.port} ({mode})", file=sys.stderr, flush=True)
     await asyncio.Event().wait()
 
 
