@@ -852,6 +852,25 @@ def ab_table(title: str, rounds: list[list[dict[str, Any]]], base_index: int = -
     return "\n".join(rows)
 
 
+def scale_note(rounds: list[list[dict[str, Any]]]) -> str:
+    """How the connections spread over the HTTP processes, run by run (from their CPU)."""
+    splits = []
+    lopsided = 0
+    for rnd in rounds:
+        for r in rnd:
+            per = [v for k, v in sorted(r["cpu"].items()) if k.startswith(r["target"] + ":http#")]
+            if len(per) > 1:
+                splits.append(" + ".join(f"{v:.2f}" for v in per))
+                if min(per) < 0.1 * max(sum(per), 1e-9):
+                    lopsided += 1
+    if not splits:
+        return ""
+    return (f"CPU of each HTTP process in the {len(splits)} runs with 2 processes: {'; '.join(splits)}. "
+            f"In {lopsided} of them one process served (nearly) every connection: wrk opens its 16 keep-alive "
+            "connections at once and the processes share one listening socket, so whichever wakes first "
+            "accepts them all.")
+
+
 def report(res: dict[str, Any]) -> str:
     out = []
     m = res["machine"]
@@ -881,6 +900,9 @@ def report(res: dict[str, Any]) -> str:
         if key in res.get("ab", {}):
             out.append(ab_table(title, res["ab"][key]))
             out.append("")
+            if key == "scale":
+                out.append(scale_note(res["ab"][key]))
+                out.append("")
     if "latency" in res:
         lat = res["latency"]
         out.append(f"**Latency at a fixed rate of {lat['rate']:.0f} req/s (half of ScriptGate's invite peak), "
@@ -898,7 +920,7 @@ def report(res: dict[str, Any]) -> str:
 
         for r in lat["runs"]:
             out.append(f"| {r['target']} | {r['achieved_rate']:.0f} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | "
-                       f"{ms(r['p99_ms'])} | {ms(r['p999_ms'])} | {ms(r['max_ms'])} | "
+                       f"{ms(r['p99_ms'])} | {ms(r['p999_ms'])} | {ms(r['max_ms'])} | {ms(r.get('strict_p99_ms'))} | "
                        f"{r['errors'] + r['timeouts'] + r['non200']} | {ms(r['send_lag_p99_ms'])} / {r['cpu_share']} | "
                        f"{r['cpu'].get('other', 0):.2f} |")
         out.append("")
