@@ -497,10 +497,10 @@ class Bench:
         proc = self.launcher.start(name, cmd, env)
         wait_log(proc, "ready on", count=workers)
         target = Target(name, port, proc, "scriptgate")
-        self.load_scripts(target)
+        self.load_scripts(target, workers)
         return target
 
-    def load_scripts(self, t: Target) -> None:
+    def load_scripts(self, t: Target, workers: int = 1) -> None:
         for command, path in ((INVITE, ROOT / "scripts" / f"{INVITE}.py"),
                               (GROUPMSG, ROOT / "scripts" / f"{GROUPMSG}.py"),
                               (AFTERMSG, BENCH / "scripts" / f"{AFTERMSG}.py")):
@@ -518,7 +518,8 @@ class Bench:
             if b'"nextCode":1' in body:
                 break
             time.sleep(0.1)
-        time.sleep(1.0)
+        if workers > 1:
+            time.sleep(1.0)  # the other HTTP processes pick the scripts up within a second
 
     def discover_kv_prefix(self) -> None:
         import redis
@@ -619,7 +620,7 @@ class Bench:
             others: list[Target] | None = None, record: bool = True, label: str = "") -> dict[str, Any]:
         assert self.data is not None
         conns = connections or self.args.connections
-        cmd = [shutil.which("wrk") or "/usr/bin/wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--timeout", "5s",
+        cmd = [shutil.which("wrk") or "/usr/bin/wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s",
                "-s", str(BENCH / "loadgen.lua"), f"http://127.0.0.1:{target.port}", "--",
                str(self.data.files[scenario])]
         watched = [target]
@@ -659,7 +660,7 @@ class Bench:
         assert self.data is not None
         cmd = [sys.executable, str(BENCH / "openloop.py"), "--port", str(target.port), "--requests",
                str(self.data.files[scenario]), "--rate", f"{rate:.1f}", "--duration", f"{duration:g}",
-               "--warmup", "2", "--connections", "32"]
+               "--warmup", "1" if self.args.quick else "2", "--connections", "32"]
         background = self.wait_quiet([target])
         before = self.cpu_snapshot([target])
         t0 = time.monotonic()
@@ -723,7 +724,7 @@ class Bench:
         sample()
         segments = []
         for i in range(n_segments):
-            cmd = [shutil.which("wrk") or "/usr/bin/wrk", "-t1", f"-c{self.args.connections}", f"-d{segment:g}s",
+            cmd = [shutil.which("wrk") or "/usr/bin/wrk", "-t1", f"-c{self.args.connections}", f"-d{max(1, round(segment))}s",
                    "--timeout", "5s", "-s", str(BENCH / "loadgen.lua"), f"http://127.0.0.1:{target.port}", "--",
                    str(self.data.files["mixed"]), str(i * 997)]
             proc = self.launcher.start("wrk-soak", cmd, capture=True)
@@ -780,7 +781,7 @@ def background_cpu(seconds: float = 3.0) -> float:
     return round((b1 - b0) / CLK_TCK / seconds, 2)
 
 
-def machine_facts() -> dict[str, Any]:
+def machine_facts(quick: bool = False) -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
         for ln in Path("/proc/cpuinfo").read_text().splitlines():
@@ -795,7 +796,7 @@ def machine_facts() -> dict[str, Any]:
         "python": platform.python_version(), "tornado": tornado.version,
         "wrk": (wrk_version.stdout or wrk_version.stderr).splitlines()[0] if (wrk_version.stdout or wrk_version.stderr) else "",
         "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
-        "background_cores": background_cpu(),
+        "background_cores": background_cpu(1.0 if quick else 3.0),
         "mem_total_gb": round(os.sysconf("SC_PHYS_PAGES") * PAGE / 2**30, 1),
     }
 
@@ -871,6 +872,27 @@ def scale_note(rounds: list[list[dict[str, Any]]]) -> str:
             "accepts them all.")
 
 
+def latency_table(lat: dict[str, Any], what: str) -> str:
+    out = [f"**Latency at a fixed rate of {lat['rate']:.0f} req/s ({what}), open loop, 32 connections.** "
+           "tornado-noop is a Tornado app that answers the plain ack without parsing or Redis: the floor of any "
+           "Tornado receiver on this machine. Latency counts from the write when a connection was free, else from "
+           "the scheduled time (queueing is charged to the server); \"strict\" counts every request from its "
+           "scheduled time, so it also includes the generator's own timer lateness (send lag).", "",
+           "| receiver | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | strict p99 ms | "
+           "errors | generator send lag p99 ms / CPU share | other jobs' CPU (cores) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+
+    def ms(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    for r in lat["runs"]:
+        out.append(f"| {r['target']} | {r['achieved_rate']:.0f} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | "
+                   f"{ms(r['p99_ms'])} | {ms(r['p999_ms'])} | {ms(r['max_ms'])} | {ms(r.get('strict_p99_ms'))} | "
+                   f"{r['errors'] + r['timeouts'] + r['non200']} | {ms(r['send_lag_p99_ms'])} / {r['cpu_share']} | "
+                   f"{r['cpu'].get('other', 0):.2f} |")
+    return "\n".join(out)
+
+
 def report(res: dict[str, Any]) -> str:
     out = []
     m = res["machine"]
@@ -903,27 +925,11 @@ def report(res: dict[str, Any]) -> str:
             if key == "scale":
                 out.append(scale_note(res["ab"][key]))
                 out.append("")
-    if "latency" in res:
-        lat = res["latency"]
-        out.append(f"**Latency at a fixed rate of {lat['rate']:.0f} req/s (half of ScriptGate's invite peak), "
-                   "open loop, 32 connections; target p99 <= 5 ms.** tornado-noop is a Tornado app that answers "
-                   "the plain ack without parsing or Redis: the floor of any Tornado receiver here. Latency counts "
-                   "from the write when a connection was free, else from the scheduled time (queueing is charged "
-                   "to the server); \"strict\" counts every request from its scheduled time, so it includes the "
-                   "generator's own timer lateness (send lag).")
-        out.append("")
-        out.append("| receiver | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | strict p99 ms | "
-                   "errors | generator send lag p99 ms / CPU share | other jobs' CPU (cores) |")
-        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-        def ms(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.2f}"
-
-        for r in lat["runs"]:
-            out.append(f"| {r['target']} | {r['achieved_rate']:.0f} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | "
-                       f"{ms(r['p99_ms'])} | {ms(r['p999_ms'])} | {ms(r['max_ms'])} | {ms(r.get('strict_p99_ms'))} | "
-                       f"{r['errors'] + r['timeouts'] + r['non200']} | {ms(r['send_lag_p99_ms'])} / {r['cpu_share']} | "
-                       f"{r['cpu'].get('other', 0):.2f} |")
-        out.append("")
+    for key, what in (("latency", "half of ScriptGate's invite peak; target p99 <= 5 ms"),
+                      ("latency_low", "a quarter of ScriptGate's invite peak, for context")):
+        if key in res:
+            out.append(latency_table(res[key], what))
+            out.append("")
     if "soak" in res:
         s = res["soak"]
         out.append(f"**Soak: {s['seconds']:.0f} s of mixed traffic (invite + after + keyword, wrk -c{a['connections']}), "
@@ -956,7 +962,7 @@ PHASES = ["invite", "keyword", "after", "latency", "embedded", "scale", "soak"]
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     b = Bench(args, tmp)
     res = b.results
-    res["machine"] = machine_facts()
+    res["machine"] = machine_facts(args.quick)
     res["args"] = {k: v for k, v in vars(args).items() if k != "out"}
     phases = args.phases.split(",") if args.phases else PHASES
     try:
@@ -984,6 +990,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             order = [sg, hw, noop, noop, hw, sg][: 3 * args.latency_rounds]
             runs = [b.openloop(t, "invite", rate, args.latency_duration) for t in order]
             res["latency"] = {"rate": rate, "runs": runs}
+            low = round(peak / 4)
+        if "latency" in phases and not args.quick:
+            log(f"phase latency: open loop at {low} req/s (a quarter of the peak, for context)")
+            res["latency_low"] = {"rate": low, "runs": [b.openloop(t, "invite", low, args.latency_duration)
+                                                        for t in (sg, hw, noop)]}
+        if "latency" in phases:
             b.launcher.stop(noop.proc)
         b.launcher.stop(sg.proc)
         if "embedded" in phases:
@@ -1012,10 +1024,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="ScriptGate vs a hand-written Tornado receiver, side by side.")
     p.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
-    p.add_argument("--duration", type=float, help="seconds per timed wrk run (default 6, quick 4)")
+    p.add_argument("--duration", type=float, help="seconds per timed wrk run (default 6, quick 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per receiver and phase (default 5, quick 2)")
     p.add_argument("--rounds", type=int, help="alternated rounds per phase (default 4, quick 1)")
-    p.add_argument("--soak", type=float, help="soak seconds (default 60, quick 15; 300 for the 5-minute check)")
+    p.add_argument("--soak", type=float, help="soak seconds (default 60, quick 10; 300 for the 5-minute check)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     p.add_argument("--sandbox-workers", type=int, default=4,
                    help="ScriptGate sandbox workers per HTTP process (default 4, the server's own default)")
@@ -1026,19 +1038,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet-wait", type=float, default=20.0,
                    help="longest wait for a quiet machine before one run (default 20 s; 0: never wait)")
     p.add_argument("--quiet-budget", type=float,
-                   help="total waiting for quiet over the whole run (default 60 s, quick 10 s)")
+                   help="total waiting for quiet over the whole run (default 60 s, quick 0)")
     p.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, request files)")
     args = p.parse_args(argv)
     q = args.quick
-    args.duration = args.duration or (4.0 if q else 6.0)
+    args.duration = args.duration or (3.0 if q else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if q else 5.0)
     args.rounds = args.rounds or (1 if q else 4)
-    args.soak = args.soak if args.soak is not None else (15.0 if q else 60.0)
-    args.latency_duration = 5.0 if q else 15.0
+    args.soak = args.soak if args.soak is not None else (10.0 if q else 60.0)
+    args.latency_duration = 4.0 if q else 12.0
     if args.quiet_budget is None:
-        args.quiet_budget = 10.0 if q else 60.0
+        args.quiet_budget = 0.0 if q else 60.0
     args.latency_rounds = 1 if q else 2
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/bin/{tool}").exists():
@@ -1047,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # Bounded run time: estimate, then a watchdog that aborts (and cleans up) past 1.5x + 2 min.
     per_phase = 2 * args.warmup + 2 * args.rounds * args.duration + 10
-    budget = 60 + 5 * per_phase + args.rounds * args.duration + 2 * args.warmup + 3 * args.latency_rounds * (
+    budget = 60 + 5 * per_phase + args.rounds * args.duration + 2 * args.warmup + (3 * args.latency_rounds + 3) * (
         args.latency_duration + 5) + args.soak + 30
     limit = int(budget * 1.5 + 120 + args.quiet_budget)
 
