@@ -1070,6 +1070,9 @@ def main(argv: list[str] | None = None) -> int:
         raise Stop("terminated")
 
     signal.signal(signal.SIGALRM, on_alarm)
+    # Ctrl-C must stop the run even when started in the background of a non-interactive
+    # shell, which starts it with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
     signal.alarm(limit)
@@ -1079,7 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         res = run(args, tmp)
     except (KeyboardInterrupt, Stop, BenchTimeout) as exc:
-        print(f"bench_load: stopped: {exc or type(exc).__name__}; all processes stopped", file=sys.stderr)
+        print(f"bench_load: stopped: {str(exc) or type(exc).__name__}; all processes stopped", file=sys.stderr)
         return 130
     finally:
         signal.alarm(0)
