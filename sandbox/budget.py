@@ -1,8 +1,9 @@
 """Per-call accounting: steps, wall clock, recursion depth, sizes, logs, KV ops.
 
-One ``RunState`` is created for every ``execute`` call and dropped afterwards, so nothing a
-script does is visible to the next call. The guard functions (``sandbox.guards``) and the
-helper facades charge against it.
+``sandbox.runtime`` keeps one ``RunState`` per process and resets every field of it at
+the start of each ``execute`` call (``begin``), so nothing a script does is visible to the
+next call; between calls it is parked in an already-stopped idle state (``end``). The
+guard functions (``sandbox.guards``) and the helper facades charge against it.
 
 Stopping a script: every limit raises a ``Stop`` subclass. ``Stop`` derives from
 ``BaseException`` so ``except Exception`` in a script cannot catch it (bare ``except:``
@@ -13,8 +14,9 @@ is remembered in ``RunState.dead`` and every later guard call raises it again, s
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 
@@ -22,6 +24,13 @@ from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 # counter decrement; reading the clock costs ~50 ns more. 64 keeps the overshoot small
 # even when each loop iteration does a lot of C-level work.
 CLOCK_EVERY = 64
+
+
+@functools.lru_cache(maxsize=8)
+def _int_limits(bits: int) -> tuple[int, int]:
+    # Immutable ints, cached: building a 100k-bit int costs more than a whole small call.
+    limit = 1 << bits
+    return limit, -limit
 
 
 def utf8_clean(text: str) -> str:
@@ -62,25 +71,46 @@ class BackendUnavailable(Stop):
 
 
 class RunState:
-    """Mutable per-call counters. Kept in ``__slots__`` for fast attribute access in guards."""
+    """Mutable per-call counters. Kept in ``__slots__`` for fast attribute access in guards.
+
+    ``sandbox.runtime`` keeps ONE instance per process (``CALL``): the guards, builtins and
+    helpers are built once and bound to it, and ``begin`` resets every field at the start
+    of each call (new budgets, new log list, no stop, no caches). Between calls ``end``
+    parks it in an *idle* state that is already stopped, so anything that outlived a call
+    fails if it is ever used outside one. A separate ``RunState(budgets)`` still works for
+    code that wants a private one.
+    """
 
     __slots__ = (
         "budgets",
         "dead",
         "deadline",
         "depth",
+        "fmt_cache",
+        "int_limit",
         "kv_ops",
         "log_bytes",
         "logs",
+        "max_bits",
+        "max_items",
+        "max_str",
+        "neg_int_limit",
+        "port",
+        "re_cache",
         "started",
         "steps_left",
         "ticks_left",
     )
 
     def __init__(self, budgets: Budgets) -> None:
+        self.begin(budgets, None)
+
+    def begin(self, budgets: Budgets, port: Any) -> None:
+        """Start a call: every field is set here, nothing is carried over from before."""
         self.budgets = budgets
-        self.started = time.monotonic()
-        self.deadline = self.started + budgets.wall_ms / 1000.0
+        self.port = port
+        self.started = started = time.monotonic()
+        self.deadline = started + budgets.wall_ms / 1000.0
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
@@ -88,6 +118,24 @@ class RunState:
         self.logs: list[str] = []
         self.log_bytes = 0
         self.kv_ops = 0
+        # Per-call caches (format strings parsed by ``%``, compiled patterns): lazily made.
+        self.fmt_cache: dict[str, Any] | None = None
+        self.re_cache: dict[Any, Any] | None = None
+        # Hot budget values, copied so the guards need one attribute load each.
+        self.max_str = budgets.max_str
+        self.max_items = budgets.max_items
+        self.max_bits = bits = budgets.max_int_bits
+        self.int_limit, self.neg_int_limit = _int_limits(bits)
+
+    def end(self) -> None:
+        """Finish a call: drop every reference it made and refuse any further use."""
+        self.dead = _IDLE
+        self.port = None
+        self.logs = []
+        self.fmt_cache = None
+        self.re_cache = None
+        self.steps_left = -1
+        self.ticks_left = 0
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -203,3 +251,7 @@ class RunState:
 
     def elapsed_ms(self) -> float:
         return round((time.monotonic() - self.started) * 1000.0, 3)
+
+
+# The stop an idle state (between two calls) answers with: nothing may run outside a call.
+_IDLE = PolicyViolation("sandbox error: no call in progress")

@@ -1,7 +1,9 @@
 """The guard functions RestrictedPython's rewritten code calls, written for this sandbox.
 
-``make_hooks(st)`` returns the hook table for one call; every hook closes over that call's
-``RunState``. Principles:
+``make_hooks(st)`` returns the hook table. ``sandbox.runtime`` builds it once per process,
+bound to the process's one ``RunState`` (reset at the start of every call), so the hooks
+read budgets from ``st`` at call time, never from values captured when they were made.
+Principles:
 
 - Attribute access is an allow-list per *exact* type (``sandbox.methods``). Methods that
   can build something big, or that iterate their argument in C, are replaced by wrappers
@@ -14,7 +16,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import re
@@ -56,14 +57,7 @@ def _text_size(x: Any) -> int:
     return 400  # float (%f of 1e308 is 316 characters), bool, None
 
 
-@functools.lru_cache(maxsize=8)
-def _int_limits(bits: int) -> tuple[int, int]:
-    # Immutable ints, cached: building a 100k-bit int costs more than a whole small call.
-    limit = 1 << bits
-    return limit, -limit
-
-
-# -- the hooks for one call --------------------------------------------------------------------
+# -- the hooks ---------------------------------------------------------------------------------
 
 
 def make_hooks(
@@ -72,9 +66,7 @@ def make_hooks(
     subscriptable: frozenset[type],
     print_collector: Callable[[RunState], Any],
 ) -> dict[str, Any]:
-    b = st.budgets
-    max_str, max_items, max_bits = b.max_str, b.max_items, b.max_int_bits
-    int_limit, neg_int_limit = _int_limits(max_bits)
+    # Nothing budget-dependent may be captured here: these closures outlive one call.
     missing = object()
 
     no_attrs: dict[str, Factory | None] = {}
@@ -147,7 +139,7 @@ def make_hooks(
         return check_tuple_depth(st, t)
 
     def sized_(container: Any) -> Any:
-        if len(container) > max_items:
+        if len(container) > st.max_items:
             st.check_items(len(container))
         return container
 
@@ -157,12 +149,12 @@ def make_hooks(
         ta = type(a)
         if ta is int and type(b) is int:
             r = a + b
-            if neg_int_limit < r < int_limit:
+            if st.neg_int_limit < r < st.int_limit:
                 return r
             st.check_bits(r.bit_length())
             return r
         if ta is str and type(b) is str:
-            if len(a) + len(b) > max_str:
+            if len(a) + len(b) > st.max_str:
                 st.check_str(len(a) + len(b))
             return a + b
         if (ta is list or ta is tuple) and type(b) is ta:
@@ -175,7 +167,7 @@ def make_hooks(
     def mul_(a: Any, b: Any) -> Any:
         ta, tb = type(a), type(b)
         if ta in INTLIKE and tb in INTLIKE:
-            if a and b and a.bit_length() + b.bit_length() > max_bits:
+            if a and b and a.bit_length() + b.bit_length() > st.max_bits:
                 st.check_bits(a.bit_length() + b.bit_length())
             return a * b
         if tb in INTLIKE:
@@ -199,7 +191,7 @@ def make_hooks(
     def pow_(a: Any, b: Any) -> Any:
         if type(a) in INTLIKE and type(b) in INTLIKE and b > 1 and (a > 1 or a < -1):
             # |a| >= 2, so the result has at least b bits: compare b first (no float overflow).
-            st.check_bits(b if b > max_bits else math.log2(abs(a)) * b)
+            st.check_bits(b if b > st.max_bits else math.log2(abs(a)) * b)
         return a**b
 
     def lshift_(a: Any, b: Any) -> Any:
@@ -215,9 +207,11 @@ def make_hooks(
             raise TypeError("bytes %-formatting is not supported; format a str and encode it")
         return a % b
 
-    percent_specs: dict[str, list[tuple[str | None, str | None, str | None, str]]] = {}
-
     def percent_format(fmt: str, args: Any) -> str:
+        max_str = st.max_str
+        percent_specs = st.fmt_cache
+        if percent_specs is None:
+            percent_specs = st.fmt_cache = {}  # per call: RunState.begin() drops it
         specs = percent_specs.get(fmt)
         if specs is None:  # parsed once per format string and call (loops reuse it)
             specs = [(m["key"], m["width"], m["prec"], m["conv"]) for m in _PERCENT_SPEC.finditer(fmt)]
@@ -264,6 +258,7 @@ def make_hooks(
 
     def fmt_(value: Any, conversion: int, spec: Any) -> str:
         if spec:
+            max_str = st.max_str
             for m in _SPEC_NUMBER.finditer(spec):
                 digits = m.group()
                 if len(digits) > 9 or int(digits) > max_str:
@@ -283,7 +278,7 @@ def make_hooks(
     def iadd_(x: Any, y: Any) -> Any:
         if type(x) is int and type(y) is int:  # the loop-counter case, inlined
             r = x + y
-            if neg_int_limit < r < int_limit:
+            if st.neg_int_limit < r < st.int_limit:
                 return r
             st.check_bits(r.bit_length())
             return r

@@ -1,8 +1,10 @@
 """The helpers a script gets as globals: facades and functions, never modules.
 
-Each facade is a small class with ``__slots__`` whose per-call state lives in underscore
-slots (unreachable: underscore attributes are refused at upload) and whose ``PUBLIC`` set
-is the whole attribute allow-list ``sandbox.guards`` grants for it. Every helper checks
+Each facade is a small class with ``__slots__`` whose state lives in underscore slots
+(unreachable: underscore attributes are refused at upload) and whose ``PUBLIC`` set is the
+whole attribute allow-list ``sandbox.guards`` grants for it. ``sandbox.runtime`` builds the
+helpers once per process, bound to the process's one ``RunState``; anything per call
+(the compiled-pattern cache) lives in that state, which is reset for every call. Every helper checks
 sizes against the call's budgets and raises plain ``ValueError``/``TypeError`` with plain
 messages, never a host exception object.
 """
@@ -388,7 +390,7 @@ class Pattern(Facade):
 
 
 class ReFacade(Facade):
-    __slots__ = ("_cache",)
+    __slots__ = ()
     PUBLIC = frozenset(
         {"compile", "search", "match", "fullmatch", "findall", "sub", "split", "escape",
          "I", "IGNORECASE", "M", "MULTILINE", "S", "DOTALL"}
@@ -398,10 +400,6 @@ class ReFacade(Facade):
     M = MULTILINE = 8
     S = DOTALL = 16
     _FLAG_LETTERS = ((2, "i"), (8, "m"), (16, "s"))
-
-    def __init__(self, st: RunState) -> None:
-        super().__init__(st)
-        self._cache: dict[tuple[str, int], Pattern] = {}
 
     def compile(self, pattern: Any, flags: Any = 0) -> Pattern:
         st = self._st
@@ -413,12 +411,15 @@ class ReFacade(Facade):
         if type(flags) not in INTLIKE or flags & ~(2 | 8 | 16):
             raise ValueError("flags must be a combination of re.I, re.M and re.S")
         key = (pattern, flags)
-        cached = self._cache.get(key)
+        cache = st.re_cache
+        if cache is None:
+            cache = st.re_cache = {}  # per call: RunState.begin() drops it
+        cached = cache.get(key)
         if cached is not None:
             return cached
         if len(pattern) > MAX_PATTERN:
             raise ValueError(f"pattern longer than {MAX_PATTERN} characters")
-        if len(self._cache) >= MAX_PATTERNS_PER_CALL:
+        if len(cache) >= MAX_PATTERNS_PER_CALL:
             st.exceeded("patterns", MAX_PATTERNS_PER_CALL, "distinct regular expressions in one call")
         st.charge(len(pattern) + 100)
         letters = "".join(letter for bit, letter in self._FLAG_LETTERS if flags & bit)
@@ -429,7 +430,7 @@ class ReFacade(Facade):
             detail = e.args[0].decode("utf-8", "replace") if e.args and type(e.args[0]) is bytes else str(e)
             raise ValueError(f"invalid regular expression: {scrub(detail)}") from None
         compiled = Pattern(st, rx, pattern)
-        self._cache[key] = compiled
+        cache[key] = compiled
         return compiled
 
     def search(self, pattern: Any, string: Any, flags: Any = 0) -> Match | None:
@@ -540,7 +541,7 @@ def log_line(st: RunState, objects: tuple[Any, ...], sep: str) -> str:
 
 
 def make_helpers(st: RunState) -> dict[str, Any]:
-    """The helper globals for one call (facades bound to this call's state)."""
+    """The helper globals, bound to ``st`` (built once per process; ``st`` is reset per call)."""
 
     def log(*objects: Any, sep: Any = " ") -> None:
         if type(sep) is not str:

@@ -3,7 +3,12 @@
 Each method packs its arguments into the wire form, checks them with ``kvops.validate``
 (so a bad key fails at the script's own line with a clear message), counts the op against
 ``budgets.kv_ops``, calls ``port.call`` and converts the plain JSON answer into what the
-script expects (``smembers`` -> set, ``smismember`` -> list of bool...).
+script expects (``smembers`` -> set, ``smismember`` -> list of bool...). Ops taking just a
+key, or a key and one value, call ``validate``'s own per-argument checks directly
+(same checks, same order, same messages, without the generic dispatch).
+
+There is one ``KV`` per process (``sandbox.runtime``): it reads the call's port from the
+``RunState``, which holds it only while a call runs.
 
 Failures:
 - a refused operation (validation or the store's ``KVError``) raises the script-visible
@@ -82,15 +87,25 @@ def _values(args: tuple[Any, ...]) -> list[Any]:
     return list(args)
 
 
+# Ops whose arguments are (key,) or (key, value): checked without kvops.validate's loop.
+_KEY_OPS = frozenset(name for name, op in kvops.OPS.items() if op.args == (kvops.KEY,))
+_KEY_VALUE_OPS = frozenset(name for name, op in kvops.OPS.items() if op.args == (kvops.KEY, kvops.VALUE))
+_VALUE_LABEL = {name: f"kv.{name}: value" for name in _KEY_VALUE_OPS}
+assert {"get", "delete", "exists", "ttl", "smembers", "scard", "hgetall", "llen"} <= _KEY_OPS
+assert {"sismember", "hget"} <= _KEY_VALUE_OPS
+assert all(kvops._LABELS[name]["value"] == label for name, label in _VALUE_LABEL.items())
+_check_key = kvops.check_key
+_check_value = kvops._scalar
+
+
 class KV:
     """The ``kv`` global. Only the methods below are reachable (``PUBLIC``)."""
 
-    __slots__ = ("_port", "_st")
+    __slots__ = ("_st",)
     PUBLIC = frozenset(kvops.OPS)
 
-    def __init__(self, st: RunState, port: Any) -> None:
-        self._st = st
-        self._port = port
+    def __init__(self, st: RunState) -> None:
+        self._st = st  # the call's port is st.port (None outside a call)
 
     def script_repr(self) -> str:
         return "<kv>"
@@ -99,19 +114,48 @@ class KV:
 
     def _call(self, name: str, args: list[Any]) -> Any:
         st = self._st
-        st.alive()
+        if st.dead is not None:
+            st.reraise()
         b = st.budgets
         try:
             _op, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
         except PortKVError as e:
             raise KVError(str(e)) from None
+        return self._send(st, name, wire)
+
+    def _key_call(self, name: str, key: Any) -> Any:
+        # kvops.validate for an op whose only argument is a key, without its generic loop.
+        st = self._st
+        if st.dead is not None:
+            st.reraise()
+        try:
+            wire = [_check_key(key, st.budgets.kv_key_bytes)]
+        except PortKVError as e:
+            raise KVError(str(e)) from None
+        return self._send(st, name, wire)
+
+    def _key_value_call(self, name: str, key: Any, value: Any) -> Any:
+        # kvops.validate for a (key, value) op: the key first, then the value, same labels.
+        st = self._st
+        if st.dead is not None:
+            st.reraise()
+        b = st.budgets
+        try:
+            wire = [_check_key(key, b.kv_key_bytes), _check_value(value, _VALUE_LABEL[name], b.kv_value_bytes)]
+        except PortKVError as e:
+            raise KVError(str(e)) from None
+        return self._send(st, name, wire)
+
+    def _send(self, st: RunState, name: str, wire: list[Any]) -> Any:
+        b = st.budgets
         if st.kv_ops >= b.kv_ops:
             st.exceeded("kv_ops", b.kv_ops)
         st.kv_ops += 1
+        port = st.port
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(limit + PORT_STACK_HEADROOM)
         try:
-            result = self._port.call(name, wire)
+            result = port.call(name, wire)
         except PortKVError as e:
             raise KVError(bounded(scrub(str(e)), 300)) from None
         except KVUnavailable:
@@ -132,16 +176,16 @@ class KV:
 
     # -- strings --
     def get(self, key: Any) -> Any:
-        return self._call("get", [key])
+        return self._key_call("get", key)
 
     def set(self, key: Any, value: Any, ttl: Any = None) -> Any:
         return self._call("set", [key, value, ttl])
 
     def delete(self, key: Any) -> Any:
-        return self._call("delete", [key])
+        return self._key_call("delete", key)
 
     def exists(self, key: Any) -> Any:
-        return self._call("exists", [key])
+        return self._key_call("exists", key)
 
     def incr(self, key: Any, by: Any = 1, ttl: Any = None) -> Any:
         return self._call("incr", [key, by, ttl])
@@ -150,7 +194,7 @@ class KV:
         return self._call("expire", [key, ttl])
 
     def ttl(self, key: Any) -> Any:
-        return self._call("ttl", [key])
+        return self._key_call("ttl", key)
 
     # -- sets --
     def sadd(self, key: Any, *members: Any) -> Any:
@@ -160,7 +204,7 @@ class KV:
         return self._call("srem", [key, _values(members)])
 
     def sismember(self, key: Any, member: Any) -> Any:
-        return self._call("sismember", [key, member])
+        return self._key_value_call("sismember", key, member)
 
     def smismember(self, key: Any, members: Any) -> Any:
         if type(members) is tuple:
@@ -175,14 +219,14 @@ class KV:
         return self._call("smismember", [key, members])
 
     def smembers(self, key: Any) -> Any:
-        return self._call("smembers", [key])
+        return self._key_call("smembers", key)
 
     def scard(self, key: Any) -> Any:
-        return self._call("scard", [key])
+        return self._key_call("scard", key)
 
     # -- hashes --
     def hget(self, key: Any, field: Any) -> Any:
-        return self._call("hget", [key, field])
+        return self._key_value_call("hget", key, field)
 
     def hset(self, key: Any, field_or_mapping: Any, value: Any = None) -> Any:
         if type(field_or_mapping) is dict:
@@ -197,7 +241,7 @@ class KV:
         return self._call("hdel", [key, _values(fields)])
 
     def hgetall(self, key: Any) -> Any:
-        return self._call("hgetall", [key])
+        return self._key_call("hgetall", key)
 
     def hincrby(self, key: Any, field: Any, by: Any = 1) -> Any:
         return self._call("hincrby", [key, field, by])
@@ -216,7 +260,7 @@ class KV:
         return self._call("ltrim", [key, start, stop])
 
     def llen(self, key: Any) -> Any:
-        return self._call("llen", [key])
+        return self._key_call("llen", key)
 
 
 def _hashable(x: Any) -> bool:

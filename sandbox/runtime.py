@@ -4,11 +4,37 @@
 (verdict allow / modify / deny, or error with a kind and a bounded message). Only
 process-level interruptions (``KeyboardInterrupt``, ``SystemExit`` from the worker's own
 signal handling) pass through.
+
+Per-process toolkit, per-call state
+-----------------------------------
+The guards, builtins and helpers are built ONCE per process, all bound to one
+``RunState``: ``CALL``. ``execute`` resets it at the start of every call (``begin``: the
+call's budgets and KV port, zeroed counters, a new log list, no stop, empty caches) and
+parks it at the end (``end``: no port, no caches, an idle stop that every guard raises).
+Each call still gets a fresh globals dict (a copy of ``_GLOBALS``).
+
+Why this cannot leak between calls:
+
+- the shared objects hold no per-call data: every counter, cache, log line and the port
+  live in ``CALL``, which ``begin`` overwrites field by field;
+- scripts cannot change the shared objects: the builtins dict is reachable only as the
+  frame's builtins (``__builtins__``, ``globals()`` and underscore attributes are refused
+  at upload; module-level assignments go to the fresh globals), functions and facades
+  refuse attribute writes (``_write_`` allows dict/list/set only), and facade state is in
+  underscore slots;
+- nothing a script makes survives the call: the result is copied into plain JSON data,
+  logs and error messages are strings, the globals dict is cleared;
+- even if something did survive, it would act on ``CALL`` as it is *then*: outside a call
+  that is the idle stop (unusable), inside a later call it is that call's own budgets.
+
+One call at a time per process: ``execute`` is not reentrant and refuses a second
+concurrent call (another thread, or a nested call) instead of sharing ``CALL``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -98,13 +124,20 @@ def _describe(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def build_globals(st: RunState, port: KVPort) -> dict[str, Any]:
-    """Fresh globals for one call. Nothing in here survives the call."""
+def build_toolkit(st: RunState) -> dict[str, Any]:
+    """The globals template: builtins, guard hooks and helpers, all bound to ``st``."""
     builtins = make_builtins(st)
     builtins.update(make_hooks(st, _ATTRS, _SUBSCRIPTABLE, PrintCollector))
-    g: dict[str, Any] = {"__builtins__": builtins, "__name__": "script", "kv": KV(st, port)}
+    g: dict[str, Any] = {"__builtins__": builtins, "__name__": "script", "kv": KV(st)}
     g.update(make_helpers(st))
     return g
+
+
+# The process's one per-call state, and the toolkit bound to it (see the module docstring).
+CALL = RunState(Budgets())
+CALL.end()
+_GLOBALS = build_toolkit(CALL)
+_BUSY = threading.Lock()  # held for the whole of a call
 
 
 def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
@@ -140,10 +173,14 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
 
 def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) -> RunResult:
     """Run ``handle(req)`` once. Never raises for anything the script does."""
-    st = RunState(budgets)
+    if not _BUSY.acquire(False):
+        # Nested or concurrent use would share CALL: refuse rather than mix two calls.
+        return RunResult.failed(POLICY, "sandbox error: another call is already running in this process")
+    st = CALL
     g: dict[str, Any] = {}
     try:
-        g = build_globals(st, kv)
+        st.begin(budgets, kv)
+        g = _GLOBALS.copy()
         req = copy_payload(payload)
         verdict, fields = _run(script, g, req, st)
         return RunResult(verdict=verdict, fields=fields, logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
@@ -153,7 +190,11 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         kind, message = _classify(exc, st)
         return RunResult.failed(kind, utf8_clean(message), logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
     finally:
-        g.clear()  # break function <-> globals cycles now, not in a later GC
+        try:
+            g.clear()  # break function <-> globals cycles now, not in a later GC
+        finally:
+            st.end()
+            _BUSY.release()
 
 
 def _run(script: CompiledScript, g: dict[str, Any], req: Any, st: RunState) -> tuple[str, dict[str, Any]]:

@@ -76,7 +76,8 @@ def _real_types(classinfo: Any, depth: int = 0) -> Any:
 
 
 def make_builtins(st: RunState) -> dict[str, Any]:
-    b = st.budgets
+    """The builtins table, bound to ``st``. Built once per process by ``sandbox.runtime``
+    (``st`` is reset for every call): read budgets from ``st`` when called, never here."""
 
     def str_(obj: Any = "", encoding: Any = _MISSING, errors: Any = "strict") -> str:
         if encoding is _MISSING:
@@ -147,12 +148,13 @@ def make_builtins(st: RunState) -> dict[str, Any]:
 
     def range_(*args: Any) -> range:
         r = range(*args)
+        max_items = st.max_items
         try:
             n = len(r)
         except OverflowError:
-            n = b.max_items + 1
-        if n > b.max_items:
-            st.exceeded("max_items", b.max_items, f"range of {n} items")
+            n = max_items + 1
+        if n > max_items:
+            st.exceeded("max_items", max_items, f"range of {n} items")
         return r
 
     def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,7 +192,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
     def round_(number: Any, ndigits: Any = None) -> Any:
         if type(number) in INTLIKE and type(ndigits) in INTLIKE and ndigits < 0:
             # round(x, -n) computes 10**n: beyond the int size limit the answer is 0.
-            if -ndigits > b.max_int_bits // 3 + 10:
+            if -ndigits > st.max_bits // 3 + 10:
                 return 0
         return round(number, ndigits)
 
