@@ -59,6 +59,13 @@ from sandbox.confine import LIFETIME_CPU_S
 log = logging.getLogger("scriptgate.sandbox")
 
 KVCall = Callable[[str, list], Awaitable[Any]]
+# A KVCall may also offer answers workers can keep (see sandbox/readcache.py), through:
+#   scope: str                  store + namespace the answers belong to
+#   ready() -> bool             apply pending invalidations now; False = keep nothing this call
+#   peek(op, args) -> (value, redis_key) | None   synchronous cache hit that the store will
+#                               invalidate through WorkerPool.invalidate(redis_key)
+_MAX_KEPT = 50_000  # Redis keys a worker may hold answers for (bounds the host's record)
+_INV_ALL = protocol.encode({"t": protocol.INV, "all": True})
 
 _STARTING, _IDLE, _BUSY, _DEAD = "starting", "idle", "busy", "dead"
 _VERDICTS = (ALLOW, MODIFY, DENY, ERROR)
@@ -170,6 +177,9 @@ class _Worker:
         self.death_cancelled = False
         self.confine: dict[str, Any] = {}
         self.info: dict[str, Any] = {}  # the whole ready message (tests read "pre")
+        # Kept KV answers (sandbox/readcache.py): their scope and the Redis keys they hang on.
+        self.scope: str | None = None
+        self.kept: set[str] = set()
         self._poll_handle: asyncio.TimerHandle | None = None
         if pidfd is not None:
             self.loop.add_reader(pidfd, self._reap)
@@ -548,6 +558,36 @@ class WorkerPool:
         self.recycle_skipped += 1
         return False
 
+    def busy(self) -> bool:
+        """A call is out to a worker (the host loop may poll briefly: sandbox/spin.py)."""
+        return any(w.state == _BUSY for w in self._workers)
+
+    # --- kept KV answers ------------------------------------------------------------------
+
+    def invalidate(self, key: str | None) -> None:
+        """The store saw ``key`` change (None: everything). Tell every worker keeping an
+        answer for it; the frame goes out before anything else sent to that worker."""
+        for worker in self._workers:
+            if not worker.kept or worker.state == _DEAD or worker.transport is None:
+                continue
+            if key is None:
+                worker.kept.clear()
+                worker.send(_INV_ALL)
+            elif key in worker.kept:
+                worker.kept.discard(key)
+                worker.send(protocol.encode({"t": protocol.INV, "k": [key]}))
+
+    def _keep_scope(self, worker: _Worker, kv: Any) -> str | None:
+        """The scope whose kept answers this call may use, or None (checked per call)."""
+        ready = getattr(kv, "ready", None)
+        if ready is None or not ready():  # ready() applies pending invalidations first
+            return None
+        scope = kv.scope
+        if worker.scope != scope:
+            worker.kept.clear()  # the worker empties its cache when it sees a new scope
+            worker.scope = scope
+        return scope
+
     # --- calls -------------------------------------------------------------------------
 
     async def run(
@@ -576,6 +616,9 @@ class WorkerPool:
         head: dict[str, Any] = {"t": protocol.RUN, "id": call_id, "sha": sha256, "b": self._wire(budgets)}
         if sha256 not in worker.known:
             head["src"] = source
+        scope = self._keep_scope(worker, kv)
+        if scope is not None:
+            head["cs"] = scope
         worker.calls += 1
         self.calls += 1
         kv_ops = 0
@@ -603,7 +646,8 @@ class WorkerPool:
                             )
                         worker.kv_task = asyncio.current_task()
                         try:
-                            reply = await self._kv_reply(msg, call_id, budgets, kv)
+                            reply = await self._kv_reply(msg, call_id, budgets, kv,
+                                                         worker if scope is not None else None)
                         finally:
                             worker.kv_task = None
                         fut = worker.expect()
@@ -637,7 +681,8 @@ class WorkerPool:
             worker.kill("call failed in the host")
             raise
         self._finish(worker, result)
-        result.kv_ops = kv_ops
+        # Answers a worker kept never reach us: take its count, capped by the budget.
+        result.kv_ops = max(kv_ops, min(result.kv_ops, budgets.kv_ops))
         result.elapsed_ms = round((loop.time() - start) * 1000, 3)
         return result
 
@@ -649,7 +694,8 @@ class WorkerPool:
             wire = self._budget_wire[budgets] = budgets.to_wire()
         return wire
 
-    async def _kv_reply(self, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall) -> bytes:
+    async def _kv_reply(self, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall,
+                        keeper: _Worker | None) -> bytes:
         def error(kind: str, text: str) -> bytes:
             return protocol.encode({"t": protocol.KVR, "id": call_id, "err": kind, "msg": bounded(text)})
 
@@ -658,6 +704,15 @@ class WorkerPool:
             op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
         except KVError as exc:
             return error(protocol.KV_ERR, str(exc))
+        if keeper is not None and len(keeper.kept) < _MAX_KEPT:
+            # Synchronous: no invalidation can run between the hit and recording the key.
+            hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
+            if hit is not None:
+                keeper.kept.add(hit[1])
+                try:
+                    return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": hit[1]})
+                except TypeError:
+                    keeper.kept.discard(hit[1])
         try:
             value = await kv(op.name, args)
         except KVError as exc:
@@ -699,7 +754,9 @@ class WorkerPool:
             error = ScriptError(err["kind"], bounded(err["message"]))
         if (verdict == ERROR) != (error is not None):
             raise bad
-        return RunResult(verdict=verdict, fields=fields, error=error, logs=logs)
+        ops = r.get("kv_ops")
+        return RunResult(verdict=verdict, fields=fields, error=error, logs=logs,
+                         kv_ops=ops if type(ops) is int and ops > 0 else 0)
 
     async def _death_result(self, worker: _Worker, budgets: Budgets, limit: float) -> RunResult:
         reason = worker.killed_reason

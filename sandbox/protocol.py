@@ -10,10 +10,13 @@ validated rides in the ``run`` frame as-is (so a 100 KB payload is never parsed 
 again on the host side). Every other message has an empty body.
 
 Host -> worker:
-    run     {"t","id","sha","b": budgets, "src"?: source}      body = payload JSON
-            ("src" is sent only when the host believes the worker lacks that sha)
+    run     {"t","id","sha","b": budgets, "src"?: source, "cs"?: scope}  body = payload JSON
+            ("src" is sent only when the host believes the worker lacks that sha; "cs" names
+            the store + namespace whose kept KV answers this call may use)
     check   {"t","id","src","cpu_s"}
-    kvr     {"t","id","ok": value} | {"t","id","err": "kv"|"unavailable","msg"}
+    kvr     {"t","id","ok": value, "c"?: redis key} | {"t","id","err": "kv"|"unavailable","msg"}
+            ("c": the worker may keep this answer until an "inv" names that key; see readcache)
+    inv     {"t","k": [redis keys]} | {"t","all": true}   drop kept answers (any time)
     probe   {"t","id","name"}            only honoured by workers started with --test-hooks
 Worker -> host:
     ready   {"t","pid","confine": report}
@@ -51,7 +54,7 @@ MAX_FROM_HOST = 64 * 1024 * 1024
 RECV_CHUNK = 65536
 
 # Message types
-RUN, CHECK, KVR, PROBE = "run", "check", "kvr", "probe"
+RUN, CHECK, KVR, PROBE, INV = "run", "check", "kvr", "probe", "inv"
 READY, FATAL, NEED, KV, DONE, CHECKED, PROBED = "ready", "fatal", "need", "kv", "done", "checked", "probed"
 
 # KV error classes carried in "kvr" frames

@@ -28,9 +28,10 @@ from typing import Any
 
 import orjson
 
-from sandbox import api, confine, protocol
+from sandbox import api, confine, kvops, protocol
 from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVError, KVUnavailable, RunResult
 from sandbox.policy import check_source
+from sandbox.readcache import MISS, ReadCache
 from sandbox.runtime import CompiledScript, PolicyRefused, compile_script, execute
 
 # Exit codes the host uses to classify a death it did not cause.
@@ -43,36 +44,64 @@ SCRIPT_CACHE_SIZE = 64  # compiled scripts kept per worker (host mirrors this)
 
 class IpcKV:
     """The ``KVPort`` of one call: every operation is a round trip to the host, which owns
-    the store connection and re-validates the operation. Closed when the call ends, so a
+    the store connection and re-validates the operation, unless ``reads`` holds an answer
+    the host allowed us to keep (see sandbox/readcache.py). Closed when the call ends, so a
     leaked reference (a finalizer that somehow survives) cannot act in a later call."""
 
-    __slots__ = ("_chan", "_id", "closed")
+    __slots__ = ("_chan", "_id", "_reads", "closed", "ops")
 
-    def __init__(self, chan: protocol.BlockingChannel, call_id: int) -> None:
+    def __init__(self, chan: protocol.BlockingChannel, call_id: int, reads: ReadCache | None) -> None:
         self._chan = chan
         self._id = call_id
+        self._reads = reads
         self.closed = False
+        self.ops = 0
 
     def call(self, op: str, args: list[Any]) -> Any:
         if self.closed:
             raise KVUnavailable("kv used after the call ended")
+        self.ops += 1
+        reads = self._reads
+        if reads is not None:
+            value = reads.lookup(op, args)
+            if value is not MISS:
+                return value
+            spec = kvops.OPS.get(op)
+            if spec is None or spec.writes:
+                reads.forget_key(args[0] if args else None)
         try:
             frame = protocol.encode({"t": protocol.KV, "id": self._id, "op": op, "args": args})
         except TypeError:
             raise KVError(f"kv.{op}: arguments are not plain data") from None
         self._chan.send_raw(frame)
-        msg = self._chan.recv()
-        if msg is None:
-            os._exit(0)  # host gone
-        reply = msg[0]
+        while True:
+            msg = self._chan.recv()
+            if msg is None:
+                os._exit(0)  # host gone
+            reply = msg[0]
+            if reply["t"] != protocol.INV:
+                break
+            apply_inv(reply, reads)
         if reply["t"] != protocol.KVR or reply.get("id") != self._id:
             os._exit(EXIT_PROTOCOL)
         if "ok" in reply:
-            return reply["ok"]
+            value = reply["ok"]
+            if reads is not None and "c" in reply:
+                reads.store(op, args, value, reply["c"])
+            return value
         text = str(reply.get("msg", ""))
         if reply.get("err") == protocol.KV_ERR:
             raise KVError(text)
         raise KVUnavailable(text)
+
+
+def apply_inv(head: dict[str, Any], reads: ReadCache | None) -> None:
+    if reads is None:
+        return
+    if head.get("all") is True:
+        reads.clear()
+    else:
+        reads.invalidate(head.get("k"))
 
 
 class _WarmKV:
@@ -229,6 +258,7 @@ class Worker:
         self.cache: OrderedDict[str, CompiledScript] = OrderedDict()
         self._budgets_raw: dict[str, Any] | None = None
         self._budgets = Budgets()
+        self.reads = ReadCache()
 
     def budgets(self, raw: Any) -> Budgets:
         # Budgets rarely change between calls: skip re-validation when they are the same.
@@ -247,6 +277,8 @@ class Worker:
             kind = head["t"]
             if kind == protocol.RUN:
                 self.run(head, body)
+            elif kind == protocol.INV:
+                apply_inv(head, self.reads)
             elif kind == protocol.CHECK:
                 self.check(head)
             elif kind == protocol.PROBE and self.test_hooks:
@@ -299,7 +331,12 @@ class Worker:
             self.cache.move_to_end(sha)
         if result is None:
             assert script is not None
-            kv = IpcKV(self.chan, call_id)
+            scope = head.get("cs")
+            reads: ReadCache | None = None
+            if type(scope) is str:
+                self.reads.enter(scope)
+                reads = self.reads
+            kv = IpcKV(self.chan, call_id, reads)
             try:
                 payload = orjson.loads(body)
                 result = execute(script, payload, kv, budgets)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,16 +56,45 @@ class AppState:
         return [w.to_json() for w in lint.warnings(cmd, source)] if cmd else []
 
 
+class NamespaceKV:
+    """The store's KV entry point bound to one namespace, as the sandbox pool calls it.
+
+    With the store's client-side cache on, it also lets workers keep answers (the
+    ``scope``/``ready``/``peek`` protocol in sandbox/pool.py); the scope names this store
+    object and the namespace, so answers never cross stores or namespaces."""
+
+    __slots__ = ("_ns", "_store", "scope")
+
+    def __init__(self, store: Any, namespace: str, store_tag: str) -> None:
+        self._store = store
+        self._ns = namespace
+        self.scope = f"{store_tag}:{namespace}"
+
+    async def __call__(self, op: str, args: list[Any]) -> Any:
+        return await self._store.kv_call(self._ns, op, args)
+
+    def ready(self) -> bool:
+        return self._store.kv_cache_ready()
+
+    def peek(self, op: str, args: list[Any]) -> tuple[Any, str] | None:
+        return self._store.kv_peek(self._ns, op, args)
+
+
 def kv_caller(store: Any) -> Any:
     """Bind the store's KV entry point to one namespace, once per namespace."""
     cache: dict[str, Any] = {}
+    keeps = getattr(store, "kv_keeps", False) is True
+    store_tag = secrets.token_hex(6)
 
     def for_namespace(namespace: str) -> Any:
         fn = cache.get(namespace)
         if fn is None:
+            if keeps:
+                fn = NamespaceKV(store, namespace, store_tag)
+            else:
 
-            async def fn(op: str, args: list[Any], _ns: str = namespace) -> Any:
-                return await store.kv_call(_ns, op, args)
+                async def fn(op: str, args: list[Any], _ns: str = namespace) -> Any:
+                    return await store.kv_call(_ns, op, args)
 
             cache[namespace] = fn
         return fn
@@ -81,8 +111,11 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
     if store is None:
         store = await open_store(config.redis, prefix=config.prefix)
     if pool is None:
-        pool = WorkerPool(size=config.sandbox_workers, memory_mb=config.defaults.budgets.memory_mb)
+        pool = WorkerPool(size=config.sandbox_workers, memory_mb=config.defaults.budgets.memory_mb,
+                          spin_us=config.sandbox_spin_us)
         await pool.start()
+    if getattr(store, "kv_keeps", False) is True and hasattr(pool, "invalidate"):
+        store.kv_listen(pool.invalidate)  # workers keep KV answers only while told of changes
     table = ScriptTable(store)
     dispatcher = Dispatcher(cat, config, table, pool, kv_caller(store))
 

@@ -59,6 +59,9 @@ class Config:
     prefix: str = "scriptgate"  # key prefix in Redis, one per deployment
     workers: int = 0  # HTTP processes sharing the port; 0 = one per core
     sandbox_workers: int = 4  # script worker processes per HTTP process
+    # Poll this long before sleeping while a worker call is out (host and workers): waking
+    # a halted vCPU costs more than the whole round trip (sandbox/spin.py). 0 = never.
+    sandbox_spin_us: int = 100
     scripts_dir: str | None = None
     record: bool = False  # --record: record every command
     path_prefix: str = ""  # secret path segment(s) callbacks must start with
@@ -145,7 +148,7 @@ def _resolve(cfg: Config, command: str) -> CommandSettings:
 
 
 _TOP_KEYS = {
-    "host", "port", "redis", "prefix", "workers", "sandbox_workers", "scripts_dir", "record",
+    "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands",
 }
@@ -205,6 +208,8 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         value = getattr(cfg, key)
         if type(value) is not int or value < (0 if key == "workers" else 1):
             raise ConfigError(f"{key} must be a positive integer")
+    if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
+        raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cfg.prefix):
         raise ConfigError("prefix must match [A-Za-z0-9_.-]{1,64}")
     if cfg.path_prefix:

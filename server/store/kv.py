@@ -116,6 +116,35 @@ class KVEngine:
         self.health.ok()
         return result
 
+    def peek_lasting(self, namespace: str, op_name: str, args: list[Any]) -> tuple[Any, str] | None:
+        """A cache hit that stays valid until the cache invalidates its key, with that key
+        (so a sandbox worker may keep the answer); None means "do an ordinary ``call``".
+        Synchronous on purpose: nothing can invalidate between the hit and the caller
+        recording the key."""
+        cache = self.cache
+        if cache is None or not self.cache_usable():
+            return None
+        try:
+            op, a = kvops.validate(op_name, args, self.key_bytes, self.value_bytes)
+            key = self._name(namespace, a[0])
+        except KVError:
+            return None  # the ordinary call reports it
+        if op.name == "smismember":
+            out = []
+            for m in a[1]:
+                v = cache.peek_lasting(key, ("m", m))
+                if v is MISS:
+                    return None
+                out.append(bool(v))
+            return out, key
+        fast = _FAST.get(op.name)
+        if fast is None:
+            return None
+        v = cache.peek_lasting(key, fast(a))
+        if v is MISS:
+            return None
+        return (bool(v) if op.name in _BOOLS else v), key
+
     @staticmethod
     def _refusal(op: str, key: str, exc: rex.ResponseError) -> str:
         text = reply_text(exc)

@@ -442,6 +442,24 @@ class Store:
         """One script KV operation (see sandbox/kvops.py); KVError / KVUnavailable on failure."""
         return await self.kv.call(namespace, op, args)
 
+    # Answers sandbox workers may keep (sandbox/readcache.py); only with the client-side cache.
+
+    @property
+    def kv_keeps(self) -> bool:
+        return self.cache is not None
+
+    def kv_cache_ready(self) -> bool:
+        """Apply pending invalidations; True when cached answers may be handed out now."""
+        return self.kv.cache_usable()
+
+    def kv_peek(self, namespace: str, op: str, args: list[Any]) -> tuple[Any, str] | None:
+        return self.kv.peek_lasting(namespace, op, args)
+
+    def kv_listen(self, listener: Any) -> None:
+        """``listener(key | None)`` on every invalidation / flush of the cache."""
+        if self.cache is not None:
+            self.cache.listeners.append(listener)
+
     @guarded
     async def kv_scan(self, namespace: str, prefix: str = "", limit: int = 100,
                       cursor: str | None = "0") -> tuple[list[dict[str, Any]], str]:

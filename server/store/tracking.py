@@ -57,6 +57,9 @@ class KVCache:
         self._epoch = 0  # +1 on every flush: in-flight reads from before it are not cached
         self._inflight: dict[str, list[int]] = {}  # key -> [reads in flight, invalidated?]
         self.hits = self.misses = self.invalidations = self.flushes = self.evictions = 0
+        # Called with the key on every invalidation and None on every flush (sandbox
+        # workers keep copies of answers: WorkerPool.invalidate). Must not raise.
+        self.listeners: list[Callable[[str | None], None]] = []
 
     def __len__(self) -> int:
         return self._size
@@ -82,6 +85,18 @@ class KVCache:
         if entries is None or sub not in entries:
             return _MISS
         return self.lookup(key, sub)
+
+    def peek_lasting(self, key: str, sub: Hashable) -> Any:
+        """A hit only for an entry without a TTL (it stays valid until invalidated);
+        a miss is not counted (the caller falls back to an ordinary read)."""
+        entries = self._keys.get(key)
+        if entries is None:
+            return _MISS
+        item = entries.get(sub)
+        if item is None or item[1]:
+            return _MISS
+        self.hits += 1
+        return item[0]
 
     def begin(self, key: str) -> int:
         rec = self._inflight.get(key)
@@ -126,12 +141,16 @@ class KVCache:
         rec = self._inflight.get(key)
         if rec is not None:
             rec[1] = 1
+        for listener in self.listeners:
+            listener(key)
 
     def flush(self) -> None:
         self.flushes += 1
         self._keys.clear()
         self._size = 0
         self._epoch += 1
+        for listener in self.listeners:
+            listener(None)
 
     def stats(self) -> dict[str, int]:
         return {"entries": self._size, "keys": len(self._keys), "max_entries": self.max_entries,
