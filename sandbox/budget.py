@@ -14,7 +14,6 @@ is remembered in ``RunState.dead`` and every later guard call raises it again, s
 
 from __future__ import annotations
 
-import functools
 import time
 from typing import Any, NoReturn
 
@@ -26,11 +25,18 @@ from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 CLOCK_EVERY = 64
 
 
-@functools.lru_cache(maxsize=8)
+_INT_LIMITS: dict[int, tuple[int, int]] = {}
+_monotonic_ns = time.monotonic_ns
+
+
 def _int_limits(bits: int) -> tuple[int, int]:
     # Immutable ints, cached: building a 100k-bit int costs more than a whole small call.
-    limit = 1 << bits
-    return limit, -limit
+    limits = _INT_LIMITS.get(bits)
+    if limits is None:
+        if len(_INT_LIMITS) >= 8:
+            _INT_LIMITS.clear()
+        limits = _INT_LIMITS[bits] = (1 << bits, -(1 << bits))
+    return limits
 
 
 def utf8_clean(text: str) -> str:
@@ -109,8 +115,8 @@ class RunState:
         """Start a call: every field is set here, nothing is carried over from before."""
         self.budgets = budgets
         self.port = port
-        self.started = started = time.monotonic()
-        self.deadline = started + budgets.wall_ms / 1000.0
+        self.started = started = _monotonic_ns()  # integer nanoseconds: no float rounding
+        self.deadline = started + budgets.wall_ms * 1_000_000
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
@@ -129,13 +135,11 @@ class RunState:
 
     def end(self) -> None:
         """Finish a call: drop every reference it made and refuse any further use."""
-        self.dead = _IDLE
+        self.dead = _IDLE  # every guard checks ``dead`` (directly or on its slow path)
         self.port = None
         self.logs = []
         self.fmt_cache = None
         self.re_cache = None
-        self.steps_left = -1
-        self.ticks_left = 0
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -164,7 +168,7 @@ class RunState:
         if self.dead is not None:
             self.reraise()
         self.ticks_left = CLOCK_EVERY
-        if time.monotonic() > self.deadline:
+        if _monotonic_ns() > self.deadline:
             self.exceeded("wall_ms", self.budgets.wall_ms)
 
     def tick(self) -> bool:
@@ -205,7 +209,11 @@ class RunState:
         if self.depth > self.budgets.recursion:
             self.depth -= 1
             self.exceeded("recursion", self.budgets.recursion, "script functions nested too deeply")
-        self.step()
+        # self.step(), inlined (one call less per script function call)
+        self.steps_left -= 1
+        self.ticks_left -= 1
+        if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
+            self._slow_step()
 
     def leave(self) -> None:
         self.depth -= 1
@@ -250,7 +258,7 @@ class RunState:
         self.logs.append(line)
 
     def elapsed_ms(self) -> float:
-        return round((time.monotonic() - self.started) * 1000.0, 3)
+        return (_monotonic_ns() - self.started) // 1000 / 1000  # whole microseconds
 
 
 # The stop an idle state (between two calls) answers with: nothing may run outside a call.

@@ -233,37 +233,42 @@ class InvalidNumber(InvalidResult):
 
 def to_plain(value: Any, st: RunState | None, what: str = "result") -> Any:
     """Copy ``value`` into exact JSON types (tuples become lists); raise InvalidResult otherwise."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return value
+    return _plain(value, st, what, 0)
 
-    def rec(v: Any, depth: int) -> Any:
-        t = type(v)
-        if t is str or t is bool or v is None:
-            return v
-        if t is int:
-            if not INT_MIN <= v <= UINT_MAX:
-                raise InvalidNumber(f"{what}: integer out of the 64-bit range")
-            return v
-        if t is float:
-            if not math.isfinite(v):
-                raise InvalidNumber(f"{what}: NaN and infinity are not JSON")
-            return v
-        if depth >= MAX_RESULT_DEPTH:
-            raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
-        if t is list or t is tuple:
-            if st is not None:
-                st.charge(len(v))
-            return [rec(item, depth + 1) for item in v]
-        if t is dict:
-            if st is not None:
-                st.charge(len(v))
-            out = {}
-            for k, item in v.items():
-                if type(k) is not str:
-                    raise InvalidResult(f"{what}: object keys must be strings, not {_type_name(k)}")
-                out[k] = rec(item, depth + 1)
-            return out
-        raise InvalidResult(f"{what}: {_type_name(v)} is not a JSON type")
 
-    return rec(value, 0)
+def _plain(v: Any, st: RunState | None, what: str, depth: int) -> Any:
+    t = type(v)
+    if t is str or t is bool or v is None:
+        return v
+    if t is int:
+        if not INT_MIN <= v <= UINT_MAX:
+            raise InvalidNumber(f"{what}: integer out of the 64-bit range")
+        return v
+    if t is float:
+        if not math.isfinite(v):
+            raise InvalidNumber(f"{what}: NaN and infinity are not JSON")
+        return v
+    if depth >= MAX_RESULT_DEPTH:
+        raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
+    depth += 1
+    if t is list or t is tuple:
+        if st is not None:
+            st.charge(len(v))
+        # Strings (the common item) are copied as they are, without a call.
+        return [item if type(item) is str else _plain(item, st, what, depth) for item in v]
+    if t is dict:
+        if st is not None:
+            st.charge(len(v))
+        out = {}
+        for k, item in v.items():
+            if type(k) is not str:
+                raise InvalidResult(f"{what}: object keys must be strings, not {_type_name(k)}")
+            out[k] = item if type(item) is str else _plain(item, st, what, depth)
+        return out
+    raise InvalidResult(f"{what}: {_type_name(v)} is not a JSON type")
 
 
 def encoded_size(plain: Any, what: str = "result") -> int:

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.budget import RunState
+from sandbox.budget import CLOCK_EVERY, RunState
 from sandbox.containers import (
     INTLIKE,
     LAZY,
@@ -105,7 +105,12 @@ def make_hooks(
     def getiter_(obj: Any) -> Any:
         t = type(obj)
         if t in SIZED:
-            st.charge(len(obj))
+            # st.charge(len(obj)), inlined: this runs for every for-loop and comprehension
+            n = len(obj)
+            st.steps_left -= n
+            st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
+            if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
+                st._slow_step()
             return obj
         if t in LAZY:
             st.alive()

@@ -96,6 +96,8 @@ assert {"sismember", "hget"} <= _KEY_VALUE_OPS
 assert all(kvops._LABELS[name]["value"] == label for name, label in _VALUE_LABEL.items())
 _check_key = kvops.check_key
 _check_value = kvops._scalar
+_getrecursionlimit = sys.getrecursionlimit
+_setrecursionlimit = sys.setrecursionlimit
 
 
 class KV:
@@ -123,16 +125,23 @@ class KV:
             raise KVError(str(e)) from None
         return self._send(st, name, wire)
 
+    # The fast paths below accept only what kvops.check_key / kvops._scalar return unchanged
+    # (an exact str, ASCII so bytes == characters and no surrogates, within the limit, and
+    # for keys non-empty and printable, which for ASCII means no control characters);
+    # anything else goes through those functions for the full check and their messages.
+
     def _key_call(self, name: str, key: Any) -> Any:
         # kvops.validate for an op whose only argument is a key, without its generic loop.
         st = self._st
         if st.dead is not None:
             st.reraise()
-        try:
-            wire = [_check_key(key, st.budgets.kv_key_bytes)]
-        except PortKVError as e:
-            raise KVError(str(e)) from None
-        return self._send(st, name, wire)
+        limit = st.budgets.kv_key_bytes
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+            try:
+                key = _check_key(key, limit)
+            except PortKVError as e:
+                raise KVError(str(e)) from None
+        return self._send(st, name, [key])
 
     def _key_value_call(self, name: str, key: Any, value: Any) -> Any:
         # kvops.validate for a (key, value) op: the key first, then the value, same labels.
@@ -140,11 +149,19 @@ class KV:
         if st.dead is not None:
             st.reraise()
         b = st.budgets
-        try:
-            wire = [_check_key(key, b.kv_key_bytes), _check_value(value, _VALUE_LABEL[name], b.kv_value_bytes)]
-        except PortKVError as e:
-            raise KVError(str(e)) from None
-        return self._send(st, name, wire)
+        limit = b.kv_key_bytes
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+            try:
+                key = _check_key(key, limit)
+            except PortKVError as e:
+                raise KVError(str(e)) from None
+        limit = b.kv_value_bytes
+        if not (type(value) is str and len(value) <= limit and value.isascii()):
+            try:
+                value = _check_value(value, _VALUE_LABEL[name], limit)
+            except PortKVError as e:
+                raise KVError(str(e)) from None
+        return self._send(st, name, [key, value])
 
     def _send(self, st: RunState, name: str, wire: list[Any]) -> Any:
         b = st.budgets
@@ -152,8 +169,8 @@ class KV:
             st.exceeded("kv_ops", b.kv_ops)
         st.kv_ops += 1
         port = st.port
-        limit = sys.getrecursionlimit()
-        sys.setrecursionlimit(limit + PORT_STACK_HEADROOM)
+        limit = _getrecursionlimit()
+        _setrecursionlimit(limit + PORT_STACK_HEADROOM)
         try:
             result = port.call(name, wire)
         except PortKVError as e:
@@ -165,7 +182,7 @@ class KV:
         except Exception as e:  # a broken port must not look like an answer
             st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
         finally:
-            sys.setrecursionlimit(limit)
+            _setrecursionlimit(limit)
         st.check_clock()
         check, convert = _RESULTS[name]
         if not check(result):
