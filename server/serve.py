@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,9 @@ log = logging.getLogger("scriptgate.serve")
 # Tornado must never drop an oversized request before our handler can answer 413 with a
 # JSON body; the real per-endpoint limits are enforced while streaming the body.
 TORNADO_MAX_BODY = 1 << 30
+# An HTTP process that cannot bind its listening socket exits with this code; the
+# supervisor then stops instead of restarting it in a loop (EX_CONFIG from sysexits.h).
+EXIT_CANNOT_LISTEN = 78
 
 
 def redact_url(url: str) -> str:
@@ -85,11 +90,117 @@ async def _load_scripts_with_retry(state: Any, directory: str) -> None:
             delay = min(delay * 2, 10.0)
 
 
-async def serve_process(cfg: Config, token: str, sockets: list[Any] | None, load_scripts: bool) -> None:
+def _cannot_listen(host: str, port: int, exc: OSError) -> str:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"scriptgate: cannot listen on {where}: address already in use (another program is listening there)"
+    return f"scriptgate: cannot listen on {where}: {exc.strerror or exc}"
+
+
+def listen_sockets(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """Tornado's listening sockets for host:port, or SystemExit with a one-line message."""
+    import tornado.netutil
+
+    try:
+        return tornado.netutil.bind_sockets(port, host, reuse_port=reuse_port)
+    except OSError as exc:
+        raise SystemExit(_cannot_listen(host, port, exc)) from None
+
+
+def reserve_port(host: str, port: int) -> list[socket.socket]:
+    """Bind (never listen on) host:port for the HTTP processes' SO_REUSEPORT sockets.
+
+    Each HTTP process binds and listens on its own socket with SO_REUSEPORT, so the kernel
+    spreads new connections over the processes (one shared socket lets whichever process
+    wakes first accept a burst of connections, and keep them: keep-alive). The supervisor
+    holds no listening socket, only these bound ones, for three reasons:
+
+    * the port is checked before any process starts: each socket is bound *without*
+      SO_REUSEPORT first, which fails (EADDRINUSE) if anything at all listens there, even a
+      process of ours with SO_REUSEPORT (e.g. a second ``scriptgate serve`` on the same
+      port). SO_REUSEPORT alone would let us silently share the port with such a process;
+    * ``--port 0`` becomes one concrete free port, which every process then binds;
+    * the port stays ours while HTTP processes restart, even if all of them are down.
+
+    SO_REUSEPORT is turned on after the bind, so the HTTP processes (same user) can join
+    the port. A bound socket that never listens gets no connections, and when no process
+    listens a client is refused as usual. Sockets are resolved like Tornado's
+    ``bind_sockets`` (same getaddrinfo flags, families and IPv6-only setting) so the
+    processes bind exactly these addresses.
+    """
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise SystemExit("scriptgate: --workers N > 1 needs SO_REUSEPORT, which this platform lacks")
+    address = host or None
+    family = socket.AF_UNSPEC if socket.has_ipv6 else socket.AF_INET
+    sockets: list[socket.socket] = []
+    try:
+        infos = socket.getaddrinfo(address, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except OSError as exc:
+        raise SystemExit(f"scriptgate: cannot listen on {host}:{port}: {exc}") from None
+    seen: set[Any] = set()
+    try:
+        for info in sorted(infos, key=lambda x: x[0]):
+            if info in seen:
+                continue
+            seen.add(info)
+            af, socktype, proto, _, sockaddr = info
+            try:
+                sock = socket.socket(af, socktype, proto)
+            except OSError as exc:
+                if exc.errno == errno.EAFNOSUPPORT:
+                    continue
+                raise
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if af == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if sockets and sockaddr[1] == 0:  # port 0: the same port on every address
+                sockaddr = (sockaddr[0], sockets[0].getsockname()[1], *sockaddr[2:])
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRNOTAVAIL and address == "localhost" and sockaddr[0] == "::1":
+                    continue  # IPv6 half-disabled (docker): Tornado skips it too
+                raise SystemExit(_cannot_listen(host, sockaddr[1], exc)) from None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sockets.append(sock)
+            _check_joinable(sock, host)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    if not sockets:
+        raise SystemExit(f"scriptgate: cannot listen on {host}:{port}: no usable address")
+    return sockets
+
+
+def _check_joinable(reserved: socket.socket, host: str) -> None:
+    """Fail now, not in every HTTP process, if a SO_REUSEPORT socket cannot bind next to
+    ``reserved`` (a kernel that only honours SO_REUSEPORT when set before bind)."""
+    probe = socket.socket(reserved.family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reserved.family == socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        probe.bind(reserved.getsockname())
+    except OSError as exc:
+        port = reserved.getsockname()[1]
+        raise SystemExit(_cannot_listen(host, port, exc) + " (SO_REUSEPORT after bind not supported?)") from None
+    finally:
+        probe.close()
+
+
+async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts: bool) -> None:
+    """One HTTP process. With ``reuse_port`` (several processes) it binds its own
+    SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it is
+    ready to serve, so the kernel only sends it connections it can answer at once."""
     import tornado.httpserver
 
     from server.app import build_state, make_app, start_background, stop
 
+    # One process binds before starting anything, to fail fast if the port is taken.
+    sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
     state = await build_state(cfg, token)
     app = make_app(state)
     server = tornado.httpserver.HTTPServer(
@@ -100,13 +211,19 @@ async def serve_process(cfg: Config, token: str, sockets: list[Any] | None, load
         body_timeout=30,
     )
     if sockets is None:
-        server.listen(cfg.port, cfg.host)
-    else:
-        server.add_sockets(sockets)
+        try:
+            sockets = listen_sockets(cfg.host, cfg.port, reuse_port=True)
+        except SystemExit as exc:
+            print(exc.code, file=sys.stderr, flush=True)
+            await stop(state)
+            raise SystemExit(EXIT_CANNOT_LISTEN) from None
+    server.add_sockets(sockets)
+    port = sockets[0].getsockname()[1]
     await start_background(state)
     where = redact_url(cfg.redis) if cfg.redis else "embedded (in-process, not persistent)"
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(
-        f"scriptgate: ready on http://{cfg.host}:{cfg.port} (pid {os.getpid()}, store: {where}, "
+        f"scriptgate: ready on http://{host}:{port} (pid {os.getpid()}, store: {where}, "
         f"{cfg.sandbox_workers} sandbox workers)",
         file=sys.stderr,
         flush=True,
@@ -209,6 +326,10 @@ def supervise(workers: int, child_main: Any) -> int:
         if task_id is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
+        if code == EXIT_CANNOT_LISTEN:  # it said why; restarting would not help
+            on_signal(signal.SIGTERM, None)
+            exit_code = 1
+            continue
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < 30] + [now]
         if len(restarts) > 5 * workers:
@@ -222,8 +343,6 @@ def supervise(workers: int, child_main: Any) -> int:
 
 
 def run(cfg: Config) -> int:
-    import tornado.netutil
-
     token, generated = resolve_token(cfg)
     if generated:
         print(
@@ -233,16 +352,25 @@ def run(cfg: Config) -> int:
         )
     workers = cfg.workers or os.cpu_count() or 1
     if workers == 1:
-        asyncio.run(serve_process(cfg, token, None, True))
+        asyncio.run(serve_process(cfg, token, False, True))
         return 0
-    # Several processes share the listening socket and one store.
+    # Several processes, each with its own SO_REUSEPORT socket on one port, and one store.
+    reserved = reserve_port(cfg.host, cfg.port)
+    cfg.port = reserved[0].getsockname()[1]  # port 0 becomes the port every process binds
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="scriptgate-metrics-"))
     stop_embedded = None
-    if cfg.redis is None:
-        cfg.redis, stop_embedded = start_embedded_process()
-    sockets = tornado.netutil.bind_sockets(cfg.port, cfg.host)
+
+    def child_main(task_id: int) -> None:
+        for sock in reserved:  # the supervisor's; the process binds its own
+            sock.close()
+        asyncio.run(serve_process(cfg, token, True, task_id == 0))
+
     try:
-        return supervise(workers, lambda task_id: asyncio.run(serve_process(cfg, token, sockets, task_id == 0)))
+        if cfg.redis is None:
+            cfg.redis, stop_embedded = start_embedded_process()
+        return supervise(workers, child_main)
     finally:
         if stop_embedded is not None:
             stop_embedded()
+        for sock in reserved:
+            sock.close()
