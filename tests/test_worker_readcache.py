@@ -232,11 +232,12 @@ def test_writes_by_another_client_reach_kept_answers(redis_standalone: Any, stor
     asyncio.run(scenario())
 
 
-def test_flush_drops_kept_answers(redis_standalone: Any, store_prefix: str) -> None:
-    raw = redis_standalone.client()
+def test_flush_drops_kept_answers(redis_factory: Any, store_prefix: str) -> None:
+    server = redis_factory()  # its own server: FLUSHDB must not touch other tests' data
+    raw = server.client()
 
     async def scenario() -> None:
-        store = await open_store(redis_standalone.url, prefix=store_prefix)
+        store = await open_store(server.url, prefix=store_prefix)
         try:
             assert store.tracker is not None and await store.tracker.wait_connected(5)
             async with WorkerPool(size=1) as pool:
