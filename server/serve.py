@@ -191,7 +191,17 @@ def _check_joinable(reserved: socket.socket, host: str) -> None:
         probe.close()
 
 
-async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts: bool) -> None:
+def run_process(cfg: Config, token: str, reuse_port: bool, load_scripts: bool) -> None:
+    """Run one HTTP process on an event loop whose selector polls briefly while a sandbox
+    call is out (``sandbox_spin_us``; see sandbox/spin.py)."""
+    from sandbox.spin import loop_factory
+
+    factory, selector = loop_factory(cfg.sandbox_spin_us)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve_process(cfg, token, reuse_port, load_scripts, selector))
+
+
+async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts: bool, selector: Any = None) -> None:
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it is
     ready to serve, so the kernel only sends it connections it can answer at once."""
@@ -202,6 +212,8 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
     state = await build_state(cfg, token)
+    if selector is not None and hasattr(state.pool, "busy"):
+        selector.busy = state.pool.busy
     app = make_app(state)
     server = tornado.httpserver.HTTPServer(
         app,
@@ -352,7 +364,7 @@ def run(cfg: Config) -> int:
         )
     workers = cfg.workers or os.cpu_count() or 1
     if workers == 1:
-        asyncio.run(serve_process(cfg, token, False, True))
+        run_process(cfg, token, False, True)
         return 0
     # Several processes, each with its own SO_REUSEPORT socket on one port, and one store.
     reserved = reserve_port(cfg.host, cfg.port)
@@ -363,7 +375,7 @@ def run(cfg: Config) -> int:
     def child_main(task_id: int) -> None:
         for sock in reserved:  # the supervisor's; the process binds its own
             sock.close()
-        asyncio.run(serve_process(cfg, token, True, task_id == 0))
+        run_process(cfg, token, True, task_id == 0)
 
     try:
         if cfg.redis is None:
