@@ -492,6 +492,8 @@ class Bench:
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         cmd = [*self.sg_launch, "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--sandbox-workers", str(self.args.sandbox_workers), "--prefix", prefix]
+        if self.args.sandbox_spin_us is not None:
+            cmd += ["--sandbox-spin-us", str(self.args.sandbox_spin_us)]
         if not embedded:
             cmd += ["--redis", self.redis_url]
         proc = self.launcher.start(name, cmd, env)
@@ -1029,6 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, help="alternated rounds per phase (default 4, quick 1)")
     p.add_argument("--soak", type=float, help="soak seconds (default 60, quick 10; 300 for the 5-minute check)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    p.add_argument("--sandbox-spin-us", type=int, default=None,
+                   help="ScriptGate --sandbox-spin-us (default: the server's own default)")
     p.add_argument("--sandbox-workers", type=int, default=4,
                    help="ScriptGate sandbox workers per HTTP process (default 4, the server's own default)")
     p.add_argument("--hw-json", choices=["orjson", "stdlib"], default="orjson", help="hand-written receiver's JSON")

@@ -154,11 +154,12 @@ class FrameDecoder:
 class BlockingChannel:
     """The worker's side: blocking reads and writes on one connected socket.
 
-    ``spin_us``: before blocking in recv, poll the socket (non-blocking) for up to this
-    long. On virtual machines a vCPU that goes idle halts, and waking it (an IPI and a
-    VM entry) costs tens of microseconds per message; the host usually answers a KV
-    request or sends the next call within that window, so a short spin keeps the round
-    trip hot. Bounded, so an idle worker still sleeps.
+    ``spin_us``: before blocking in ``recv(spin=True)``, poll the socket (non-blocking)
+    for up to this long. On virtual machines a vCPU that goes idle halts, and waking it
+    (an IPI and a VM entry) costs tens of microseconds per message; the host usually
+    answers a KV request within that window, so a short spin keeps the round trip hot.
+    Only KV waits spin: the next call's arrival is unpredictable, and spinning for it
+    burns CPU that other workers need under load.
     """
 
     def __init__(self, sock: Any, limit: int = MAX_FROM_HOST, spin_us: int = 0) -> None:
@@ -169,10 +170,10 @@ class BlockingChannel:
         self._limit = limit
         self._spin_ns = spin_us * 1000
 
-    def _recv_some(self) -> int:
+    def _recv_some(self, spin: bool) -> int:
         # recv_into a buffer kept for the worker's life: sock.recv(n) would allocate (and
         # for large n, mmap and munmap) n bytes on every call.
-        if self._spin_ns:
+        if spin and self._spin_ns:
             end = time.perf_counter_ns() + self._spin_ns
             recv_into = self._sock.recv_into
             while True:
@@ -183,18 +184,19 @@ class BlockingChannel:
                         break
         return self._sock.recv_into(self._rbuf)
 
-    def _fill(self, need: int) -> bool:
+    def _fill(self, need: int, spin: bool = False) -> bool:
         buf = self._buf
         while len(buf) < need:
-            n = self._recv_some()
+            n = self._recv_some(spin)
             if not n:
                 return False
             buf += self._rview[:n]
         return True
 
-    def recv(self) -> tuple[dict[str, Any], bytes] | None:
-        """Next message, or None on a clean EOF from the host."""
-        if not self._fill(HEADER_SIZE):
+    def recv(self, spin: bool = False) -> tuple[dict[str, Any], bytes] | None:
+        """Next message, or None on a clean EOF from the host. ``spin``: poll first (only
+        worth it when an answer is due within microseconds, e.g. a KV reply)."""
+        if not self._fill(HEADER_SIZE, spin):
             if self._buf:
                 raise ProtocolError("truncated frame")
             return None
@@ -202,7 +204,7 @@ class BlockingChannel:
         if hlen == 0 or hlen + blen > self._limit:
             raise ProtocolError("frame too large")
         end = HEADER_SIZE + hlen + blen
-        if not self._fill(end):
+        if not self._fill(end, spin):
             raise ProtocolError("truncated frame")
         buf = self._buf
         view = memoryview(buf)

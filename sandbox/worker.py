@@ -75,7 +75,7 @@ class IpcKV:
             raise KVError(f"kv.{op}: arguments are not plain data") from None
         self._chan.send_raw(frame)
         while True:
-            msg = self._chan.recv()
+            msg = self._chan.recv(spin=True)
             if msg is None:
                 os._exit(0)  # host gone
             reply = msg[0]

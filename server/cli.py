@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.serve import run
 
     cfg = config_mod.load(args.config, set(catalog().commands))
-    for name in ("host", "port", "redis", "workers", "sandbox_workers", "prefix", "path_prefix"):
+    for name in ("host", "port", "redis", "workers", "sandbox_workers", "sandbox_spin_us", "prefix", "path_prefix"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -46,6 +46,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redis", metavar="URL", help="redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// URL")
     p.add_argument("--workers", type=int, metavar="N", help="HTTP processes sharing the port (default: one per core)")
     p.add_argument("--sandbox-workers", type=int, metavar="N", help="script worker processes per HTTP process (default 4)")
+    p.add_argument("--sandbox-spin-us", type=int, metavar="US",
+                   help="poll this long before sleeping while a script call is out (default 100; 0 = never)")
     p.add_argument("--scripts", metavar="DIR", help="load DIR/<callbackCommand>.py at start (uploaded when changed)")
     p.add_argument("--record", action="store_true", help="record every callback (see the config file for sampling)")
     p.add_argument("--config", metavar="FILE", help="TOML config file")
