@@ -131,7 +131,7 @@ class RunState:
         self.max_str = budgets.max_str
         self.max_items = budgets.max_items
         self.max_bits = bits = budgets.max_int_bits
-        self.int_limit, self.neg_int_limit = _int_limits(bits)
+        self.int_limit, self.neg_int_limit = _INT_LIMITS.get(bits) or _int_limits(bits)
 
     def end(self) -> None:
         """Finish a call: drop every reference it made and refuse any further use."""

@@ -236,11 +236,41 @@ def to_plain(value: Any, st: RunState | None, what: str = "result") -> Any:
     t = type(value)
     if t is str or t is bool or value is None:
         return value
-    return _plain(value, st, what, 0)
+    return plain_copy(value, st, what, 0)
 
 
-def _plain(v: Any, st: RunState | None, what: str, depth: int) -> Any:
+_COPIED_AS_IS = frozenset({str, bool, type(None)})  # immutable and always valid JSON
+
+
+def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
+    """``to_plain`` below ``depth`` levels of nesting (``to_plain`` is ``depth`` 0)."""
+    # Containers first: callers copy str items themselves, so most calls are for those.
     t = type(v)
+    if t is list or t is tuple:
+        if depth >= MAX_RESULT_DEPTH:
+            raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
+        if st is not None:
+            st.charge(len(v))
+        if _COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
+            return list(v)
+        depth += 1
+        out_list = []
+        append = out_list.append
+        for item in v:
+            append(item if type(item) is str else plain_copy(item, st, what, depth))
+        return out_list
+    if t is dict:
+        if depth >= MAX_RESULT_DEPTH:
+            raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
+        if st is not None:
+            st.charge(len(v))
+        depth += 1
+        out = {}
+        for k, item in v.items():
+            if type(k) is not str:
+                raise InvalidResult(f"{what}: object keys must be strings, not {_type_name(k)}")
+            out[k] = item if type(item) is str else plain_copy(item, st, what, depth)
+        return out
     if t is str or t is bool or v is None:
         return v
     if t is int:
@@ -253,21 +283,6 @@ def _plain(v: Any, st: RunState | None, what: str, depth: int) -> Any:
         return v
     if depth >= MAX_RESULT_DEPTH:
         raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
-    depth += 1
-    if t is list or t is tuple:
-        if st is not None:
-            st.charge(len(v))
-        # Strings (the common item) are copied as they are, without a call.
-        return [item if type(item) is str else _plain(item, st, what, depth) for item in v]
-    if t is dict:
-        if st is not None:
-            st.charge(len(v))
-        out = {}
-        for k, item in v.items():
-            if type(k) is not str:
-                raise InvalidResult(f"{what}: object keys must be strings, not {_type_name(k)}")
-            out[k] = item if type(item) is str else _plain(item, st, what, depth)
-        return out
     raise InvalidResult(f"{what}: {_type_name(v)} is not a JSON type")
 
 

@@ -20,12 +20,13 @@ Failures:
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any
 
 from sandbox import kvops
 from sandbox.api import KVError as PortKVError
 from sandbox.api import KVUnavailable, bounded
-from sandbox.budget import BackendUnavailable, RunState, Stop
+from sandbox.budget import CLOCK_EVERY, BackendUnavailable, RunState, Stop
 from sandbox.convert import scrub
 
 # Python frames granted to the port on top of wherever the script's stack is, so a script
@@ -97,6 +98,8 @@ assert all(kvops._LABELS[name]["value"] == label for name, label in _VALUE_LABEL
 _check_key = kvops.check_key
 _check_value = kvops._scalar
 _getrecursionlimit = sys.getrecursionlimit
+_monotonic_ns = time.monotonic_ns
+_NO_VALUE: Any = object()
 _setrecursionlimit = sys.setrecursionlimit
 
 
@@ -115,56 +118,45 @@ class KV:
     __repr__ = script_repr
 
     def _call(self, name: str, args: list[Any]) -> Any:
+        return self._op(name, args, None, _NO_VALUE)
+
+    def _op(self, name: str, args: list[Any] | None, key: Any, value: Any) -> Any:
+        """One KV operation: check, count, call the port, check the answer.
+
+        ``args`` is the op's argument list for ``kvops.validate``; ``None`` means a
+        (key,) or (key, value) op (``value`` is ``_NO_VALUE`` for key-only ops), checked
+        here with the same per-argument functions, the key first. The fast checks accept
+        only what ``kvops.check_key`` / ``kvops._scalar`` return unchanged (an exact str,
+        ASCII so bytes == characters and no surrogates, within the limit; keys non-empty
+        and printable, which for ASCII means no control characters); anything else goes
+        through those functions for the full check and their messages.
+        """
         st = self._st
         if st.dead is not None:
             st.reraise()
         b = st.budgets
-        try:
-            _op, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
-        except PortKVError as e:
-            raise KVError(str(e)) from None
-        return self._send(st, name, wire)
-
-    # The fast paths below accept only what kvops.check_key / kvops._scalar return unchanged
-    # (an exact str, ASCII so bytes == characters and no surrogates, within the limit, and
-    # for keys non-empty and printable, which for ASCII means no control characters);
-    # anything else goes through those functions for the full check and their messages.
-
-    def _key_call(self, name: str, key: Any) -> Any:
-        # kvops.validate for an op whose only argument is a key, without its generic loop.
-        st = self._st
-        if st.dead is not None:
-            st.reraise()
-        limit = st.budgets.kv_key_bytes
-        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+        if args is not None:
             try:
-                key = _check_key(key, limit)
+                _op, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
             except PortKVError as e:
                 raise KVError(str(e)) from None
-        return self._send(st, name, [key])
-
-    def _key_value_call(self, name: str, key: Any, value: Any) -> Any:
-        # kvops.validate for a (key, value) op: the key first, then the value, same labels.
-        st = self._st
-        if st.dead is not None:
-            st.reraise()
-        b = st.budgets
-        limit = b.kv_key_bytes
-        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
-            try:
-                key = _check_key(key, limit)
-            except PortKVError as e:
-                raise KVError(str(e)) from None
-        limit = b.kv_value_bytes
-        if not (type(value) is str and len(value) <= limit and value.isascii()):
-            try:
-                value = _check_value(value, _VALUE_LABEL[name], limit)
-            except PortKVError as e:
-                raise KVError(str(e)) from None
-        return self._send(st, name, [key, value])
-
-    def _send(self, st: RunState, name: str, wire: list[Any]) -> Any:
-        b = st.budgets
+        else:
+            limit = b.kv_key_bytes
+            if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+                try:
+                    key = _check_key(key, limit)
+                except PortKVError as e:
+                    raise KVError(str(e)) from None
+            if value is _NO_VALUE:
+                wire = [key]
+            else:
+                limit = b.kv_value_bytes
+                if not (type(value) is str and len(value) <= limit and value.isascii()):
+                    try:
+                        value = _check_value(value, _VALUE_LABEL[name], limit)
+                    except PortKVError as e:
+                        raise KVError(str(e)) from None
+                wire = [key, value]
         if st.kv_ops >= b.kv_ops:
             st.exceeded("kv_ops", b.kv_ops)
         st.kv_ops += 1
@@ -183,7 +175,12 @@ class KV:
             st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
         finally:
             _setrecursionlimit(limit)
-        st.check_clock()
+        # st.check_clock(), inlined: the round trip may have taken a while
+        if st.dead is not None:
+            st.reraise()
+        st.ticks_left = CLOCK_EVERY
+        if _monotonic_ns() > st.deadline:
+            st.exceeded("wall_ms", b.wall_ms)
         check, convert = _RESULTS[name]
         if not check(result):
             st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
@@ -193,16 +190,16 @@ class KV:
 
     # -- strings --
     def get(self, key: Any) -> Any:
-        return self._key_call("get", key)
+        return self._op("get", None, key, _NO_VALUE)
 
     def set(self, key: Any, value: Any, ttl: Any = None) -> Any:
         return self._call("set", [key, value, ttl])
 
     def delete(self, key: Any) -> Any:
-        return self._key_call("delete", key)
+        return self._op("delete", None, key, _NO_VALUE)
 
     def exists(self, key: Any) -> Any:
-        return self._key_call("exists", key)
+        return self._op("exists", None, key, _NO_VALUE)
 
     def incr(self, key: Any, by: Any = 1, ttl: Any = None) -> Any:
         return self._call("incr", [key, by, ttl])
@@ -211,7 +208,7 @@ class KV:
         return self._call("expire", [key, ttl])
 
     def ttl(self, key: Any) -> Any:
-        return self._key_call("ttl", key)
+        return self._op("ttl", None, key, _NO_VALUE)
 
     # -- sets --
     def sadd(self, key: Any, *members: Any) -> Any:
@@ -221,7 +218,7 @@ class KV:
         return self._call("srem", [key, _values(members)])
 
     def sismember(self, key: Any, member: Any) -> Any:
-        return self._key_value_call("sismember", key, member)
+        return self._op("sismember", None, key, member)
 
     def smismember(self, key: Any, members: Any) -> Any:
         if type(members) is tuple:
@@ -236,14 +233,14 @@ class KV:
         return self._call("smismember", [key, members])
 
     def smembers(self, key: Any) -> Any:
-        return self._key_call("smembers", key)
+        return self._op("smembers", None, key, _NO_VALUE)
 
     def scard(self, key: Any) -> Any:
-        return self._key_call("scard", key)
+        return self._op("scard", None, key, _NO_VALUE)
 
     # -- hashes --
     def hget(self, key: Any, field: Any) -> Any:
-        return self._key_value_call("hget", key, field)
+        return self._op("hget", None, key, field)
 
     def hset(self, key: Any, field_or_mapping: Any, value: Any = None) -> Any:
         if type(field_or_mapping) is dict:
@@ -258,7 +255,7 @@ class KV:
         return self._call("hdel", [key, _values(fields)])
 
     def hgetall(self, key: Any) -> Any:
-        return self._key_call("hgetall", key)
+        return self._op("hgetall", None, key, _NO_VALUE)
 
     def hincrby(self, key: Any, field: Any, by: Any = 1) -> Any:
         return self._call("hincrby", [key, field, by])
@@ -277,7 +274,7 @@ class KV:
         return self._call("ltrim", [key, start, stop])
 
     def llen(self, key: Any) -> Any:
-        return self._key_call("llen", key)
+        return self._op("llen", None, key, _NO_VALUE)
 
 
 def _hashable(x: Any) -> bool:

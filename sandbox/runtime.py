@@ -39,6 +39,8 @@ import types
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from sandbox.api import (
     ALLOW,
     BUDGET,
@@ -59,8 +61,8 @@ from sandbox.convert import (
     copy_payload,
     encoded_size,
     exception_message,
+    plain_copy,
     scrub,
-    to_plain,
 )
 from sandbox.guards import SUBSCRIPTABLE, make_hooks
 from sandbox.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
@@ -138,6 +140,7 @@ CALL = RunState(Budgets())
 CALL.end()
 _GLOBALS = build_toolkit(CALL)
 _BUSY = threading.Lock()  # held for the whole of a call
+_loads, _dumps = orjson.loads, orjson.dumps
 
 
 def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
@@ -162,10 +165,13 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
         raise InvalidResult(
             f"handle() must return allow(...), deny(...), None or a dict, not {type(rv).__name__}"
         )
-    fields = to_plain(rv, st)
-    if not fields:
+    if not rv:
         return ALLOW, {}
-    size = encoded_size(fields)
+    fields = plain_copy(rv, st, "result", 0)
+    try:  # encoded_size(fields), inlined for the common case
+        size = len(_dumps(fields))
+    except (TypeError, ValueError):
+        size = encoded_size(fields)  # raises InvalidResult with its message
     if size > st.budgets.result_bytes:
         raise InvalidResult(f"result is {size} bytes of JSON (limit {st.budgets.result_bytes})")
     return MODIFY, fields
@@ -181,8 +187,21 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
     try:
         st.begin(budgets, kv)
         g = _GLOBALS.copy()
-        req = copy_payload(payload)
-        verdict, fields = _run(script, g, req, st)
+        try:  # copy_payload(payload), inlined: a fresh plain copy the script may mutate
+            req = _loads(_dumps(payload))
+        except (TypeError, ValueError):
+            req = copy_payload(payload)
+        # -- the script runs here --
+        exec(script.code, g)
+        handle = g.get("handle")
+        if type(handle) is not types.FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
+            st.refuse("'handle' must be the script's own function")
+        rv = handle(req)
+        if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
+            st.reraise()
+        verdict, fields = _verdict(rv, st)
+        if st.dead is not None:
+            st.reraise()
         # Positional (verdict, fields, error, logs, kv_ops, elapsed_ms): half the cost of keywords.
         return RunResult(verdict, fields, None, st.logs, st.kv_ops, st.elapsed_ms())
     except (KeyboardInterrupt, SystemExit):
@@ -196,20 +215,6 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         finally:
             st.end()
             _BUSY.release()
-
-
-def _run(script: CompiledScript, g: dict[str, Any], req: Any, st: RunState) -> tuple[str, dict[str, Any]]:
-    exec(script.code, g)
-    handle = g.get("handle")
-    if type(handle) is not types.FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
-        st.refuse("'handle' must be the script's own function")
-    rv = handle(req)
-    if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
-        st.reraise()
-    result = _verdict(rv, st)
-    if st.dead is not None:
-        st.reraise()
-    return result
 
 
 def _classify(exc: BaseException, st: RunState) -> tuple[str, str]:
