@@ -176,8 +176,9 @@ class RunState:
 
         Returns True so it can sit in a comprehension's ``if`` clause.
         """
-        self.ticks_left -= 1
-        if self.ticks_left <= 0 or self.dead is not None:
+        left = self.ticks_left - 1
+        self.ticks_left = left
+        if left <= 0 or self.dead is not None:
             self.check_clock()
         return True
 

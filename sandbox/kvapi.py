@@ -182,6 +182,8 @@ class KV:
         if _monotonic_ns() > st.deadline:
             st.exceeded("wall_ms", b.wall_ms)
         check, convert = _RESULTS[name]
+        if check is _is_bool and (result is True or result is False):
+            return result  # the common answer of sismember/exists/expire: already what bool() gives
         if not check(result):
             st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
         if type(result) is list or type(result) is dict:

@@ -199,9 +199,12 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         rv = handle(req)
         if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
             st.reraise()
-        verdict, fields = _verdict(rv, st)
-        if st.dead is not None:
-            st.reraise()
+        if rv is None:
+            verdict, fields = ALLOW, {}
+        else:
+            verdict, fields = _verdict(rv, st)
+            if st.dead is not None:
+                st.reraise()
         # Positional (verdict, fields, error, logs, kv_ops, elapsed_ms): half the cost of keywords.
         return RunResult(verdict, fields, None, st.logs, st.kv_ops, st.elapsed_ms())
     except (KeyboardInterrupt, SystemExit):
