@@ -22,6 +22,7 @@ from server.http_common import StreamedBody, client_allowed
 if TYPE_CHECKING:
     from server.app import AppState
     from server.catalog import Command
+    from server.dispatch import Outcome
 
 
 def command_from_path(path: str, prefix: str) -> str | None:
@@ -38,6 +39,16 @@ def command_from_path(path: str, prefix: str) -> str | None:
         if segment:
             return segment
     return ""
+
+
+def replied(state: AppState, cmd: Command, payload: dict[str, Any], operation_id: str, outcome: Outcome,
+            started: float) -> None:
+    """After a callback's reply is written (both HTTP paths): metrics, then the recording."""
+    elapsed = time.perf_counter() - started
+    state.metrics.observe(cmd.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
+    recorder = state.recorder
+    if recorder is not None:
+        recorder.submit(cmd, payload, operation_id, outcome, elapsed)
 
 
 @tornado.web.stream_request_body
@@ -112,13 +123,7 @@ class CallbackHandler(StreamedBody):
         outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload)
         self.set_header("Content-Type", "application/json")
         self.finish(reply.encode(outcome.reply))
-        elapsed = time.perf_counter() - started
-        self.state.metrics.observe(
-            self.cmd.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed
-        )
-        recorder = self.state.recorder
-        if recorder is not None:
-            recorder.submit(self.cmd, payload, self.request.headers.get("operationID", ""), outcome, elapsed)
+        replied(self.state, self.cmd, payload, self.request.headers.get("operationID", ""), outcome, started)
 
     # Any other method on a callback path: answered in prepare() (405), never HTML.
     get = put = delete = patch = head = options = post  # type: ignore[assignment]

@@ -208,6 +208,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
     import tornado.httpserver
 
     from server.app import build_state, make_app, start_background, stop
+    from server.http_fast import FastCallbacks
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
@@ -216,7 +217,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
         selector.busy = state.pool.busy
     app = make_app(state)
     server = tornado.httpserver.HTTPServer(
-        app,
+        FastCallbacks(app, state),  # well-formed callbacks without RequestHandler; the rest: app
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,
         idle_connection_timeout=75,

@@ -1,0 +1,430 @@
+"""The callback fast path (server/http_fast.py) answers byte for byte like the Tornado
+application it stands in front of.
+
+Every test runs two in-process servers on free ports, one with the fast path and one
+without (the application alone), each with its own state and a fake sandbox pool, sends
+them the same raw HTTP bytes and compares the raw responses (only ``Date`` is dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+import tornado.httpserver
+import tornado.netutil
+
+from sandbox.api import ALLOW, DENY, MODIFY, RunResult
+from server.app import build_state, make_app
+from server.config import Config
+from server.http_fast import FastCallbacks, _Request
+from server.serve import TORNADO_MAX_BODY
+from server.store.base import ActiveScript
+
+CMD = "callbackBeforeInviteJoinGroupCommand"
+ECHO = "callbackBeforeSetGroupInfoCommand"  # echoes groupID & co. into continue replies
+NO_SCRIPT = "callbackBeforeAddFriendCommand"
+GO_HEADERS = (
+    b"Host: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\nContent-Type: application/json; charset=utf-8\r\n"
+    b"Operationid: op-7\r\nAccept-Encoding: gzip\r\n"
+)
+MAX_BODY = 2000
+
+
+class FakePool:
+    """Answers by the live script's "source": allow, modify, deny; ``gate`` holds calls."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+        self.entered = asyncio.Event()
+
+    async def run(self, *, source: str, payload_json: bytes, **_: Any) -> RunResult:
+        self.calls += 1
+        self.entered.set()
+        if self.gate is not None:
+            await self.gate.wait()
+        if source == "modify":
+            return RunResult(MODIFY, {"invitedUserIDs": ["u1"]})
+        if source == "deny":
+            return RunResult(DENY, {"errCode": 5001, "errMsg": "invitation refused", "errDlt": "blocked: u2"})
+        return RunResult(ALLOW)
+
+    async def close(self) -> None:
+        pass
+
+
+class StubStore:
+    healthy = True
+
+    async def close(self) -> None:
+        pass
+
+
+@dataclass
+class Server:
+    port: int
+    state: Any
+    pool: FakePool
+    http: tornado.httpserver.HTTPServer
+    delegate: FastCallbacks
+    app_requests: int = 0  # requests (or replays) the application saw
+
+
+async def start(cfg: Config, fast: bool, source: str = "allow") -> Server:
+    pool = FakePool()
+    state = await build_state(cfg, "token", store=StubStore(), pool=pool)
+    state.table._scripts = {
+        CMD: ActiveScript(CMD, 1, "sha", source),
+        ECHO: ActiveScript(ECHO, 1, "sha", "allow"),
+    }
+    state.table.loaded = True
+    app = make_app(state)
+    delegate = FastCallbacks(app, state, enabled=fast)
+    http = tornado.httpserver.HTTPServer(
+        delegate, xheaders=cfg.trust_proxy, max_body_size=TORNADO_MAX_BODY, idle_connection_timeout=75,
+        body_timeout=30,
+    )
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    http.add_sockets(sockets)
+    server = Server(sockets[0].getsockname()[1], state, pool, http, delegate)
+    original = app.start_request
+
+    def counted(server_conn: Any, request_conn: Any) -> Any:
+        server.app_requests += 1
+        return original(server_conn, request_conn)
+
+    app.start_request = counted  # type: ignore[method-assign]
+    return server
+
+
+async def stop(*servers: Server) -> None:
+    for s in servers:
+        s.http.stop()
+        await s.http.close_all_connections()
+
+
+def config(**kw: Any) -> Config:
+    cfg = Config(max_body_bytes=MAX_BODY, **kw)
+    if cfg.path_prefix:
+        cfg.path_prefix = "/" + cfg.path_prefix.strip("/")
+    return cfg
+
+
+def run(cfg: Config, body: Callable[[Server, Server], Awaitable[None]], source: str = "allow") -> None:
+    async def main() -> None:
+        fast = await start(cfg, True, source)
+        slow = await start(cfg, False, source)
+        try:
+            await body(fast, slow)
+        finally:
+            await stop(fast, slow)
+
+    asyncio.run(main())
+
+
+# -- raw HTTP ------------------------------------------------------------------------------
+
+
+async def read_response(reader: asyncio.StreamReader) -> bytes:
+    """One response as raw bytes, with the Date header line removed."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = 0
+    chunked = False
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+        if name.lower() == b"transfer-encoding" and value.strip() == b"chunked":
+            chunked = True
+    body = b""
+    if chunked:  # not expected from these servers
+        raise AssertionError("chunked response")
+    if length:
+        body = await reader.readexactly(length)
+    kept = [line for line in lines if not line.lower().startswith(b"date:")]
+    return b"\r\n".join(kept) + body
+
+
+async def exchange(port: int, data: bytes, responses: int = 1) -> list[bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return [await read_response(reader) for _ in range(responses)]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def post(path: str, body: bytes, extra: bytes = b"", version: bytes = b"HTTP/1.1") -> bytes:
+    return (b"POST " + path.encode() + b" " + version + b"\r\n" + GO_HEADERS + extra
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def go_body(obj: Any) -> bytes:
+    return orjson.dumps(obj) + b"\n"
+
+
+INVITE = go_body({"callbackCommand": CMD, "operationID": "op-7", "groupID": "g1", "reason": "hi",
+                  "invitedUserIDs": ["u1", "u2"]})
+
+
+async def same(fast: Server, slow: Server, data: bytes, responses: int = 1) -> list[bytes]:
+    got = await exchange(fast.port, data, responses)
+    want = await exchange(slow.port, data, responses)
+    assert got == want
+    return got
+
+
+def counter(server: Server, name: str, **labels: str) -> float:
+    return server.state.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# -- happy path ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source, expect", [
+    ("allow", b'{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}'),
+    ("modify", b'"invitedUserIDs":["u1"]}'),
+    ("deny", b'"errCode":5001,"errMsg":"invitation refused","errDlt":"blocked: u2","nextCode":1}'),
+])
+def test_replies_are_byte_identical(source: str, expect: bytes) -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        [got] = await same(fast, slow, post(f"/callbackExample/{CMD}?x=1", INVITE))
+        assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\nContent-Type: application/json\r\n" in got
+        assert got.endswith(expect)
+        assert fast.app_requests == 0  # answered by the fast path
+        assert fast.pool.calls == slow.pool.calls == 1
+        verdict = {"allow": "allow", "modify": "modify", "deny": "deny"}[source]
+        for s in (fast, slow):
+            assert counter(s, "scriptgate_callbacks_total", command=CMD) == 1
+            assert counter(s, "scriptgate_verdicts_total", command=CMD, verdict=verdict) == 1
+            assert counter(s, "scriptgate_callback_duration_seconds_count", command=CMD) == 1
+
+    run(config(), body, source)
+
+
+def test_echo_and_no_script_and_protocol_variants() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        echo = go_body({"callbackCommand": ECHO, "groupID": "g9", "groupName": "n", "introduction": "i"})
+        [got] = await same(fast, slow, post(f"/{ECHO}", echo))
+        assert b'"groupID":"g9"' in got
+        await same(fast, slow, post(f"/cb/{NO_SCRIPT}", go_body({"fromUserID": "a"})))
+        # Connection: close, Expect: 100-continue, HTTP/1.0 keep-alive (the application's)
+        [got] = await same(fast, slow, post(f"/{CMD}", INVITE, b"Connection: close\r\n"))
+        assert b"\r\nConnection: close\r\n" in got
+        cont, got = await same(fast, slow, post(f"/{CMD}", INVITE, b"Expect: 100-continue\r\n"), 2)
+        assert cont.startswith(b"HTTP/1.1 100 ") and got.startswith(b"HTTP/1.1 200 ")
+        [got] = await same(fast, slow, post(f"/{CMD}", INVITE, b"Connection: keep-alive\r\n", b"HTTP/1.0"))
+        assert fast.app_requests == 1  # only the HTTP/1.0 request
+        assert fast.pool.calls == slow.pool.calls == 4
+
+    run(config(), body)
+
+
+def test_recordings_match() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        await same(fast, slow, post(f"/{CMD}", INVITE))
+        records = []
+        for s in (fast, slow):
+            assert s.state.recorder.queue.qsize() == 1
+            _, record = s.state.recorder.queue.get_nowait()
+            record.pop("ts"), record.pop("elapsed_ms")
+            records.append(record)
+        assert records[0] == records[1]
+        assert records[0]["operationID"] == "op-7" and records[0]["verdict"] == "modify"
+
+    run(config(record=True), body, "modify")
+
+
+# -- errors: the application answers them ------------------------------------------------
+
+
+ERRORS = [
+    ("invalid_json", post(f"/{CMD}", b'{"groupID": ')),
+    ("invalid_json", post(f"/{CMD}", b"")),
+    ("invalid_utf8", post(f"/{CMD}", b'{"groupID": "\xff\xfe"}')),
+    ("invalid_body", post(f"/{CMD}", b"[1, 2]")),
+    ("invalid_field", post(f"/{CMD}", b'{"invitedUserIDs": 5}')),
+    ("unknown_command", post("/callbackNope", b"{}")),
+    ("unknown_command", post("/", b"{}")),
+    ("not_found", post("/admin/callbackBeforeInviteJoinGroupCommand", b"{}")),
+    ("method_not_allowed", b"GET /" + CMD.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ("payload_too_large", post(f"/{CMD}", b"{" + b" " * MAX_BODY + b"}")),
+    ("payload_too_large", b"POST /" + CMD.encode() + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     + b"%x\r\n" % (MAX_BODY + 10) + b"{" + b" " * (MAX_BODY + 8) + b"}\r\n0\r\n\r\n"),
+]
+
+
+@pytest.mark.parametrize("code, request_bytes", ERRORS, ids=[f"{i}-{e[0]}" for i, e in enumerate(ERRORS)])
+def test_errors_are_byte_identical(code: str, request_bytes: bytes) -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        [got] = await same(fast, slow, request_bytes)
+        admin = b"/admin/" in request_bytes.split(b"\r\n", 1)[0]
+        if admin:  # the admin API's JSON error
+            assert b'{"error":"' + code.encode() + b'"' in got
+        else:
+            assert b'"code":"' + code.encode() + b'"' in got
+        assert fast.pool.calls == slow.pool.calls == 0
+        assert fast.app_requests == 1
+        for s in (fast, slow):
+            assert counter(s, "scriptgate_bad_requests_total", reason=code) == (0 if admin else 1)
+
+    run(config(), body)
+
+
+def test_forbidden_client_and_forwarded_address() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        [got] = await same(fast, slow, post(f"/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 403 ")
+        assert fast.app_requests == 1
+        forwarded = b"X-Forwarded-For: 10.1.2.3\r\n"
+        [got] = await same(fast, slow, post(f"/{CMD}", INVITE, forwarded))
+        assert got.startswith(b"HTTP/1.1 200 ") and fast.app_requests == 1
+        # A replayed request still comes from the forwarded address: 400, not 403.
+        [got] = await same(fast, slow, post(f"/{CMD}", b"[]", forwarded))
+        assert b'"code":"invalid_body"' in got and fast.app_requests == 2
+
+    run(config(allow_cidrs=("10.0.0.0/8",), trust_proxy=True), body)
+
+
+def test_secret_path_prefix() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        [got] = await same(fast, slow, post(f"/hook-nope/{CMD}", INVITE))
+        assert b'"code":"not_found"' in got and fast.app_requests == 1
+        [got] = await same(fast, slow, post(f"/hook-7f3a9c{CMD}", INVITE))
+        assert b'"code":"not_found"' in got and fast.app_requests == 2
+        [got] = await same(fast, slow, post(f"/hook-7f3a9c/base/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 200 ") and fast.app_requests == 2
+
+    run(config(path_prefix="hook-7f3a9c"), body)
+
+
+def test_admin_paths_are_left_to_the_application() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        request = post("/metrics", b"{}")
+        got = await exchange(fast.port, request)
+        assert fast.app_requests == 1
+        assert got[0].startswith(b"HTTP/1.1 401 ") or got[0].startswith(b"HTTP/1.1 405 ")
+
+    run(config(), body)
+
+
+def test_pipelined_keep_alive() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        requests = [
+            post(f"/{CMD}", INVITE),
+            post(f"/{CMD}", b"not json"),
+            post(f"/{ECHO}", go_body({"groupID": "g2"})),
+            post(f"/{CMD}", INVITE, b"Expect: 100-continue\r\n"),
+            post(f"/{CMD}", INVITE),
+            # Answered before its (empty) body is read: the application closes the connection.
+            b"GET /" + CMD.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+        ]
+        got = await same(fast, slow, b"".join(requests), 7)
+        assert [r.split(b" ", 2)[1] for r in got] == [b"200", b"400", b"200", b"100", b"200", b"200", b"405"]
+        assert b"\r\nConnection: close\r\n" not in got[-2]
+        assert fast.app_requests == 2
+        assert fast.pool.calls == slow.pool.calls == 4
+
+    run(config(), body)
+
+
+# -- failures ------------------------------------------------------------------------------
+
+
+def test_dispatch_exception_is_a_json_500(caplog: pytest.LogCaptureFixture) -> None:
+    async def boom(*_: Any) -> Any:
+        raise RuntimeError("dispatch broke")
+
+    async def body(fast: Server, slow: Server) -> None:
+        for s in (fast, slow):
+            s.state.dispatcher.dispatch = boom
+        [got] = await same(fast, slow, post(f"/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+        assert got.endswith(b'{"error":"internal_error","message":"internal error (see the server log)"}')
+        assert b"Traceback" not in got and b"dispatch broke" not in got
+        assert fast.app_requests == 0
+        # The connection stays usable.
+        await same(fast, slow, post(f"/{CMD}", b"[]"))
+
+    with caplog.at_level(logging.ERROR):
+        run(config(), body)
+    fast_logs = [r for r in caplog.records if r.name == "scriptgate.http" and "unhandled error" in r.getMessage()]
+    assert fast_logs and all(r.exc_info for r in fast_logs)
+    assert any(r.name == "scriptgate.access" and r.getMessage().startswith("500 ") for r in caplog.records)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch, name: str) -> asyncio.Event:
+    event = asyncio.Event()
+    original = getattr(_Request, name)
+
+    def spied(self: _Request, *args: Any) -> Any:
+        result = original(self, *args)
+        event.set()
+        return result
+
+    monkeypatch.setattr(_Request, name, spied)
+    return event
+
+
+def test_client_leaves_mid_body(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        closed = _spy(monkeypatch, "on_connection_close")
+        _reader, writer = await asyncio.open_connection("127.0.0.1", fast.port)
+        writer.write(post(f"/{CMD}", INVITE)[:-10])
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await closed.wait()
+        assert fast.pool.calls == 0 and fast.app_requests == 0
+        [got] = await exchange(fast.port, post(f"/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 200 ")
+
+    with caplog.at_level(logging.WARNING):
+        run(config(), body)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_client_leaves_during_dispatch(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        gone = _spy(monkeypatch, "_on_close")
+        fast.pool.gate = asyncio.Event()
+        _reader, writer = await asyncio.open_connection("127.0.0.1", fast.port)
+        writer.write(post(f"/{CMD}", INVITE))
+        await writer.drain()
+        await fast.pool.entered.wait()
+        writer.close()
+        await writer.wait_closed()
+        await gone.wait()
+        fast.pool.gate.set()
+        await asyncio.gather(*fast.delegate.tasks)
+        # Counted like the application counts it: the callback ran, the reply was lost.
+        assert counter(fast, "scriptgate_callbacks_total", command=CMD) == 1
+        fast.pool.gate = None
+        [got] = await exchange(fast.port, post(f"/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 200 ")
+
+    with caplog.at_level(logging.WARNING):
+        run(config(), body)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+def test_fast_path_off_when_the_application_needs_its_own_checks() -> None:
+    async def main() -> None:
+        pool = FakePool()
+        state = await build_state(config(), "token", store=StubStore(), pool=pool)
+        app = make_app(state)
+        assert FastCallbacks(app, state).enabled
+        app.settings["xsrf_cookies"] = True
+        assert not FastCallbacks(app, state).enabled
+
+    asyncio.run(main())
