@@ -135,7 +135,7 @@ class RunState:
 
     def end(self) -> None:
         """Finish a call: drop every reference it made and refuse any further use."""
-        self.dead = _IDLE  # every guard checks ``dead`` (directly or on its slow path)
+        self.dead = IDLE  # every guard checks ``dead`` (directly or on its slow path)
         self.port = None
         self.logs = []
         self.fmt_cache = None
@@ -263,4 +263,5 @@ class RunState:
 
 
 # The stop an idle state (between two calls) answers with: nothing may run outside a call.
-_IDLE = PolicyViolation("sandbox error: no call in progress")
+# ``dead is IDLE`` also tells ``sandbox.runtime`` that no call is in progress.
+IDLE = PolicyViolation("sandbox error: no call in progress")

@@ -7,8 +7,8 @@ signal handling) pass through.
 
 Per-process toolkit, per-call state
 -----------------------------------
-The guards, builtins and helpers are built ONCE per process, all bound to one
-``RunState``: ``CALL``. ``execute`` resets it at the start of every call (``begin``: the
+The guards, builtins and helpers are built ONCE per process (per thread, see below), all
+bound to one ``RunState``: ``CALL``. ``execute`` resets it at the start of every call (``begin``: the
 call's budgets and KV port, zeroed counters, a new log list, no stop, empty caches) and
 parks it at the end (``end``: no port, no caches, an idle stop that every guard raises).
 Each call still gets a fresh globals dict (a copy of ``_GLOBALS``).
@@ -27,8 +27,11 @@ Why this cannot leak between calls:
 - even if something did survive, it would act on ``CALL`` as it is *then*: outside a call
   that is the idle stop (unusable), inside a later call it is that call's own budgets.
 
-One call at a time per process: ``execute`` is not reentrant and refuses a second
-concurrent call (another thread, or a nested call) instead of sharing ``CALL``.
+One call at a time per toolkit: ``execute`` is not reentrant and refuses a nested call
+(``CALL`` is not idle) instead of sharing ``CALL``. Each thread gets its own toolkit and
+``CALL`` (built on its first call; the importing thread's are ``CALL`` and ``_GLOBALS``),
+so threads never share per-call state. No lock: nothing can be left held if a signal
+interrupts a call at a bad moment.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
-from sandbox.budget import RunState, Stop, utf8_clean
+from sandbox.budget import IDLE, RunState, Stop, utf8_clean
 from sandbox.convert import (
     InvalidResult,
     copy_payload,
@@ -135,11 +138,17 @@ def build_toolkit(st: RunState) -> dict[str, Any]:
     return g
 
 
-# The process's one per-call state, and the toolkit bound to it (see the module docstring).
-CALL = RunState(Budgets())
-CALL.end()
-_GLOBALS = build_toolkit(CALL)
-_BUSY = threading.Lock()  # held for the whole of a call
+def _new_toolkit() -> tuple[RunState, dict[str, Any]]:
+    st = RunState(Budgets())
+    st.end()  # idle until a call begins
+    toolkit = (st, build_toolkit(st))
+    _PER_THREAD.toolkit = toolkit
+    return toolkit
+
+
+# The per-call state and the toolkit bound to it (see the module docstring), per thread.
+_PER_THREAD = threading.local()
+CALL, _GLOBALS = _new_toolkit()
 _loads, _dumps = orjson.loads, orjson.dumps
 
 
@@ -179,14 +188,17 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
 
 def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) -> RunResult:
     """Run ``handle(req)`` once. Never raises for anything the script does."""
-    if not _BUSY.acquire(False):
-        # Nested or concurrent use would share CALL: refuse rather than mix two calls.
-        return RunResult.failed(POLICY, "sandbox error: another call is already running in this process")
-    st = CALL
+    try:
+        st, template = _PER_THREAD.toolkit
+    except AttributeError:
+        st, template = _new_toolkit()
+    if st.dead is not IDLE:
+        # A nested call would share this thread's state: refuse rather than mix two calls.
+        return RunResult.failed(POLICY, "sandbox error: another call is already running in this thread")
     g: dict[str, Any] = {}
     try:
         st.begin(budgets, kv)
-        g = _GLOBALS.copy()
+        g = template.copy()
         try:  # copy_payload(payload), inlined: a fresh plain copy the script may mutate
             req = _loads(_dumps(payload))
         except (TypeError, ValueError):
@@ -217,7 +229,6 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
             g.clear()  # break function <-> globals cycles now, not in a later GC
         finally:
             st.end()
-            _BUSY.release()
 
 
 def _classify(exc: BaseException, st: RunState) -> tuple[str, str]:

@@ -222,12 +222,12 @@ def test_nested_execute_is_refused_and_the_outer_call_is_unharmed() -> None:
                 Budgets())
     assert r.error is None and r.fields == {"v": "v"} and r.logs == ["outer"] and r.kv_ops == 2
     assert [x.error.message for x in inner_results] == [
-        "sandbox error: another call is already running in this process"
+        "sandbox error: another call is already running in this thread"
     ] * 2
     _assert_idle()
 
 
-def test_concurrent_execute_from_another_thread_is_refused() -> None:
+def test_threads_have_their_own_state_and_toolkit() -> None:
     entered, release = threading.Event(), threading.Event()
 
     class BlockingKV(DictKV):
@@ -237,17 +237,29 @@ def test_concurrent_execute_from_another_thread_is_refused() -> None:
             return super().call(op, args)
 
     out: list[Any] = []
-    t = threading.Thread(
-        target=lambda: out.append(execute(compile_script(H("return {'v': kv.get('k')}")), {}, BlockingKV({"k": "1"}),
-                                          Budgets(wall_ms=10_000)))
-    )
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        src = H("log('t')\nv = kv.get('k')\nn = 0\nwhile n < 500:\n    n += 1\nreturn {'v': v, 'n': n}")
+        out.append(execute(compile_script(src), {}, BlockingKV({"k": "1"}), Budgets(wall_ms=10_000)))
+        seen.append(runtime._PER_THREAD.toolkit)
+
+    t = threading.Thread(target=other_thread)
     t.start()
     assert entered.wait(5)
     try:
-        r = execute(compile_script(H("return None")), {}, DictKV(), Budgets())
-        assert r.error is not None and "another call is already running" in r.error.message
+        # While the other thread is inside a call, this thread's calls run on their own state.
+        r = execute(compile_script(H("log('main')\nreturn {'x': 1}")), {}, DictKV(), Budgets(steps=100))
+        assert r.fields == {"x": 1} and r.logs == ["main"]
+        r = execute(compile_script(H("while True:\n    pass")), {}, DictKV(), Budgets(steps=100))
+        assert r.error is not None and r.error.message.startswith("budget exceeded: steps (limit 100)")
     finally:
         release.set()
         t.join(5)
-    assert out[0].fields == {"v": "1"}
-    assert execute(compile_script(H("return None")), {}, DictKV(), Budgets()).verdict == "allow"
+    # The other thread's call kept its own budgets (steps=5M), logs and counters.
+    assert out[0].error is None and out[0].fields == {"v": "1", "n": 500}
+    assert out[0].logs == ["t"] and out[0].kv_ops == 1
+    st, template = seen[0]
+    assert st is not runtime.CALL and template is not runtime._GLOBALS
+    assert template["log"] is not runtime._GLOBALS["log"]
+    _assert_idle()
