@@ -47,7 +47,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, metavar="N", help="HTTP processes sharing the port (default: one per core)")
     p.add_argument("--sandbox-workers", type=int, metavar="N", help="script worker processes per HTTP process (default 4)")
     p.add_argument("--sandbox-spin-us", type=int, metavar="US",
-                   help="poll this long before sleeping while a script call is out (default 100; 0 = never)")
+                   help="poll this long before sleeping while a script call is out (default 25; 0 = never)")
     p.add_argument("--scripts", metavar="DIR", help="load DIR/<callbackCommand>.py at start (uploaded when changed)")
     p.add_argument("--record", action="store_true", help="record every callback (see the config file for sampling)")
     p.add_argument("--config", metavar="FILE", help="TOML config file")

@@ -61,7 +61,7 @@ class Config:
     sandbox_workers: int = 4  # script worker processes per HTTP process
     # Poll this long before sleeping while a worker call is out (host and workers): waking
     # a halted vCPU costs more than the whole round trip (sandbox/spin.py). 0 = never.
-    sandbox_spin_us: int = 100
+    sandbox_spin_us: int = 25
     scripts_dir: str | None = None
     record: bool = False  # --record: record every command
     path_prefix: str = ""  # secret path segment(s) callbacks must start with

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import gc
 import hashlib
 import logging
 import os
@@ -233,6 +234,11 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     await start_background(state)
+    # Everything built so far lives as long as the process: keep the cyclic GC from
+    # walking it again and again (a full collection over it stalls every callback for
+    # milliseconds; measured as p99 spikes at a steady request rate).
+    gc.collect()
+    gc.freeze()
     where = redact_url(cfg.redis) if cfg.redis else "embedded (in-process, not persistent)"
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(

@@ -348,8 +348,21 @@ def test_recycling_after_max_calls(loop: asyncio.AbstractEventLoop) -> None:
                 assert result.fields == {"i": i}
                 pids.update(r["pid"] for r in small.worker_reports())
             stats = small.stats()
-            assert stats["recycled"] == 2 and stats["killed"] == 0
-            assert len(pids) == 3
+            # Each worker's own limit is 2 or 3 (50-100% of 3): 7 calls need 2 or 3 recycles.
+            assert stats["recycled"] in (2, 3) and stats["killed"] == 0
+            # The last recycle's replacement may still be starting when the loop ends.
+            assert 3 <= len(pids) and stats["recycled"] <= len(pids) <= stats["recycled"] + 1
+
+    loop.run_until_complete(main())
+
+
+def test_recycle_limits_are_spread_over_workers(loop: asyncio.AbstractEventLoop) -> None:
+    # Workers started together must not all be recycled at once (a start costs ~0.3 s CPU).
+    async def main() -> None:
+        async with WorkerPool(size=6, max_calls_per_worker=10_000) as pool:
+            limits = [w.call_limit for w in pool._workers]
+            assert all(5_000 <= n <= 10_000 for n in limits)
+            assert len(set(limits)) > 1
 
     loop.run_until_complete(main())
 
