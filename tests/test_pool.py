@@ -519,3 +519,25 @@ def test_confined_worker_behaves_like_in_process(pool: WorkerPool, loop: asyncio
     for name in ("callbackBeforeInviteJoinGroupCommand", "callbackBeforeSendGroupMsgCommand"):
         source = (Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py").read_text()
         assert loop.run_until_complete(pool.check(source)) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring a worker's priority needs root")
+def test_starting_workers_run_at_lower_priority(loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A recycle's start-up (~0.3 s CPU) must take idle CPU, not the live callbacks' CPU.
+    calls: list[tuple[int, int]] = []
+    real = os.setpriority
+
+    def record(which: int, pid: int, value: int) -> None:
+        calls.append((pid, value))
+        real(which, pid, value)
+
+    monkeypatch.setattr(os, "setpriority", record)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    async def main() -> None:
+        async with WorkerPool(size=1) as pool:
+            (worker,) = pool._workers
+            assert calls == [(worker.pid, min(19, base + 10)), (worker.pid, base)]
+            assert os.getpriority(os.PRIO_PROCESS, worker.pid) == base
+
+    loop.run_until_complete(main())
