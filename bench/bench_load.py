@@ -869,9 +869,8 @@ def scale_note(rounds: list[list[dict[str, Any]]]) -> str:
     if not splits:
         return ""
     return (f"CPU of each HTTP process in the {len(splits)} runs with 2 processes: {'; '.join(splits)}. "
-            f"In {lopsided} of them one process served (nearly) every connection: wrk opens its 16 keep-alive "
-            "connections at once and the processes share one listening socket, so whichever wakes first "
-            "accepts them all.")
+            f"In {lopsided} of them one process served (nearly) every connection (each process has its own "
+            "SO_REUSEPORT socket, so the kernel spreads wrk's 16 keep-alive connections over them).")
 
 
 def latency_table(lat: dict[str, Any], what: str) -> str:
