@@ -537,7 +537,8 @@ def test_starting_workers_run_at_lower_priority(loop: asyncio.AbstractEventLoop,
     async def main() -> None:
         async with WorkerPool(size=1) as pool:
             (worker,) = pool._workers
-            assert calls == [(worker.pid, min(19, base + 10)), (worker.pid, base)]
+            # (other pools in this process may be replacing workers meanwhile)
+            assert [v for pid, v in calls if pid == worker.pid] == [min(19, base + 10), base]
             assert os.getpriority(os.PRIO_PROCESS, worker.pid) == base
 
     loop.run_until_complete(main())
