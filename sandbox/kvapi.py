@@ -82,6 +82,9 @@ _RESULTS: dict[str, tuple[Any, Any]] = {
     "llen": (_is_int, None),
 }
 assert set(_RESULTS) == set(kvops.OPS), "every KV op needs a result check"
+# Ops whose answer is checked by ``_is_bool``: a True/False answer is returned as it is.
+_BOOL_OPS = frozenset(name for name, (check, _convert) in _RESULTS.items() if check is _is_bool)
+assert {"sismember", "exists", "expire"} == _BOOL_OPS
 
 
 def _values(args: tuple[Any, ...]) -> list[Any]:
@@ -181,9 +184,9 @@ class KV:
         st.ticks_left = CLOCK_EVERY
         if _monotonic_ns() > st.deadline:
             st.exceeded("wall_ms", b.wall_ms)
-        check, convert = _RESULTS[name]
-        if check is _is_bool and (result is True or result is False):
+        if (result is True or result is False) and name in _BOOL_OPS:
             return result  # the common answer of sismember/exists/expire: already what bool() gives
+        check, convert = _RESULTS[name]
         if not check(result):
             st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
         if type(result) is list or type(result) is dict:
