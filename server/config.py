@@ -62,6 +62,7 @@ class Config:
     # Poll this long before sleeping while a worker call is out (host and workers): waking
     # a halted vCPU costs more than the whole round trip (sandbox/spin.py). 0 = never.
     sandbox_spin_us: int = 25
+    store_label: str = ""  # how "ready on" names the store (not a file setting)
     scripts_dir: str | None = None
     record: bool = False  # --record: record every command
     path_prefix: str = ""  # secret path segment(s) callbacks must start with

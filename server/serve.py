@@ -239,7 +239,12 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
     # milliseconds; measured as p99 spikes at a steady request rate).
     gc.collect()
     gc.freeze()
-    where = redact_url(cfg.redis) if cfg.redis else "embedded (in-process, not persistent)"
+    if cfg.redis is None:
+        where = "embedded (in-process, not persistent)"
+    elif cfg.store_label:
+        where = cfg.store_label
+    else:
+        where = redact_url(cfg.redis)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(
         f"scriptgate: ready on http://{host}:{port} (pid {os.getpid()}, store: {where}, "
@@ -387,6 +392,9 @@ def run(cfg: Config) -> int:
     try:
         if cfg.redis is None:
             cfg.redis, stop_embedded = start_embedded_process()
+            # The embedded server has no CLIENT TRACKING: do not try (and log) it per process.
+            cfg.redis = f"{cfg.redis}?cache=no"
+            cfg.store_label = "embedded (shared by the HTTP processes, not persistent)"
         return supervise(workers, child_main)
     finally:
         if stop_embedded is not None:
