@@ -579,7 +579,10 @@ class Bench:
         for t in targets:
             pids = [t.proc.pid, *descendants(t.proc.pid, kids)]
             if t.kind == "scriptgate":
-                http_pids = [p for p in pids if "sandbox.worker" not in cmdline(p)]
+                # HTTP processes: the target and (with --workers N) its direct children. A
+                # grandchild that is not a worker yet is one being spawned (forked, not exec'd).
+                direct = {t.proc.pid, *kids.get(t.proc.pid, [])}
+                http_pids = [p for p in pids if p in direct and "sandbox.worker" not in cmdline(p)]
                 worker_pids = [p for p in pids if "sandbox.worker" in cmdline(p)]
                 snap[f"{t.name}:http"] = sum(cpu_ticks(p, reaped=False) for p in http_pids)
                 # Workers recycled during the run are reaped by their HTTP process.
