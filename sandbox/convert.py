@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from sandbox.budget import CLOCK_EVERY, RunState
+from sandbox.budget import RunState
 
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 _SCALAR_TYPES = frozenset(PLAIN_SCALARS)
@@ -250,12 +250,7 @@ def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
         if depth >= MAX_RESULT_DEPTH:
             raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
         if st is not None:
-            # st.charge(len(v)), inlined: this runs for every list in every result
-            n = len(v)
-            st.steps_left -= n
-            st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
-            if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
-                st._slow_step()
+            st.charge(len(v))
         if _COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
             return list(v)
         depth += 1
@@ -268,12 +263,7 @@ def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
         if depth >= MAX_RESULT_DEPTH:
             raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
         if st is not None:
-            # st.charge(len(v)), inlined: this runs for every result dict
-            n = len(v)
-            st.steps_left -= n
-            st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
-            if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
-                st._slow_step()
+            st.charge(len(v))
         depth += 1
         out = {}
         for k, item in v.items():
