@@ -63,18 +63,19 @@ class NamespaceKV:
     ``scope``/``ready``/``peek`` protocol in sandbox/pool.py); the scope names this store
     object and the namespace, so answers never cross stores or namespaces."""
 
-    __slots__ = ("_ns", "_store", "scope")
+    __slots__ = ("_keeps", "_ns", "_store", "scope")
 
     def __init__(self, store: Any, namespace: str, store_tag: str) -> None:
         self._store = store
         self._ns = namespace
+        self._keeps = getattr(store, "kv_keeps", False) is True
         self.scope = f"{store_tag}:{namespace}"
 
     async def __call__(self, op: str, args: list[Any]) -> Any:
         return await self._store.kv_call(self._ns, op, args)
 
     def ready(self) -> bool:
-        return self._store.kv_cache_ready()
+        return self._keeps and self._store.kv_cache_ready()
 
     def peek(self, op: str, args: list[Any]) -> tuple[Any, str] | None:
         return self._store.kv_peek(self._ns, op, args)
@@ -82,21 +83,13 @@ class NamespaceKV:
 
 def kv_caller(store: Any) -> Any:
     """Bind the store's KV entry point to one namespace, once per namespace."""
-    cache: dict[str, Any] = {}
-    keeps = getattr(store, "kv_keeps", False) is True
+    cache: dict[str, NamespaceKV] = {}
     store_tag = secrets.token_hex(6)
 
-    def for_namespace(namespace: str) -> Any:
+    def for_namespace(namespace: str) -> NamespaceKV:
         fn = cache.get(namespace)
         if fn is None:
-            if keeps:
-                fn = NamespaceKV(store, namespace, store_tag)
-            else:
-
-                async def fn(op: str, args: list[Any], _ns: str = namespace) -> Any:
-                    return await store.kv_call(_ns, op, args)
-
-            cache[namespace] = fn
+            fn = cache[namespace] = NamespaceKV(store, namespace, store_tag)
         return fn
 
     return for_namespace

@@ -7,8 +7,12 @@ once, nothing from another scope (store + namespace); kept answers cost no host 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from typing import Any
+
+import orjson
 
 from sandbox.api import Budgets
 from sandbox.pool import WorkerPool
@@ -125,8 +129,6 @@ class KeepingKV:
 
 
 async def _call(pool: WorkerPool, kv: Any, payload: dict[str, Any]) -> str:
-    import orjson
-
     loop = asyncio.get_running_loop()
     r = await pool.run(source=READ_TWICE, sha256=hashlib.sha256(READ_TWICE.encode()).hexdigest(),
                        payload_json=orjson.dumps(payload), budgets=Budgets(), kv=kv, deadline=loop.time() + 10)
@@ -198,17 +200,27 @@ def test_answers_never_cross_scopes_or_outlive_readiness() -> None:
 # --- against a real redis-server: the whole chain -------------------------------------------
 
 
+@contextlib.asynccontextmanager
+async def _wired(url: str, prefix: str, workers: int = 1) -> AsyncIterator[tuple[Any, WorkerPool]]:
+    """A store with its tracking connection up and a pool it tells about changes (as build_state does)."""
+    store = await open_store(url, prefix=prefix)
+    try:
+        assert store.tracker is not None and await store.tracker.wait_connected(5)
+        async with WorkerPool(size=workers) as pool:
+            store.kv_listen(pool.invalidate)
+            yield store, pool
+    finally:
+        await store.close()
+
+
 def test_writes_by_another_client_reach_kept_answers(redis_standalone: Any, store_prefix: str) -> None:
     """Redis -> tracking connection -> KVCache -> WorkerPool.invalidate -> worker, no sleeps."""
     raw = redis_standalone.client()
 
     async def scenario() -> None:
-        store = await open_store(redis_standalone.url, prefix=store_prefix)
         other = await open_store(redis_standalone.url, prefix=store_prefix)
         try:
-            assert store.tracker is not None and await store.tracker.wait_connected(5)
-            async with WorkerPool(size=2) as pool:
-                store.kv_listen(pool.invalidate)
+            async with _wired(redis_standalone.url, store_prefix, workers=2) as (store, pool):
                 kv = kv_caller(store)("ns")
                 for i in range(50):
                     user = f"u{i}"
@@ -226,7 +238,6 @@ def test_writes_by_another_client_reach_kept_answers(redis_standalone: Any, stor
                 assert await _call(pool, kv_caller(store)("ns2"), {"u": "u0"}) == "True,True"
                 assert await _call(pool, kv, {"u": "u0"}) == "False,False"
         finally:
-            await store.close()
             await other.close()
 
     asyncio.run(scenario())
@@ -237,19 +248,13 @@ def test_flush_drops_kept_answers(redis_factory: Any, store_prefix: str) -> None
     raw = server.client()
 
     async def scenario() -> None:
-        store = await open_store(server.url, prefix=store_prefix)
-        try:
-            assert store.tracker is not None and await store.tracker.wait_connected(5)
-            async with WorkerPool(size=1) as pool:
-                store.kv_listen(pool.invalidate)
-                kv = kv_caller(store)("ns")
-                await store.kv_call("ns", "sadd", ["bl", ["bob"]])
-                for _ in range(3):
-                    assert await _call(pool, kv, {"u": "bob"}) == "True,True"
-                raw.flushdb()  # Redis sends one invalidation with no key list
-                assert await _call(pool, kv, {"u": "bob"}) == "False,False"
-        finally:
-            await store.close()
+        async with _wired(server.url, store_prefix) as (store, pool):
+            kv = kv_caller(store)("ns")
+            await store.kv_call("ns", "sadd", ["bl", ["bob"]])
+            for _ in range(3):
+                assert await _call(pool, kv, {"u": "bob"}) == "True,True"
+            raw.flushdb()  # Redis sends one invalidation with no key list
+            assert await _call(pool, kv, {"u": "bob"}) == "False,False"
 
     asyncio.run(scenario())
 
@@ -258,24 +263,18 @@ def test_lost_tracking_connection_drops_kept_answers(redis_standalone: Any, stor
     raw = redis_standalone.client()
 
     async def scenario() -> None:
-        store = await open_store(redis_standalone.url, prefix=store_prefix)
-        try:
-            assert store.tracker is not None and await store.tracker.wait_connected(5)
-            async with WorkerPool(size=1) as pool:
-                store.kv_listen(pool.invalidate)
-                kv = kv_caller(store)("ns")
-                for _ in range(3):
-                    assert await _call(pool, kv, {"u": "bob"}) == "False,False"
-                raw.client_kill_filter(_id=store.tracker.client_id)
-                # No invalidation will come for this write: nothing kept may answer any more.
-                raw.sadd(store.keys.kv("ns", "bl"), "bob")
-                assert await _call(pool, kv, {"u": "bob"}) == "True,True"
-                assert await store.tracker.wait_connected(5)
-                for _ in range(3):
-                    assert await _call(pool, kv, {"u": "bob"}) == "True,True"
-                raw.srem(store.keys.kv("ns", "bl"), "bob")
+        async with _wired(redis_standalone.url, store_prefix) as (store, pool):
+            kv = kv_caller(store)("ns")
+            for _ in range(3):
                 assert await _call(pool, kv, {"u": "bob"}) == "False,False"
-        finally:
-            await store.close()
+            raw.client_kill_filter(_id=store.tracker.client_id)
+            # No invalidation will come for this write: nothing kept may answer any more.
+            raw.sadd(store.keys.kv("ns", "bl"), "bob")
+            assert await _call(pool, kv, {"u": "bob"}) == "True,True"
+            assert await store.tracker.wait_connected(5)
+            for _ in range(3):
+                assert await _call(pool, kv, {"u": "bob"}) == "True,True"
+            raw.srem(store.keys.kv("ns", "bl"), "bob")
+            assert await _call(pool, kv, {"u": "bob"}) == "False,False"
 
     asyncio.run(scenario())
