@@ -48,19 +48,18 @@ class IpcKV:
     the host allowed us to keep (see sandbox/readcache.py). Closed when the call ends, so a
     leaked reference (a finalizer that somehow survives) cannot act in a later call."""
 
-    __slots__ = ("_chan", "_id", "_reads", "closed", "ops")
+    __slots__ = ("_cache", "_chan", "_id", "_reads", "closed")
 
-    def __init__(self, chan: protocol.BlockingChannel, call_id: int, reads: ReadCache | None) -> None:
+    def __init__(self, chan: protocol.BlockingChannel, call_id: int, cache: ReadCache, use_cache: bool) -> None:
         self._chan = chan
         self._id = call_id
-        self._reads = reads
+        self._cache = cache  # the worker's: invalidations arriving mid-call always apply to it
+        self._reads = cache if use_cache else None  # what this call may read from and fill
         self.closed = False
-        self.ops = 0
 
     def call(self, op: str, args: list[Any]) -> Any:
         if self.closed:
             raise KVUnavailable("kv used after the call ended")
-        self.ops += 1
         reads = self._reads
         if reads is not None:
             value = reads.lookup(op, args)
@@ -81,7 +80,7 @@ class IpcKV:
             reply = msg[0]
             if reply["t"] != protocol.INV:
                 break
-            apply_inv(reply, reads)
+            apply_inv(reply, self._cache)
         if reply["t"] != protocol.KVR or reply.get("id") != self._id:
             os._exit(EXIT_PROTOCOL)
         if "ok" in reply:
@@ -95,9 +94,7 @@ class IpcKV:
         raise KVUnavailable(text)
 
 
-def apply_inv(head: dict[str, Any], reads: ReadCache | None) -> None:
-    if reads is None:
-        return
+def apply_inv(head: dict[str, Any], reads: ReadCache) -> None:
     if head.get("all") is True:
         reads.clear()
     else:
@@ -332,11 +329,9 @@ class Worker:
         if result is None:
             assert script is not None
             scope = head.get("cs")
-            reads: ReadCache | None = None
             if type(scope) is str:
                 self.reads.enter(scope)
-                reads = self.reads
-            kv = IpcKV(self.chan, call_id, reads)
+            kv = IpcKV(self.chan, call_id, self.reads, type(scope) is str)
             try:
                 payload = orjson.loads(body)
                 result = execute(script, payload, kv, budgets)

@@ -197,6 +197,27 @@ def test_answers_never_cross_scopes_or_outlive_readiness() -> None:
     asyncio.run(scenario())
 
 
+def test_invalidation_during_a_call_that_keeps_nothing_still_applies() -> None:
+    # A call without a scope (cache down, test endpoint) must still apply an ``inv`` that
+    # arrives while it waits for a KV answer, or a later call would read a stale answer.
+    async def scenario() -> None:
+        kv = KeepingKV()
+        async with WorkerPool(size=1) as pool:
+            kv.pool = pool
+            for _ in range(2):
+                assert await _call(pool, kv, {"u": "bob"}) == "False,False"
+
+            async def plain(op: str, args: list[Any]) -> Any:
+                kv.sets["bl"].add("bob")
+                pool.invalidate("R:bl")  # goes out before this answer
+                return True
+
+            assert await _call(pool, plain, {"u": "bob"}) == "True,True"
+            assert await _call(pool, kv, {"u": "bob"}) == "True,True"
+
+    asyncio.run(scenario())
+
+
 # --- against a real redis-server: the whole chain -------------------------------------------
 
 
