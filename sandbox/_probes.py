@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from sandbox import confine
+from sandbox import confine, containers
 
 
 def before_confine() -> dict[str, Any]:
@@ -119,6 +119,8 @@ PROBES: dict[str, Callable[[], Any]] = {
     "raise_nofile": lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096)),
     "environ": lambda: dict(os.environ),
     "ids": lambda: [os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups()],
+    "ppid": os.getppid,
+    "collision_random": lambda: containers._random.random(),
 }
 ARG_PROBES: dict[str, Callable[[dict[str, Any]], Any]] = {
     "spin_c": _spin_c,

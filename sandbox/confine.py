@@ -334,6 +334,14 @@ def _drop_root() -> None:
     raise RuntimeError("privileges could be regained after dropping root")
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent dies (the template process: its forked
+    workers then die with it); exit now if the parent is already gone."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
 def confine(memory_mb: int, keep_fds: set[int], parent_pid: int) -> ConfineReport:
     """Apply every layer; raise if a layer that must apply here fails (the worker then
     refuses to serve rather than run scripts unconfined)."""

@@ -18,6 +18,7 @@ interruptible. Exceptions that escape a call are turned into results, never into
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from sandbox import api, confine, kvops, protocol
+from sandbox import api, confine, containers, kvops, protocol, template
 from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVError, KVUnavailable, RunResult
 from sandbox.policy import check_source
 from sandbox.readcache import MISS, ReadCache
@@ -391,7 +392,14 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parent", type=int, required=True)
     p.add_argument("--spin-us", type=int, default=0)
     p.add_argument("--test-hooks", action="store_true")
+    p.add_argument("--template", action="store_true", help="fork workers on request (sandbox.template)")
     return p.parse_args(argv)
+
+
+def _after_fork_in_child() -> None:
+    # A forked worker must not replay the template's (or a sibling's) random sequence: the
+    # collision check's sample (sandbox/containers.py) must stay unpredictable to scripts.
+    containers._random.seed()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -399,7 +407,26 @@ def main(argv: list[str] | None = None) -> None:
     # Terminal signals go to the host, which decides; a worker is only ever SIGKILLed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    sock = socket.socket(fileno=args.fd)
+    parent = args.parent
+    if args.template:
+        # A template (sandbox.template): warm up once, then fork workers on request. Only
+        # a forked child gets past this block, with its own channel to the host.
+        ctrl = socket.socket(fileno=args.fd)
+        try:
+            confine.die_with_parent(parent)
+            os.chdir("/")
+            problems = warm_up()
+            gc.collect()
+            gc.freeze()
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                ctrl.send(orjson.dumps({"t": "fatal", "msg": api.bounded(f"{type(exc).__name__}: {exc}")}))
+            os._exit(EXIT_FATAL)
+        parent = os.getpid()
+        fd = template.serve_forks(ctrl, _after_fork_in_child)
+        sock = socket.socket(fileno=fd)
+    else:
+        sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)
     chan = protocol.BlockingChannel(sock, spin_us=max(0, min(args.spin_us, 10_000)))
     try:
@@ -408,13 +435,14 @@ def main(argv: list[str] | None = None) -> None:
             from sandbox import _probes
 
             extra = _probes.before_confine()
-        problems = warm_up()
+        if not args.template:
+            problems = warm_up()
         worker = Worker(chan, args.test_hooks)
         # Startup objects never need collecting: moving them to the permanent generation
         # makes the per-call gc.collect() scan only what calls create.
         gc.collect()
         gc.freeze()
-        report = confine.confine(args.memory_mb, {sock.fileno()}, args.parent)
+        report = confine.confine(args.memory_mb, {sock.fileno()}, parent)
     except BaseException as exc:
         try:
             chan.send({"t": protocol.FATAL, "msg": api.bounded(f"{type(exc).__name__}: {exc}")})

@@ -124,7 +124,7 @@ def test_memory_limit_in_c(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def test_workers_die_with_their_host(tmp_path: object) -> None:
-    # PR_SET_PDEATHSIG: if the HTTP process is SIGKILLed, its workers go too.
+    # PR_SET_PDEATHSIG: if the HTTP process is SIGKILLed, its template and workers go too.
     host = textwrap.dedent(
         """
         import asyncio, sys, signal
@@ -133,7 +133,8 @@ def test_workers_die_with_their_host(tmp_path: object) -> None:
         async def main():
             pool = WorkerPool(size=2)
             await pool.start()
-            print(" ".join(str(r["pid"]) for r in pool.worker_reports()), flush=True)
+            pids = [r["pid"] for r in pool.worker_reports()] + [pool._forker.proc.pid]  # + the template
+            print(" ".join(map(str, pids)), flush=True)
             await asyncio.Event().wait()
         asyncio.run(main())
         """
@@ -143,7 +144,7 @@ def test_workers_die_with_their_host(tmp_path: object) -> None:
     try:
         assert proc.stdout is not None
         pids = [int(p) for p in proc.stdout.readline().split()]
-        assert len(pids) == 2
+        assert len(pids) == 3
     finally:
         proc.kill()
         proc.wait()
