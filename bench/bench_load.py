@@ -718,11 +718,15 @@ class Bench:
         def sample() -> None:
             kids = children_map()
             pids = [http_pid, *descendants(http_pid, kids)]
-            workers = {p: rss_mb(p) for p in pids if "sandbox.worker" in cmdline(p)}
+            lines = {p: cmdline(p) for p in pids}
+            # The template (sandbox/template.py) forks the workers; it is reported on its own.
+            templates = [rss_mb(p) for p, c in lines.items() if "sandbox.worker" in c and "--template" in c]
+            workers = {p: rss_mb(p) for p, c in lines.items() if "sandbox.worker" in c and "--template" not in c}
             worker_pids.update(workers)
             vals = [v for v in workers.values() if v is not None]
             samples.append({"t": round(time.monotonic() - t0, 1), "http": rss_mb(http_pid),
-                            "workers": vals, "worker_pids": sorted(workers)})
+                            "workers": vals, "worker_pids": sorted(workers),
+                            "template": next((t for t in templates if t is not None), None)})
 
         assert self.data is not None
         t0 = time.monotonic()
@@ -771,6 +775,7 @@ class Bench:
                               "max_second_half_growth": (max(worker_max[mid:]) - max(worker_max[: mid + 1]))
                               if len(worker_max) > 2 else None},
             "worker_pids_seen": len(worker_pids),
+            "template_rss_mb": {"start": samples[0]["template"], "end": samples[-1]["template"]},
             "samples": samples,
         }
 
@@ -950,6 +955,9 @@ def report(res: dict[str, Any]) -> str:
         ws, we = w["start"], w["end"]
         out.append(f"| each sandbox worker | {', '.join(f'{x:.1f}' for x in ws)} | {', '.join(f'{x:.1f}' for x in we)} | "
                    f"{w['max']:.1f} | {w['max_second_half_growth']:+.1f} (max over workers) |")
+        tpl = s.get("template_rss_mb") or {}
+        if tpl.get("start") is not None and tpl.get("end") is not None:
+            out.append(f"| template process (forks the workers) | {tpl['start']:.1f} | {tpl['end']:.1f} | | |")
         out.append("")
         out.append(f"Sandbox worker processes seen during the soak: {s['worker_pids_seen']} "
                    f"(workers are recycled after a call limit, so PIDs change).")
