@@ -98,6 +98,7 @@ class RunState:
         "log_bytes",
         "logs",
         "max_bits",
+        "max_depth",
         "max_items",
         "max_str",
         "neg_int_limit",
@@ -106,17 +107,25 @@ class RunState:
         "started",
         "steps_left",
         "ticks_left",
+        "wall_ns",
     )
 
     def __init__(self, budgets: Budgets) -> None:
+        self.budgets: Budgets | None = None
         self.begin(budgets, None)
 
     def begin(self, budgets: Budgets, port: Any) -> None:
-        """Start a call: every field is set here, nothing is carried over from before."""
-        self.budgets = budgets
+        """Start a call: every field is set here, nothing is carried over from before.
+
+        The fields copied from the budgets (``use_budgets``) are a function of the budgets
+        alone (``Budgets`` is frozen): they are set again only when the budgets object
+        differs from the previous call's.
+        """
+        if budgets is not self.budgets:
+            self.use_budgets(budgets)
         self.port = port
         self.started = started = _monotonic_ns()  # integer nanoseconds: no float rounding
-        self.deadline = started + budgets.wall_ms * 1_000_000
+        self.deadline = started + self.wall_ns
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
@@ -127,7 +136,12 @@ class RunState:
         # Per-call caches (format strings parsed by ``%``, compiled patterns): lazily made.
         self.fmt_cache: dict[str, Any] | None = None
         self.re_cache: dict[Any, Any] | None = None
-        # Hot budget values, copied so the guards need one attribute load each.
+
+    def use_budgets(self, budgets: Budgets) -> None:
+        """Hot budget values, copied so the guards need one attribute load each."""
+        self.budgets = budgets
+        self.wall_ns = budgets.wall_ms * 1_000_000
+        self.max_depth = budgets.recursion
         self.max_str = budgets.max_str
         self.max_items = budgets.max_items
         self.max_bits = bits = budgets.max_int_bits
@@ -206,10 +220,10 @@ class RunState:
 
     def enter(self) -> None:
         """Script function entry: one step plus one level of recursion depth."""
-        self.depth += 1
-        if self.depth > self.budgets.recursion:
-            self.depth -= 1
+        depth = self.depth + 1
+        if depth > self.max_depth:
             self.exceeded("recursion", self.budgets.recursion, "script functions nested too deeply")
+        self.depth = depth
         # self.step(), inlined (one call less per script function call)
         self.steps_left -= 1
         self.ticks_left -= 1

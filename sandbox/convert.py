@@ -239,7 +239,7 @@ def to_plain(value: Any, st: RunState | None, what: str = "result") -> Any:
     return plain_copy(value, st, what, 0)
 
 
-_COPIED_AS_IS = frozenset({str, bool, type(None)})  # immutable and always valid JSON
+COPIED_AS_IS = frozenset({str, bool, type(None)})  # immutable and always valid JSON
 
 
 def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
@@ -251,7 +251,7 @@ def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
             raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
         if st is not None:
             st.charge(len(v))
-        if _COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
+        if COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
             return list(v)
         depth += 1
         out_list = []

@@ -117,6 +117,27 @@ def make_hooks(
             return obj
         not_iterable(st, obj)
 
+    def getiter_item_(obj: Any, key: Any) -> Any:
+        # getiter_(getitem_(obj, key)), inlined: `for x in req["items"]` in one call.
+        st.ticks_left -= 1
+        if st.ticks_left <= 0 or st.dead is not None:
+            st.check_clock()
+        if type(obj) not in subscriptable:
+            st.refuse(f"{describe(obj)} cannot be indexed")
+        obj = obj[key]
+        t = type(obj)
+        if t in SIZED:
+            n = len(obj)
+            st.steps_left -= n
+            st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
+            if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
+                st._slow_step()
+            return obj
+        if t in LAZY:
+            st.alive()
+            return obj
+        not_iterable(st, obj)
+
     def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target
         # from a sized / self-charging iterable), so no list() of the whole thing here.
@@ -326,6 +347,7 @@ def make_hooks(
         "_getattr_": getattr_,
         "_getitem_": getitem_,
         "_getiter_": getiter_,
+        "_getiter_item_": getiter_item_,
         "_iter_unpack_sequence_": iter_unpack_sequence_,
         "_unpack_sequence_": unpack_sequence_,
         "_write_": write_,

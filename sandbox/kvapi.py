@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from sandbox import kvops
 from sandbox.api import KVError as PortKVError
 from sandbox.api import KVUnavailable, bounded
-from sandbox.budget import CLOCK_EVERY, BackendUnavailable, RunState, Stop
+from sandbox.budget import CLOCK_EVERY, BackendUnavailable, RunState
 from sandbox.convert import scrub
 
 # Python frames granted to the port on top of wherever the script's stack is, so a script
@@ -102,8 +102,138 @@ _check_key = kvops.check_key
 _check_value = kvops._scalar
 _getrecursionlimit = sys.getrecursionlimit
 _monotonic_ns = time.monotonic_ns
-_NO_VALUE: Any = object()
 _setrecursionlimit = sys.setrecursionlimit
+
+
+def _port_call(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
+    """Count the op, call the port with stack headroom, check the clock afterwards."""
+    if st.kv_ops >= b.kv_ops:
+        st.exceeded("kv_ops", b.kv_ops)
+    st.kv_ops += 1
+    port = st.port
+    limit = _getrecursionlimit()
+    _setrecursionlimit(limit + PORT_STACK_HEADROOM)
+    try:
+        result = port.call(name, wire)
+    except Exception as e:
+        _port_failed(st, name, e)
+    finally:
+        _setrecursionlimit(limit)
+    # st.check_clock(), inlined: the round trip may have taken a while
+    if st.dead is not None:
+        st.reraise()
+    st.ticks_left = CLOCK_EVERY
+    if _monotonic_ns() > st.deadline:
+        st.exceeded("wall_ms", b.wall_ms)
+    return result
+
+
+def _port_failed(st: RunState, name: str, e: Exception) -> NoReturn:
+    """The port raised instead of answering (a ``Stop`` is a BaseException: never here)."""
+    if isinstance(e, PortKVError):  # the store refused the op: the script may catch this
+        raise KVError(bounded(scrub(str(e)), 300)) from None
+    if isinstance(e, KVUnavailable):
+        st.stop(BackendUnavailable(f"KV backend unavailable (kv.{name})"))
+    # a broken port must not look like an answer
+    st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
+
+
+def _answer(st: RunState, name: str, result: Any) -> Any:
+    """The port's answer, checked and converted into what the script expects."""
+    if (result is True or result is False) and name in _BOOL_OPS:
+        return result  # the common answer of sismember/exists/expire: already what bool() gives
+    check, convert = _RESULTS[name]
+    if not check(result):
+        st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
+    if type(result) is list or type(result) is dict:
+        st.charge(len(result))
+    return result if convert is None else convert(result)
+
+
+def _send(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
+    return _answer(st, name, _port_call(st, b, name, wire))
+
+
+def _bad_key(key: Any, limit: int) -> str:
+    try:
+        return _check_key(key, limit)
+    except PortKVError as e:
+        raise KVError(str(e)) from None
+
+
+def _bad_value(value: Any, label: str, limit: int) -> str:
+    try:
+        return _check_value(value, label, limit)
+    except PortKVError as e:
+        raise KVError(str(e)) from None
+
+
+def _key_method(name: str) -> Any:
+    """``kv.<name>(key)``: the key checked inline (same checks and messages as
+    ``kvops.check_key``: the fast test accepts only what it returns unchanged, i.e. an exact,
+    non-empty, printable ASCII str within the limit), then one port call."""
+
+    def method(self: KV, key: Any) -> Any:
+        st = self._st
+        if st.dead is not None:
+            st.reraise()
+        b = st.budgets
+        limit = b.kv_key_bytes
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+            key = _bad_key(key, limit)
+        return _answer(st, name, _port_call(st, b, name, [key]))
+
+    method.__name__ = name
+    method.__qualname__ = f"KV.{name}"
+    return method
+
+
+def _key_value_method(name: str, param: str) -> Any:
+    """``kv.<name>(key, value)``: both checked inline (the value test accepts only what
+    ``kvops._scalar`` returns unchanged: an exact ASCII str within the limit)."""
+    label = _VALUE_LABEL[name]
+    bool_answer = name in _BOOL_OPS
+
+    def method(self: KV, key: Any, value: Any) -> Any:
+        st = self._st
+        if st.dead is not None:
+            st.reraise()
+        b = st.budgets
+        limit = b.kv_key_bytes
+        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+            key = _bad_key(key, limit)
+        limit = b.kv_value_bytes
+        if not (type(value) is str and len(value) <= limit and value.isascii()):
+            value = _bad_value(value, label, limit)
+        # _port_call(st, b, name, [key, value]), inlined: this is the per-item op in loops
+        if st.kv_ops >= b.kv_ops:
+            st.exceeded("kv_ops", b.kv_ops)
+        st.kv_ops += 1
+        port = st.port
+        limit = _getrecursionlimit()
+        _setrecursionlimit(limit + PORT_STACK_HEADROOM)
+        try:
+            result = port.call(name, [key, value])
+        except Exception as e:
+            _port_failed(st, name, e)
+        finally:
+            _setrecursionlimit(limit)
+        if st.dead is not None:
+            st.reraise()
+        st.ticks_left = CLOCK_EVERY
+        if _monotonic_ns() > st.deadline:
+            st.exceeded("wall_ms", b.wall_ms)
+        if bool_answer and (result is True or result is False):
+            return result
+        return _answer(st, name, result)
+
+    # The script-visible signature keeps the documented parameter name.
+    code = method.__code__
+    names = code.co_varnames
+    method.__code__ = code.replace(co_varnames=(names[0], names[1], param, *names[3:]))
+    method.__name__ = name
+    method.__qualname__ = f"KV.{name}"
+    return method
 
 
 class KV:
@@ -121,90 +251,26 @@ class KV:
     __repr__ = script_repr
 
     def _call(self, name: str, args: list[Any]) -> Any:
-        return self._op(name, args, None, _NO_VALUE)
-
-    def _op(self, name: str, args: list[Any] | None, key: Any, value: Any) -> Any:
-        """One KV operation: check, count, call the port, check the answer.
-
-        ``args`` is the op's argument list for ``kvops.validate``; ``None`` means a
-        (key,) or (key, value) op (``value`` is ``_NO_VALUE`` for key-only ops), checked
-        here with the same per-argument functions, the key first. The fast checks accept
-        only what ``kvops.check_key`` / ``kvops._scalar`` return unchanged (an exact str,
-        ASCII so bytes == characters and no surrogates, within the limit; keys non-empty
-        and printable, which for ASCII means no control characters); anything else goes
-        through those functions for the full check and their messages.
-        """
+        """An op checked by ``kvops.validate`` (any argument shape)."""
         st = self._st
         if st.dead is not None:
             st.reraise()
         b = st.budgets
-        if args is not None:
-            try:
-                _op, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
-            except PortKVError as e:
-                raise KVError(str(e)) from None
-        else:
-            limit = b.kv_key_bytes
-            if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
-                try:
-                    key = _check_key(key, limit)
-                except PortKVError as e:
-                    raise KVError(str(e)) from None
-            if value is _NO_VALUE:
-                wire = [key]
-            else:
-                limit = b.kv_value_bytes
-                if not (type(value) is str and len(value) <= limit and value.isascii()):
-                    try:
-                        value = _check_value(value, _VALUE_LABEL[name], limit)
-                    except PortKVError as e:
-                        raise KVError(str(e)) from None
-                wire = [key, value]
-        if st.kv_ops >= b.kv_ops:
-            st.exceeded("kv_ops", b.kv_ops)
-        st.kv_ops += 1
-        port = st.port
-        limit = _getrecursionlimit()
-        _setrecursionlimit(limit + PORT_STACK_HEADROOM)
         try:
-            result = port.call(name, wire)
+            _op, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
         except PortKVError as e:
-            raise KVError(bounded(scrub(str(e)), 300)) from None
-        except KVUnavailable:
-            st.stop(BackendUnavailable(f"KV backend unavailable (kv.{name})"))
-        except Stop:
-            raise
-        except Exception as e:  # a broken port must not look like an answer
-            st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
-        finally:
-            _setrecursionlimit(limit)
-        # st.check_clock(), inlined: the round trip may have taken a while
-        if st.dead is not None:
-            st.reraise()
-        st.ticks_left = CLOCK_EVERY
-        if _monotonic_ns() > st.deadline:
-            st.exceeded("wall_ms", b.wall_ms)
-        if (result is True or result is False) and name in _BOOL_OPS:
-            return result  # the common answer of sismember/exists/expire: already what bool() gives
-        check, convert = _RESULTS[name]
-        if not check(result):
-            st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
-        if type(result) is list or type(result) is dict:
-            st.charge(len(result))
-        return result if convert is None else convert(result)
+            raise KVError(str(e)) from None
+        return _send(st, b, name, wire)
 
     # -- strings --
-    def get(self, key: Any) -> Any:
-        return self._op("get", None, key, _NO_VALUE)
+    get = _key_method("get")
 
     def set(self, key: Any, value: Any, ttl: Any = None) -> Any:
         return self._call("set", [key, value, ttl])
 
-    def delete(self, key: Any) -> Any:
-        return self._op("delete", None, key, _NO_VALUE)
+    delete = _key_method("delete")
 
-    def exists(self, key: Any) -> Any:
-        return self._op("exists", None, key, _NO_VALUE)
+    exists = _key_method("exists")
 
     def incr(self, key: Any, by: Any = 1, ttl: Any = None) -> Any:
         return self._call("incr", [key, by, ttl])
@@ -212,8 +278,7 @@ class KV:
     def expire(self, key: Any, ttl: Any) -> Any:
         return self._call("expire", [key, ttl])
 
-    def ttl(self, key: Any) -> Any:
-        return self._op("ttl", None, key, _NO_VALUE)
+    ttl = _key_method("ttl")
 
     # -- sets --
     def sadd(self, key: Any, *members: Any) -> Any:
@@ -222,8 +287,7 @@ class KV:
     def srem(self, key: Any, *members: Any) -> Any:
         return self._call("srem", [key, _values(members)])
 
-    def sismember(self, key: Any, member: Any) -> Any:
-        return self._op("sismember", None, key, member)
+    sismember = _key_value_method("sismember", "member")
 
     def smismember(self, key: Any, members: Any) -> Any:
         if type(members) is tuple:
@@ -237,15 +301,12 @@ class KV:
             return []
         return self._call("smismember", [key, members])
 
-    def smembers(self, key: Any) -> Any:
-        return self._op("smembers", None, key, _NO_VALUE)
+    smembers = _key_method("smembers")
 
-    def scard(self, key: Any) -> Any:
-        return self._op("scard", None, key, _NO_VALUE)
+    scard = _key_method("scard")
 
     # -- hashes --
-    def hget(self, key: Any, field: Any) -> Any:
-        return self._op("hget", None, key, field)
+    hget = _key_value_method("hget", "field")
 
     def hset(self, key: Any, field_or_mapping: Any, value: Any = None) -> Any:
         if type(field_or_mapping) is dict:
@@ -259,8 +320,7 @@ class KV:
     def hdel(self, key: Any, *fields: Any) -> Any:
         return self._call("hdel", [key, _values(fields)])
 
-    def hgetall(self, key: Any) -> Any:
-        return self._op("hgetall", None, key, _NO_VALUE)
+    hgetall = _key_method("hgetall")
 
     def hincrby(self, key: Any, field: Any, by: Any = 1) -> Any:
         return self._call("hincrby", [key, field, by])
@@ -278,8 +338,7 @@ class KV:
     def ltrim(self, key: Any, start: Any, stop: Any) -> Any:
         return self._call("ltrim", [key, start, stop])
 
-    def llen(self, key: Any) -> Any:
-        return self._op("llen", None, key, _NO_VALUE)
+    llen = _key_method("llen")
 
 
 def _hashable(x: Any) -> bool:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
 from sandbox.api import CompileIssue
+from sandbox.kvops import OPS as KV_OPS
 
 SCRIPT_FILENAME = "<script>"
 MAX_SOURCE_BYTES = 64 * 1024
@@ -66,6 +67,10 @@ _BINOP_HOOKS: dict[type[ast.operator], str] = {
     ast.Mod: "_mod_",
 }
 
+
+# The builtins name each KV op is called through when the script calls it on the global
+# `kv` (see ScriptPolicy.visit_Call; sandbox.runtime binds them to the facade's methods).
+KV_DIRECT: dict[str, str] = {name: f"_kv_{name}_" for name in KV_OPS}
 
 _INPLACE_HOOKS: dict[type[ast.operator], str] = {**_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_"}
 
@@ -201,7 +206,16 @@ class ScriptPolicy(RestrictingNodeTransformer):
             if kw.arg is not None and kw.arg.startswith("_"):
                 self.error(kw if hasattr(kw, "lineno") else node,
                            f'keyword argument "{kw.arg}" is not allowed (starts with "_")')
-        return super().visit_Call(node)
+        node = super().visit_Call(node)
+        if "kv" not in self.bound_names:
+            # `kv.get(...)` -> `_kv_get_(...)`: the global kv's bound method, without the
+            # _getattr_ hook (the op checks the stop and the clock itself). Only when the
+            # script never binds the name `kv`, so it can only be the global facade.
+            if isinstance(node.func, ast.Name) and node.func.id == "_apply_":
+                node.args[0] = _direct_kv_method(node.args[0])
+            else:
+                node.func = _direct_kv_method(node.func)
+        return node
 
     # -- displays: star-unpacking iterates in C, past every guard ----------------------------
 
@@ -285,6 +299,7 @@ class ScriptPolicy(RestrictingNodeTransformer):
 
     def visit_For(self, node: ast.For) -> ast.AST:
         node = super().visit_For(node)  # iter becomes _getiter_(...): charged up front
+        node.iter = _fuse_getiter_item(node.iter)
         if node.body and _ticks_unconditionally(node.body[0]):
             return node  # the first statement already passes a ticking guard every iteration
         tick = ast.Expr(_call("_tick_"))
@@ -293,11 +308,27 @@ class ScriptPolicy(RestrictingNodeTransformer):
         return node
 
     def visit_comprehension(self, node: ast.comprehension) -> ast.AST:
-        node = super().visit_comprehension(node)
-        tick = _call("_tick_")
-        copy_locations(tick, node.iter)
-        node.ifs.insert(0, tick)
+        node = super().visit_comprehension(node)  # iter becomes _getiter_(...): charged up front
+        node.iter = _fuse_getiter_item(node.iter)
         return node
+
+    def _tick_generators(self, node: ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp) -> None:
+        """A ``_tick_()`` as the first ``if`` of every generator clause, unless what is
+        evaluated for every item of that clause already passes a ticking guard: its first
+        ``if``, or, for the innermost clause without ``if``, the element (key and value)."""
+        last = len(node.generators) - 1
+        for i, gen in enumerate(node.generators):
+            if gen.ifs:
+                always: list[ast.expr] = [gen.ifs[0]]
+            elif i == last:
+                always = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+            else:
+                always = []
+            if any(_ticks_unconditionally(expr) for expr in always):
+                continue
+            tick = _call("_tick_")
+            copy_locations(tick, gen.iter)
+            gen.ifs.insert(0, tick)
 
     def _sized(self, node: ast.expr) -> ast.AST:
         new = _call("_sized_", node)
@@ -305,13 +336,24 @@ class ScriptPolicy(RestrictingNodeTransformer):
         return new
 
     def visit_ListComp(self, node: ast.ListComp) -> ast.AST:
-        return self._sized(super().visit_ListComp(node))
+        node = super().visit_ListComp(node)
+        self._tick_generators(node)
+        return self._sized(node)
 
     def visit_SetComp(self, node: ast.SetComp) -> ast.AST:
-        return self._sized(super().visit_SetComp(node))
+        node = super().visit_SetComp(node)
+        self._tick_generators(node)
+        return self._sized(node)
 
     def visit_DictComp(self, node: ast.DictComp) -> ast.AST:
-        return self._sized(super().visit_DictComp(node))
+        node = super().visit_DictComp(node)
+        self._tick_generators(node)
+        return self._sized(node)
+
+    def visit_GeneratorExp(self, node: ast.GeneratorExp) -> ast.AST:
+        node = super().visit_GeneratorExp(node)
+        self._tick_generators(node)
+        return node
 
     # -- growth operators ------------------------------------------------------------------------
 
@@ -353,21 +395,66 @@ class ScriptPolicy(RestrictingNodeTransformer):
         return node
 
 
+def _direct_kv_method(func: ast.expr) -> ast.expr:
+    """``_getattr_(kv, "<op>")`` (a KV op looked up on the global ``kv``) -> ``_kv_<op>_``."""
+    if (
+        isinstance(func, ast.Call)
+        and isinstance(func.func, ast.Name)
+        and func.func.id == "_getattr_"
+        and len(func.args) == 2
+        and isinstance(func.args[0], ast.Name)
+        and func.args[0].id == "kv"
+        and isinstance(func.args[1], ast.Constant)
+        and func.args[1].value in KV_DIRECT
+    ):
+        new = ast.Name(KV_DIRECT[func.args[1].value], ast.Load())
+        copy_locations(new, func)
+        return new
+    return func
+
+
+def _fuse_getiter_item(it: ast.expr) -> ast.expr:
+    """``_getiter_(_getitem_(obj, key))`` -> ``_getiter_item_(obj, key)``: the same two
+    guards, in order, in one call (``for x in req["items"]``)."""
+    if (
+        isinstance(it, ast.Call)
+        and isinstance(it.func, ast.Name)
+        and it.func.id == "_getiter_"
+        and len(it.args) == 1
+        and not it.keywords
+        and isinstance(it.args[0], ast.Call)
+        and isinstance(it.args[0].func, ast.Name)
+        and it.args[0].func.id == "_getitem_"
+        and len(it.args[0].args) == 2
+        and not it.args[0].keywords
+    ):
+        new = _call("_getiter_item_", *it.args[0].args)
+        copy_locations(new, it)
+        return new
+    return it
+
+
 # Guards that also count a tick (clock check now and then, sticky stop): a loop body that
-# calls one of them on every iteration needs no separate _tick_() call.
-_TICKING_GUARDS = frozenset({"_getattr_", "_getitem_", "_write_"})
+# calls one of them on every iteration needs no separate _tick_() call. A KV op checks the
+# stop and the clock itself on every call (or raises); kv.smismember with no members
+# answers without either, so it does not count.
+_TICKING_GUARDS = frozenset(
+    {"_getattr_", "_getitem_", "_getiter_item_", "_write_"}
+    | {name for op, name in KV_DIRECT.items() if op != "smismember"}
+)
 
 
-def _ticks_unconditionally(stmt: ast.stmt) -> bool:
-    """Does (already transformed) ``stmt`` call a ticking guard whenever it runs?
+def _ticks_unconditionally(node: ast.AST) -> bool:
+    """Does (already transformed) ``node``, a statement or an expression, call a ticking
+    guard whenever it runs?
 
     Only parts that are always evaluated count: the first operand of and/or, the test
     of a conditional expression, the first two operands of a comparison chain, the first
     iterable of a comprehension; never a lambda body.
     """
-    if not isinstance(stmt, (ast.Expr, ast.Assign, ast.AugAssign)):
+    if isinstance(node, ast.stmt) and not isinstance(node, (ast.Expr, ast.Assign, ast.AugAssign)):
         return False
-    stack: list[ast.AST] = [stmt]
+    stack: list[ast.AST] = [node]
     while stack:
         node = stack.pop()
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _TICKING_GUARDS:

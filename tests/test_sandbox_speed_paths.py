@@ -1,0 +1,291 @@
+"""The speed paths of issue #3 behave exactly like the general paths they bypass.
+
+- ``kv.<op>(...)`` on the global ``kv`` is compiled to a direct call of the facade's bound
+  method (no ``_getattr_``); the facade's key / key-value methods check inline.
+- a comprehension clause whose first ``if`` (or element) always calls a ticking guard or
+  a KV op gets no separate ``_tick_()``; ``for x in a[k]`` is one fused guard call.
+- ``_verdict`` copies common results inline instead of through ``plain_copy``.
+- ``RunState.begin`` copies the budget values only when the budgets object changes.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any
+
+import pytest
+
+from sandbox import kvapi
+from sandbox.api import ERROR, Budgets
+from sandbox.budget import BudgetExceeded, RunState
+from sandbox.convert import InvalidResult, plain_copy
+from sandbox.helpers import Verdict
+from sandbox.policy import KV_DIRECT, ScriptPolicy, _bound_names
+from sandbox.runtime import _verdict, compile_script, execute
+from tests.attacks.fakeport import DictKV
+
+
+def _transformed(source: str) -> str:
+    tree = ast.parse(source)
+    policy = ScriptPolicy(_bound_names(tree))
+    tree = policy.visit(tree)
+    assert policy.issues == []
+    return ast.unparse(tree)
+
+
+def _run(source: str, payload: Any = None, data: dict[str, Any] | None = None, **budgets: int) -> Any:
+    return execute(compile_script(source), payload or {}, DictKV(data), Budgets().merged(budgets))
+
+
+# -- direct kv calls -----------------------------------------------------------------------
+
+
+def test_kv_calls_on_the_global_are_direct() -> None:
+    code = _transformed("def handle(req):\n    return kv.get('a') or kv.sadd('s', *req['m'])\n")
+    assert "_kv_get_('a')" in code and "_apply_(_kv_sadd_, 's'" in code
+    assert "_getattr_(kv" not in code
+
+
+@pytest.mark.parametrize(
+    "binding",
+    ["kv = 1", "def f(kv):\n    pass", "for kv in []:\n    pass", "x = [kv for kv in []]",
+     "global kv", "f = lambda kv: 0", "try:\n    pass\nexcept Exception as kv:\n    pass"],
+)
+def test_a_script_that_binds_kv_keeps_the_guarded_lookup(binding: str) -> None:
+    code = _transformed(f"{binding}\ndef handle(req):\n    return kv.get('a')\n")
+    if binding == "global kv":  # names the global without binding it
+        assert "_kv_get_('a')" in code
+    else:
+        assert "_getattr_(kv, 'get')('a')" in code
+
+
+def test_non_op_attributes_and_uncalled_ops_keep_the_guard() -> None:
+    code = _transformed("def handle(req):\n    f = kv.get\n    return kv.nope('a')\n")
+    assert "_getattr_(kv, 'get')" in code and "_getattr_(kv, 'nope')('a')" in code
+
+
+def test_every_op_has_a_direct_name() -> None:
+    assert set(KV_DIRECT) == set(kvapi.KV.PUBLIC)
+    assert all(name.startswith("_") for name in KV_DIRECT.values())  # unreachable by scripts
+
+
+ATTEMPT = "def attempt(f):\n    try:\n        return ['ok', f()]\n    except Exception as e:\n        return ['error', str(e)]\n"
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "KV.sismember('s', 'm')",
+        "KV.sismember(key='s', member='m')",
+        "KV.hget(key='h', field='f')",
+        "KV.hget('h', 'f')",
+        "KV.get('a')",
+        "KV.get(key='a')",
+        "KV.exists('a')",
+        "KV.scard('s')",
+        "sorted(KV.smembers('s'))",
+        "KV.hgetall('h')",
+        "KV.sismember('s', 5)",
+        "KV.sismember('s', 2.5)",
+        "KV.sismember('s', True)",
+        "KV.sismember('s', 'é')",
+        "KV.get('clé')",
+        # refused arguments: same KVError text either way
+        "KV.get('')",
+        "KV.get(5)",
+        "KV.get('a\\nb')",
+        "KV.get('k' * 600)",
+        "KV.sismember('s', None)",
+        "KV.sismember('s', 'x' * 70000)",
+        "KV.sismember('s', '\\ud800')",
+        "KV.hget('a', 'f')",  # wrong type in the store
+        # wrong arity / keywords: the same TypeError as a plain method
+        "KV.get()",
+        "KV.get('a', 'b')",
+        "KV.sismember('s')",
+        "KV.sismember(key='s', value='m')",
+    ],
+)
+def test_direct_and_guarded_kv_calls_agree(expr: str) -> None:
+    # `kv.<op>` is compiled to the direct call; `k.<op>` with `k = kv` goes through _getattr_.
+    data = {"s": {"m", "n"}, "a": "1", "h": {"f": "v"}, "clé": "x"}
+    direct_src = ATTEMPT + "def handle(req):\n    return {'r': attempt(lambda: " + expr.replace("KV", "kv") + ")}\n"
+    guarded_src = ATTEMPT + "def handle(req):\n    k = kv\n    return {'r': attempt(lambda: " + expr.replace("KV", "k") + ")}\n"
+    assert "_kv_" in _transformed(direct_src) and "_kv_" not in _transformed(guarded_src)
+    direct, guarded = _run(direct_src, data=data), _run(guarded_src, data=data)
+    assert direct.verdict == guarded.verdict == "modify", (direct, guarded)
+    assert direct.fields == guarded.fields
+    assert direct.kv_ops == guarded.kv_ops
+
+
+def test_direct_kv_calls_respect_the_kv_ops_budget_and_stop() -> None:
+    source = "def handle(req):\n    for i in range(100):\n        kv.get('a')\n"
+    assert "_tick_" not in _transformed(source)  # the op checks the clock itself
+    result = _run(source, kv_ops=10)
+    assert result.verdict == ERROR and result.error.kind == "budget"
+    assert "kv_ops (limit 10)" in result.error.message
+
+
+def test_direct_kv_call_after_a_stop_is_refused() -> None:
+    # The stop is sticky: a `finally` that calls kv after the budget ran out dies too.
+    source = (
+        "def handle(req):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            pass\n"
+        "    finally:\n"
+        "        kv.set('after', 'stop')\n"
+    )
+    kv = DictKV()
+    result = execute(compile_script(source), {}, kv, Budgets(steps=1000))
+    assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
+    assert kv.calls == []
+
+
+# -- ticks ---------------------------------------------------------------------------------
+
+
+def test_comprehension_tick_is_left_out_only_when_a_guard_ticks_per_item() -> None:
+    code = _transformed(
+        "def handle(req):\n"
+        "    a = [u for u in req['x'] if kv.sismember('s', u)]\n"
+        "    b = [u for u in req['x'] if u not in a]\n"
+        "    c = [kv.get(u) for u in req['x']]\n"
+        "    d = [u for u in req['x'] if kv.smismember('s', [])]\n"
+        "    e = [u for v in req['x'] for u in v if u]\n"
+        "    f = [u.x for v in req['x'] for u in v]\n"
+        "    g = [u for u in req['x'] if u or kv.get(u)]\n"
+        "    h = [(lambda: kv.get(u)) for u in req['x']]\n"
+    )
+    lines = {line.split("=")[0].strip(): line for line in code.splitlines() if " = _sized_" in line}
+    assert lines["a"].count("_tick_") == 0
+    assert lines["b"].count("_tick_") == 1
+    assert lines["c"].count("_tick_") == 0
+    assert lines["d"].count("_tick_") == 1  # smismember([]) answers without a clock check
+    assert lines["e"].count("_tick_") == 2
+    assert lines["f"].count("_tick_") == 1  # the inner clause's element ticks; the outer does not
+    assert lines["g"].count("_tick_") == 1  # kv.get only runs when `u` is falsy
+    assert lines["h"].count("_tick_") == 1  # a lambda body does not run per item
+    assert code.count("_getiter_item_(req, 'x')") == 8
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # a list grown while a comprehension walks it, with no ticking guard per item
+        "l = [1]\n    a = l.append\n    r = [a(x) for x in l if not kv.smismember('s', [])]",
+        "l = [1]\n    a = l.append\n    r = [a(x) for x in l]",
+        "l = [1]\n    a = l.append\n    r = [a(x) for y in [l] for x in y]",
+        "l = [1]\n    a = l.append\n    r = sum(1 for x in l if a(x) is None)",
+        "l = [1]\n    a = l.append\n    for x in l:\n        a(x)",
+    ],
+)
+def test_endless_comprehensions_are_still_stopped(body: str) -> None:
+    result = _run("def handle(req):\n    " + body + "\n", wall_ms=200, max_items=10**9)
+    assert result.verdict == ERROR and result.error.kind == "budget", result
+    assert "wall_ms (limit 200)" in result.error.message
+
+
+def test_comprehension_with_kv_per_item_is_bounded_by_kv_ops() -> None:
+    source = "def handle(req):\n    l = [1]\n    a = l.append\n    r = [a(x) for x in l if kv.exists('k')]\n"
+    result = _run(source, data={"k": "1"}, kv_ops=50)
+    assert result.verdict == ERROR and "kv_ops (limit 50)" in result.error.message
+
+
+@pytest.mark.parametrize(
+    "payload,fragment,kind",
+    [
+        ({"x": 5}, "'int' object is not iterable", "exception"),
+        ({"y": []}, "KeyError: 'x'", "exception"),
+    ],
+)
+def test_fused_iteration_guard_errors(payload: dict[str, Any], fragment: str, kind: str) -> None:
+    result = _run("def handle(req):\n    return {'r': [v for v in req['x']]}\n", payload=payload)
+    assert result.verdict == ERROR and result.error.kind == kind
+    assert fragment in result.error.message
+
+
+def test_fused_iteration_guard_refuses_what_getitem_refuses() -> None:
+    result = _run("def handle(req):\n    for v in kv['x']:\n        pass\n")
+    assert result.verdict == ERROR and result.error.kind == "policy"
+    assert "<kv> cannot be indexed" in result.error.message
+
+
+def test_fused_iteration_guard_charges_steps() -> None:
+    source = "def handle(req):\n    n = 0\n    for v in req['x']:\n        n += 1\n    return {'n': n}\n"
+    assert "_getiter_item_" in _transformed(source)
+    assert _run(source, payload={"x": list(range(50))}, steps=1000).fields == {"n": 50}
+    result = _run(source, payload={"x": list(range(5000))}, steps=1000)
+    assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
+
+
+# -- _verdict --------------------------------------------------------------------------------
+
+
+def _reference_verdict(fields: dict[str, Any], budgets: Budgets) -> tuple[Any, int]:
+    st = RunState(budgets)
+    try:
+        out: Any = plain_copy(fields, st, "result", 0)
+    except (InvalidResult, BudgetExceeded) as e:
+        out = (type(e), str(e))
+    return out, st.steps_left
+
+
+NAN = math.nan
+FIELDS = [
+    {"a": ["x", "y"]},
+    {"a": "x", "b": True, "c": None, "d": ["p", None, False]},
+    {"a": 1, "b": 2.5},
+    {"a": ["x"] * 40},
+    {"a": ["x"] * 15 + [1]},
+    {"a": ["x"] * 40 + [1]},
+    {"a": [["x"]]},
+    {"a": ("x", "y")},
+    {"a": {"b": "c"}},
+    {1: "x"},
+    {"a": "x", 1: "y"},
+    {"a": NAN},
+    {"a": [NAN]},
+    {"a": 2**70},
+    {"a": [object()]},
+    {"a": ["x"] * 3000},
+]
+
+
+@pytest.mark.parametrize("fields", FIELDS, ids=range(len(FIELDS)))
+@pytest.mark.parametrize("steps", [5_000_000, 20])
+@pytest.mark.parametrize("wrap", [False, True])
+def test_verdict_fast_copy_matches_plain_copy(fields: dict[str, Any], steps: int, wrap: bool) -> None:
+    budgets = Budgets(steps=steps)
+    want, want_steps = _reference_verdict(fields, budgets)
+    st = RunState(budgets)
+    try:
+        kind, got = _verdict(Verdict("allow", fields) if wrap else fields, st)
+        assert kind == "modify"
+        assert type(got) is dict and got is not fields
+        for key, value in got.items():
+            if type(value) is list:
+                assert value is not fields[key]  # a copy, never the script's own list
+    except (InvalidResult, BudgetExceeded) as e:
+        got = (type(e), str(e))
+    assert got == want or (got != got and want != want)
+    assert repr(got) == repr(want)
+    assert st.steps_left == want_steps
+
+
+# -- RunState.begin ----------------------------------------------------------------------
+
+
+def test_begin_follows_changed_budgets() -> None:
+    a, b = Budgets(), Budgets(max_str=10, max_items=20, max_int_bits=30, recursion=5, wall_ms=7)
+    st = RunState(a)
+    for budgets in (b, b, a, b, Budgets(**{**b.to_wire()})):
+        st.end()
+        st.begin(budgets, None)
+        fresh = RunState(budgets)
+        for slot in ("max_str", "max_items", "max_bits", "int_limit", "neg_int_limit", "max_depth", "wall_ns",
+                     "steps_left", "ticks_left", "depth", "dead", "logs", "kv_ops", "log_bytes", "port"):
+            assert getattr(st, slot) == getattr(fresh, slot), slot
+        assert st.budgets == budgets
+        assert st.deadline - st.started == fresh.deadline - fresh.started == budgets.wall_ms * 1_000_000
