@@ -119,9 +119,10 @@ def make_hooks(
 
     def getiter_item_(obj: Any, key: Any) -> Any:
         # getiter_(getitem_(obj, key)), inlined: `for x in req["items"]` in one call.
-        st.ticks_left -= 1
-        if st.ticks_left <= 0 or st.dead is not None:
-            st.check_clock()
+        if st.ticks_left <= 1 or st.dead is not None:
+            st.check_clock()  # getitem_'s tick would reach 0 (or the script is stopped)
+        else:
+            st.ticks_left -= 1
         if type(obj) not in subscriptable:
             st.refuse(f"{describe(obj)} cannot be indexed")
         obj = obj[key]
@@ -130,8 +131,8 @@ def make_hooks(
             n = len(obj)
             st.steps_left -= n
             st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
-            if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
-                st._slow_step()
+            if st.ticks_left <= 0 or st.steps_left < 0:
+                st._slow_step()  # (st.dead is None: checked above; obj[key] cannot stop the script)
             return obj
         if t in LAZY:
             st.alive()

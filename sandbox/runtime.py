@@ -59,7 +59,7 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
-from sandbox.budget import IDLE, RunState, Stop, utf8_clean
+from sandbox.budget import CLOCK_EVERY, IDLE, RunState, Stop, utf8_clean
 from sandbox.convert import (
     COPIED_AS_IS,
     InvalidResult,
@@ -157,6 +157,7 @@ _PER_THREAD = threading.local()
 CALL, _GLOBALS = _new_toolkit()
 _loads, _dumps = orjson.loads, orjson.dumps
 _monotonic_ns = time.monotonic_ns
+_FunctionType = types.FunctionType
 
 
 def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
@@ -213,7 +214,11 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
         else:
             break
     else:
-        st.charge(items)
+        # st.charge(items), inlined
+        st.steps_left -= items
+        st.ticks_left -= 1 if items < 1024 else CLOCK_EVERY
+        if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
+            st._slow_step()
         items = -1
     if items >= 0:
         fields = plain_copy(rv, st, "result", 0)
@@ -227,7 +232,13 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
 
 
 def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) -> RunResult:
-    """Run ``handle(req)`` once. Never raises for anything the script does."""
+    """Run ``handle(req)`` once. Never raises for anything the script does.
+
+    ``payload`` is the callback's JSON data, which the script gets a fresh plain copy of
+    (mutating it changes nothing), or the callback's JSON text as ``bytes``: parsed here
+    into data nobody else holds, so no copy is needed (invalid JSON is an ``exception``
+    error; no script code runs).
+    """
     try:
         st, template = _PER_THREAD.toolkit
     except AttributeError:
@@ -235,18 +246,21 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
     if st.dead is not IDLE:
         # A nested call would share this thread's state: refuse rather than mix two calls.
         return RunResult.failed(POLICY, "sandbox error: another call is already running in this thread")
-    g: dict[str, Any] = {}
+    g: dict[str, Any] | None = None
     try:
         st.begin(budgets, kv)
         g = template.copy()
-        try:  # copy_payload(payload), inlined: a fresh plain copy the script may mutate
-            req = _loads(_dumps(payload))
-        except (TypeError, ValueError):
-            req = copy_payload(payload)
+        if type(payload) is bytes:
+            req = _loads(payload)
+        else:
+            try:  # copy_payload(payload), inlined: a fresh plain copy the script may mutate
+                req = _loads(_dumps(payload))
+            except (TypeError, ValueError):
+                req = copy_payload(payload)
         # -- the script runs here --
         exec(script.code, g)
         handle = g.get("handle")
-        if type(handle) is not types.FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
+        if type(handle) is not _FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
             st.refuse("'handle' must be the script's own function")
         rv = handle(req)
         if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
@@ -267,7 +281,8 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         return RunResult.failed(kind, utf8_clean(message), logs=st.logs, kv_ops=st.kv_ops, elapsed_ms=st.elapsed_ms())
     finally:
         try:
-            g.clear()  # break function <-> globals cycles now, not in a later GC
+            if g is not None:
+                g.clear()  # break function <-> globals cycles now, not in a later GC
         finally:
             st.end()
 

@@ -289,3 +289,42 @@ def test_begin_follows_changed_budgets() -> None:
             assert getattr(st, slot) == getattr(fresh, slot), slot
         assert st.budgets == budgets
         assert st.deadline - st.started == fresh.deadline - fresh.started == budgets.wall_ms * 1_000_000
+
+
+# -- execute(payload=bytes) ------------------------------------------------------------------
+
+
+ECHO = (
+    "def handle(req):\n"
+    "    log(req)\n"
+    "    req['seen'] = True\n"
+    "    return {'req': req, 'n': len(req.get('list', []))}\n"
+)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"a": "x", "list": ["p", "q"], "n": 5, "f": 2.5, "z": None, "b": False, "d": {"e": [1, {"g": "h"}]}},
+        {"big": 2**63 - 1, "neg": -(2**63), "u": 2**64 - 1, "text": "héllo ☃"},
+        {},
+    ],
+)
+def test_bytes_payload_is_the_same_as_data(payload: dict[str, Any]) -> None:
+    import orjson
+
+    script = compile_script(ECHO)
+    from_data = execute(script, payload, DictKV(), Budgets())
+    from_bytes = execute(script, orjson.dumps(payload), DictKV(), Budgets())
+    assert from_data.verdict == from_bytes.verdict == "modify", (from_data, from_bytes)
+    assert from_data.fields == from_bytes.fields
+    assert from_data.logs == from_bytes.logs
+    assert "seen" not in payload  # the data form is copied; the bytes form is parsed afresh
+
+
+def test_invalid_json_bytes_run_no_script_code() -> None:
+    kv = DictKV()
+    result = execute(compile_script("def handle(req):\n    kv.set('ran', 'yes')\n"), b"{nope", kv, Budgets())
+    assert result.verdict == ERROR and result.error.kind == "exception"
+    assert "JSONDecodeError" in result.error.message
+    assert kv.calls == [] and result.logs == []
