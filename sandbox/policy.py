@@ -13,8 +13,12 @@ and injects the accounting calls the runtime needs (see ``sandbox.guards`` for t
 - ``_step_()`` at the top of every ``while`` body, and in every lambda;
 - ``_enter_()`` / ``try: ... finally: _leave_()`` around every function body;
 - ``_tick_()`` at the top of every ``for`` body and as the first ``if`` of every
-  comprehension clause (clock check, sticky stop), plus ``_sized_()`` around list, set
-  and dict comprehensions (item limit);
+  comprehension clause (clock check, sticky stop), unless what runs for every item
+  already passes a ticking guard or a KV op (``_ticks_unconditionally``), plus
+  ``_sized_()`` around list, set and dict comprehensions (item limit);
+- ``for x in a[k]`` (loops and comprehensions) calls one fused guard, ``_getiter_item_``;
+- ``kv.<op>(...)`` on the global ``kv`` (a script that never binds the name ``kv``)
+  calls the facade's bound method directly (``KV_DIRECT``), without ``_getattr_``;
 - ``+ * ** << %`` become ``_add_ _mul_ _pow_ _lshift_ _mod_`` so sizes are checked
   *before* anything is allocated, and f-string fields become ``_fmt_`` calls (widths,
   safe conversions).
