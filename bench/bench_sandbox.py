@@ -188,7 +188,7 @@ def main() -> None:
         return orjson.dumps(rv.fields if isinstance(rv, _Allow) else rv)
 
     def sandbox_call(script: Any) -> bytes:
-        return orjson.dumps(execute(script, orjson.loads(raw), port, budgets).fields)
+        return orjson.dumps(execute(script, raw, port, budgets).fields)  # as the worker does
 
     native = _best([_timed(native_call, n) for _ in range(rounds)])
     bare = _best([_timed(lambda: native_handle(dict(PAYLOAD)), n) for _ in range(rounds)])

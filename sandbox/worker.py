@@ -196,7 +196,7 @@ def warm_up() -> list[str]:
     the worker (``tests/test_worker_warmup.py`` requires it to be empty)."""
     problems: list[str] = []
     budgets = Budgets(wall_ms=50, steps=100_000)
-    payload = orjson.loads(b'{"items": [1, 2, 3], "s": "\\u00e9\\u003c"}\n')
+    payload = b'{"items": [1, 2, 3], "s": "\\u00e9\\u003c"}\n'  # the JSON text, as calls get it
     for i, src in enumerate(_WARM_SCRIPTS):
         try:
             script = compile_script(src)
@@ -334,15 +334,16 @@ class Worker:
                 self.reads.enter(scope)
             kv = IpcKV(self.chan, call_id, self.reads, type(scope) is str)
             try:
-                payload = orjson.loads(body)
-                result = execute(script, payload, kv, budgets)
+                # The body's JSON text: execute parses it into data only this call holds,
+                # so it skips the defensive copy a shared payload would need.
+                result = execute(script, body, kv, budgets)
             except MemoryError:
                 result = RunResult.failed(BUDGET, f"budget exceeded: memory (limit {budgets.memory_mb} MiB)")
             except BaseException as exc:  # execute must not raise; never let a script kill the loop
                 result = RunResult.failed(api.EXCEPTION, f"sandbox error: {type(exc).__name__}")
             finally:
                 kv.closed = True
-                payload = script = None
+                script = None
         self.gc.sweep()
         self.reply_done(call_id, result, cached, budgets, cpu)
 
