@@ -718,10 +718,13 @@ class Bench:
         def sample() -> None:
             kids = children_map()
             pids = [http_pid, *descendants(http_pid, kids)]
-            lines = {p: cmdline(p) for p in pids}
-            # The template (sandbox/template.py) forks the workers; it is reported on its own.
-            templates = [rss_mb(p) for p, c in lines.items() if "sandbox.worker" in c and "--template" in c]
-            workers = {p: rss_mb(p) for p, c in lines.items() if "sandbox.worker" in c and "--template" not in c}
+            sandbox = {p for p in pids if "sandbox.worker" in cmdline(p)}
+            # The template (sandbox/template.py) forks the workers and is reported on its own;
+            # its children share its command line, so it is told apart by its parent.
+            parent = {c: p for p, cs in kids.items() for c in cs}
+            tpl = {p for p in sandbox if parent.get(p) not in sandbox and "--template" in cmdline(p)}
+            templates = [rss_mb(p) for p in tpl]
+            workers = {p: rss_mb(p) for p in sandbox - tpl}
             worker_pids.update(workers)
             vals = [v for v in workers.values() if v is not None]
             samples.append({"t": round(time.monotonic() - t0, 1), "http": rss_mb(http_pid),
@@ -888,8 +891,8 @@ def latency_table(lat: dict[str, Any], what: str) -> str:
            "the scheduled time (queueing is charged to the server); \"strict\" counts every request from its "
            "scheduled time, so it also includes the generator's own timer lateness (send lag).", "",
            "| receiver | achieved req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | strict p99 ms | "
-           "errors | generator send lag p99 ms / CPU share | other jobs' CPU (cores) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+           "errors | generator send lag p99 ms / CPU share | other jobs' CPU (cores) | VM steal (cores) |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
 
     def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}"
@@ -898,7 +901,13 @@ def latency_table(lat: dict[str, Any], what: str) -> str:
         out.append(f"| {r['target']} | {r['achieved_rate']:.0f} | {ms(r['p50_ms'])} | {ms(r['p90_ms'])} | "
                    f"{ms(r['p99_ms'])} | {ms(r['p999_ms'])} | {ms(r['max_ms'])} | {ms(r.get('strict_p99_ms'))} | "
                    f"{r['errors'] + r['timeouts'] + r['non200']} | {ms(r['send_lag_p99_ms'])} / {r['cpu_share']} | "
-                   f"{r['cpu'].get('other', 0):.2f} |")
+                   f"{r['cpu'].get('other', 0):.2f} | {r['cpu'].get('steal', 0):.3f} |")
+    by_target: dict[str, list[float]] = {}
+    for r in lat["runs"]:
+        by_target.setdefault(r["target"], []).append(r["p99_ms"])
+    out.append("")
+    out.append("p99, median over the rounds: " + "; ".join(
+        f"{t} **{med(v):.2f} ms** ({', '.join(f'{x:.2f}' for x in v)})" for t, v in by_target.items()))
     return "\n".join(out)
 
 
@@ -999,7 +1008,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             log(f"phase latency: open loop at {rate} req/s")
             noop = b.start_handwritten(noop=True)
             b.wrk(noop, "invite", w, record=False)
-            order = [sg, hw, noop, noop, hw, sg][: 3 * args.latency_rounds]
+            order = [sg, hw, noop, noop, hw, sg, sg, hw, noop][: 3 * args.latency_rounds]
             runs = [b.openloop(t, "invite", rate, args.latency_duration) for t in order]
             res["latency"] = {"rate": rate, "runs": runs}
             low = round(peak / 4)
@@ -1065,7 +1074,7 @@ def main(argv: list[str] | None = None) -> int:
     args.latency_duration = 4.0 if q else 12.0
     if args.quiet_budget is None:
         args.quiet_budget = 0.0 if q else 60.0
-    args.latency_rounds = 1 if q else 2
+    args.latency_rounds = 1 if q else 3
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/bin/{tool}").exists():
             print(f"bench_load: {tool} is needed (apt-get install {tool.split('-')[0]})", file=sys.stderr)

@@ -14,6 +14,9 @@ reply fields), so the ratios compare the handler's execution, not who parses JSO
   production path with Redis and its client-side cache, where the host lets workers keep
   answers it will invalidate (sandbox/readcache.py), so repeated reads stay in the worker.
 
+The last lines time a recycle: from a worker's kill until its replacement is ready, forked
+from the pool's template process (sandbox/template.py) and started as a fresh interpreter.
+
 Targets (issue #3): in-process < 3x native; a worker round trip adds < 150 µs at the median.
 Latency here is dominated by process wake-ups; ``--spin-us`` (default: the server's
 ``sandbox_spin_us``) makes host and worker poll briefly before sleeping. Numbers from a
@@ -166,6 +169,21 @@ async def bench_worker(n: int, workers: int, spin_us: int, rounds: int, selector
     return out
 
 
+async def bench_restart(n: int, fork_template: bool) -> list[float]:
+    """Milliseconds from a worker's kill to its replacement being ready (a recycle)."""
+    out = []
+    async with WorkerPool(size=1, fork_template=fork_template) as pool:
+        for _ in range(n):
+            victim = next(iter(pool._workers))
+            t = time.perf_counter_ns()
+            victim.kill("recycle: bench")
+            while pool.stats()["idle"] != 1:  # the replacement has no event of its own
+                await asyncio.sleep(0.0002)
+            out.append((time.perf_counter_ns() - t) / 1e6)
+        assert (pool._forker is not None) == fork_template
+    return out
+
+
 def _best(rounds: list[list[float]]) -> list[float]:
     # The round with the lowest median: other processes on the machine only ever add time.
     return min(rounds, key=statistics.median)
@@ -176,6 +194,7 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=3000, help="calls per measurement round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; the best (lowest-median) round is shown")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--restarts", type=int, default=20, help="worker replacements timed per start method")
     ap.add_argument("--spin-us", type=int, default=Config().sandbox_spin_us,
                     help="host and worker poll this long before sleeping (the server's sandbox_spin_us)")
     args = ap.parse_args()
@@ -203,6 +222,7 @@ def main() -> None:
     factory, selector = loop_factory(args.spin_us)
     with asyncio.Runner(loop_factory=factory) as runner:
         runs = runner.run(bench_worker(n, args.workers, args.spin_us, rounds, selector))
+        restart = {tpl: runner.run(bench_restart(args.restarts, tpl)) for tpl in (True, False)}
     worker = {name: _best(r) for name, r in runs.items()}
 
     rows = [
@@ -232,6 +252,9 @@ def main() -> None:
     print(f"worker - in-process (typical, kept):    {kept - inp:7.1f} µs  (1 round trip; reads kept in the worker)")
     print(f"worker - in-process (typical, via host):{wk - inp:7.1f} µs  (4 round trips: call + 3 KV reads)")
     print(f"  of which per KV round trip:           {((wk - inp) - (t_wk - t_in)) / 3:7.1f} µs")
+    fork_ms, fresh_ms = statistics.median(restart[True]), statistics.median(restart[False])
+    print(f"worker replacement, forked from the template: {fork_ms:6.1f} ms  (kill -> ready, median of {args.restarts})")
+    print(f"worker replacement, fresh interpreter:        {fresh_ms:6.1f} ms  ({fresh_ms / fork_ms:.0f}x slower)")
     try:
         print(f"load average during the run:        {os.getloadavg()[0]:7.2f}  ({os.cpu_count()} CPUs)")
     except OSError:
