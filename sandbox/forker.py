@@ -27,6 +27,7 @@ import orjson
 log = logging.getLogger("scriptgate.sandbox")
 
 MAX_MSG = 4096
+FORK_TIMEOUT_S = 2.0  # a fork answers in ~1 ms; far beyond that the template is wedged
 
 
 class ForkError(RuntimeError):
@@ -106,7 +107,13 @@ class Forker:
             self._pending.pop(n, None)
             raise ForkError(f"template unreachable: {exc}") from None
         try:
-            return await fut
+            async with asyncio.timeout(FORK_TIMEOUT_S):
+                return await fut
+        except TimeoutError:
+            # A template that does not answer (stopped, wedged) is replaced; its workers die
+            # with it and are replaced too, which beats waiting on it for every new worker.
+            self._died("did not answer a fork request in time")
+            raise ForkError("template process did not answer") from None
         finally:
             self._pending.pop(n, None)
 

@@ -159,3 +159,23 @@ def test_closing_the_pool_stops_the_template() -> None:
 
     tpl = asyncio.run(main())
     assert not Path(f"/proc/{tpl}").exists()
+
+
+def test_a_wedged_template_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A template that stops answering (SIGSTOP here) must not hold up new workers: the fork
+    # request times out, the worker starts directly and a new template replaces the old one.
+    monkeypatch.setattr(forker_mod, "FORK_TIMEOUT_S", 0.5)
+
+    async def main() -> None:
+        async with WorkerPool(size=1) as pool:
+            old_tpl = template_pid(pool)
+            os.kill(old_tpl, signal.SIGSTOP)
+            next(iter(pool._workers)).kill("recycle: test")
+            await until(lambda: pool.stats()["idle"] == 1)
+            res = await call(pool, "def handle(req):\n    return allow()\n")
+            assert res.error is None
+            await until(lambda: pool.template_starts == 2 and pool._forker is not None)
+            assert template_pid(pool) != old_tpl
+            assert not Path(f"/proc/{old_tpl}").exists()  # killed and reaped
+
+    asyncio.run(main())
