@@ -172,8 +172,8 @@ class _Worker:
         self.waiter: asyncio.Future[dict[str, Any] | None] | None = None
         self.calls = 0
         # Its own call limit, between half and all of the pool's: workers that started
-        # together and share the load evenly would otherwise all be recycled at once, and
-        # a worker's start costs ~0.3 s of CPU (measured), which stalls every callback.
+        # together and share the load evenly would otherwise all be recycled at once (cheap
+        # when forked from the template, ~5 ms; ~0.15-0.3 s of CPU each when started directly).
         self.call_limit = max(1, round(pool.max_calls_per_worker * (0.5 + 0.5 * pool._rng.random())))
         self.cpu = 0.0
         self.known: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -420,8 +420,9 @@ class WorkerPool:
         return [sys.executable, "-P", "-s", "-B", "-m", "sandbox.worker", *tail]
 
     def _set_priority(self, pid: int, starting: bool) -> None:
-        """A starting worker (imports, warm-up: ~0.3 s of CPU) runs at a lower CPU priority,
-        so a recycle or a replacement takes idle CPU instead of stalling live callbacks.
+        """A starting worker (confinement; without the template also imports and warm-up:
+        ~0.3 s of CPU) runs at a lower CPU priority, so a recycle or a replacement takes idle
+        CPU instead of stalling live callbacks.
         Only with the privilege to restore the priority once it is ready (root)."""
         if self._base_nice is None:
             return
