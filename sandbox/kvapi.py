@@ -192,7 +192,6 @@ def _key_value_method(name: str, param: str) -> Any:
     """``kv.<name>(key, value)``: both checked inline (the value test accepts only what
     ``kvops._scalar`` returns unchanged: an exact ASCII str within the limit)."""
     label = _VALUE_LABEL[name]
-    bool_answer = name in _BOOL_OPS
 
     def method(self: KV, key: Any, value: Any) -> Any:
         st = self._st
@@ -205,27 +204,7 @@ def _key_value_method(name: str, param: str) -> Any:
         limit = b.kv_value_bytes
         if not (type(value) is str and len(value) <= limit and value.isascii()):
             value = _bad_value(value, label, limit)
-        # _port_call(st, b, name, [key, value]), inlined: this is the per-item op in loops
-        if st.kv_ops >= b.kv_ops:
-            st.exceeded("kv_ops", b.kv_ops)
-        st.kv_ops += 1
-        port = st.port
-        limit = _getrecursionlimit()
-        _setrecursionlimit(limit + PORT_STACK_HEADROOM)
-        try:
-            result = port.call(name, [key, value])
-        except Exception as e:
-            _port_failed(st, name, e)
-        finally:
-            _setrecursionlimit(limit)
-        if st.dead is not None:
-            st.reraise()
-        st.ticks_left = CLOCK_EVERY
-        if _monotonic_ns() > st.deadline:
-            st.exceeded("wall_ms", b.wall_ms)
-        if bool_answer and (result is True or result is False):
-            return result
-        return _answer(st, name, result)
+        return _answer(st, name, _port_call(st, b, name, [key, value]))
 
     # The script-visible signature keeps the documented parameter name.
     code = method.__code__
