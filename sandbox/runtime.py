@@ -59,7 +59,7 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
-from sandbox.budget import CLOCK_EVERY, IDLE, RunState, Stop, utf8_clean
+from sandbox.budget import IDLE, RunState, Stop, utf8_clean
 from sandbox.convert import (
     COPIED_AS_IS,
     InvalidResult,
@@ -214,11 +214,7 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
         else:
             break
     else:
-        # st.charge(items), inlined
-        st.steps_left -= items
-        st.ticks_left -= 1 if items < 1024 else CLOCK_EVERY
-        if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
-            st._slow_step()
+        st.charge(items)
         items = -1
     if items >= 0:
         fields = plain_copy(rv, st, "result", 0)
