@@ -371,9 +371,7 @@ def confine(memory_mb: int, keep_fds: set[int], parent_pid: int) -> ConfineRepor
     report.dumpable_off = True
     # Credentials changed above, which clears the parent-death signal: set it now, then
     # check the parent did not die before it was armed.
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(0)
+    die_with_parent(parent_pid)
     report.pdeathsig = True
 
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
