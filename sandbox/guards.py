@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.budget import CLOCK_EVERY, RunState
+from sandbox.budget import RunState
 from sandbox.containers import (
     INTLIKE,
     LAZY,
@@ -105,12 +105,7 @@ def make_hooks(
     def getiter_(obj: Any) -> Any:
         t = type(obj)
         if t in SIZED:
-            # st.charge(len(obj)), inlined: this runs for every for-loop and comprehension
-            n = len(obj)
-            st.steps_left -= n
-            st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
-            if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
-                st._slow_step()
+            st.charge(len(obj))
             return obj
         if t in LAZY:
             st.alive()
@@ -125,19 +120,7 @@ def make_hooks(
             st.ticks_left -= 1
         if type(obj) not in subscriptable:
             st.refuse(f"{describe(obj)} cannot be indexed")
-        obj = obj[key]
-        t = type(obj)
-        if t in SIZED:
-            n = len(obj)
-            st.steps_left -= n
-            st.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
-            if st.ticks_left <= 0 or st.steps_left < 0:
-                st._slow_step()  # (st.dead is None: checked above; obj[key] cannot stop the script)
-            return obj
-        if t in LAZY:
-            st.alive()
-            return obj
-        not_iterable(st, obj)
+        return getiter_(obj[key])
 
     def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target
