@@ -98,6 +98,9 @@ class RunResult:
     logs: list[str] = field(default_factory=list)
     kv_ops: int = 0
     elapsed_ms: float = 0.0
+    # ``fields`` as JSON when the sandbox already encoded it (its size check): the worker
+    # sends these bytes instead of encoding the fields again. Not compared, not on the wire.
+    fields_json: bytes | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def failed(cls, kind: str, message: str, **extra: Any) -> RunResult:
@@ -134,12 +137,23 @@ class KVUnavailable(Exception):
     """The KV backend could not be reached. Stops the script; the failure policy applies."""
 
 
+class KVDeadline(Exception):
+    """A port that waited (a round trip) found the call's wall-time deadline passed."""
+
+
 class KVPort(Protocol):
     """How the sandbox's ``kv`` facade reaches the store. Injected; never a Redis client.
 
     ``call`` performs one already-validated operation (see ``sandbox.kvapi.OPS``) in the
     caller's namespace and returns plain JSON data. It raises ``KVError`` when the store
     refuses the operation and ``KVUnavailable`` when the store cannot be reached.
+
+    The sandbox reads the clock only now and then (an op counts as a loop tick), so a port
+    that can wait must check the call's deadline itself after waiting and raise
+    ``KVDeadline`` when it has passed (``sandbox.worker.IpcKV`` does). It runs at the
+    script's stack depth: a script at the interpreter's stack limit can make RecursionError
+    (or MemoryError) fire inside ``call``, and a port with state must then stay consistent
+    or refuse further use.
     """
 
     def call(self, op: str, args: list[Any]) -> Any: ...

@@ -26,6 +26,7 @@ CLOCK_EVERY = 64
 
 
 _INT_LIMITS: dict[int, tuple[int, int]] = {}
+_NO_LOGS: Any = ()
 _monotonic_ns = time.monotonic_ns
 
 
@@ -112,6 +113,10 @@ class RunState:
 
     def __init__(self, budgets: Budgets) -> None:
         self.budgets: Budgets | None = None
+        # Per-call caches (format strings parsed by ``%``, compiled patterns): made lazily,
+        # dropped by ``end``.
+        self.fmt_cache: dict[str, Any] | None = None
+        self.re_cache: dict[Any, Any] | None = None
         self.begin(budgets, None)
 
     def begin(self, budgets: Budgets, port: Any) -> None:
@@ -133,9 +138,7 @@ class RunState:
         self.logs: list[str] = []
         self.log_bytes = 0
         self.kv_ops = 0
-        # Per-call caches (format strings parsed by ``%``, compiled patterns): lazily made.
-        self.fmt_cache: dict[str, Any] | None = None
-        self.re_cache: dict[Any, Any] | None = None
+        # fmt_cache and re_cache are None: set so by __init__ and by end()
 
     def use_budgets(self, budgets: Budgets) -> None:
         """Hot budget values, copied so the guards need one attribute load each."""
@@ -151,7 +154,7 @@ class RunState:
         """Finish a call: drop every reference it made and refuse any further use."""
         self.dead = IDLE  # every guard checks ``dead`` (directly or on its slow path)
         self.port = None
-        self.logs = []
+        self.logs = _NO_LOGS  # never appended to: add_log refuses first (dead is IDLE)
         self.fmt_cache = None
         self.re_cache = None
 

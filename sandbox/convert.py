@@ -286,9 +286,10 @@ def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
     raise InvalidResult(f"{what}: {_type_name(v)} is not a JSON type")
 
 
-def encoded_size(plain: Any, what: str = "result") -> int:
+def encode_plain(plain: Any, what: str = "result") -> bytes:
+    """The JSON of data ``to_plain`` made (it can still hold lone surrogates: refused here)."""
     try:
-        return len(orjson.dumps(plain))
+        return orjson.dumps(plain)
     except (TypeError, ValueError) as e:  # lone surrogates, mostly
         raise InvalidResult(f"{what}: {scrub(str(e))}") from None
 

@@ -22,7 +22,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.budget import RunState
+from sandbox.budget import CLOCK_EVERY, RunState
 from sandbox.containers import (
     INTLIKE,
     LAZY,
@@ -113,14 +113,22 @@ def make_hooks(
         not_iterable(st, obj)
 
     def getiter_item_(obj: Any, key: Any) -> Any:
-        # getiter_(getitem_(obj, key)), inlined: `for x in req["items"]` in one call.
-        if st.ticks_left <= 1 or st.dead is not None:
-            st.check_clock()  # getitem_'s tick would reach 0 (or the script is stopped)
-        else:
-            st.ticks_left -= 1
+        # getiter_(getitem_(obj, key)) in one call (`for x in req["items"]`), with both
+        # ticks and the sized case's RunState.charge written out: this is the hot path.
+        if st.dead is not None:
+            st.reraise()
         if type(obj) not in subscriptable:
             st.refuse(f"{describe(obj)} cannot be indexed")
-        return getiter_(obj[key])
+        value = obj[key]
+        if type(value) in SIZED:
+            n = len(value)
+            st.steps_left -= n
+            st.ticks_left -= 2 if n < 1024 else CLOCK_EVERY
+            if st.ticks_left <= 0 or st.steps_left < 0:
+                st._slow_step()
+            return value
+        st.tick()  # getitem_'s
+        return getiter_(value)
 
     def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target
@@ -221,7 +229,7 @@ def make_hooks(
         max_str = st.max_str
         percent_specs = st.fmt_cache
         if percent_specs is None:
-            percent_specs = st.fmt_cache = {}  # per call: RunState.begin() drops it
+            percent_specs = st.fmt_cache = {}  # per call: RunState.end() drops it
         specs = percent_specs.get(fmt)
         if specs is None:  # parsed once per format string and call (loops reuse it)
             specs = [(m["key"], m["width"], m["prec"], m["conv"]) for m in _PERCENT_SPEC.finditer(fmt)]

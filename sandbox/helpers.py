@@ -413,7 +413,7 @@ class ReFacade(Facade):
         key = (pattern, flags)
         cache = st.re_cache
         if cache is None:
-            cache = st.re_cache = {}  # per call: RunState.begin() drops it
+            cache = st.re_cache = {}  # per call: RunState.end() drops it
         cached = cache.get(key)
         if cached is not None:
             return cached

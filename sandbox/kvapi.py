@@ -19,20 +19,13 @@ Failures:
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any, NoReturn
 
 from sandbox import kvops
+from sandbox.api import KVDeadline, KVUnavailable, bounded
 from sandbox.api import KVError as PortKVError
-from sandbox.api import KVUnavailable, bounded
-from sandbox.budget import CLOCK_EVERY, BackendUnavailable, RunState
+from sandbox.budget import BackendUnavailable, RunState
 from sandbox.convert import scrub
-
-# Python frames granted to the port on top of wherever the script's stack is, so a script
-# that recursed to the interpreter's limit cannot make RecursionError fire half-way
-# through the port's I/O.
-PORT_STACK_HEADROOM = 300
 
 
 class KVError(Exception):
@@ -95,53 +88,44 @@ def _values(args: tuple[Any, ...]) -> list[Any]:
 _KEY_OPS = frozenset(name for name, op in kvops.OPS.items() if op.args == (kvops.KEY,))
 _KEY_VALUE_OPS = frozenset(name for name, op in kvops.OPS.items() if op.args == (kvops.KEY, kvops.VALUE))
 _VALUE_LABEL = {name: f"kv.{name}: value" for name in _KEY_VALUE_OPS}
+_VALUE_PARAM = {"sismember": "member", "hget": "field"}  # the documented parameter names
+assert set(_VALUE_PARAM) == _KEY_VALUE_OPS
 assert {"get", "delete", "exists", "ttl", "smembers", "scard", "hgetall", "llen"} <= _KEY_OPS
 assert {"sismember", "hget"} <= _KEY_VALUE_OPS
 assert all(kvops._LABELS[name]["value"] == label for name, label in _VALUE_LABEL.items())
 _check_key = kvops.check_key
 _check_value = kvops._scalar
-_getrecursionlimit = sys.getrecursionlimit
-_monotonic_ns = time.monotonic_ns
-_setrecursionlimit = sys.setrecursionlimit
 
 
-def _port_call(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
-    """Count the op, call the port with stack headroom, check the clock afterwards."""
+def _op(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
+    """Count the op, call the port, check and convert the answer.
+
+    The op counts as a loop tick (the clock is read now and then, as for any guard): a port
+    that waits (the worker's, a round trip to the host) raises ``KVDeadline`` itself when
+    the call's deadline passed while it waited.
+
+    The port runs at the script's own stack depth (no recursion-limit headroom: that cost
+    two C calls per op). A script at the interpreter's stack limit can therefore make
+    RecursionError fire inside the port; the worker's port (``sandbox.worker.IpcKV``) then
+    refuses every later op of the call, and the worker is retired after it.
+    """
     if st.kv_ops >= b.kv_ops:
         st.exceeded("kv_ops", b.kv_ops)
     st.kv_ops += 1
-    port = st.port
-    limit = _getrecursionlimit()
-    _setrecursionlimit(limit + PORT_STACK_HEADROOM)
     try:
-        result = port.call(name, wire)
+        result = st.port.call(name, wire)
     except Exception as e:
         _port_failed(st, name, e)
-    finally:
-        _setrecursionlimit(limit)
-    # st.check_clock(), inlined: the round trip may have taken a while
-    if st.dead is not None:
-        st.reraise()
-    st.ticks_left = CLOCK_EVERY
-    if _monotonic_ns() > st.deadline:
-        st.exceeded("wall_ms", b.wall_ms)
-    return result
-
-
-def _port_failed(st: RunState, name: str, e: Exception) -> NoReturn:
-    """The port raised instead of answering (a ``Stop`` is a BaseException: never here)."""
-    if isinstance(e, PortKVError):  # the store refused the op: the script may catch this
-        raise KVError(bounded(scrub(str(e)), 300)) from None
-    if isinstance(e, KVUnavailable):
-        st.stop(BackendUnavailable(f"KV backend unavailable (kv.{name})"))
-    # a broken port must not look like an answer
-    st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
+    st.ticks_left -= 1
+    if st.ticks_left <= 0:
+        st.check_clock()
+    if (result is True or result is False) and name in _BOOL_OPS:
+        return result  # the common answer of sismember/exists/expire: already what bool() gives
+    return _answer(st, name, result)
 
 
 def _answer(st: RunState, name: str, result: Any) -> Any:
     """The port's answer, checked and converted into what the script expects."""
-    if (result is True or result is False) and name in _BOOL_OPS:
-        return result  # the common answer of sismember/exists/expire: already what bool() gives
     check, convert = _RESULTS[name]
     if not check(result):
         st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
@@ -150,8 +134,18 @@ def _answer(st: RunState, name: str, result: Any) -> Any:
     return result if convert is None else convert(result)
 
 
-def _send(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
-    return _answer(st, name, _port_call(st, b, name, wire))
+def _port_failed(st: RunState, name: str, e: Exception) -> NoReturn:
+    """The port raised instead of answering (a ``Stop`` is a BaseException: never here)."""
+    if isinstance(e, PortKVError):  # the store refused the op: the script may catch this
+        raise KVError(bounded(scrub(str(e)), 300)) from None
+    if isinstance(e, KVUnavailable):
+        st.stop(BackendUnavailable(f"KV backend unavailable (kv.{name})"))
+    if isinstance(e, KVDeadline):
+        st.exceeded("wall_ms", st.budgets.wall_ms)
+    if isinstance(e, RecursionError):
+        raise e  # the script's own stack limit, reached inside the port: a recursion budget error
+    # a broken port must not look like an answer
+    st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
 
 
 def _bad_key(key: Any, limit: int) -> str:
@@ -168,43 +162,61 @@ def _bad_value(value: Any, label: str, limit: int) -> str:
         raise KVError(str(e)) from None
 
 
-def _key_method(name: str) -> Any:
-    """``kv.<name>(key)``: the key checked inline (same checks and messages as
-    ``kvops.check_key``: the fast test accepts only what it returns unchanged, i.e. an exact,
-    non-empty, printable ASCII str within the limit), then one port call."""
+_ABSENT: Any = object()
 
-    def method(self: KV, key: Any) -> Any:
+
+def _fast_method(name: str, key_is_valid: bool = False) -> Any:
+    """``kv.<name>(key)`` or ``kv.<name>(key, value)`` (``_KEY_OPS``, ``_KEY_VALUE_OPS``):
+    the most used ops, written out for speed. Same checks, order and messages as
+    ``kvops.validate`` (the fast tests accept only what its checks return unchanged: an
+    exact, non-empty, printable ASCII key and an exact ASCII value within the limits;
+    anything else takes those checks), then ``_op`` written out (one frame less per op).
+
+    ``key_is_valid``: the key is a constant the policy already found to be a non-empty
+    printable ASCII str (``sandbox.policy.KV_CONST_KEY``): only its length is checked here.
+    """
+    has_value = name in _KEY_VALUE_OPS
+    # key-only ops: an underscore name, which scripts cannot pass as a keyword (policy)
+    param = _VALUE_PARAM.get(name, "_value")
+    label = _VALUE_LABEL.get(name, "")
+    is_bool = name in _BOOL_OPS
+
+    def method(self: KV, key: Any, value: Any = _ABSENT) -> Any:
         st = self._st
         if st.dead is not None:
             st.reraise()
         b = st.budgets
         limit = b.kv_key_bytes
-        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+        if key_is_valid:
+            if len(key) > limit:
+                key = _bad_key(key, limit)
+        elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
             key = _bad_key(key, limit)
-        return _answer(st, name, _port_call(st, b, name, [key]))
-
-    method.__name__ = name
-    method.__qualname__ = f"KV.{name}"
-    return method
-
-
-def _key_value_method(name: str, param: str) -> Any:
-    """``kv.<name>(key, value)``: both checked inline (the value test accepts only what
-    ``kvops._scalar`` returns unchanged: an exact ASCII str within the limit)."""
-    label = _VALUE_LABEL[name]
-
-    def method(self: KV, key: Any, value: Any) -> Any:
-        st = self._st
-        if st.dead is not None:
-            st.reraise()
-        b = st.budgets
-        limit = b.kv_key_bytes
-        if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
-            key = _bad_key(key, limit)
-        limit = b.kv_value_bytes
-        if not (type(value) is str and len(value) <= limit and value.isascii()):
-            value = _bad_value(value, label, limit)
-        return _answer(st, name, _port_call(st, b, name, [key, value]))
+        if has_value:
+            if value is _ABSENT:
+                raise TypeError(f"{name}() missing 1 required positional argument: '{param}'")
+            limit = b.kv_value_bytes
+            if not (type(value) is str and len(value) <= limit and value.isascii()):
+                value = _bad_value(value, label, limit)
+            wire = [key, value]
+        elif value is _ABSENT:
+            wire = [key]
+        else:
+            raise TypeError(f"{name}() takes 1 positional argument but 2 were given")
+        # _op(st, b, name, wire), written out
+        if st.kv_ops >= b.kv_ops:
+            st.exceeded("kv_ops", b.kv_ops)
+        st.kv_ops += 1
+        try:
+            result = st.port.call(name, wire)
+        except Exception as e:
+            _port_failed(st, name, e)
+        st.ticks_left -= 1
+        if st.ticks_left <= 0:
+            st.check_clock()
+        if is_bool and (result is True or result is False):
+            return result  # the common answer of sismember/exists/expire: already what bool() gives
+        return _answer(st, name, result)
 
     # The script-visible signature keeps the documented parameter name.
     code = method.__code__
@@ -236,20 +248,20 @@ class KV:
             st.reraise()
         b = st.budgets
         try:
-            _op, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
+            _spec, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
         except PortKVError as e:
             raise KVError(str(e)) from None
-        return _send(st, b, name, wire)
+        return _op(st, b, name, wire)
 
     # -- strings --
-    get = _key_method("get")
+    get = _fast_method("get")
 
     def set(self, key: Any, value: Any, ttl: Any = None) -> Any:
         return self._call("set", [key, value, ttl])
 
-    delete = _key_method("delete")
+    delete = _fast_method("delete")
 
-    exists = _key_method("exists")
+    exists = _fast_method("exists")
 
     def incr(self, key: Any, by: Any = 1, ttl: Any = None) -> Any:
         return self._call("incr", [key, by, ttl])
@@ -257,7 +269,7 @@ class KV:
     def expire(self, key: Any, ttl: Any) -> Any:
         return self._call("expire", [key, ttl])
 
-    ttl = _key_method("ttl")
+    ttl = _fast_method("ttl")
 
     # -- sets --
     def sadd(self, key: Any, *members: Any) -> Any:
@@ -266,7 +278,7 @@ class KV:
     def srem(self, key: Any, *members: Any) -> Any:
         return self._call("srem", [key, _values(members)])
 
-    sismember = _key_value_method("sismember", "member")
+    sismember = _fast_method("sismember")
 
     def smismember(self, key: Any, members: Any) -> Any:
         if type(members) is tuple:
@@ -280,12 +292,12 @@ class KV:
             return []
         return self._call("smismember", [key, members])
 
-    smembers = _key_method("smembers")
+    smembers = _fast_method("smembers")
 
-    scard = _key_method("scard")
+    scard = _fast_method("scard")
 
     # -- hashes --
-    hget = _key_value_method("hget", "field")
+    hget = _fast_method("hget")
 
     def hset(self, key: Any, field_or_mapping: Any, value: Any = None) -> Any:
         if type(field_or_mapping) is dict:
@@ -299,7 +311,7 @@ class KV:
     def hdel(self, key: Any, *fields: Any) -> Any:
         return self._call("hdel", [key, _values(fields)])
 
-    hgetall = _key_method("hgetall")
+    hgetall = _fast_method("hgetall")
 
     def hincrby(self, key: Any, field: Any, by: Any = 1) -> Any:
         return self._call("hincrby", [key, field, by])
@@ -317,8 +329,13 @@ class KV:
     def ltrim(self, key: Any, start: Any, stop: Any) -> Any:
         return self._call("ltrim", [key, start, stop])
 
-    llen = _key_method("llen")
+    llen = _fast_method("llen")
 
 
 def _hashable(x: Any) -> bool:
     return type(x) in (str, int, float, bool)
+
+
+# ``kv.<op>("constant key", ...)`` compiled by the policy (``sandbox.policy.KV_CONST_KEY``):
+# the same methods, minus the key checks the policy already made on the constant.
+CONST_KEY_METHODS: dict[str, Any] = {name: _fast_method(name, key_is_valid=True) for name in _KEY_OPS | _KEY_VALUE_OPS}

@@ -32,7 +32,9 @@ from collections.abc import Iterator
 from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
 
 from sandbox.api import CompileIssue
+from sandbox.kvops import KEY as KV_KEY
 from sandbox.kvops import OPS as KV_OPS
+from sandbox.kvops import VALUE as KV_VALUE
 
 SCRIPT_FILENAME = "<script>"
 MAX_SOURCE_BYTES = 64 * 1024
@@ -75,6 +77,12 @@ _BINOP_HOOKS: dict[type[ast.operator], str] = {
 # The builtins name each KV op is called through when the script calls it on the global
 # `kv` (see ScriptPolicy.visit_Call; sandbox.runtime binds them to the facade's methods).
 KV_DIRECT: dict[str, str] = {name: f"_kv_{name}_" for name in KV_OPS}
+# ...and, when the key is a constant that is a valid key shape (non-empty printable ASCII),
+# to a method that only checks the key's length (sandbox.kvapi.CONST_KEY_METHODS).
+KV_CONST_KEY: dict[str, str] = {
+    name: f"_kv_{name}_k_" for name, op in KV_OPS.items() if op.args in ((KV_KEY,), (KV_KEY, KV_VALUE))
+}
+_DIRECT_TO_CONST_KEY = {KV_DIRECT[name]: direct for name, direct in KV_CONST_KEY.items()}
 
 _INPLACE_HOOKS: dict[type[ast.operator], str] = {**_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_"}
 
@@ -213,12 +221,13 @@ class ScriptPolicy(RestrictingNodeTransformer):
         node = super().visit_Call(node)
         if "kv" not in self.bound_names:
             # `kv.get(...)` -> `_kv_get_(...)`: the global kv's bound method, without the
-            # _getattr_ hook (the op checks the stop and the clock itself). Only when the
+            # _getattr_ hook (the op checks the stop and counts a tick itself). Only when the
             # script never binds the name `kv`, so it can only be the global facade.
             if isinstance(node.func, ast.Name) and node.func.id == "_apply_":
                 node.args[0] = _direct_kv_method(node.args[0])
             else:
                 node.func = _direct_kv_method(node.func)
+                _const_key_kv_method(node)
         return node
 
     # -- displays: star-unpacking iterates in C, past every guard ----------------------------
@@ -417,6 +426,24 @@ def _direct_kv_method(func: ast.expr) -> ast.expr:
     return func
 
 
+def _const_key_kv_method(node: ast.Call) -> None:
+    """``_kv_<op>_("constant key", ...)`` -> ``_kv_<op>_k_(...)`` when the constant is a valid
+    key shape (the checks ``sandbox.kvapi`` would make on every call; the length limit is a
+    budget, so it is still checked when the op runs)."""
+    func = node.func
+    if not (isinstance(func, ast.Name) and func.id in _DIRECT_TO_CONST_KEY and node.args):
+        return
+    key = node.args[0]
+    if (
+        isinstance(key, ast.Constant)
+        and type(key.value) is str
+        and key.value.isascii()
+        and key.value
+        and key.value.isprintable()
+    ):
+        func.id = _DIRECT_TO_CONST_KEY[func.id]
+
+
 def _fuse_getiter_item(it: ast.expr) -> ast.expr:
     """``_getiter_(_getitem_(obj, key))`` -> ``_getiter_item_(obj, key)``: the same two
     guards, in order, in one call (``for x in req["items"]``)."""
@@ -440,11 +467,12 @@ def _fuse_getiter_item(it: ast.expr) -> ast.expr:
 
 # Guards that also count a tick (clock check now and then, sticky stop): a loop body that
 # calls one of them on every iteration needs no separate _tick_() call. A KV op checks the
-# stop and the clock itself on every call (or raises); kv.smismember with no members
-# answers without either, so it does not count.
+# stop and counts a tick on every call (or raises); kv.smismember with no members answers
+# without either, so it does not count.
 _TICKING_GUARDS = frozenset(
     {"_getattr_", "_getitem_", "_getiter_item_", "_write_"}
     | {name for op, name in KV_DIRECT.items() if op != "smismember"}
+    | set(KV_CONST_KEY.values())
 )
 
 

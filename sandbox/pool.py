@@ -176,6 +176,7 @@ class _Worker:
         # when forked from the template, ~5 ms; ~0.15-0.3 s of CPU each when started directly).
         self.call_limit = max(1, round(pool.max_calls_per_worker * (0.5 + 0.5 * pool._rng.random())))
         self.cpu = 0.0
+        self.retire = False  # the worker said its state is unknown after its last call
         self.known: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.killed_reason: str | None = None  # set when the host killed it
         # The call's task while it awaits the host's KV store: if the worker dies then,
@@ -619,7 +620,9 @@ class WorkerPool:
         if worker.state == _DEAD:
             return
         error = result.error if result is not None else None
-        if error is not None and error.kind in (BUDGET, POLICY, INVALID_RESULT) and self._recycle_token():
+        if worker.retire:
+            worker.kill("recycle: a KV operation was interrupted (stack or memory limit)")
+        elif error is not None and error.kind in (BUDGET, POLICY, INVALID_RESULT) and self._recycle_token():
             worker.kill(f"recycle: after a {error.kind} error")
         elif worker.calls >= worker.call_limit:
             worker.kill("recycle: call limit reached")
@@ -814,6 +817,8 @@ class WorkerPool:
         cpu = msg.get("cpu")
         if type(cpu) in (int, float):
             worker.cpu = float(cpu)
+        if msg.get("retire") is True:  # the worker's state is unknown after this call
+            worker.retire = True
         if msg.get("cached") is True:
             worker.known[sha] = None
             worker.known.move_to_end(sha)

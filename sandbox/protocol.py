@@ -23,7 +23,8 @@ Worker -> host:
     fatal   {"t","msg"}                  startup failed; the worker exits
     need    {"t","id"}                   the worker lacks the sha: resend with "src"
     kv      {"t","id","op","args"}       one KV call; the worker blocks until "kvr"
-    done    {"t","id","r": RunResult.to_wire(), "cached": bool, "cpu": seconds used}
+    done    {"t","id","r": RunResult.to_wire(), "cached": bool, "cpu": seconds used,
+             "retire"?: true}           the worker's state is unknown now: replace it
     checked {"t","id","issues": [[line, col, message], ...]}
     probed  {"t","id","r": value}
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -58,21 +59,21 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
-from sandbox.budget import IDLE, RunState, Stop, utf8_clean
+from sandbox.budget import CLOCK_EVERY, IDLE, RunState, Stop, utf8_clean
 from sandbox.convert import (
     COPIED_AS_IS,
     InvalidResult,
     copy_payload,
-    encoded_size,
+    encode_plain,
     exception_message,
     plain_copy,
     scrub,
 )
 from sandbox.guards import SUBSCRIPTABLE, make_hooks
 from sandbox.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
-from sandbox.kvapi import KV
+from sandbox.kvapi import CONST_KEY_METHODS, KV
 from sandbox.methods import build_attrs
-from sandbox.policy import KV_DIRECT, SCRIPT_FILENAME, transform
+from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, transform
 from sandbox.safe_builtins import SafeType, make_builtins
 
 ERR_CODE_MIN, ERR_CODE_MAX = 100, 2_147_483_647
@@ -138,6 +139,7 @@ def build_toolkit(st: RunState) -> dict[str, Any]:
     # kv.<op>(...) on the global kv is compiled to a direct call of the bound method
     # (sandbox.policy.KV_DIRECT): the same method, without the _getattr_ hook.
     builtins.update({direct: getattr(kv, name) for name, direct in KV_DIRECT.items()})
+    builtins.update({direct: types.MethodType(CONST_KEY_METHODS[name], kv) for name, direct in KV_CONST_KEY.items()})
     g: dict[str, Any] = {"__builtins__": builtins, "__name__": "script", "kv": kv}
     g.update(make_helpers(st))
     return g
@@ -156,12 +158,16 @@ _PER_THREAD = threading.local()
 CALL, _GLOBALS = _new_toolkit()
 _loads, _dumps = orjson.loads, orjson.dumps
 _FunctionType = types.FunctionType
+_new_object = object.__new__
+_monotonic_ns = time.monotonic_ns
 
 
-def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
-    """Turn handle()'s return value into (verdict, plain fields). Raises InvalidResult."""
+def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
+    """Turn handle()'s return value into (verdict, plain fields, the fields' JSON or None).
+
+    Raises InvalidResult."""
     if rv is None:
-        return ALLOW, {}
+        return ALLOW, {}, None
     if type(rv) is Verdict:
         if rv.kind == DENY:
             code, msg, dlt = rv.fields
@@ -174,14 +180,14 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
                     raise InvalidResult(f"deny(): {name} is longer than {MAX_ERR_TEXT} characters")
                 if utf8_clean(text) is not text:
                     raise InvalidResult(f"deny(): {name} is not valid unicode (lone surrogate)")
-            return DENY, {"errCode": code, "errMsg": msg, "errDlt": dlt}
+            return DENY, {"errCode": code, "errMsg": msg, "errDlt": dlt}, None
         rv = rv.fields
     if type(rv) is not dict:
         raise InvalidResult(
             f"handle() must return allow(...), deny(...), None or a dict, not {type(rv).__name__}"
         )
     if not rv:
-        return ALLOW, {}
+        return ALLOW, {}, None
     # plain_copy(rv, st, "result", 0), inlined for the common shape: str keys, values that
     # are str/bool/None or lists of those. Same copy and the same steps charged in total
     # (one item per field, one per list item); anything else takes plain_copy from the top
@@ -212,17 +218,21 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any]]:
         else:
             break
     else:
-        st.charge(items)
+        # st.charge(items), written out: a method call costs as much as the rest of it
+        st.steps_left -= items
+        st.ticks_left -= 1 if items < 1024 else CLOCK_EVERY
+        if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
+            st._slow_step()
         items = -1
     if items >= 0:
         fields = plain_copy(rv, st, "result", 0)
-    try:  # encoded_size(fields), inlined for the common case
-        size = len(_dumps(fields))
+    try:  # encode_plain(fields), inlined for the common case
+        data = _dumps(fields)
     except (TypeError, ValueError):
-        size = encoded_size(fields)  # raises InvalidResult with its message
-    if size > st.budgets.result_bytes:
-        raise InvalidResult(f"result is {size} bytes of JSON (limit {st.budgets.result_bytes})")
-    return MODIFY, fields
+        data = encode_plain(fields)  # raises InvalidResult with its message
+    if len(data) > st.budgets.result_bytes:
+        raise InvalidResult(f"result is {len(data)} bytes of JSON (limit {st.budgets.result_bytes})")
+    return MODIFY, fields, data
 
 
 def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) -> RunResult:
@@ -260,13 +270,22 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
             st.reraise()
         if rv is None:
-            verdict, fields = ALLOW, {}
+            verdict, fields, data = ALLOW, {}, None
         else:
-            verdict, fields = _verdict(rv, st)
+            verdict, fields, data = _verdict(rv, st)
             if st.dead is not None:
                 st.reraise()
-        # Positional (verdict, fields, error, logs, kv_ops, elapsed_ms): half the cost of keywords.
-        return RunResult(verdict, fields, None, st.logs, st.kv_ops, st.elapsed_ms())
+        # RunResult(verdict, fields, None, logs, kv_ops, elapsed_ms, data) without running
+        # the dataclass __init__ (its default-factory checks cost more than the stores).
+        result = _new_object(RunResult)
+        result.verdict = verdict
+        result.fields = fields
+        result.error = None
+        result.logs = st.logs
+        result.kv_ops = st.kv_ops
+        result.elapsed_ms = (_monotonic_ns() - st.started) // 1000 / 1000  # st.elapsed_ms(), inlined
+        result.fields_json = data
+        return result
     except (KeyboardInterrupt, SystemExit):
         raise  # the worker's own signals; a script cannot name or raise these
     except BaseException as exc:

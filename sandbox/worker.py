@@ -24,13 +24,14 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections import OrderedDict
 from typing import Any
 
 import orjson
 
 from sandbox import api, confine, containers, kvops, protocol, template
-from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVError, KVUnavailable, RunResult
+from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVDeadline, KVError, KVUnavailable, RunResult
 from sandbox.policy import check_source
 from sandbox.readcache import MISS, ReadCache
 from sandbox.runtime import CompiledScript, PolicyRefused, compile_script, execute
@@ -47,20 +48,39 @@ class IpcKV:
     """The ``KVPort`` of one call: every operation is a round trip to the host, which owns
     the store connection and re-validates the operation, unless ``reads`` holds an answer
     the host allowed us to keep (see sandbox/readcache.py). Closed when the call ends, so a
-    leaked reference (a finalizer that somehow survives) cannot act in a later call."""
+    leaked reference (a finalizer that somehow survives) cannot act in a later call.
 
-    __slots__ = ("_cache", "_chan", "_id", "_reads", "closed")
+    After a round trip it checks the call's deadline (``KVDeadline``): the sandbox itself
+    reads the clock only now and then. If anything but a KV answer interrupts an operation
+    (RecursionError or MemoryError at the script's stack or memory limit), the channel or
+    the kept answers may be half-way through a change: the port closes for the rest of the
+    call and ``interrupted`` tells the worker to retire after it."""
 
-    def __init__(self, chan: protocol.BlockingChannel, call_id: int, cache: ReadCache, use_cache: bool) -> None:
+    __slots__ = ("_cache", "_chan", "_deadline", "_id", "_reads", "closed", "interrupted")
+
+    def __init__(self, chan: protocol.BlockingChannel, call_id: int, cache: ReadCache, use_cache: bool,
+                 deadline_ns: int) -> None:
         self._chan = chan
         self._id = call_id
         self._cache = cache  # the worker's: invalidations arriving mid-call always apply to it
         self._reads = cache if use_cache else None  # what this call may read from and fill
+        self._deadline = deadline_ns  # time.monotonic_ns()
         self.closed = False
+        self.interrupted = False
 
     def call(self, op: str, args: list[Any]) -> Any:
         if self.closed:
-            raise KVUnavailable("kv used after the call ended")
+            raise KVUnavailable("kv used after the call ended" if not self.interrupted else
+                                "kv unusable after an interrupted operation")
+        try:
+            return self._call(op, args)
+        except (KVError, KVUnavailable, KVDeadline):
+            raise
+        except BaseException:
+            self.closed = self.interrupted = True
+            raise
+
+    def _call(self, op: str, args: list[Any]) -> Any:
         reads = self._reads
         if reads is not None:
             value = reads.lookup(op, args)
@@ -88,6 +108,8 @@ class IpcKV:
             value = reply["ok"]
             if reads is not None and "c" in reply:
                 reads.store(op, args, value, reply["c"])
+            if time.monotonic_ns() > self._deadline:
+                raise KVDeadline("the call's deadline passed during a KV round trip")
             return value
         text = str(reply.get("msg", ""))
         if reply.get("err") == protocol.KV_ERR:
@@ -332,7 +354,8 @@ class Worker:
             scope = head.get("cs")
             if type(scope) is str:
                 self.reads.enter(scope)
-            kv = IpcKV(self.chan, call_id, self.reads, type(scope) is str)
+            kv = IpcKV(self.chan, call_id, self.reads, type(scope) is str,
+                       time.monotonic_ns() + budgets.wall_ms * 1_000_000)
             try:
                 # The body's JSON text: execute parses it into data only this call holds,
                 # so it skips the defensive copy a shared payload would need.
@@ -344,14 +367,23 @@ class Worker:
             finally:
                 kv.closed = True
                 script = None
+            retire = kv.interrupted
+        else:
+            retire = False
         self.gc.sweep()
-        self.reply_done(call_id, result, cached, budgets, cpu)
+        self.reply_done(call_id, result, cached, budgets, cpu, retire)
 
-    def reply_done(self, call_id: int, result: RunResult, cached: bool, budgets: Budgets, cpu: float) -> None:
+    def reply_done(self, call_id: int, result: RunResult, cached: bool, budgets: Budgets, cpu: float,
+                   retire: bool = False) -> None:
+        # retire: this worker's state is unknown after the call (an interrupted KV op); the
+        # host replaces it instead of sending it another call.
+        extra = {"retire": True} if retire else {}
         try:
-            frame = protocol.encode(
-                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": cpu}
-            )
+            wire = result.to_wire()
+            if result.fields_json is not None:  # already encoded by execute: not again
+                wire["fields"] = orjson.Fragment(result.fields_json)
+            frame = protocol.encode({"t": protocol.DONE, "id": call_id, "r": wire, "cached": cached, "cpu": cpu,
+                                     **extra})
         except MemoryError:
             result = RunResult.failed(BUDGET, f"budget exceeded: memory (limit {budgets.memory_mb} MiB)")
             frame = b""
@@ -361,14 +393,14 @@ class Worker:
         if not frame:
             try:
                 frame = protocol.encode(
-                    {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": 0.0}
+                    {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": 0.0, **extra}
                 )
             except MemoryError:
                 os._exit(EXIT_OOM)
         if len(frame) > protocol.MAX_FROM_WORKER:
             result = RunResult.failed(BUDGET, "budget exceeded: result and logs are too large")
             frame = protocol.encode(
-                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": 0.0}
+                {"t": protocol.DONE, "id": call_id, "r": result.to_wire(), "cached": cached, "cpu": 0.0, **extra}
             )
         self.chan.send_raw(frame)
 

@@ -542,3 +542,55 @@ def test_starting_workers_run_at_lower_priority(loop: asyncio.AbstractEventLoop,
             assert os.getpriority(os.PRIO_PROCESS, worker.pid) == base
 
     loop.run_until_complete(main())
+
+
+# -- KV ops interrupted at the stack limit; deadlines checked by the worker's port ----------
+
+DEEP_KV = """\
+def handle(req):
+    g = lambda n: [kv.get("k"), g(n + 1)]
+    try:
+        g(0)
+    except RuntimeError:
+        pass
+    return %s
+"""
+
+
+def test_a_kv_op_interrupted_at_the_stack_limit_retires_the_worker(
+    pool: WorkerPool, loop: asyncio.AbstractEventLoop
+) -> None:
+    # Lambdas recurse until the interpreter's limit, calling kv at every level: at the
+    # deepest level the limit is reached inside the worker's KV port (after it sent a
+    # request, before it read the reply). The script catches the RecursionError and goes on.
+    loop.run_until_complete(until(lambda: pool.stats()["idle"] == pool.size))
+    before = pool.stats()
+    result = loop.run_until_complete(call(pool, DEEP_KV % "allow(done=True)", timeout=30))
+    assert result.error is None and result.fields == {"done": True}, result
+    # ...but that worker's channel and kept answers cannot be trusted: it is replaced.
+    assert pool.stats()["recycled"] == before["recycled"] + 1
+    # A later op in the same call is refused rather than reading a stale reply.
+    result = loop.run_until_complete(call(pool, DEEP_KV % "allow(v=kv.get('k'))", timeout=30))
+    assert result.error is not None and result.error.kind == UNAVAILABLE, result
+    assert result.error.message.startswith("KV backend unavailable (kv.get)")
+    loop.run_until_complete(until(lambda: pool.stats()["idle"] == pool.size))
+    assert loop.run_until_complete(call(pool, ECHO, {"i": 3})).fields == {"i": 3}
+
+
+def test_the_worker_port_stops_a_call_whose_deadline_passed_during_a_kv_round_trip(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    # The sandbox reads the clock only now and then; the worker's port checks the deadline
+    # after every round trip. A long grace keeps the host's own kill out of the way.
+    class SlowKV:
+        async def __call__(self, op: str, args: list) -> Any:
+            await asyncio.sleep(0.3)
+            return None
+
+    async def main() -> RunResult:
+        async with WorkerPool(size=1, grace_ms=5_000) as slow_pool:
+            return await call(slow_pool, GATED, kv=SlowKV(), budgets=Budgets(wall_ms=100), timeout=10)
+
+    result = loop.run_until_complete(main())
+    assert result.error is not None and result.error.kind == BUDGET, result
+    assert result.error.message.startswith("budget exceeded: wall_ms (limit 100)"), result

@@ -25,7 +25,7 @@ def _snapshot() -> tuple[dict[str, int], dict[str, int]]:
 
 def _assert_idle() -> None:
     st = runtime.CALL
-    assert st.port is None and st.re_cache is None and st.fmt_cache is None and st.logs == []
+    assert st.port is None and st.re_cache is None and st.fmt_cache is None and st.logs == ()  # immutable
     assert st.dead is not None
 
 

@@ -1,7 +1,9 @@
 """The speed paths of issue #3 behave exactly like the general paths they bypass.
 
 - ``kv.<op>(...)`` on the global ``kv`` is compiled to a direct call of the facade's bound
-  method (no ``_getattr_``); the facade's key / key-value methods check inline.
+  method (no ``_getattr_``); the facade's key / key-value methods check inline, and with a
+  constant key of a valid shape only the key's length is checked at run time.
+- a KV op counts as a tick; a port that waited checks the deadline itself (``KVDeadline``).
 - a comprehension clause whose first ``if`` (or element) always calls a ticking guard or
   a KV op gets no separate ``_tick_()``; ``for x in a[k]`` is one fused guard call.
 - ``_verdict`` copies common results inline instead of through ``plain_copy``.
@@ -14,6 +16,7 @@ import ast
 import math
 from typing import Any
 
+import orjson
 import pytest
 
 from sandbox import kvapi
@@ -43,8 +46,28 @@ def _run(source: str, payload: Any = None, data: dict[str, Any] | None = None, *
 
 def test_kv_calls_on_the_global_are_direct() -> None:
     code = _transformed("def handle(req):\n    return kv.get('a') or kv.sadd('s', *req['m'])\n")
-    assert "_kv_get_('a')" in code and "_apply_(_kv_sadd_, 's'" in code
+    assert "_kv_get_k_('a')" in code and "_apply_(_kv_sadd_, 's'" in code
     assert "_getattr_(kv" not in code
+
+
+@pytest.mark.parametrize(
+    ("call", "direct"),
+    [
+        ("kv.get('a')", "_kv_get_k_('a')"),
+        ("kv.sismember('blocklist:users', req)", "_kv_sismember_k_('blocklist:users', req)"),
+        ("kv.get('" + "k" * 600 + "')", "_kv_get_k_('"),  # the length is a budget: checked at run time
+        # constants that are not a valid key shape, and keys that are not constants: every check
+        ("kv.get('')", "_kv_get_('')"),
+        ("kv.get('a b')", "_kv_get_k_('a b')"),
+        ("kv.get('a\\nb')", "_kv_get_('a\\nb')"),
+        ("kv.get('clé')", "_kv_get_('clé')"),
+        ("kv.get(5)", "_kv_get_(5)"),
+        ("kv.get(req)", "_kv_get_(req)"),
+        ("kv.set('a', 'b')", "_kv_set_('a', 'b')"),  # not a key / key-value op
+    ],
+)
+def test_constant_keys_of_simple_ops_skip_the_shape_check(call: str, direct: str) -> None:
+    assert direct in _transformed(f"def handle(req):\n    return {call}\n")
 
 
 @pytest.mark.parametrize(
@@ -55,7 +78,7 @@ def test_kv_calls_on_the_global_are_direct() -> None:
 def test_a_script_that_binds_kv_keeps_the_guarded_lookup(binding: str) -> None:
     code = _transformed(f"{binding}\ndef handle(req):\n    return kv.get('a')\n")
     if binding == "global kv":  # names the global without binding it
-        assert "_kv_get_('a')" in code
+        assert "_kv_get_k_('a')" in code
     else:
         assert "_getattr_(kv, 'get')('a')" in code
 
@@ -96,6 +119,9 @@ ATTEMPT = "def attempt(f):\n    try:\n        return ['ok', f()]\n    except Exc
         "KV.get(5)",
         "KV.get('a\\nb')",
         "KV.get('k' * 600)",
+        "KV.get('" + "k" * 600 + "')",  # a constant key: only its length is checked at run time
+        "KV.sismember('" + "s" * 600 + "', 'm')",
+        "KV.get('a b')",
         "KV.sismember('s', None)",
         "KV.sismember('s', 'x' * 70000)",
         "KV.sismember('s', '\\ud800')",
@@ -105,6 +131,8 @@ ATTEMPT = "def attempt(f):\n    try:\n        return ['ok', f()]\n    except Exc
         "KV.get('a', 'b')",
         "KV.sismember('s')",
         "KV.sismember(key='s', value='m')",
+        "KV.get(key='a', value='b')",
+        "KV.get(k='a')",
     ],
 )
 def test_direct_and_guarded_kv_calls_agree(expr: str) -> None:
@@ -261,9 +289,10 @@ def test_verdict_fast_copy_matches_plain_copy(fields: dict[str, Any], steps: int
     want, want_steps = _reference_verdict(fields, budgets)
     st = RunState(budgets)
     try:
-        kind, got = _verdict(Verdict("allow", fields) if wrap else fields, st)
+        kind, got, data = _verdict(Verdict("allow", fields) if wrap else fields, st)
         assert kind == "modify"
         assert type(got) is dict and got is not fields
+        assert data == orjson.dumps(got)  # the JSON the worker sends instead of encoding again
         for key, value in got.items():
             if type(value) is list:
                 assert value is not fields[key]  # a copy, never the script's own list
@@ -328,3 +357,38 @@ def test_invalid_json_bytes_run_no_script_code() -> None:
     assert result.verdict == ERROR and result.error.kind == "exception"
     assert "JSONDecodeError" in result.error.message
     assert kv.calls == [] and result.logs == []
+
+
+# -- the KV op's clock, the result object ------------------------------------------------------
+
+
+def test_a_port_that_waited_past_the_deadline_stops_the_script_with_the_wall_budget() -> None:
+    from sandbox.api import KVDeadline
+
+    class LatePort:
+        def call(self, op: str, args: list[Any]) -> Any:
+            raise KVDeadline("late")
+
+    source = "def handle(req):\n    try:\n        kv.get('a')\n    except Exception:\n        return allow(caught=True)\n"
+    result = execute(compile_script(source), {}, LatePort(), Budgets(wall_ms=50))
+    assert result.verdict == ERROR and result.error.kind == "budget", result
+    assert result.error.message.startswith("budget exceeded: wall_ms (limit 50)")
+
+
+def test_kv_ops_count_as_ticks_and_the_clock_is_still_read() -> None:
+    # 64 ops between two reads of the clock: a long loop of them still meets the wall budget.
+    source = "def handle(req):\n    while True:\n        kv.exists('a')\n"
+    result = _run(source, wall_ms=50, kv_ops=10**9, steps=10**9)
+    assert result.verdict == ERROR and "wall_ms (limit 50)" in result.error.message
+
+
+@pytest.mark.parametrize("source", ["def handle(req):\n    return allow(a=['x'])\n", "def handle(req):\n    return None\n"])
+def test_execute_fills_every_field_of_its_result(source: str) -> None:
+    import dataclasses
+
+    from sandbox.api import RunResult
+
+    result = execute(compile_script(source), b"{}", DictKV(), Budgets())
+    values = {f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}  # none missing
+    assert result == RunResult(**values)
+    assert values["fields_json"] is None or orjson.loads(values["fields_json"]) == result.fields
