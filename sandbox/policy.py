@@ -577,6 +577,37 @@ def _transform(source: object) -> tuple[object | None, list[CompileIssue]]:
     return compile(tree, SCRIPT_FILENAME, "exec", dont_inherit=True), []
 
 
+def definitions_only(source: str) -> bool:
+    """True if running the module only binds names to functions and constants: every
+    top-level statement is a ``def`` without decorators or annotations whose defaults are
+    constants, a ``NAME = constant`` or a constant expression (a docstring). Such a module
+    does the same thing every time it runs, calls no guard and creates nothing a script can
+    change (functions refuse attribute writes, constants are immutable), so the runtime may
+    run it once and give each call a fresh globals dict with the same bindings.
+
+    Call it only on source ``transform`` accepted."""
+    try:
+        tree = ast.parse(source, SCRIPT_FILENAME, "exec")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return False
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+            continue
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant):
+            if all(isinstance(target, ast.Name) for target in stmt.targets):
+                continue
+            return False
+        if not isinstance(stmt, ast.FunctionDef) or stmt.decorator_list or stmt.returns is not None:
+            return False
+        args = stmt.args
+        every = [*args.posonlyargs, *args.args, *args.kwonlyargs, *filter(None, (args.vararg, args.kwarg))]
+        if any(arg.annotation is not None for arg in every):
+            return False
+        if not all(isinstance(d, ast.Constant) for d in [*args.defaults, *filter(None, args.kw_defaults)]):
+            return False
+    return True
+
+
 def check_source(source: str) -> list[CompileIssue]:
     """Every reason ``source`` would be refused at upload; [] means it is accepted."""
     return transform(source)[1]

@@ -73,7 +73,7 @@ from sandbox.guards import SUBSCRIPTABLE, make_hooks
 from sandbox.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
 from sandbox.kvapi import CONST_KEY_METHODS, KV
 from sandbox.methods import build_attrs
-from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, transform
+from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, definitions_only, transform
 from sandbox.safe_builtins import SafeType, make_builtins
 
 ERR_CODE_MIN, ERR_CODE_MAX = 100, 2_147_483_647
@@ -87,6 +87,9 @@ _SUBSCRIPTABLE = frozenset({*SUBSCRIPTABLE, *SUBSCRIPTABLE_FACADES})
 class CompiledScript:
     code: types.CodeType
     sha256: str
+    # The module only binds functions and constants (sandbox.policy.definitions_only): it is
+    # run once per thread and its bindings reused (see execute).
+    definitions_only: bool = False
 
 
 class PolicyRefused(Exception):
@@ -103,7 +106,7 @@ def compile_script(source: str) -> CompiledScript:
     if issues or not isinstance(code, types.CodeType):
         raise PolicyRefused(issues or [CompileIssue(1, 0, "source cannot be compiled")])
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
-    return CompiledScript(code, digest)
+    return CompiledScript(code, digest, definitions_only(source))
 
 
 def _script_line(exc: BaseException) -> int | None:
@@ -145,17 +148,23 @@ def build_toolkit(st: RunState) -> dict[str, Any]:
     return g
 
 
-def _new_toolkit() -> tuple[RunState, dict[str, Any]]:
+# A module run once (CompiledScript.definitions_only): id(script) -> (script, its globals
+# dict, the bindings the module made, its handle). Per thread, like the toolkit.
+_Modules = dict[int, tuple[CompiledScript, dict[str, Any], dict[str, Any], types.FunctionType]]
+MAX_KEPT_MODULES = 64  # as many as a worker keeps compiled (sandbox.worker.SCRIPT_CACHE_SIZE)
+
+
+def _new_toolkit() -> tuple[RunState, dict[str, Any], _Modules]:
     st = RunState(Budgets())
     st.end()  # idle until a call begins
-    toolkit = (st, build_toolkit(st))
+    toolkit = (st, build_toolkit(st), {})
     _PER_THREAD.toolkit = toolkit
     return toolkit
 
 
 # The per-call state and the toolkit bound to it (see the module docstring), per thread.
 _PER_THREAD = threading.local()
-CALL, _GLOBALS = _new_toolkit()
+CALL, _GLOBALS, _ = _new_toolkit()
 _loads, _dumps = orjson.loads, orjson.dumps
 _FunctionType = types.FunctionType
 _new_object = object.__new__
@@ -244,16 +253,15 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
     error; no script code runs).
     """
     try:
-        st, template = _PER_THREAD.toolkit
+        st, template, modules = _PER_THREAD.toolkit
     except AttributeError:
-        st, template = _new_toolkit()
+        st, template, modules = _new_toolkit()
     if st.dead is not IDLE:
         # A nested call would share this thread's state: refuse rather than mix two calls.
         return RunResult.failed(POLICY, "sandbox error: another call is already running in this thread")
     g: dict[str, Any] | None = None
     try:
         st.begin(budgets, kv)
-        g = template.copy()
         if type(payload) is bytes:
             req = _loads(payload)
         else:
@@ -261,11 +269,23 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
                 req = _loads(_dumps(payload))
             except (TypeError, ValueError):
                 req = copy_payload(payload)
-        # -- the script runs here --
-        exec(script.code, g)
-        handle = g.get("handle")
-        if type(handle) is not _FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
-            st.refuse("'handle' must be the script's own function")
+        kept = modules.get(id(script)) if script.definitions_only else None
+        if kept is not None and kept[0] is script:
+            # The module already ran in this thread: the same bindings in the same (emptied
+            # at the end of every call) dict, so its functions see them as their globals.
+            _script, g, bindings, handle = kept
+            g.update(bindings)
+        else:
+            g = template.copy()
+            # -- the script runs here --
+            exec(script.code, g)
+            handle = g.get("handle")
+            if type(handle) is not _FunctionType or handle.__code__.co_filename != SCRIPT_FILENAME:
+                st.refuse("'handle' must be the script's own function")
+            if script.definitions_only:
+                if len(modules) >= MAX_KEPT_MODULES:
+                    del modules[next(iter(modules))]  # the oldest
+                modules[id(script)] = (script, g, g.copy(), handle)
         rv = handle(req)
         if st.dead is not None:  # a stop swallowed on the way out (should not be possible)
             st.reraise()

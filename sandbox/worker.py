@@ -52,11 +52,12 @@ class IpcKV:
 
     After a round trip it checks the call's deadline (``KVDeadline``): the sandbox itself
     reads the clock only now and then. If anything but a KV answer interrupts an operation
-    (RecursionError or MemoryError at the script's stack or memory limit), the channel or
-    the kept answers may be half-way through a change: the port closes for the rest of the
-    call and ``interrupted`` tells the worker to retire after it."""
+    (RecursionError or MemoryError at the script's stack or memory limit), the kept answers
+    may be half-way through a change and a request may be out unanswered: the port closes
+    for the rest of the call, ``settle`` reads the outstanding answer once the call is over,
+    and ``interrupted`` tells the worker to retire after it."""
 
-    __slots__ = ("_cache", "_chan", "_deadline", "_id", "_reads", "closed", "interrupted")
+    __slots__ = ("_cache", "_chan", "_deadline", "_id", "_reads", "awaiting", "closed", "interrupted")
 
     def __init__(self, chan: protocol.BlockingChannel, call_id: int, cache: ReadCache, use_cache: bool,
                  deadline_ns: int) -> None:
@@ -67,6 +68,7 @@ class IpcKV:
         self._deadline = deadline_ns  # time.monotonic_ns()
         self.closed = False
         self.interrupted = False
+        self.awaiting = False  # a request is out and its answer not yet read
 
     def call(self, op: str, args: list[Any]) -> Any:
         if self.closed:
@@ -94,16 +96,9 @@ class IpcKV:
         except TypeError:
             raise KVError(f"kv.{op}: arguments are not plain data") from None
         self._chan.send_raw(frame)
-        while True:
-            msg = self._chan.recv(spin=True)
-            if msg is None:
-                os._exit(0)  # host gone
-            reply = msg[0]
-            if reply["t"] != protocol.INV:
-                break
-            apply_inv(reply, self._cache)
-        if reply["t"] != protocol.KVR or reply.get("id") != self._id:
-            os._exit(EXIT_PROTOCOL)
+        self.awaiting = True
+        reply = self._reply(spin=True)
+        self.awaiting = False
         if "ok" in reply:
             value = reply["ok"]
             if reads is not None and "c" in reply:
@@ -115,6 +110,28 @@ class IpcKV:
         if reply.get("err") == protocol.KV_ERR:
             raise KVError(text)
         raise KVUnavailable(text)
+
+    def _reply(self, spin: bool) -> dict[str, Any]:
+        """The host's answer to our request, applying the invalidations sent before it."""
+        while True:
+            msg = self._chan.recv(spin=spin)
+            if msg is None:
+                os._exit(0)  # host gone
+            reply = msg[0]
+            if reply["t"] != protocol.INV:
+                break
+            apply_inv(reply, self._cache)
+        if reply["t"] != protocol.KVR or reply.get("id") != self._id:
+            os._exit(EXIT_PROTOCOL)
+        return reply
+
+    def settle(self) -> None:
+        """After the call: if an interrupted op left a request unanswered, read (and drop)
+        its answer now, at the worker's own shallow stack, so the host, which is still
+        answering it, gets our "done" only after that (the channel stays in step)."""
+        if self.awaiting:
+            self._reply(spin=False)
+            self.awaiting = False
 
 
 def apply_inv(head: dict[str, Any], reads: ReadCache) -> None:
@@ -367,6 +384,7 @@ class Worker:
             finally:
                 kv.closed = True
                 script = None
+            kv.settle()
             retire = kv.interrupted
         else:
             retire = False

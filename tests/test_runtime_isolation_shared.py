@@ -259,7 +259,84 @@ def test_threads_have_their_own_state_and_toolkit() -> None:
     # The other thread's call kept its own budgets (steps=5M), logs and counters.
     assert out[0].error is None and out[0].fields == {"v": "1", "n": 500}
     assert out[0].logs == ["t"] and out[0].kv_ops == 1
-    st, template = seen[0]
+    st, template, _modules = seen[0]
     assert st is not runtime.CALL and template is not runtime._GLOBALS
     assert template["log"] is not runtime._GLOBALS["log"]
     _assert_idle()
+
+
+# -- modules that only define functions and constants run once per thread ---------------------
+
+from sandbox.policy import definitions_only  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def handle(req):\n    return None\n", True),
+        ('"""doc"""\nLIMIT = 5\nKEY = "k"\ndef f(a, b=1, *c, d="x", **e):\n    pass\ndef handle(req):\n    pass\n', True),
+        ("A = B = 1\ndef handle(req):\n    pass\n", True),
+        ("CACHE = []\ndef handle(req):\n    pass\n", False),  # a mutable value: made per call
+        ("CACHE = {}\ndef handle(req):\n    pass\n", False),
+        ("N = -1\ndef handle(req):\n    pass\n", False),  # not a constant node
+        ("def f(x=[]):\n    pass\ndef handle(req):\n    pass\n", False),  # a mutable default
+        ("def handle(req: dict):\n    pass\n", False),  # annotations run code
+        ("def handle(req) -> None:\n    pass\n", False),
+        ("def d(f):\n    return f\n@d\ndef handle(req):\n    pass\n", False),  # (refused anyway)
+        ("log('x')\ndef handle(req):\n    pass\n", False),
+        ("x = kv.get('k')\ndef handle(req):\n    pass\n", False),
+        ("a, b = 1, 2\ndef handle(req):\n    pass\n", False),
+        ("handle = lambda req: None\n", False),  # (refused anyway)
+        ("for i in range(3):\n    pass\ndef handle(req):\n    pass\n", False),
+    ],
+)
+def test_which_modules_run_once(source: str, expected: bool) -> None:
+    assert definitions_only(source) is expected
+    if "@d" not in source and "lambda" not in source:
+        assert compile_script(source).definitions_only is expected
+
+
+def test_a_module_run_once_still_gives_every_call_fresh_globals() -> None:
+    source = (
+        "LIMIT = 2\n"
+        "def bump():\n"
+        "    global LIMIT, extra\n"
+        "    LIMIT = LIMIT + 1\n"
+        "    extra = 'set by an earlier call'\n"
+        "    return LIMIT\n"
+        "def handle(req):\n"
+        "    seen = [LIMIT, 'extra' in globals_seen()]\n"
+        "    bump()\n"
+        "    return {'seen': seen, 'after': LIMIT}\n"
+        "def globals_seen():\n"
+        "    try:\n"
+        "        extra\n"
+        "        return ['extra']\n"
+        "    except Exception:\n"
+        "        return []\n"
+    )
+    script = compile_script(source)
+    assert script.definitions_only
+    for _ in range(3):  # the first call runs the module, the others reuse its bindings
+        r = execute(script, {}, DictKV(), Budgets())
+        assert r.error is None and r.fields == {"seen": [2, False], "after": 3}, r
+    _assert_idle()
+
+
+def test_a_module_with_mutable_state_runs_on_every_call() -> None:
+    script = compile_script("SEEN = []\ndef handle(req):\n    SEEN.append(1)\n    return {'n': len(SEEN)}\n")
+    assert not script.definitions_only
+    assert [execute(script, {}, DictKV(), Budgets()).fields for _ in range(3)] == [{"n": 1}] * 3
+
+
+def test_modules_run_once_are_kept_per_thread_and_bounded() -> None:
+    _st, _template, modules = runtime._PER_THREAD.toolkit
+    scripts = [compile_script(f"def handle(req):\n    return {{'i': {i}}}\n") for i in range(runtime.MAX_KEPT_MODULES + 5)]
+    for i, script in enumerate(scripts):
+        assert execute(script, {}, DictKV(), Budgets()).fields == {"i": i}
+    assert len(modules) == runtime.MAX_KEPT_MODULES
+    assert id(scripts[0]) not in modules and modules[id(scripts[-1])][0] is scripts[-1]
+    # The evicted one runs again from scratch, correctly.
+    assert execute(scripts[0], {}, DictKV(), Budgets()).fields == {"i": 0}
+    # Its globals dict is emptied after every call: nothing a call made is held between calls.
+    assert all(not g for _script, g, _bindings, _handle in modules.values())
