@@ -10,6 +10,12 @@ Stopping a script: every limit raises a ``Stop`` subclass. ``Stop`` derives from
 and the name ``BaseException`` are refused at upload). It is also *sticky*: the first stop
 is remembered in ``RunState.dead`` and every later guard call raises it again, so a
 ``finally:`` block that loops, calls helpers or touches KV dies as well.
+
+Invariant the hot guards rely on: while ``dead`` is set (a stop, or the idle state between
+calls), ``ticks_left`` is far below zero (``STOPPED_TICKS``) and stays there, since only
+``check_clock`` (which raises first when stopped) and ``begin`` refill it. A guard that
+counts a tick therefore needs one test, ``ticks_left <= 0``, to notice a stop as well as a
+due clock check; its slow path (``check_clock``/``_slow_step``) looks at ``dead`` first.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 # counter decrement; reading the clock costs ~50 ns more. 64 keeps the overshoot small
 # even when each loop iteration does a lot of C-level work.
 CLOCK_EVERY = 64
+STOPPED_TICKS = -(1 << 62)  # ticks_left while stopped: no amount of counting reaches 0
 
 
 _INT_LIMITS: dict[int, tuple[int, int]] = {}
@@ -153,6 +160,7 @@ class RunState:
     def end(self) -> None:
         """Finish a call: drop every reference it made and refuse any further use."""
         self.dead = IDLE  # every guard checks ``dead`` (directly or on its slow path)
+        self.ticks_left = STOPPED_TICKS
         self.port = None
         self.logs = _NO_LOGS  # never appended to: add_log refuses first (dead is IDLE)
         self.fmt_cache = None
@@ -162,6 +170,7 @@ class RunState:
 
     def stop(self, exc: Stop) -> NoReturn:
         """Remember the first stop and raise it (or the earlier one if already dead)."""
+        self.ticks_left = STOPPED_TICKS  # every ticking guard takes its slow path from now on
         if self.dead is None:
             self.dead = exc
             raise exc
@@ -195,7 +204,7 @@ class RunState:
         """
         left = self.ticks_left - 1
         self.ticks_left = left
-        if left <= 0 or self.dead is not None:
+        if left <= 0:  # a clock check is due, or the script is stopped (STOPPED_TICKS)
             self.check_clock()
         return True
 
@@ -203,7 +212,7 @@ class RunState:
         """One unit of script work (while-loop iteration, function call)."""
         self.steps_left -= 1
         self.ticks_left -= 1
-        if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
+        if self.ticks_left <= 0 or self.steps_left < 0:  # or stopped (STOPPED_TICKS)
             self._slow_step()
 
     def charge(self, n: int) -> None:
@@ -211,7 +220,7 @@ class RunState:
         self.steps_left -= n
         # Big batches stand for real C-level work: look at the clock right away.
         self.ticks_left -= 1 if n < 1024 else CLOCK_EVERY
-        if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
+        if self.ticks_left <= 0 or self.steps_left < 0:  # or stopped (STOPPED_TICKS)
             self._slow_step()
 
     def _slow_step(self) -> None:
@@ -230,7 +239,7 @@ class RunState:
         # self.step(), inlined (one call less per script function call)
         self.steps_left -= 1
         self.ticks_left -= 1
-        if self.ticks_left <= 0 or self.steps_left < 0 or self.dead is not None:
+        if self.ticks_left <= 0 or self.steps_left < 0:  # or stopped (STOPPED_TICKS)
             self._slow_step()
 
     def leave(self) -> None:

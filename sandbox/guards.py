@@ -16,6 +16,7 @@ Principles:
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import re
@@ -37,6 +38,7 @@ from sandbox.convert import SafeText, exception_args, sanitize_format_arg
 from sandbox.methods import Factory, text_of
 
 SUBSCRIPTABLE = frozenset({dict, list, tuple, str, bytes, range})
+_chain, _islice, _repeat, _map = itertools.chain.from_iterable, itertools.islice, itertools.repeat, map
 WRITABLE = frozenset({dict, list, set})
 
 _PERCENT_SPEC = re.compile(
@@ -96,39 +98,64 @@ def make_hooks(
 
     def getitem_(obj: Any, key: Any) -> Any:
         st.ticks_left -= 1
-        if st.ticks_left <= 0 or st.dead is not None:
+        if st.ticks_left <= 0:  # or stopped (budget.STOPPED_TICKS)
             st.check_clock()
         if type(obj) in subscriptable:
             return obj[key]
         st.refuse(f"{describe(obj)} cannot be indexed")
 
-    def getiter_(obj: Any) -> Any:
+    def getiter_(obj: Any, ticks_here: bool = False) -> Any:
+        # ticks_here: the policy found that the loop runs no call per item (no guard, no
+        # function: nothing can change the container or do unbounded work but C-level
+        # operators), so it put no _tick_() in it: the loop's ticks are taken here.
         t = type(obj)
         if t in SIZED:
-            st.charge(len(obj))
-            return obj
+            n = len(obj)
+            st.charge(n)
+            return chunked(obj, n) if ticks_here else obj
         if t in LAZY:
             st.alive()
             return obj
         not_iterable(st, obj)
 
-    def getiter_item_(obj: Any, key: Any) -> Any:
-        # getiter_(getitem_(obj, key)) in one call (`for x in req["items"]`), with both
-        # ticks and the sized case's RunState.charge written out: this is the hot path.
-        if st.dead is not None:
-            st.reraise()
+    def chunked(obj: Any, n: int) -> Any:
+        """A call-free loop's ticks: up to CLOCK_EVERY items at once, now; beyond that one
+        clock check per CLOCK_EVERY items, called from C between chunks (nothing can change
+        the container while such a loop runs, so its length is known)."""
+        if n < CLOCK_EVERY:
+            st.ticks_left -= n
+            if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
+                st.check_clock()
+            return obj
+        return _chain(_map(next_chunk, _repeat(iter(obj), -(-n // CLOCK_EVERY))))
+
+    def next_chunk(it: Any) -> Any:
+        st.check_clock()
+        return _islice(it, CLOCK_EVERY)
+
+    def getiter_item_(obj: Any, key: Any, ticks_here: bool = False) -> Any:
+        # getiter_(getitem_(obj, key)) in one call (`for x in req["items"]`): both ticks at
+        # once (also the stop check, budget.STOPPED_TICKS), and the sized case's charge
+        # written out: this is the hot path.
+        st.ticks_left -= 2
+        if st.ticks_left <= 0:
+            st.check_clock()
         if type(obj) not in subscriptable:
             st.refuse(f"{describe(obj)} cannot be indexed")
         value = obj[key]
         if type(value) in SIZED:
             n = len(value)
             st.steps_left -= n
-            st.ticks_left -= 2 if n < 1024 else CLOCK_EVERY
-            if st.ticks_left <= 0 or st.steps_left < 0:
+            if st.steps_left < 0 or n >= 1024:  # a big batch stands for real work: read the clock
                 st._slow_step()
+            if ticks_here:  # chunked(value, n), its common case written out
+                if n >= CLOCK_EVERY:
+                    return chunked(value, n)
+                st.ticks_left -= n
+                if st.ticks_left <= 0:
+                    st.check_clock()
             return value
-        st.tick()  # getitem_'s
-        return getiter_(value)
+        return getiter_(value, ticks_here)
 
     def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target
@@ -140,7 +167,7 @@ def make_hooks(
 
     def write_(obj: Any) -> Any:
         st.ticks_left -= 1
-        if st.ticks_left <= 0 or st.dead is not None:
+        if st.ticks_left <= 0:  # or stopped (budget.STOPPED_TICKS)
             st.check_clock()
         if type(obj) in WRITABLE:
             return obj

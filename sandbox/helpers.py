@@ -501,6 +501,9 @@ class Verdict:
     __repr__ = script_repr
 
 
+_new_verdict = object.__new__
+
+
 class PrintCollector:
     """What ``print`` is rewritten to use: one log line per call, no ``file=``."""
 
@@ -568,11 +571,18 @@ def make_helpers(st: RunState) -> dict[str, Any]:
         if args:
             if len(args) != 1 or fields or type(args[0]) is not dict:
                 raise TypeError("allow() takes field=value keywords, or one dict of fields")
-            return Verdict("allow", args[0])
-        return Verdict("allow", fields)
+            fields = args[0]
+        # Verdict("allow", fields) without a Python __init__ call (this is on every call's path)
+        verdict = _new_verdict(Verdict)
+        verdict.kind = "allow"
+        verdict.fields = fields
+        return verdict
 
     def deny(errCode: Any, errMsg: Any = "", errDlt: Any = "") -> Verdict:
-        return Verdict("deny", (errCode, errMsg, errDlt))
+        verdict = _new_verdict(Verdict)
+        verdict.kind = "deny"
+        verdict.fields = (errCode, errMsg, errDlt)
+        return verdict
 
     return {
         "json": JsonFacade(st),

@@ -100,7 +100,8 @@ _check_value = kvops._scalar
 def _op(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
     """Count the op, call the port, check and convert the answer.
 
-    The op counts as a loop tick (the clock is read now and then, as for any guard): a port
+    The caller counted the op as a loop tick (the clock is read now and then, as for any
+    guard; the tick is also the stop check, see ``budget.STOPPED_TICKS``): a port
     that waits (the worker's, a round trip to the host) raises ``KVDeadline`` itself when
     the call's deadline passed while it waited.
 
@@ -116,9 +117,6 @@ def _op(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
         result = st.port.call(name, wire)
     except Exception as e:
         _port_failed(st, name, e)
-    st.ticks_left -= 1
-    if st.ticks_left <= 0:
-        st.check_clock()
     if (result is True or result is False) and name in _BOOL_OPS:
         return result  # the common answer of sismember/exists/expire: already what bool() gives
     return _answer(st, name, result)
@@ -162,29 +160,26 @@ def _bad_value(value: Any, label: str, limit: int) -> str:
         raise KVError(str(e)) from None
 
 
-_ABSENT: Any = object()
-
-
 def _fast_method(name: str, key_is_valid: bool = False) -> Any:
-    """``kv.<name>(key)`` or ``kv.<name>(key, value)`` (``_KEY_OPS``, ``_KEY_VALUE_OPS``):
-    the most used ops, written out for speed. Same checks, order and messages as
+    """``kv.<name>(key)`` (``_KEY_OPS``) or ``kv.<name>(key, value)`` (``_KEY_VALUE_OPS``): the
+    most used ops, written out for speed. Same checks, order and messages as
     ``kvops.validate`` (the fast tests accept only what its checks return unchanged: an
     exact, non-empty, printable ASCII key and an exact ASCII value within the limits;
     anything else takes those checks), then ``_op`` written out (one frame less per op).
 
     ``key_is_valid``: the key is a constant the policy already found to be a non-empty
     printable ASCII str (``sandbox.policy.KV_CONST_KEY``): only its length is checked here.
+
+    The op's tick comes first: it is also the stop check (``budget.STOPPED_TICKS``), which
+    must come before the port is called.
     """
-    has_value = name in _KEY_VALUE_OPS
-    # key-only ops: an underscore name, which scripts cannot pass as a keyword (policy)
-    param = _VALUE_PARAM.get(name, "_value")
-    label = _VALUE_LABEL.get(name, "")
     is_bool = name in _BOOL_OPS
 
-    def method(self: KV, key: Any, value: Any = _ABSENT) -> Any:
+    def key_op(self: KV, key: Any) -> Any:
         st = self._st
-        if st.dead is not None:
-            st.reraise()
+        st.ticks_left -= 1
+        if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
+            st.check_clock()
         b = st.budgets
         limit = b.kv_key_bytes
         if key_is_valid:
@@ -192,36 +187,52 @@ def _fast_method(name: str, key_is_valid: bool = False) -> Any:
                 key = _bad_key(key, limit)
         elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
             key = _bad_key(key, limit)
-        if has_value:
-            if value is _ABSENT:
-                raise TypeError(f"{name}() missing 1 required positional argument: '{param}'")
-            limit = b.kv_value_bytes
-            if not (type(value) is str and len(value) <= limit and value.isascii()):
-                value = _bad_value(value, label, limit)
-            wire = [key, value]
-        elif value is _ABSENT:
-            wire = [key]
-        else:
-            raise TypeError(f"{name}() takes 1 positional argument but 2 were given")
-        # _op(st, b, name, wire), written out
         if st.kv_ops >= b.kv_ops:
             st.exceeded("kv_ops", b.kv_ops)
         st.kv_ops += 1
         try:
-            result = st.port.call(name, wire)
+            result = st.port.call(name, [key])
         except Exception as e:
             _port_failed(st, name, e)
-        st.ticks_left -= 1
-        if st.ticks_left <= 0:
-            st.check_clock()
         if is_bool and (result is True or result is False):
-            return result  # the common answer of sismember/exists/expire: already what bool() gives
+            return result  # the common answer of exists/expire: already what bool() gives
         return _answer(st, name, result)
 
-    # The script-visible signature keeps the documented parameter name.
-    code = method.__code__
-    names = code.co_varnames
-    method.__code__ = code.replace(co_varnames=(names[0], names[1], param, *names[3:]))
+    def key_value_op(self: KV, key: Any, value: Any) -> Any:
+        st = self._st
+        st.ticks_left -= 1
+        if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
+            st.check_clock()
+        b = st.budgets
+        limit = b.kv_key_bytes
+        if key_is_valid:
+            if len(key) > limit:
+                key = _bad_key(key, limit)
+        elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+            key = _bad_key(key, limit)
+        limit = b.kv_value_bytes
+        if not (type(value) is str and len(value) <= limit and value.isascii()):
+            value = _bad_value(value, label, limit)
+        if st.kv_ops >= b.kv_ops:
+            st.exceeded("kv_ops", b.kv_ops)
+        st.kv_ops += 1
+        try:
+            result = st.port.call(name, [key, value])
+        except Exception as e:
+            _port_failed(st, name, e)
+        if is_bool and (result is True or result is False):
+            return result  # the common answer of sismember: already what bool() gives
+        return _answer(st, name, result)
+
+    if name in _KEY_OPS:
+        method = key_op
+    else:
+        label = _VALUE_LABEL[name]
+        method = key_value_op
+        # The script-visible signature keeps the documented parameter name.
+        code = method.__code__
+        names = code.co_varnames
+        method.__code__ = code.replace(co_varnames=(names[0], names[1], _VALUE_PARAM[name], *names[3:]))
     method.__name__ = name
     method.__qualname__ = f"KV.{name}"
     return method
@@ -244,8 +255,9 @@ class KV:
     def _call(self, name: str, args: list[Any]) -> Any:
         """An op checked by ``kvops.validate`` (any argument shape)."""
         st = self._st
-        if st.dead is not None:
-            st.reraise()
+        st.ticks_left -= 1
+        if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
+            st.check_clock()
         b = st.budgets
         try:
             _spec, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)

@@ -313,6 +313,8 @@ class ScriptPolicy(RestrictingNodeTransformer):
     def visit_For(self, node: ast.For) -> ast.AST:
         node = super().visit_For(node)  # iter becomes _getiter_(...): charged up front
         node.iter = _fuse_getiter_item(node.iter)
+        if _ticks_in_iteration(node.iter, [*node.body, *node.orelse]):
+            return node
         if node.body and _ticks_unconditionally(node.body[0]):
             return node  # the first statement already passes a ticking guard every iteration
         tick = ast.Expr(_call("_tick_"))
@@ -329,6 +331,13 @@ class ScriptPolicy(RestrictingNodeTransformer):
         """A ``_tick_()`` as the first ``if`` of every generator clause, unless what is
         evaluated for every item of that clause already passes a ticking guard: its first
         ``if``, or, for the innermost clause without ``if``, the element (key and value)."""
+        # Not for a generator expression: other code runs between its items (and can change
+        # the container), so it keeps a tick per item.
+        if len(node.generators) == 1 and not isinstance(node, ast.GeneratorExp):
+            gen = node.generators[0]
+            per_item = [*gen.ifs, *((node.key, node.value) if isinstance(node, ast.DictComp) else (node.elt,))]
+            if _ticks_in_iteration(gen.iter, per_item):
+                return
         last = len(node.generators) - 1
         for i, gen in enumerate(node.generators):
             if gen.ifs:
@@ -442,6 +451,20 @@ def _const_key_kv_method(node: ast.Call) -> None:
         and key.value.isprintable()
     ):
         func.id = _DIRECT_TO_CONST_KEY[func.id]
+
+
+def _ticks_in_iteration(it: ast.expr, per_item: list[ast.AST]) -> bool:
+    """If the (already transformed) code run for every item makes no call at all (no guard,
+    no function, so nothing can change the container or run unbounded code but C-level
+    operators), let the iteration guard take the loop's ticks: ``_getiter_(x, True)``
+    instead of a ``_tick_()`` per item. Returns whether it did."""
+    if not (isinstance(it, ast.Call) and isinstance(it.func, ast.Name)
+            and it.func.id in ("_getiter_", "_getiter_item_") and not it.keywords):
+        return False
+    if any(isinstance(sub, ast.Call) for node in per_item for sub in ast.walk(node)):
+        return False
+    it.args.append(ast.Constant(True))
+    return True
 
 
 def _fuse_getiter_item(it: ast.expr) -> ast.expr:

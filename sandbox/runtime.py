@@ -230,7 +230,7 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
         # st.charge(items), written out: a method call costs as much as the rest of it
         st.steps_left -= items
         st.ticks_left -= 1 if items < 1024 else CLOCK_EVERY
-        if st.ticks_left <= 0 or st.steps_left < 0 or st.dead is not None:
+        if st.ticks_left <= 0 or st.steps_left < 0:  # or stopped (budget.STOPPED_TICKS)
             st._slow_step()
         items = -1
     if items >= 0:

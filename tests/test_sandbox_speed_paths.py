@@ -188,14 +188,14 @@ def test_comprehension_tick_is_left_out_only_when_a_guard_ticks_per_item() -> No
     )
     lines = {line.split("=")[0].strip(): line for line in code.splitlines() if " = _sized_" in line}
     assert lines["a"].count("_tick_") == 0
-    assert lines["b"].count("_tick_") == 1
+    assert lines["b"].count("_tick_") == 0 and "_getiter_item_(req, 'x', True)" in lines["b"]  # call-free
     assert lines["c"].count("_tick_") == 0
     assert lines["d"].count("_tick_") == 1  # smismember([]) answers without a clock check
     assert lines["e"].count("_tick_") == 2
     assert lines["f"].count("_tick_") == 1  # the inner clause's element ticks; the outer does not
     assert lines["g"].count("_tick_") == 1  # kv.get only runs when `u` is falsy
     assert lines["h"].count("_tick_") == 1  # a lambda body does not run per item
-    assert code.count("_getiter_item_(req, 'x')") == 8
+    assert code.count("_getiter_item_(req, 'x')") == 7
 
 
 @pytest.mark.parametrize(
@@ -392,3 +392,82 @@ def test_execute_fills_every_field_of_its_result(source: str) -> None:
     values = {f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}  # none missing
     assert result == RunResult(**values)
     assert values["fields_json"] is None or orjson.loads(values["fields_json"]) == result.fields
+
+
+# -- call-free loops: the iteration guard takes the loop's ticks ---------------------------------
+
+
+def test_only_loops_that_call_nothing_per_item_leave_their_ticks_to_the_iteration_guard() -> None:
+    code = _transformed(
+        "def handle(req):\n"
+        "    a = [w for w in req['w'] if w in req]\n"
+        "    b = {w: 1 for w in req['w'] if not w}\n"
+        "    c = [w for w in req['w'] if len(w)]\n"  # a call
+        "    d = sum(1 for w in req['w'] if w in req)\n"  # a generator: other code runs between items
+        "    for w in req['w']:\n"
+        "        if w == 'x':\n"
+        "            found = True\n"
+        "            break\n"
+        "    for w in req['w']:\n"
+        "        found = w + 'x'\n"  # _add_ is a call
+    )
+    lines = [line.strip() for line in code.splitlines()]
+    assert lines[3] == "a = _sized_([w for w in _getiter_item_(req, 'w', True) if w in req])"
+    assert lines[4] == "b = _sized_({w: 1 for w in _getiter_item_(req, 'w', True) if not w})"
+    assert "_tick_()" in lines[5] and "True" not in lines[5]
+    assert "_tick_()" in lines[6] and "True" not in lines[6]
+    assert lines[7] == "for w in _getiter_item_(req, 'w', True):"
+    assert "_tick_()" not in lines[8]
+    assert code.count("_getiter_item_(req, 'w')") == 3
+
+
+CALL_FREE = [
+    "[x for x in v if x != 3]",
+    "{x: x for x in v}",
+    "{x for x in v if x}",
+    "[x for x in v]",
+]
+
+
+@pytest.mark.parametrize("expr", CALL_FREE)
+@pytest.mark.parametrize(
+    "value", [[], [1, 2, 3], list(range(63)), list(range(64)), list(range(65)), list(range(1000)), "ab" * 100,
+              {str(i): i for i in range(200)}],
+    ids=["empty", "3", "63", "64", "65", "1000", "str", "dict"],
+)
+def test_call_free_loops_see_every_item_in_order(expr: str, value: Any) -> None:
+    # sets and dicts come back as their sorted keys (a result must be JSON)
+    shown = f"sorted({expr})" if expr.startswith("{") else expr
+    source = f"def handle(req):\n    v = req['v']\n    out = {expr}\n    n = 0\n    for x in v:\n        n = x\n    return {{'out': {shown.replace(expr, 'out')}, 'last': n}}\n"
+    assert "True)" in _transformed(source)
+    result = _run(source, payload={"v": value})
+    assert result.error is None, result
+    want = eval(shown, {}, {"v": value})  # the same comprehension, natively
+    assert result.fields["out"] == want
+    assert result.fields["last"] == (list(value)[-1] if len(value) else 0)
+
+
+def test_a_call_free_loop_is_still_charged_and_stopped_by_the_clock() -> None:
+    # Quadratic C-level work with no call per item: the clock is read between chunks.
+    source = "def handle(req):\n    v = list(range(20000))\n    return {'n': len([x for x in v if x in v])}\n"
+    assert "True)" in _transformed(source)
+    result = _run(source, wall_ms=100)
+    assert result.verdict == ERROR and "wall_ms (limit 100)" in result.error.message, result
+    result = _run("def handle(req):\n    return {'n': [x for x in req['v'] if x]}\n", payload={"v": list(range(5000))},
+                  steps=1000)
+    assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
+
+
+def test_a_call_free_loop_after_a_stop_dies_at_once() -> None:
+    source = (
+        "def handle(req):\n"
+        "    try:\n"
+        "        while True:\n"
+        "            pass\n"
+        "    finally:\n"
+        "        for x in req['v']:\n"
+        "            y = x\n"
+    )
+    assert "True)" in _transformed(source)
+    result = _run(source, payload={"v": [1, 2, 3]}, steps=1000)
+    assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
