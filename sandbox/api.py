@@ -84,7 +84,7 @@ class ScriptError:
         return {"kind": self.kind, "message": self.message}
 
 
-@dataclass
+@dataclass(slots=True)
 class RunResult:
     """Outcome of one script call, as plain data.
 

@@ -102,7 +102,10 @@ class RunState:
         "depth",
         "fmt_cache",
         "int_limit",
+        "kv_key_bytes",
         "kv_ops",
+        "kv_ops_max",
+        "kv_value_bytes",
         "log_bytes",
         "logs",
         "max_bits",
@@ -154,6 +157,9 @@ class RunState:
         self.max_depth = budgets.recursion
         self.max_str = budgets.max_str
         self.max_items = budgets.max_items
+        self.kv_key_bytes = budgets.kv_key_bytes
+        self.kv_value_bytes = budgets.kv_value_bytes
+        self.kv_ops_max = budgets.kv_ops
         self.max_bits = bits = budgets.max_int_bits
         self.int_limit, self.neg_int_limit = _INT_LIMITS.get(bits) or _int_limits(bits)
 

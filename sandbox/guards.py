@@ -127,6 +127,7 @@ def make_hooks(
             if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
                 st.check_clock()
             return obj
+        st.alive()  # the first chunk's clock check comes with the first item
         return _chain(_map(next_chunk, _repeat(iter(obj), -(-n // CLOCK_EVERY))))
 
     def next_chunk(it: Any) -> Any:
@@ -134,28 +135,32 @@ def make_hooks(
         return _islice(it, CLOCK_EVERY)
 
     def getiter_item_(obj: Any, key: Any, ticks_here: bool = False) -> Any:
-        # getiter_(getitem_(obj, key)) in one call (`for x in req["items"]`): both ticks at
-        # once (also the stop check, budget.STOPPED_TICKS), and the sized case's charge
-        # written out: this is the hot path.
-        st.ticks_left -= 2
-        if st.ticks_left <= 0:
-            st.check_clock()
+        # getiter_(getitem_(obj, key), ticks_here) in one call (`for x in req["items"]`),
+        # written out: this is the hot path. Its ticks (getitem_'s, getiter_'s, and with
+        # ticks_here the loop's) are counted once, after the steps.
+        if st.dead is not None:
+            st.reraise()
         if type(obj) not in subscriptable:
             st.refuse(f"{describe(obj)} cannot be indexed")
         value = obj[key]
-        if type(value) in SIZED:
-            n = len(value)
-            st.steps_left -= n
-            if st.steps_left < 0 or n >= 1024:  # a big batch stands for real work: read the clock
-                st._slow_step()
-            if ticks_here:  # chunked(value, n), its common case written out
-                if n >= CLOCK_EVERY:
-                    return chunked(value, n)
-                st.ticks_left -= n
-                if st.ticks_left <= 0:
-                    st.check_clock()
-            return value
-        return getiter_(value, ticks_here)
+        if type(value) not in SIZED:
+            st.tick()  # getitem_'s
+            return getiter_(value, ticks_here)
+        n = len(value)
+        st.steps_left -= n
+        if ticks_here:
+            if n >= CLOCK_EVERY:
+                st.ticks_left -= 2
+                if st.ticks_left <= 0 or st.steps_left < 0 or n >= 1024:
+                    st._slow_step()
+                return chunked(value, n)  # a clock check per chunk
+            st.ticks_left -= n + 2
+        else:
+            st.ticks_left -= 2
+        # a big batch stands for real work: read the clock
+        if st.ticks_left <= 0 or st.steps_left < 0 or n >= 1024:
+            st._slow_step()
+        return value
 
     def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target

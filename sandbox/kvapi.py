@@ -180,15 +180,14 @@ def _fast_method(name: str, key_is_valid: bool = False) -> Any:
         st.ticks_left -= 1
         if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
             st.check_clock()
-        b = st.budgets
-        limit = b.kv_key_bytes
+        limit = st.kv_key_bytes
         if key_is_valid:
             if len(key) > limit:
                 key = _bad_key(key, limit)
         elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
             key = _bad_key(key, limit)
-        if st.kv_ops >= b.kv_ops:
-            st.exceeded("kv_ops", b.kv_ops)
+        if st.kv_ops >= st.kv_ops_max:
+            st.exceeded("kv_ops", st.kv_ops_max)
         st.kv_ops += 1
         try:
             result = st.port.call(name, [key])
@@ -203,18 +202,17 @@ def _fast_method(name: str, key_is_valid: bool = False) -> Any:
         st.ticks_left -= 1
         if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
             st.check_clock()
-        b = st.budgets
-        limit = b.kv_key_bytes
+        limit = st.kv_key_bytes
         if key_is_valid:
             if len(key) > limit:
                 key = _bad_key(key, limit)
         elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
             key = _bad_key(key, limit)
-        limit = b.kv_value_bytes
+        limit = st.kv_value_bytes
         if not (type(value) is str and len(value) <= limit and value.isascii()):
             value = _bad_value(value, label, limit)
-        if st.kv_ops >= b.kv_ops:
-            st.exceeded("kv_ops", b.kv_ops)
+        if st.kv_ops >= st.kv_ops_max:
+            st.exceeded("kv_ops", st.kv_ops_max)
         st.kv_ops += 1
         try:
             result = st.port.call(name, [key, value])

@@ -300,7 +300,7 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         result = _new_object(RunResult)
         result.verdict = verdict
         result.fields = fields
-        result.error = None
+        result.error = None  # (slots: every field must be set)
         result.logs = st.logs
         result.kv_ops = st.kv_ops
         result.elapsed_ms = (_monotonic_ns() - st.started) // 1000 / 1000  # st.elapsed_ms(), inlined
