@@ -249,7 +249,7 @@ def main() -> None:
     wk, kept = med["typical: worker, KV via host"], med["typical: worker, kept answers"]
     t_in, t_wk = med["trivial: sandbox in-process"], med["trivial: sandbox worker"]
     print()
-    print(f"in-process / native (typical):          {inp / nat:7.1f}x  (target < 3x)")
+    print(f"in-process / native (typical):          {inp / nat:7.2f}x  (target < 3x)")
     print(f"worker round trip (trivial, median):    {t_wk - t_in:7.1f} µs  (target < 150 µs)")
     print(f"worker - in-process (typical, kept):    {kept - inp:7.1f} µs  (1 round trip; reads kept in the worker)")
     print(f"worker - in-process (typical, via host):{wk - inp:7.1f} µs  (4 round trips: call + 3 KV reads)")

@@ -14,8 +14,12 @@ and injects the accounting calls the runtime needs (see ``sandbox.guards`` for t
 - ``_enter_()`` / ``try: ... finally: _leave_()`` around every function body;
 - ``_tick_()`` at the top of every ``for`` body and as the first ``if`` of every
   comprehension clause (clock check, sticky stop), unless what runs for every item
-  already passes a ticking guard or a KV op (``_ticks_unconditionally``), plus
+  already passes a ticking guard or a KV op (``_ticks_unconditionally``), or makes no
+  call at all, in which case the iteration guard takes the loop's ticks
+  (``_getiter_(x, True)``, ``_ticks_in_iteration``; not for generator expressions), plus
   ``_sized_()`` around list, set and dict comprehensions (item limit);
+- ``kv.<op>("constant key", ...)`` for key / key-value ops calls ``_kv_<op>_k_`` when the
+  constant is a valid key shape (``KV_CONST_KEY``);
 - ``for x in a[k]`` (loops and comprehensions) calls one fused guard, ``_getiter_item_``;
 - ``kv.<op>(...)`` on the global ``kv`` (a script that never binds the name ``kv``)
   calls the facade's bound method directly (``KV_DIRECT``), without ``_getattr_``;

@@ -11,7 +11,10 @@ The guards, builtins and helpers are built ONCE per process (per thread, see bel
 bound to one ``RunState``: ``CALL``. ``execute`` resets it at the start of every call (``begin``: the
 call's budgets and KV port, zeroed counters, a new log list, no stop, empty caches) and
 parks it at the end (``end``: no port, no caches, an idle stop that every guard raises).
-Each call still gets a fresh globals dict (a copy of ``_GLOBALS``).
+Each call still gets fresh globals: a copy of ``_GLOBALS`` the module runs in or, for a
+module that only defines functions and constants (``CompiledScript.definitions_only``),
+run once per thread, the same dict refilled with the module's bindings at the start of
+every call and emptied at its end.
 
 Why this cannot leak between calls:
 

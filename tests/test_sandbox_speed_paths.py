@@ -155,16 +155,13 @@ def test_direct_kv_calls_respect_the_kv_ops_budget_and_stop() -> None:
     assert "kv_ops (limit 10)" in result.error.message
 
 
+# A script that runs out of steps, then runs its `finally:` (the next lines, indented 8).
+AFTER_A_STOP = "def handle(req):\n    try:\n        while True:\n            pass\n    finally:\n"
+
+
 def test_direct_kv_call_after_a_stop_is_refused() -> None:
     # The stop is sticky: a `finally` that calls kv after the budget ran out dies too.
-    source = (
-        "def handle(req):\n"
-        "    try:\n"
-        "        while True:\n"
-        "            pass\n"
-        "    finally:\n"
-        "        kv.set('after', 'stop')\n"
-    )
+    source = AFTER_A_STOP + "        kv.set('after', 'stop')\n"
     kv = DictKV()
     result = execute(compile_script(source), {}, kv, Budgets(steps=1000))
     assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
@@ -459,15 +456,7 @@ def test_a_call_free_loop_is_still_charged_and_stopped_by_the_clock() -> None:
 
 
 def test_a_call_free_loop_after_a_stop_dies_at_once() -> None:
-    source = (
-        "def handle(req):\n"
-        "    try:\n"
-        "        while True:\n"
-        "            pass\n"
-        "    finally:\n"
-        "        for x in req['v']:\n"
-        "            y = x\n"
-    )
+    source = AFTER_A_STOP + "        for x in req['v']:\n            y = x\n"
     assert "True)" in _transformed(source)
     result = _run(source, payload={"v": [1, 2, 3]}, steps=1000)
     assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
