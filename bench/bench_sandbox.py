@@ -1,6 +1,7 @@
 """Per-call cost of one typical handler: native Python, sandbox in-process, sandbox worker.
 
     python bench/bench_sandbox.py [--calls N] [--rounds N] [--workers N] [--spin-us N]
+    python bench/bench_sandbox.py --instructions [--calls N]   # valgrind instruction counts
 
 The handler is the SPEC §3 blocklist script (3 invited users, one ``kv.sismember`` each).
 Every variant does the whole job of a receiver for one callback: request body bytes in,
@@ -18,6 +19,8 @@ The last lines time a recycle: from a worker's kill until its replacement is rea
 from the pool's template process (sandbox/template.py) and started as a fresh interpreter.
 
 Targets (issue #3): in-process < 3x native; a worker round trip adds < 150 µs at the median.
+``--instructions`` counts CPU instructions per call (native vs in-process) under valgrind
+instead: a count, so it does not move with other load on a shared machine (timings do).
 Latency here is dominated by process wake-ups; ``--spin-us`` (default: the server's
 ``sandbox_spin_us``) makes host and worker poll briefly before sleeping. Numbers from a
 machine busy with other work are not meaningful (the load average is printed at the end).
@@ -29,7 +32,10 @@ import argparse
 import asyncio
 import hashlib
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -189,6 +195,48 @@ def _best(rounds: list[list[float]]) -> list[float]:
     return min(rounds, key=statistics.median)
 
 
+def _one_call(mode: str) -> Any:
+    """The call timed as "typical: native python" or "typical: sandbox in-process"."""
+    port, budgets, raw = DictPort(), Budgets(), orjson.dumps(PAYLOAD)
+    if mode == "native":
+        def native_call() -> bytes:
+            rv = native_handle(orjson.loads(raw))
+            return orjson.dumps(rv.fields if isinstance(rv, _Allow) else rv)
+        return native_call
+    script = compile_script(SOURCE)
+
+    def sandbox_call() -> bytes:
+        # As the worker does: the fields' JSON from the size check when there is one.
+        result = execute(script, raw, port, budgets)
+        return result.fields_json if result.fields_json is not None else orjson.dumps(result.fields)
+    return sandbox_call
+
+
+def count_instructions(calls: int) -> None:
+    """Instructions per call (valgrind's callgrind), native vs in-process: a count, so other
+    load on the machine does not move it. Each figure is a run of ``calls`` calls minus a run
+    of none (start-up and warm-up cancel out), with a fixed hash seed."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        sys.exit("--instructions needs valgrind (apt-get install valgrind)")
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+
+    def collected(mode: str, n: int) -> int:
+        cmd = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+               str(Path(__file__).resolve()), "--count-only", mode, "--calls", str(n)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stderr
+        match = re.search(r"Collected : (\d+)", out)
+        if match is None:
+            sys.exit("valgrind printed no instruction count:\n" + out[-2000:])
+        return int(match.group(1))
+
+    per_call = {mode: (collected(mode, calls) - collected(mode, 0)) / calls for mode in ("native", "sandbox")}
+    print(f"instructions per call (valgrind callgrind, {calls} calls minus none, PYTHONHASHSEED=0)")
+    print(f"typical: native python        {per_call['native']:10.0f}")
+    print(f"typical: sandbox in-process   {per_call['sandbox']:10.0f}")
+    print(f"in-process / native (typical): {per_call['sandbox'] / per_call['native']:6.2f}x  (target < 3x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=3000, help="calls per measurement round")
@@ -197,14 +245,22 @@ def main() -> None:
     ap.add_argument("--restarts", type=int, default=20, help="worker replacements timed per start method")
     ap.add_argument("--spin-us", type=int, default=Config().sandbox_spin_us,
                     help="host and worker poll this long before sleeping (the server's sandbox_spin_us)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions per call under valgrind instead of timing (native vs in-process)")
+    ap.add_argument("--count-only", choices=["native", "sandbox"], help=argparse.SUPPRESS)  # run under valgrind
     args = ap.parse_args()
     n, rounds = args.calls, args.rounds
+    if args.count_only:
+        call = _one_call(args.count_only)
+        for _ in range(200 + n):  # 200 warm-up calls in both runs: they cancel out
+            call()
+        return
+    if args.instructions:
+        count_instructions(n)
+        return
 
     port, budgets, raw = DictPort(), Budgets(), orjson.dumps(PAYLOAD)
-
-    def native_call() -> bytes:
-        rv = native_handle(orjson.loads(raw))
-        return orjson.dumps(rv.fields if isinstance(rv, _Allow) else rv)
+    native_call = _one_call("native")
 
     def sandbox_call(script: Any) -> bytes:
         # As the worker does: the fields' JSON from the size check when there is one.
