@@ -1,4 +1,4 @@
-"""Prometheus metrics: calls, verdicts, script errors and latency per command.
+"""Prometheus metrics: calls, verdicts, script errors and latency per command; recordings.
 
 With several HTTP processes (``--workers N``) prometheus-client's multiprocess mode is
 used (``PROMETHEUS_MULTIPROC_DIR`` is set by the CLI before this module is imported), so
@@ -63,6 +63,12 @@ class Metrics:
             "1 when the store (Redis) answers, else 0",
             registry=reg,
             multiprocess_mode="liveall",
+        )
+        self.recordings = Counter(
+            "scriptgate_recordings_total",
+            "Recorded callbacks: written to the store, or dropped (queue full, store slow or failing)",
+            ["outcome"],
+            registry=reg,
         )
         self._children: dict[str, tuple] = {}
 

@@ -87,6 +87,11 @@ class Recorder:
         self.queue: asyncio.Queue[tuple[Command, dict[str, Any]]] = asyncio.Queue(QUEUE_LIMIT)
         self.dropped = 0  # queue full or the store refused/failed the write
         self.written = 0
+        # The same counts on /metrics (scriptgate_recordings_total{outcome=...}), if the app has them.
+        metrics = getattr(state, "metrics", None)
+        recordings = getattr(metrics, "recordings", None)
+        self._count_written = recordings.labels("written").inc if recordings is not None else None
+        self._count_dropped = recordings.labels("dropped").inc if recordings is not None else None
         self._random = random.Random()
         self._drop_logged_at = 0.0
 
@@ -124,6 +129,8 @@ class Recorder:
 
     def _drop(self) -> None:
         self.dropped += 1
+        if self._count_dropped is not None:
+            self._count_dropped()
         now = time.monotonic()
         if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
             log.warning("recordings dropped: %d so far (the store is slow or unavailable)", self.dropped)
@@ -142,6 +149,8 @@ class Recorder:
         try:
             await self.state.store.record(command.name, record, settings.max_records, settings.max_age_s)
             self.written += 1
+            if self._count_written is not None:
+                self._count_written()
         except Exception as exc:  # a store outage must not stop recording for good
             log.debug("recording dropped: %s", exc)
             self._drop()

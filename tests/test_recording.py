@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -158,6 +159,27 @@ def test_submit_never_waits_for_the_store_and_memory_is_bounded(monkeypatch):
     asyncio.run(go())
 
 
+def test_written_and_dropped_recordings_are_on_the_metrics():
+    from server.metrics import Metrics
+
+    async def go() -> None:
+        store = FakeStore()
+        all_settings = {name: CommandSettings(record=RecordSettings(enabled=name == INVITE)) for name in CAT.commands}
+        metrics = Metrics()
+        state = SimpleNamespace(dispatcher=SimpleNamespace(settings=all_settings), store=store, metrics=metrics)
+        r = rec.Recorder.create(state)
+        assert r is not None
+        for fail in (True, True, False):
+            store.fail = fail
+            r.submit(CAT.get(INVITE), {}, "", outcome(), 0.0)
+            await r.flush()
+        text = metrics.render().decode()
+        assert 'scriptgate_recordings_total{outcome="dropped"} 2.0' in text
+        assert 'scriptgate_recordings_total{outcome="written"} 1.0' in text
+
+    asyncio.run(go())
+
+
 def test_store_failures_are_counted_and_recording_goes_on():
     async def go() -> None:
         store = FakeStore()
@@ -244,6 +266,9 @@ def test_every_verdict_is_recorded_with_request_reply_and_version(recording_serv
     assert all(r["elapsed_ms"] > 0 and r["command"] == INVITE for r in records.values())
     ts = [r["ts"] for r in get_records(srv, INVITE)]
     assert ts == sorted(ts)  # oldest first
+    metrics = srv.request("GET", "/metrics").body.decode()
+    written = re.search(r'scriptgate_recordings_total\{outcome="written"\} (\d+)', metrics)
+    assert written is not None and int(written.group(1)) >= 5, metrics[-2000:]
 
 
 def test_limit_and_since(recording_server):
