@@ -422,6 +422,9 @@ class KVMembersHandler(AdminHandler):
 
 # --- recordings, audit, health, metrics --------------------------------------------------
 
+RECORDINGS_PAGE = 1000
+
+
 class RecordingsHandler(AdminHandler):
     async def get(self, name: str) -> None:
         await self._call(self._get, name)
@@ -436,9 +439,29 @@ class RecordingsHandler(AdminHandler):
                 since = float(since_arg)
             except ValueError:
                 raise HTTPFail(400, "bad_request", "since must be a unix timestamp in seconds") from None
-        records = await self.state.store.recordings(command, limit, since)
+        # A page at a time (RECORDINGS_PAGE records), flushed as it goes: an export of 100,000
+        # records holds one page in memory and callbacks are served between pages.
+        store = self.state.store
+        start: str | None = await store.recordings_start(command, limit, since, RECORDINGS_PAGE)
         self.set_header("Content-Type", "application/x-ndjson")
-        self.finish(b"".join(orjson.dumps(r) + b"\n" for r in records))
+        sent, flushed = 0, False
+        try:
+            while start is not None and sent < limit:
+                records, start = await store.recordings_page(command, start, min(RECORDINGS_PAGE, limit - sent))
+                sent += len(records)
+                if records:
+                    self.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
+                    if start is not None and sent < limit:
+                        await self.flush()
+                        flushed = True
+        except (StoreError, StoreUnavailable):
+            if not flushed:
+                raise  # nothing sent yet: the usual JSON error
+            # The status is out already: cut the response off (no final chunk) so the client
+            # sees an incomplete body, never one that looks complete.
+            self.request.connection.close()
+            return
+        self.finish()
 
 
 class AuditHandler(AdminHandler):

@@ -424,6 +424,14 @@ def test_recordings(backend: str | None, store_prefix: str) -> None:
             assert await s.recordings("cbA", 3, time.time() + 10) == []
             assert (await s.recordings("cbA", 1, None))[0]["req"] == {"x": "é"}
             assert await s.recording_commands() == ["cbA", "cbB"]
+            # paged reads (GET /admin/recordings streams them): the same records, in order
+            for limit, since in ((5, None), (30, None), (31, None), (12, None), (7, t0 - 1), (100, t0 - 1)):
+                want = [r["i"] for r in await s.recordings("cbA", limit, since)]
+                start, got = await s.recordings_start("cbA", limit, since, page=4), []
+                while start is not None and len(got) < limit:
+                    page, start = await s.recordings_page("cbA", start, min(4, limit - len(got)))
+                    got += [r["i"] for r in page]
+                assert got == want, (limit, since)
             assert await s.recordings("cbC", 10, None) == []
             # the length cap trims (approximately: whole stream nodes)
             for i in range(500):

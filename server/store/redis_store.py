@@ -80,6 +80,18 @@ def guarded(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     return wrapper
 
 
+def _records(rows: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for _, data in rows:
+        with contextlib.suppress(orjson.JSONDecodeError, KeyError):
+            out.append(orjson.loads(data["d"]))
+    return out
+
+
+def _stream_id(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
 def _f(value: str | None, default: float = 0.0) -> float:
     return float(value) if value else default
 
@@ -515,11 +527,41 @@ class Store:
         else:
             start = max(0, math.floor(float(since) * 1000))
             rows = await self.client.xrange(key, min=f"{start}-0", max="+", count=count)
-        out = []
-        for _, data in rows:
-            with contextlib.suppress(orjson.JSONDecodeError, KeyError):
-                out.append(orjson.loads(data["d"]))
-        return out
+        return _records(rows)
+
+    # Paged reads of the same: what ``recordings`` returns, a page at a time, so a big export
+    # holds one page in memory and lets the event loop serve callbacks between pages.
+
+    @guarded
+    async def recordings_start(self, command: str, limit: int, since: float | None, page: int = 1000) -> str:
+        """Where ``recordings(command, limit, since)`` starts, for ``recordings_page``."""
+        check_command(command)
+        if since is not None:
+            return f"{max(0, math.floor(float(since) * 1000))}-0"
+        key = self.keys.recordings(command)
+        remaining = max(1, int(limit))
+        if await self.client.xlen(key) <= remaining:
+            return "-"
+        # The limit-th newest entry: walk back a page at a time, keeping only the ids.
+        start, top = "-", "+"
+        while remaining > 0:
+            rows = await self.client.xrevrange(key, max=top, min="-", count=min(page, remaining))
+            if not rows:
+                break
+            remaining -= len(rows)
+            start = _stream_id(rows[-1][0])
+            top = "(" + start
+        return start
+
+    @guarded
+    async def recordings_page(self, command: str, start: str, count: int) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``count`` records from ``start`` (an id from ``recordings_start`` or a
+        previous page), and where the next page starts (None: this was the last one)."""
+        check_command(command)
+        count = max(1, int(count))
+        rows = await self.client.xrange(self.keys.recordings(command), min=start, max="+", count=count)
+        after = "(" + _stream_id(rows[-1][0]) if len(rows) == count else None
+        return _records(rows), after
 
     @guarded
     async def recording_commands(self) -> list[str]:
