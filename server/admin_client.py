@@ -6,6 +6,7 @@ dependencies. Every failure becomes ``AdminError`` with one line a user can act 
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.parse
@@ -89,8 +90,9 @@ class AdminClient:
             while True:
                 try:
                     chunk = resp.read(CHUNK)
-                except (TimeoutError, OSError) as exc:
-                    raise AdminError(f"GET {path}: connection failed while reading: {exc}") from None
+                except (TimeoutError, OSError, http.client.HTTPException) as exc:
+                    # HTTPException: IncompleteRead, a response the server cut off
+                    raise AdminError(f"GET {path}: connection failed while reading: {exc!r}") from None
                 if not chunk:
                     return
                 yield chunk

@@ -15,6 +15,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from server import http_admin
+from server.admin_client import AdminClient, AdminError
 from server.app import build_state, make_app
 from server.config import Config
 from server.store.base import StoreUnavailable
@@ -95,6 +96,15 @@ def test_a_store_failure_after_the_first_page_cuts_the_response_off(monkeypatch:
         try:
             with pytest.raises((tornado.httpclient.HTTPError, OSError, tornado.iostream.StreamClosedError)):
                 await _get(port, "?limit=20")
+            # The CLI's client (scriptgate export) reports it as an error, not a short export.
+            calls = 0
+            client = AdminClient(f"http://127.0.0.1:{port}", TOKEN)
+
+            def read_all() -> bytes:
+                return b"".join(client.stream(f"/admin/recordings/{CMD}", {"limit": 20}))
+
+            with pytest.raises(AdminError, match="connection failed while reading"):
+                await asyncio.get_running_loop().run_in_executor(None, read_all)
             calls = 2  # the next read fails on its first page: nothing was sent, a JSON 503
             client = tornado.httpclient.AsyncHTTPClient()
             r = await client.fetch(f"http://127.0.0.1:{port}/admin/recordings/{CMD}",
