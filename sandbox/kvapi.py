@@ -14,7 +14,10 @@ Failures:
 - a refused operation (validation or the store's ``KVError``) raises the script-visible
   ``KVError`` (an ``Exception``: scripts may catch it, e.g. for a wrong key type);
 - ``KVUnavailable`` (or anything unexpected from the port) stops the script for good with
-  error kind ``unavailable``: a script must not carry on as if it had an answer.
+  error kind ``unavailable``: a script must not carry on as if it had an answer;
+- ``KVDeadline`` (a port that waited past the call's deadline) is the ``wall_ms`` budget;
+- ``RecursionError`` (the script's stack limit, reached inside the port) passes through as
+  the recursion budget.
 """
 
 from __future__ import annotations
