@@ -14,7 +14,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import redis
 
+from tests.ports import free_port
+
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_SENTINEL = shutil.which("redis-sentinel") or REDIS_SERVER
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
@@ -31,14 +32,6 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 
 def redis_available() -> bool:
     return os.path.exists(REDIS_SERVER) and os.access(REDIS_SERVER, os.X_OK)
-
-
-def free_port() -> int:
-    # Bind to port 0 and release: racy in theory, but the kernel hands out ports
-    # round-robin so two callers (xdist workers) do not get the same one back.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -15,14 +14,10 @@ from typing import Any
 
 import orjson
 
+from tests.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "test-admin-token-" + "x" * 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
