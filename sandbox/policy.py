@@ -566,42 +566,50 @@ def _syntax_issue(e: SyntaxError) -> CompileIssue:
 
 def transform(source: object) -> tuple[object | None, list[CompileIssue]]:
     """Check and compile ``source``. Returns (code object or None, issues). Never raises."""
+    code, issues, _definitions_only = transform_module(source)
+    return code, issues
+
+
+def transform_module(source: object) -> tuple[object | None, list[CompileIssue], bool]:
+    """``transform``, plus whether the module only binds functions and constants
+    (``definitions_only``), from the same parse. Never raises."""
     try:
         return _transform(source)
     except SyntaxError as e:
-        return None, [_syntax_issue(e)]
+        return None, [_syntax_issue(e)], False
     except RecursionError:
-        return None, [CompileIssue(1, 0, "code is nested too deeply")]
+        return None, [CompileIssue(1, 0, "code is nested too deeply")], False
     except MemoryError:
-        return None, [CompileIssue(1, 0, "code is too complex to compile (nested too deeply?)")]
+        return None, [CompileIssue(1, 0, "code is too complex to compile (nested too deeply?)")], False
     except Exception as e:  # ValueError (NUL bytes), anything unexpected from RP or compile()
-        return None, [CompileIssue(1, 0, f"source cannot be compiled ({type(e).__name__})")]
+        return None, [CompileIssue(1, 0, f"source cannot be compiled ({type(e).__name__})")], False
 
 
-def _transform(source: object) -> tuple[object | None, list[CompileIssue]]:
+def _transform(source: object) -> tuple[object | None, list[CompileIssue], bool]:
     if type(source) is not str:
-        return None, [CompileIssue(1, 0, "source must be text")]
+        return None, [CompileIssue(1, 0, "source must be text")], False
     if len(source) > MAX_SOURCE_BYTES or len(source.encode("utf-8", "surrogatepass")) > MAX_SOURCE_BYTES:
-        return None, [CompileIssue(1, 0, f"source is larger than {MAX_SOURCE_BYTES} bytes")]
+        return None, [CompileIssue(1, 0, f"source is larger than {MAX_SOURCE_BYTES} bytes")], False
     if "\x00" in source:
         line = source.count("\n", 0, source.index("\x00")) + 1
-        return None, [CompileIssue(line, 0, "source contains a NUL character")]
+        return None, [CompileIssue(line, 0, "source contains a NUL character")], False
     try:
         source.encode("utf-8")
     except UnicodeEncodeError:
-        return None, [CompileIssue(1, 0, "source is not valid unicode (lone surrogate)")]
+        return None, [CompileIssue(1, 0, "source is not valid unicode (lone surrogate)")], False
     tree = ast.parse(source, SCRIPT_FILENAME, "exec")
     issues = _shape_issues(tree)
     if issues:
-        return None, issues
+        return None, issues, False
+    only = _definitions_only(tree)  # before the policy rewrites the tree
     issues = _handle_issues(tree)
     policy = ScriptPolicy(_bound_names(tree))
     tree = policy.visit(tree)
     issues = sorted({*issues, *policy.issues}, key=lambda i: (i.line, i.col, i.message))
     if issues:
-        return None, issues
+        return None, issues, False
     ast.fix_missing_locations(tree)
-    return compile(tree, SCRIPT_FILENAME, "exec", dont_inherit=True), []
+    return compile(tree, SCRIPT_FILENAME, "exec", dont_inherit=True), [], only
 
 
 def definitions_only(source: str) -> bool:
@@ -612,11 +620,14 @@ def definitions_only(source: str) -> bool:
     change (functions refuse attribute writes, constants are immutable), so the runtime may
     run it once and give each call a fresh globals dict with the same bindings.
 
-    Call it only on source ``transform`` accepted."""
+    ``transform_module`` answers this from its own parse; this parses ``source`` for it."""
     try:
-        tree = ast.parse(source, SCRIPT_FILENAME, "exec")
+        return _definitions_only(ast.parse(source, SCRIPT_FILENAME, "exec"))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
+
+
+def _definitions_only(tree: ast.Module) -> bool:
     for stmt in tree.body:
         if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
             continue

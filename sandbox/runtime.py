@@ -76,7 +76,7 @@ from sandbox.guards import SUBSCRIPTABLE, make_hooks
 from sandbox.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
 from sandbox.kvapi import CONST_KEY_METHODS, KV
 from sandbox.methods import build_attrs
-from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, definitions_only, transform
+from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, transform_module
 from sandbox.safe_builtins import SafeType, make_builtins
 
 ERR_CODE_MIN, ERR_CODE_MAX = 100, 2_147_483_647
@@ -105,11 +105,11 @@ class PolicyRefused(Exception):
 
 
 def compile_script(source: str) -> CompiledScript:
-    code, issues = transform(source)
+    code, issues, only = transform_module(source)
     if issues or not isinstance(code, types.CodeType):
         raise PolicyRefused(issues or [CompileIssue(1, 0, "source cannot be compiled")])
     digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
-    return CompiledScript(code, digest, definitions_only(source))
+    return CompiledScript(code, digest, only)
 
 
 def _script_line(exc: BaseException) -> int | None:
