@@ -127,7 +127,7 @@ def make_hooks(
             if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
                 st.check_clock()
             return obj
-        st.alive()  # the first chunk's clock check comes with the first item
+        # (both callers have checked for a stop; the first chunk reads the clock)
         return _chain(_map(next_chunk, _repeat(iter(obj), -(-n // CLOCK_EVERY))))
 
     def next_chunk(it: Any) -> Any:
