@@ -54,3 +54,20 @@ def test_prefix_rules() -> None:
     for bad in ("", "a:b", "a{b", "a b", "x" * 65, "é"):
         with pytest.raises(ValueError):
             Keys(bad)
+
+
+@pytest.mark.parametrize("url", [
+    "redis://h:6379/0", "redis://:pw@h/2?health_check_interval=5&timeout=0.2", "rediss://u:pw@h:6380?ssl_cert_reqs=none",
+    "unix:///run/redis.sock", "unix:///run/redis.sock?db=3&cache=off", "unix://:pw@/run/redis.sock",
+])
+def test_standalone_urls_are_read_by_redis_py_itself(url: str) -> None:
+    """The URL handed to redis-py is the user's own, so redis-py's parser (whatever its
+    version) reads it; rewriting it once produced ``unix:/path``, which redis-py 8 refuses."""
+    from redis.asyncio.connection import parse_url
+
+    target = urls.parse(url)
+    assert target.url is not None
+    parsed = parse_url(target.url)
+    if url.startswith("unix"):
+        assert parsed["path"] == "/run/redis.sock"
+    assert "timeout" not in target.url and "cache" not in target.url

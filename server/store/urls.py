@@ -93,6 +93,18 @@ def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
     return out
 
 
+def _without_store_options(url: str, passthrough: list[tuple[str, str]]) -> str:
+    """The URL exactly as written, minus ScriptGate's own query options.
+
+    redis-py's ``from_url`` reads the result, so nothing else is rewritten: a
+    round trip through ``urlunsplit`` turns ``unix:///path`` into ``unix:/path``, which
+    redis-py 8 refuses.
+    """
+    base, _, _query = url.partition("?")
+    base = base.split("#", 1)[0]
+    return base + ("?" + urlencode(passthrough) if passthrough else "")
+
+
 def bool_option(target: Target, name: str, default: bool) -> bool:
     value = target.store_options.get(name)
     return default if value is None else _bool(name, value)
@@ -154,7 +166,7 @@ def parse(url: str) -> Target:
             raise ValueError(f"bad port in redis URL {display!r}") from None
         if not parts.hostname:
             raise ValueError("redis URL names no host")
-    clean = parts._replace(scheme=scheme, query=urlencode(passthrough)).geturl()
+    clean = _without_store_options(url, passthrough)
     db = int(redis_opts.get("db", 0))
     if scheme != "unix" and parts.path.strip("/"):
         try:
