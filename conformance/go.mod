@@ -1,0 +1,3 @@
+module scriptgate/conformance
+
+go 1.19
