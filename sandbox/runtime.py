@@ -182,17 +182,26 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
         return ALLOW, {}, None
     if type(rv) is Verdict:
         if rv.kind == DENY:
+            # A deny is always a deny: values OpenIM cannot use are passed on marked, and
+            # the host maps them (server/dispatch.py deny_reply) instead of continuing.
             code, msg, dlt = rv.fields
             if type(code) is not int or not ERR_CODE_MIN <= code <= ERR_CODE_MAX:
-                raise InvalidResult(f"deny(): errCode must be an int from {ERR_CODE_MIN} to {ERR_CODE_MAX}")
-            for name, text in (("errMsg", msg), ("errDlt", dlt)):
+                # Only plain data crosses to the host: no repr() of script objects (it
+                # would run script code), no str() of a huge int.
+                if type(code) is not int:
+                    code = f"<{type(code).__name__}>"
+                elif not -(2**63) <= code < 2**63:
+                    code = "<int outside int64>"
+            texts = []
+            for text in (msg, dlt):
                 if type(text) is not str:
-                    raise InvalidResult(f"deny(): {name} must be a str")
-                if len(text) > MAX_ERR_TEXT:
-                    raise InvalidResult(f"deny(): {name} is longer than {MAX_ERR_TEXT} characters")
-                if utf8_clean(text) is not text:
-                    raise InvalidResult(f"deny(): {name} is not valid unicode (lone surrogate)")
-            return DENY, {"errCode": code, "errMsg": msg, "errDlt": dlt}, None
+                    text = None  # the host sends "" and says so
+                else:
+                    if len(text) > MAX_ERR_TEXT:
+                        text = text[: MAX_ERR_TEXT + 1]  # the host sees it was too long and cuts it
+                    text = utf8_clean(text)
+                texts.append(text)
+            return DENY, {"errCode": code, "errMsg": texts[0], "errDlt": texts[1]}, None
         rv = rv.fields
     if type(rv) is not dict:
         raise InvalidResult(

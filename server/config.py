@@ -20,6 +20,8 @@ from sandbox.api import Budgets
 NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_PORT = 10006
 ERRCODE_MIN, ERRCODE_MAX = 100, 2**31 - 1
+INVITE_NARROWING = ("reject", "refused_members")
+OPENIM_LINES = ("main", "v3.8")  # the same as server.catalog.OPENIM_LINES (config loads without the catalogue)
 
 
 class ConfigError(ValueError):
@@ -41,6 +43,15 @@ class CommandSettings:
     reject_errcode: int = 5000
     reject_errmsg: str = "request refused by the callback server"
     reject_errdlt: str = ""
+    # deny() with an errCode OpenIM cannot use (outside 100..2^31-1, or not an integer) is
+    # still a deny, with this code (server/dispatch.py).
+    deny_errcode_fallback: int = 5000
+    # beforeInviteJoinGroup: OpenIM ignores invitedUserIDs in the reply, so a script that
+    # narrows the list is answered with a rejection naming the removed users ("reject",
+    # errCode invite_narrowing_errcode) or with refusedMembersAccount ("refused_members",
+    # for OpenIM versions that apply it).
+    invite_narrowing: str = "reject"
+    invite_narrowing_errcode: int = 5001
     deadline_ms: int = 2000  # whole callback, queueing included; below OpenIM's timeout
     namespace: str = "default"  # KV namespace the script sees
     budgets: Budgets = field(default_factory=Budgets)
@@ -62,6 +73,7 @@ class Config:
     # Poll this long before sleeping while a worker call is out (host and workers): waking
     # a halted vCPU costs more than the whole round trip (sandbox/spin.py). 0 = never.
     sandbox_spin_us: int = 25
+    openim: str = "main"  # the OpenIM line that calls this server: main | v3.8 (catalog.OPENIM_LINES)
     store_label: str = ""  # how "ready on" names the store (not a file setting)
     scripts_dir: str | None = None
     record: bool = False  # --record: record every command
@@ -89,8 +101,12 @@ class Config:
 def _check_command_settings(where: str, s: CommandSettings) -> None:
     if s.failure_policy not in ("open", "closed"):
         raise ConfigError(f"{where}.failure_policy must be 'open' or 'closed'")
-    if type(s.reject_errcode) is not int or not ERRCODE_MIN <= s.reject_errcode <= ERRCODE_MAX:
-        raise ConfigError(f"{where}.reject_errcode must be an integer in {ERRCODE_MIN}..{ERRCODE_MAX}")
+    for name in ("reject_errcode", "deny_errcode_fallback", "invite_narrowing_errcode"):
+        value = getattr(s, name)
+        if type(value) is not int or not ERRCODE_MIN <= value <= ERRCODE_MAX:
+            raise ConfigError(f"{where}.{name} must be an integer in {ERRCODE_MIN}..{ERRCODE_MAX}")
+    if s.invite_narrowing not in INVITE_NARROWING:
+        raise ConfigError(f"{where}.invite_narrowing must be one of {', '.join(map(repr, INVITE_NARROWING))}")
     for name in ("reject_errmsg", "reject_errdlt"):
         if type(getattr(s, name)) is not str:
             raise ConfigError(f"{where}.{name} must be a string")
@@ -151,7 +167,7 @@ def _resolve(cfg: Config, command: str) -> CommandSettings:
 _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
-    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands",
+    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim",
 }
 
 
@@ -211,6 +227,8 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
             raise ConfigError(f"{key} must be a positive integer")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
+    if cfg.openim not in OPENIM_LINES:
+        raise ConfigError(f"openim must be one of {', '.join(map(repr, OPENIM_LINES))} (the OpenIM line that calls this server)")
     if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cfg.prefix):
         raise ConfigError("prefix must match [A-Za-z0-9_.-]{1,64}")
     if cfg.path_prefix:

@@ -53,6 +53,7 @@ class Outcome:
     logs: list[str] = field(default_factory=list)
     kv_ops: int = 0
     elapsed_ms: float = 0.0
+    fixes: tuple[str, ...] = ()  # metric labels of Judged.fixes
 
 
 def policy_reply(settings: CommandSettings) -> dict[str, Any]:
@@ -61,39 +62,132 @@ def policy_reply(settings: CommandSettings) -> dict[str, Any]:
     return reply.continue_with()
 
 
-def check_deny(fields: dict[str, Any]) -> str | None:
+@dataclass
+class Judged:
+    """What a *before* callback's sandbox result turns into."""
+
+    reply: dict[str, Any]
+    verdict: str
+    error: ScriptError | None = None
+    # Replies ScriptGate changed so that OpenIM does what the script means (metric labels:
+    # deny_errcode, deny_text, invite_narrowed), each with a sentence for the log.
+    fixes: list[tuple[str, str]] = field(default_factory=list)
+
+
+def deny_reply(fields: Any, settings: CommandSettings) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """A deny is always a deny: values OpenIM cannot use are mapped, not turned into a continue.
+
+    OpenIM fails the user's action with errCode only when it is a usable code (an int32
+    that is not one of its own small codes); anything else becomes
+    ``deny_errcode_fallback``. errMsg/errDlt that are not text become ""; longer than
+    MAX_REJECT_TEXT characters, they are cut. Each change is returned as a fix."""
+    if type(fields) is not dict:
+        fields = {}
+    fixes: list[tuple[str, str]] = []
     code = fields.get("errCode")
     if type(code) is not int or not ERRCODE_MIN <= code <= ERRCODE_MAX:
-        return f"deny() errCode must be an integer in {ERRCODE_MIN}..{ERRCODE_MAX} (OpenIM turns others into 500)"
+        shown = code if type(code) is int else repr(code)[:64]
+        fixes.append(("deny_errcode", f"deny() errCode {shown} is outside {ERRCODE_MIN}..{ERRCODE_MAX}: "
+                                      f"sent as {settings.deny_errcode_fallback} (deny_errcode_fallback)"))
+        code = settings.deny_errcode_fallback
+    texts = []
     for name in ("errMsg", "errDlt"):
-        value = fields.get(name, "")
-        if type(value) is not str:
-            return f"deny() {name} must be a string"
-        if len(value) > MAX_REJECT_TEXT:
-            return f"deny() {name} is longer than {MAX_REJECT_TEXT} characters"
-    return None
+        text = fields.get(name, "")
+        if type(text) is not str:
+            fixes.append(("deny_text", f"deny() {name} is not a string: sent as \"\""))
+            text = ""
+        elif len(text) > MAX_REJECT_TEXT:
+            fixes.append(("deny_text", f"deny() {name} is longer than {MAX_REJECT_TEXT} characters: cut"))
+            text = text[:MAX_REJECT_TEXT]
+        texts.append(text)
+    return reply.reject(code, texts[0], texts[1]), fixes
 
 
-def verdict_reply(command: Command, settings: CommandSettings, result: RunResult) -> tuple[dict[str, Any], str, ScriptError | None]:
-    """Turn a sandbox result into (reply, verdict, error) for a *before* callback."""
+def check_deny(fields: dict[str, Any]) -> str | None:
+    """Why OpenIM could not use these deny fields as they are (they are mapped, see deny_reply)."""
+    fixes = deny_reply(fields, CommandSettings())[1]
+    return fixes[0][1] if fixes else None
+
+
+def _listed(ids: list[str], limit: int = MAX_REJECT_TEXT) -> str:
+    """``u2, u3`` cut to about ``limit`` characters, saying how many were left out."""
+    text = ", ".join(ids)
+    if len(text) <= limit:
+        return text
+    shown: list[str] = []
+    size = 0
+    for i, uid in enumerate(ids):
+        size += len(uid) + 2
+        if size > limit - 24:
+            return ", ".join(shown) + f", ... (+{len(ids) - i} more)"
+        shown.append(uid)
+    return text  # pragma: no cover - the loop returns
+
+
+def invite_reply(settings: CommandSettings, request: dict[str, Any], kept: list[str]) -> Judged:
+    """beforeInviteJoinGroup with ``invitedUserIDs``: OpenIM (main and v3.8) ignores the list
+    in the reply, so a narrowed list becomes a rejection (or refusedMembersAccount)."""
+    sent = request.get("invitedUserIDs") or []
+    invited = set(sent)
+    extra = [uid for uid in dict.fromkeys(kept) if uid not in invited]
+    if extra:
+        message = (f"invitedUserIDs may only leave users out of the invitation; not invited: {_listed(extra, 200)} "
+                   "(OpenIM would not add them)")
+        return failed(settings, ScriptError(INVALID_RESULT, bounded(message)))
+    keep = set(kept)
+    removed = [uid for uid in dict.fromkeys(sent) if uid not in keep]
+    if not removed:
+        return Judged(reply.continue_with({"invitedUserIDs": kept}), MODIFY)
+    why = f"invitation narrowed by the script; refused: {_listed(removed, 200)}"
+    if settings.invite_narrowing == "reject":
+        body = reply.reject(settings.invite_narrowing_errcode, "invitation refused", "refused: " + _listed(removed))
+        return Judged(body, DENY, fixes=[("invite_narrowed", why + " (sent as a rejection: invite_narrowing = reject)")])
+    body = reply.continue_with({"invitedUserIDs": kept, "refusedMembersAccount": removed})
+    return Judged(body, MODIFY, fixes=[("invite_narrowed", why + " (sent as refusedMembersAccount)")])
+
+
+def judge(command: Command, settings: CommandSettings, result: RunResult, request: dict[str, Any] | None) -> Judged:
+    """Turn a sandbox result into the reply for a *before* callback.
+
+    ``request`` (the callback body) is needed for commands whose replies are checked
+    against it (``Command.needs_request``); None is treated as an empty request."""
     if result.verdict == ALLOW:
-        return reply.continue_with(), ALLOW, None
+        return Judged(reply.continue_with(), ALLOW)
     if result.verdict == MODIFY:
-        err = command.check_reply_fields(result.fields)
+        fields, err = command.canonical_reply(result.fields if type(result.fields) is dict else {})
+        if err is None and command.needs_request:
+            req = request if request is not None else {}
+            err = command.trap_problem(req, fields)
+            if err is None and command.invite_narrowing and fields.get("invitedUserIDs") is not None:
+                return invite_reply(settings, req, fields["invitedUserIDs"])
         if err is None:
-            return reply.continue_with(result.fields), MODIFY, None
+            return Judged(reply.continue_with(fields), MODIFY)
         error = ScriptError(INVALID_RESULT, bounded(err))
     elif result.verdict == DENY:
-        err = check_deny(result.fields)
-        if err is None:
-            f = result.fields
-            return reply.reject(f["errCode"], f.get("errMsg", ""), f.get("errDlt", "")), DENY, None
-        error = ScriptError(INVALID_RESULT, bounded(err))
+        body, fixes = deny_reply(result.fields, settings)
+        return Judged(body, DENY, fixes=fixes)
     elif result.verdict == ERROR and result.error is not None:
         error = result.error
     else:
         error = ScriptError(INVALID_RESULT, "sandbox returned an unknown verdict")
-    return policy_reply(settings), ERROR, error
+    return failed(settings, error)
+
+
+def failed(settings: CommandSettings, error: ScriptError) -> Judged:
+    """The failure policy's reply; for an invalid result it also says why in ``error``."""
+    body = policy_reply(settings)
+    if error.kind == INVALID_RESULT:
+        # Never silent: OpenIM's decoder ignores the extra key; people reading replies see it.
+        body["error"] = {"kind": INVALID_RESULT, "message": error.message}
+    return Judged(body, ERROR, error)
+
+
+def verdict_reply(
+    command: Command, settings: CommandSettings, result: RunResult, request: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str, ScriptError | None]:
+    """``judge`` as (reply, verdict, error)."""
+    judged = judge(command, settings, result, request)
+    return judged.reply, judged.verdict, judged.error
 
 
 class _RateLimitedLog:
@@ -104,15 +198,23 @@ class _RateLimitedLog:
         self.per_second = per_second
         self._window: dict[str, tuple[int, int]] = {}
 
-    def error(self, command: str, version: int | None, error: ScriptError) -> None:
+    def allowed(self, command: str) -> bool:
         now = int(time.monotonic())
         second, count = self._window.get(command, (now, 0))
         if second != now:
             second, count = now, 0
         count += 1
         self._window[command] = (second, count)
-        if count <= self.per_second:
-            log.warning("script error in %s v%s: %s: %s", command, version, error.kind, error.message)
+        return count <= self.per_second
+
+    def error(self, command: str, version: int | None, error: ScriptError, operation_id: str = "") -> None:
+        if self.allowed(command):
+            log.warning("script error in %s v%s operationID=%s: %s: %s", command, version, operation_id or "-",
+                        error.kind, error.message)
+
+    def fix(self, command: str, version: int | None, message: str, operation_id: str = "") -> None:
+        if self.allowed(command):
+            log.warning("reply changed in %s v%s operationID=%s: %s", command, version, operation_id or "-", message)
 
 
 class Dispatcher:
@@ -134,15 +236,17 @@ class Dispatcher:
         }
         self._errors = _RateLimitedLog()
 
-    async def dispatch(self, command: Command, payload_json: bytes, payload: dict[str, Any] | None = None) -> Outcome:
-        outcome = await self._dispatch(command, payload_json)
+    async def dispatch(self, command: Command, payload_json: bytes, payload: dict[str, Any] | None = None,
+                       operation_id: str | None = None) -> Outcome:
+        """``operation_id``: for log lines (default: the body's operationID)."""
+        request = _Request(payload_json, payload, operation_id)
+        outcome = await self._dispatch(command, request)
         if command.is_before and command.echo_fields:
-            if payload is None:
-                payload = orjson.loads(payload_json)
-            command.with_echo(payload, outcome.reply)
+            command.with_echo(request.data(), outcome.reply)
         return outcome
 
-    async def _dispatch(self, command: Command, payload_json: bytes) -> Outcome:
+    async def _dispatch(self, command: Command, request: _Request) -> Outcome:
+        payload_json = request.raw
         settings = self.settings[command.name]
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -151,7 +255,8 @@ class Dispatcher:
             # The store has never been reachable since start: we cannot know which
             # script is live, so the failure policy decides.
             err = ScriptError(UNAVAILABLE, "script registry not loaded yet: store unreachable")
-            return self._finish(command, settings, policy_reply(settings), ERROR, None, err, None, started)
+            return self._finish(command, settings, Judged(policy_reply(settings), ERROR, err), None, None, started,
+                                request)
         active = self.table.get(command.name)
         if active is None:
             return Outcome(reply.continue_with(), NO_SCRIPT)
@@ -173,32 +278,61 @@ class Dispatcher:
             log.exception("sandbox failure on %s", command.name)
             result = RunResult.failed(UNAVAILABLE, f"sandbox failure: {type(exc).__name__}")
         if command.is_before:
-            body, verdict, error = verdict_reply(command, settings, result)
+            judged = judge(command, settings, result, request.data() if command.needs_request else None)
+        elif result.verdict == ERROR:
+            judged = Judged(reply.continue_with(), ERROR, result.error)
         else:
-            body = reply.continue_with()
-            verdict, error = (ERROR, result.error) if result.verdict == ERROR else (result.verdict, None)
-        return self._finish(command, settings, body, verdict, active.version, error, result, started)
+            judged = Judged(reply.continue_with(), result.verdict)
+        return self._finish(command, settings, judged, active.version, result, started, request)
 
     def _finish(
         self,
         command: Command,
         settings: CommandSettings,
-        body: dict[str, Any],
-        verdict: str,
+        judged: Judged,
         version: int | None,
-        error: ScriptError | None,
         result: RunResult | None,
         started: float,
+        request: _Request,
     ) -> Outcome:
-        if error is not None:
-            self._errors.error(command.name, version, error)
+        if judged.error is not None:
+            self._errors.error(command.name, version, judged.error, request.operation_id())
+        for _label, message in judged.fixes:
+            self._errors.fix(command.name, version, message, request.operation_id())
         elapsed = (asyncio.get_running_loop().time() - started) * 1000
         return Outcome(
-            reply=body,
-            verdict=verdict,
+            reply=judged.reply,
+            verdict=judged.verdict,
             version=version,
-            error=error,
+            error=judged.error,
             logs=result.logs if result else [],
             kv_ops=result.kv_ops if result else 0,
             elapsed_ms=round(elapsed, 3),
+            fixes=tuple(label for label, _ in judged.fixes),
         )
+
+
+class _Request:
+    """The callback body as bytes, parsed only when something needs its values."""
+
+    __slots__ = ("_data", "_operation_id", "raw")
+
+    def __init__(self, raw: bytes, data: dict[str, Any] | None, operation_id: str | None) -> None:
+        self.raw = raw
+        self._data = data
+        self._operation_id = operation_id
+
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            try:
+                data = orjson.loads(self.raw)
+            except orjson.JSONDecodeError:
+                data = None
+            self._data = data if type(data) is dict else {}
+        return self._data
+
+    def operation_id(self) -> str:
+        if self._operation_id is None:
+            value = self.data().get("operationID")
+            self._operation_id = value if type(value) is str else ""
+        return self._operation_id[:128]

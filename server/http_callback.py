@@ -1,7 +1,12 @@
 """The endpoint OpenIM calls: ``POST [/{base/path}]/{callbackCommand}``.
 
 The command is the last path segment (OpenIM builds ``url + "/" + command``); the query
-string is ignored. Every answer is HTTP JSON carrying the five common reply fields, even
+string is ignored. When the path names no known command, it comes from the body's
+``callbackCommand``: with a query string in OpenIM's ``url:`` (``.../callbackExample?contenttype=json``)
+OpenIM posts to ``/callbackExample?contenttype=json/callbackXxxCommand``, which puts the
+command into the query string. When path and body name different known commands, the
+path wins (it is where OpenIM said it posts) and a warning is logged and counted.
+Every answer is HTTP JSON carrying the five common reply fields, even
 errors, because OpenIM ignores the status code and fails the user's action on a body it
 cannot decode.
 """
@@ -9,6 +14,7 @@ cannot decode.
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +27,7 @@ from server.http_common import StreamedBody, client_allowed
 
 if TYPE_CHECKING:
     from server.app import AppState
-    from server.catalog import Command
+    from server.catalog import Catalog, Command
     from server.dispatch import Outcome
 
 
@@ -41,11 +47,56 @@ def command_from_path(path: str, prefix: str) -> str | None:
     return ""
 
 
+log = logging.getLogger("scriptgate.http")
+_MISMATCH_LOG_EVERY = 1000  # after the first 10, one line per this many mismatches
+_mismatches = 0
+
+
+def command_from_body(catalog: Catalog, path_cmd: Command | None, payload: dict[str, Any]) -> tuple[Command | None, str]:
+    """(the command a callback is for, where it came from: path | body | mismatch), given
+    the path's command (None if the path names no known command) and the parsed body;
+    (None, "") when neither names one. Both HTTP paths use this rule."""
+    named = payload.get("callbackCommand")
+    if path_cmd is not None:
+        if type(named) is str and named and named != path_cmd.name:
+            return path_cmd, "mismatch"
+        return path_cmd, "path"
+    cmd = catalog.get(named) if type(named) is str else None
+    return (cmd, "body") if cmd is not None else (None, "")
+
+
+def note_command_source(state: AppState, cmd: Command, source: str, payload: dict[str, Any]) -> None:
+    """Count (and for a mismatch, log) a callback whose command was not the path's alone."""
+    if source == "path":
+        return
+    state.metrics.command_source.labels(source).inc()
+    if source == "mismatch":
+        global _mismatches
+        _mismatches += 1
+        if _mismatches <= 10 or _mismatches % _MISMATCH_LOG_EVERY == 0:
+            named = str(payload.get("callbackCommand"))[:80]
+            log.warning("callback path names %s but the body's callbackCommand is %r: answered as %s "
+                        "(operationID=%s; %d such callbacks so far)", cmd.name, named, cmd.name,
+                        str(payload.get("operationID", ""))[:128] or "-", _mismatches)
+
+
+def unknown_command_message(path_name: str, payload: Any) -> str:
+    shown = path_name if len(path_name) <= 80 else path_name[:80] + "..."
+    named = payload.get("callbackCommand") if type(payload) is dict else None
+    if type(named) is str and named:
+        body = named if len(named) <= 80 else named[:80] + "..."
+        return f"unknown callbackCommand {shown!r} (path) and {body!r} (body)"
+    return f"unknown callbackCommand {shown!r}"
+
+
 def replied(state: AppState, cmd: Command, payload: dict[str, Any], operation_id: str, outcome: Outcome,
             started: float) -> None:
     """After a callback's reply is written (both HTTP paths): metrics, then the recording."""
     elapsed = time.perf_counter() - started
-    state.metrics.observe(cmd.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
+    metrics = state.metrics
+    metrics.observe(cmd.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
+    for fix in outcome.fixes:
+        metrics.reply_fixes.labels(cmd.name, fix).inc()
     recorder = state.recorder
     if recorder is not None:
         recorder.submit(cmd, payload, operation_id, outcome, elapsed)
@@ -58,6 +109,8 @@ class CallbackHandler(StreamedBody):
     def initialize(self, state: AppState) -> None:
         self.state = state
         self.cmd: Command | None = None
+        self.path_cmd: Command | None = None
+        self.path_name = ""
 
     def limit_for_request(self) -> int:
         return self.state.config.max_body_bytes
@@ -87,10 +140,10 @@ class CallbackHandler(StreamedBody):
         if name is None:
             self.callback_error(404, "not_found", "no such endpoint")
             return
-        self.cmd = state.catalog.get(name)
-        if self.cmd is None:
-            shown = name if len(name) <= 80 else name[:80] + "..."
-            self.callback_error(404, "unknown_command", f"unknown callbackCommand {shown!r}")
+        self.path_name = name
+        self.path_cmd = self.cmd = state.catalog.get(name)
+        if self.cmd is None and self.request.method != "POST":
+            self.callback_error(404, "unknown_command", unknown_command_message(name, None))
             return
         if self.request.method != "POST":
             self.callback_error(405, "method_not_allowed", "callbacks are sent with POST")
@@ -106,6 +159,9 @@ class CallbackHandler(StreamedBody):
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if self.cmd is None:
+                self.callback_error(404, "unknown_command", unknown_command_message(self.path_name, None))
+                return
             text = str(exc)
             if "UTF-8" in text or "utf-8" in text:
                 self.callback_error(400, "invalid_utf8", "request body is not valid UTF-8")
@@ -113,17 +169,25 @@ class CallbackHandler(StreamedBody):
                 self.callback_error(400, "invalid_json", f"request body is not valid JSON: {text[:200]}")
             return
         if type(payload) is not dict:
+            if self.cmd is None:
+                self.callback_error(404, "unknown_command", unknown_command_message(self.path_name, None))
+                return
             self.callback_error(400, "invalid_body", "request body must be a JSON object")
             return
-        assert self.cmd is not None
+        self.cmd, source = command_from_body(self.state.catalog, self.path_cmd, payload)
+        if self.cmd is None:
+            self.callback_error(404, "unknown_command", unknown_command_message(self.path_name, payload))
+            return
+        note_command_source(self.state, self.cmd, source, payload)
         problem = self.cmd.check_request(payload)
         if problem:
             self.callback_error(400, "invalid_field", problem)
             return
-        outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload)
+        operation_id = self.request.headers.get("operationID", "")
+        outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload, operation_id or None)
         self.set_header("Content-Type", "application/json")
         self.finish(reply.encode(outcome.reply))
-        replied(self.state, self.cmd, payload, self.request.headers.get("operationID", ""), outcome, started)
+        replied(self.state, self.cmd, payload, operation_id, outcome, started)
 
     # Any other method on a callback path: answered in prepare() (405), never HTML.
     get = put = delete = patch = head = options = post  # type: ignore[assignment]

@@ -7,6 +7,9 @@ allowed client, with a ``Content-Length`` within ``max_body_bytes``, a JSON obje
 that passes the command's request checks) itself, and hands everything else to the
 application unchanged:
 
+* a callback whose path names no known command (OpenIM's ``url`` with a query string)
+  is answered here when its body's ``callbackCommand`` names one (``command_from_body``,
+  the same rule as the application's);
 * a request that is not eligible by its start line and headers goes to
   ``app.start_request`` at once, untouched (admin API, 403/404/405/413, chunked bodies, ...);
 * a body that does not decode or check is *replayed* into a fresh application delegate
@@ -39,7 +42,7 @@ from tornado.routing import PathMatches
 
 from server import reply
 from server.app import access_log
-from server.http_callback import CallbackHandler, command_from_path, replied
+from server.http_callback import CallbackHandler, command_from_body, command_from_path, note_command_source, replied
 from server.http_common import client_allowed
 from server.http_common import log as http_log
 
@@ -55,6 +58,8 @@ INTERNAL = httputil.ResponseStartLine("", 500, httputil.responses[500])
 INTERNAL_BODY = orjson.dumps({"error": "internal_error", "message": "internal error (see the server log)"})
 DIGITS = re.compile(r"[0-9]+")
 PATH_CACHE_LIMIT = 4096
+# eligible(): the path is a callback path that names no known command; the body decides.
+FROM_BODY = object()
 
 
 class _Path:
@@ -118,8 +123,9 @@ class FastCallbacks(httputil.HTTPServerConnectionDelegate):
     def on_close(self, server_conn: object) -> None:
         self.app.on_close(server_conn)
 
-    def command_for(self, path: str) -> Command | None:
-        """The command a callback path names, if the application routes it to CallbackHandler."""
+    def command_for(self, path: str) -> Command | object | None:
+        """The command a callback path names, if the application routes it to CallbackHandler
+        (FROM_BODY when it names no known command)."""
         cmd = self._paths.get(path)
         if cmd is not None:
             return cmd
@@ -132,15 +138,17 @@ class FastCallbacks(httputil.HTTPServerConnectionDelegate):
         if target is None or target.target is not CallbackHandler or target.target_kwargs.get("state") is not self.state:
             return None
         name = command_from_path(path, self.prefix)
-        if not name:
+        if name is None:
             return None
         cmd = self.catalog.get(name)
-        if cmd is not None and len(self._paths) < PATH_CACHE_LIMIT:
+        if cmd is None:
+            return FROM_BODY
+        if len(self._paths) < PATH_CACHE_LIMIT:
             self._paths[path] = cmd
         return cmd
 
     def eligible(self, start_line: httputil.RequestStartLine, headers: httputil.HTTPHeaders,
-                 request_conn: Any) -> Command | None:
+                 request_conn: Any) -> Command | object | None:
         if start_line.method != "POST" or start_line.version != "HTTP/1.1":
             return None
         if "Transfer-Encoding" in headers:
@@ -183,7 +191,7 @@ class _Request(httputil.HTTPMessageDelegate):
         self.server_conn = server_conn
         self.conn = conn
         self.app_delegate: httputil.HTTPMessageDelegate | None = None
-        self.cmd: Command | None = None
+        self.cmd: Command | object | None = None
         self.chunks: list[bytes] = []
         self.closed = False
 
@@ -220,16 +228,19 @@ class _Request(httputil.HTTPMessageDelegate):
         chunks = self.chunks
         self.chunks = []
         raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        cmd = self.cmd
-        assert cmd is not None
         try:
             payload = orjson.loads(raw)
-            ok = type(payload) is dict and not cmd.check_request(payload)
+            ok = type(payload) is dict
+            if ok:
+                path_cmd = None if self.cmd is FROM_BODY else self.cmd
+                cmd, source = command_from_body(self.outer.catalog, path_cmd, payload)  # type: ignore[arg-type]
+                ok = cmd is not None and not cmd.check_request(payload)
         except Exception:
             ok = False
         if not ok:
             self._replay(raw)
             return
+        note_command_source(self.outer.state, cmd, source, payload)
         self.conn.set_close_callback(self._on_close)
         tasks = self.outer.tasks
         task = asyncio.ensure_future(self._respond(cmd, raw, payload, started))
@@ -268,7 +279,8 @@ class _Request(httputil.HTTPMessageDelegate):
     async def _respond(self, cmd: Command, raw: bytes, payload: dict[str, Any], started: float) -> None:
         outer = self.outer
         try:
-            outcome = await outer.dispatcher.dispatch(cmd, raw, payload)
+            operation_id = self.req_headers.get("operationID", "")
+            outcome = await outer.dispatcher.dispatch(cmd, raw, payload, operation_id or None)
             body = reply.encode(outcome.reply)
         except asyncio.CancelledError:
             self._internal_error(None)
@@ -278,7 +290,7 @@ class _Request(httputil.HTTPMessageDelegate):
             return
         self._write(OK, body)
         try:
-            replied(outer.state, cmd, payload, self.req_headers.get("operationID", ""), outcome, started)
+            replied(outer.state, cmd, payload, operation_id, outcome, started)
         except Exception:
             http_log.error("after the reply to %s", self.start_line.path, exc_info=True)
 

@@ -70,6 +70,21 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.reply_fixes = Counter(
+            "scriptgate_reply_fixes_total",
+            "Replies changed so that OpenIM does what the script meant: deny_errcode (errCode mapped to "
+            "deny_errcode_fallback), deny_text (errMsg/errDlt cut or emptied), invite_narrowed "
+            "(narrowed invitedUserIDs sent as a rejection or refusedMembersAccount)",
+            ["command", "fix"],
+            registry=reg,
+        )
+        self.command_source = Counter(
+            "scriptgate_command_source_total",
+            "Callbacks whose command was not taken from the path alone: body (the path named no known "
+            "command, e.g. a query string in OpenIM's url), mismatch (path and body callbackCommand differ; the path wins)",
+            ["source"],
+            registry=reg,
+        )
         self._children: dict[str, tuple] = {}
 
     def observe(self, command: str, verdict: str, error_kind: str | None, seconds: float) -> None:

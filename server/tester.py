@@ -43,7 +43,7 @@ class Tester:
             finally:
                 await scratch.close()
         if command.is_before:
-            reply, _verdict, error = verdict_reply(command, settings, result)
+            reply, _verdict, error = verdict_reply(command, settings, result, payload)
             command.with_echo(payload, reply)
         else:
             reply, error = continue_with(), result.error

@@ -97,19 +97,31 @@ def test_seed_invite_with_blocklist_script(clean, base):
     assert server.upload(INVITE, src).status == 201
     key = "blocklist:users"
     server.admin("DELETE", f"/admin/kv/{key}")
-    # nobody blocked: the seed's "Approval Response", byte for byte
-    r = server.callback(INVITE, SEED_INVITE, base=base)
-    assert r.body == b'{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0,"invitedUserIDs":["user1","user2"]}'
-    # partial refusal
+    # nobody blocked: continue
+    assert server.callback(INVITE, SEED_INVITE, base=base).json() == ACK
+    # one blocked invitee refuses the invitation (OpenIM ignores a narrowed invitedUserIDs)
     assert server.admin("POST", f"/admin/kv/{key}/members", {"add": ["user2"]}).status == 200
     kind, data = openim_parse(server.callback(INVITE, SEED_INVITE, base=base).body)
-    assert kind == "continue" and data["invitedUserIDs"] == ["user1"]
+    assert kind == "reject" and data["errCode"] == 5001 and data["errDlt"] == "blocked: user2"
     # full refusal
     server.admin("POST", f"/admin/kv/{key}/members", {"add": ["user1"]})
     kind, data = openim_parse(server.callback(INVITE, SEED_INVITE, base=base).body)
     assert kind == "reject" and data["errCode"] == 5001 and data["errMsg"] == "invitation refused"
     assert "user1" in data["errDlt"] and "user2" in data["errDlt"]
     server.admin("DELETE", f"/admin/kv/{key}")
+
+
+def test_seed_invite_approval_response_and_narrowing(clean):
+    server = clean
+    # echoing the list: the seed's "Approval Response", byte for byte
+    server.upload(INVITE, "def handle(req):\n    return allow(invitedUserIDs=req['invitedUserIDs'])\n")
+    r = server.callback(INVITE, SEED_INVITE)
+    assert r.body == b'{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0,"invitedUserIDs":["user1","user2"]}'
+    # narrowing: OpenIM would add user2 anyway, so ScriptGate rejects the invitation
+    server.upload(INVITE, "def handle(req):\n    return allow(invitedUserIDs=req['invitedUserIDs'][:1])\n")
+    kind, data = openim_parse(server.callback(INVITE, SEED_INVITE).body)
+    assert (kind, data) == ("reject", {"actionCode": 0, "errCode": 5001, "errMsg": "invitation refused",
+                                       "errDlt": "refused: user2", "nextCode": 1})
 
 
 @pytest.mark.parametrize("base", ["", "/callbackExample"])
@@ -187,8 +199,12 @@ def test_every_command_with_rewriting_and_denying_scripts(clean, command):
     cmd = catalog().get(command)
     body = {"callbackCommand": command, "operationID": "op"}
     if cmd.mutable:
-        field, spec = sorted(cmd.mutable.items())[0]
+        # a field a reply can set without a nil-pointer trap (M4/M6: never settable ones are refused)
+        never = {t.field for t in cmd.traps if t.when == "always" or cmd.request.get(t.field, TypeSpec("null")).kind == "null"}
+        field, spec = sorted((n, s) for n, s in cmd.mutable.items() if n not in never)[0]
         value = sample(spec)
+        if any(t.field == field for t in cmd.traps) or cmd.invite_narrowing:
+            body[field] = value  # the request carries it: OpenIM can apply it (docs/openim.md, M1/M4)
         assert server.upload(command, f"def handle(req):\n    return allow({field}={value!r})\n").status == 201
         r = server.callback(command, body)
         kind, data = openim_parse(r.body)
@@ -206,12 +222,24 @@ def test_every_command_with_rewriting_and_denying_scripts(clean, command):
 
 def test_unmutable_field_is_a_script_error_and_policy_applies(clean):
     server = clean
-    server.upload(INVITE, "def handle(req):\n    return allow(groupID='other')\n")
-    assert server.callback(INVITE, SEED_INVITE).json() == ACK  # open policy: continue unchanged
-    server.upload(INVITE, "def handle(req):\n    return allow(invitedUserIDs='user1')\n")
-    assert server.callback(INVITE, SEED_INVITE).json() == ACK
-    server.upload(INVITE, "def handle(req):\n    return deny(99, 'too low')\n")
-    assert server.callback(INVITE, SEED_INVITE).json() == ACK
+
+    def invalid(message_part: str) -> None:
+        data = server.callback(INVITE, SEED_INVITE).json()
+        error = data.pop("error")
+        assert data == ACK  # open policy: continue unchanged, and the reply says why
+        assert error["kind"] == "invalid_result" and message_part in error["message"], error
+
+    # values computed at run time: the upload check cannot see them
+    server.upload(INVITE, "def handle(req):\n    f = 'group' + 'ID'\n    return allow(**{f: 'other'})\n")
+    invalid("'groupID' cannot be changed")
+    server.upload(INVITE, "def handle(req):\n    return allow(invitedUserIDs=req['groupID'])\n")
+    invalid("invitedUserIDs must be")
+    server.upload(INVITE, "def handle(req):\n    return allow(invitedUserIDs=req['invitedUserIDs'] + ['x'])\n")
+    invalid("not invited: x")
+    # a deny is always a deny: an unusable errCode is mapped to deny_errcode_fallback
+    server.upload(INVITE, "def handle(req):\n    return deny(len(req) * 0 + 99, 'too low')\n")
+    kind, data = openim_parse(server.callback(INVITE, SEED_INVITE).body)
+    assert (kind, data["errCode"], data["errMsg"]) == ("reject", 5000, "too low")
 
 
 def test_script_exception_open_policy(clean):

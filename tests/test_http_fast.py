@@ -50,7 +50,7 @@ class FakePool:
         if self.gate is not None:
             await self.gate.wait()
         if source == "modify":
-            return RunResult(MODIFY, {"invitedUserIDs": ["u1"]})
+            return RunResult(MODIFY, {"invitedUserIDs": ["u1", "u2"]})
         if source == "deny":
             return RunResult(DENY, {"errCode": 5001, "errMsg": "invitation refused", "errDlt": "blocked: u2"})
         return RunResult(ALLOW)
@@ -192,7 +192,7 @@ def counter(server: Server, name: str, **labels: str) -> float:
 
 @pytest.mark.parametrize("source, expect", [
     ("allow", b'{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}'),
-    ("modify", b'"invitedUserIDs":["u1"]}'),
+    ("modify", b'"invitedUserIDs":["u1","u2"]}'),
     ("deny", b'"errCode":5001,"errMsg":"invitation refused","errDlt":"blocked: u2","nextCode":1}'),
 ])
 def test_replies_are_byte_identical(source: str, expect: bytes) -> None:

@@ -22,7 +22,7 @@ def run(command: str, payload: dict, kv: FakeKV):
     script = compile_script((SCRIPTS / f"{command}.py").read_text())
     result = execute(script, payload, kv, Budgets())
     cmd = catalog().get(command)
-    reply, verdict, error = verdict_reply(cmd, CommandSettings(), result)
+    reply, verdict, error = verdict_reply(cmd, CommandSettings(), result, payload)
     assert error is None, (error, result.logs)
     return verdict, reply, result
 
@@ -41,15 +41,17 @@ def invite(users):
             "reason": "friend", "invitedUserIDs": users}
 
 
-def test_invite_blocklist_nobody_blocked_echoes_the_list():
+def test_invite_blocklist_nobody_blocked_continues():
     verdict, reply, _ = run(INVITE, invite(["user1", "user2"]), FakeKV())
-    assert verdict == "modify" and reply["invitedUserIDs"] == ["user1", "user2"]
+    assert verdict == "allow" and reply["nextCode"] == 0 and "invitedUserIDs" not in reply
 
 
 def test_invite_blocklist_partial_and_full_refusal():
+    # OpenIM ignores invitedUserIDs in the reply: one blocked invitee refuses the invitation.
     kv = FakeKV({"blocklist:users": {"user2"}})
     verdict, reply, result = run(INVITE, invite(["user1", "user2", "user3"]), kv)
-    assert verdict == "modify" and reply["invitedUserIDs"] == ["user1", "user3"]
+    assert verdict == "deny" and reply["nextCode"] == 1 and reply["errCode"] == 5001
+    assert reply["errMsg"] == "invitation refused" and reply["errDlt"] == "blocked: user2"
     assert result.logs and "user2" in result.logs[0]
     kv.data["blocklist:users"] = {"user1", "user2"}
     verdict, reply, _ = run(INVITE, invite(["user1", "user2"]), kv)
@@ -61,7 +63,7 @@ def test_invite_blocklist_large_invitation_uses_few_kv_calls():
     users = [f"u{i}" for i in range(1200)]
     kv = FakeKV({"blocklist:users": {"u5", "u1100"}})
     verdict, reply, result = run(INVITE, invite(users), kv)
-    assert verdict == "modify" and len(reply["invitedUserIDs"]) == 1198
+    assert verdict == "deny" and reply["errDlt"] == "blocked: u5, u1100"
     assert result.kv_ops == 3  # chunks of 500
 
 
