@@ -245,6 +245,19 @@ def edge_cases() -> list[Case]:
     ]
 
 
+def filter_cases() -> list[Case]:
+    """Which messages reach the callback at all (no filter configured in webhooks.yml)."""
+    group = "callbackBeforeSendGroupMsgCommand"
+    return [
+        Case("typing is never sent", group, DENY, {"sent": False}, input={"contentType": 113}),
+        Case("notifications: main skips them, v3.8 sends them", group, DENY, {"sent": False},
+             input={"contentType": 1400}, expect_v38=dict(DENIED)),
+        Case("msgModify on a picture: main sends it, v3.8 (Text only) does not", MODIFY,
+             allow_script({"ex": "pic"}), {"applied": {"ex": "pic"}}, input={"contentType": 102},
+             expect_v38={"sent": False}),
+    ]
+
+
 def after_ran_cases() -> list[Case]:
     """After callbacks (replies ignored by OpenIM): the script must run, also when url: has a
     query and when main adds ?key=; counted through the KV store."""
@@ -260,7 +273,8 @@ def all_cases() -> list[Case]:
     cases = [Case("no script", name, None, {}) for name in catalogue()]
     cases += [Case("deny", name, DENY, dict(DENIED)) for name in before_commands()]
     cases += [Case("deny in an after command is ignored", name, DENY, {}) for name in after_commands()]
-    return cases + mutable_cases() + failure_cases() + m_cases() + edge_cases() + after_ran_cases()
+    return (cases + mutable_cases() + failure_cases() + m_cases() + edge_cases() + filter_cases()
+            + after_ran_cases())
 
 
 # --- running -----------------------------------------------------------------------------

@@ -39,15 +39,16 @@ type Client struct {
 	Last        Exchange
 }
 
-// NewClient is NewWebhookClient + httputil.NewHTTPClient(httputil.NewClientConfig()).
+// sharedHTTP is httputil.NewHTTPClient(httputil.NewClientConfig()): one per OpenIM process,
+// so connections are kept alive across callbacks as they are in OpenIM.
+var sharedHTTP = &http.Client{
+	Timeout:   15 * time.Second,
+	Transport: &http.Transport{MaxConnsPerHost: 100},
+}
+
+// NewClient is NewWebhookClient(url).
 func NewClient(baseURL string) *Client {
-	return &Client{
-		client: &http.Client{
-			Timeout:   15 * time.Second,
-			Transport: &http.Transport{MaxConnsPerHost: 100},
-		},
-		url: baseURL,
-	}
+	return &Client{client: sharedHTTP, url: baseURL}
 }
 
 // httpPost is httputil.HTTPClient.Post.

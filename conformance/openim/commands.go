@@ -93,6 +93,16 @@ func toCommonCallback(x *Exec, m *MsgState, command string) CommonCallbackReq {
 	}
 }
 
+// passesFilter is filterBeforeMsg/filterAfterMsg (internal/rpc/msg/filter.go) with an empty
+// webhooks.yml filter config plus the callbacks' own typing check: main skips notification
+// types (1000..5000) and typing; v3.8.3-patch skips only typing.
+func passesFilter(x *Exec, m *MsgState) bool {
+	if m.ContentType == ContentTyping {
+		return false
+	}
+	return x.Line != LineMain || m.ContentType < 1000 || m.ContentType > 5000
+}
+
 // buildKeyMsgDataQuery: main's ?key=base64(JSON{sendID,recvID,groupID}) on after-message callbacks.
 func buildKeyMsgDataQuery(m *MsgState) map[string]string {
 	b, _ := json.Marshal(KeyMsgData{SendID: m.SendID, RecvID: m.RecvID, GroupID: m.GroupID})
@@ -111,7 +121,7 @@ func msgSingle(name string, after bool) *Command {
 	return &Command{Name: name, After: after, State: func() any { return &MsgState{} }, Default: msgDefault,
 		Run: func(x *Exec, s any) error {
 			m := s.(*MsgState)
-			if m.ContentType == ContentTyping {
+			if !passesFilter(x, m) {
 				return errNotSent
 			}
 			req := &CallbackBeforeSendSingleMsgReq{CommonCallbackReq: toCommonCallback(x, m, name), RecvID: m.RecvID}
@@ -131,7 +141,7 @@ func msgGroup(name string, after bool) *Command {
 	c.Default = msgDefault + "\n" + groupMsgDefault
 	c.Run = func(x *Exec, s any) error {
 		m := s.(*MsgState)
-		if m.ContentType == ContentTyping {
+		if !passesFilter(x, m) {
 			return errNotSent
 		}
 		req := &CallbackBeforeSendGroupMsgReq{CommonCallbackReq: toCommonCallback(x, m, name), GroupID: m.GroupID}
@@ -151,6 +161,9 @@ func msgModify() *Command {
 			m := s.(*MsgState)
 			if x.Line == LineV38 && m.ContentType != ContentText {
 				return errNotSent // v3.8.3-patch: Text messages only
+			}
+			if !passesFilter(x, m) {
+				return errNotSent
 			}
 			req := &CallbackMsgModifyCommandReq{CommonCallbackReq: toCommonCallback(x, m, name)}
 			resp := &CallbackMsgModifyCommandResp{}
