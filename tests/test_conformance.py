@@ -366,19 +366,12 @@ def set_script(server: ServerProc, command: str, source: str | None) -> None:
         assert r.status == 201, f"upload for {command} refused: {r.status} {r.body.decode()[:500]}\n{source}"
 
 
-def test_client_covers_the_catalogue(client):
-    lines = json.loads(subprocess.run([str(client), "-list"], capture_output=True, check=True).stdout)
-    assert sorted(lines[MAIN]) == sorted(catalog().commands)
-    assert len(lines[MAIN]) == 52 and len(lines[V38]) == 47
-    assert set(lines[MAIN]) - set(lines[V38]) == MAIN_ONLY
-
-
-def test_openim_conformance(client, server):
-    server.admin("PUT", "/admin/kv/blocklist:users", {"type": "set", "value": ["u2", "u9999"]})
+def run_cases(client: Path, server: ServerProc, cases: list[Case]) -> tuple[int, list[str]]:
+    """Run the cases phase by phase; return the number of outcomes and one text per mismatch."""
     failures: list[str] = []
     total = 0
     ran_expected: dict[str, int] = {}
-    for index, members in enumerate(phases(all_cases())):
+    for index, members in enumerate(phases(cases)):
         for command, source in {c.command: c.script for c in members}.items():
             set_script(server, command, source)
         batch, by_id = [], {}
@@ -405,5 +398,44 @@ def test_openim_conformance(client, server):
         got = int(r.json()["value"]) if r.status == 200 else 0
         if got != count:
             failures.append(f"- {command}: the after script ran {got} times, expected {count}")
+    return total, failures
+
+
+def report(total: int, failures: list[str]) -> None:
     if failures:
         pytest.fail(f"{len(failures)} of {total} OpenIM outcomes differ:\n" + "\n".join(failures), pytrace=False)
+
+
+def test_client_covers_the_catalogue(client):
+    lines = json.loads(subprocess.run([str(client), "-list"], capture_output=True, check=True).stdout)
+    assert sorted(lines[MAIN]) == sorted(catalog().commands)
+    assert len(lines[MAIN]) == 52 and len(lines[V38]) == 47
+    assert set(lines[MAIN]) - set(lines[V38]) == MAIN_ONLY
+    marked = {name: spec.get("scriptgate", {}).get("openim_lines") for name, spec in catalogue().items()}
+    if any(marked.values()):  # the catalogue says which OpenIM line sends which command
+        assert {name for name, on in marked.items() if V38 in (on or LINES)} == set(lines[V38])
+
+
+def test_openim_conformance(client, server):
+    server.admin("PUT", "/admin/kv/blocklist:users", {"type": "set", "value": ["u2", "u9999"]})
+    report(*run_cases(client, server, all_cases()))
+
+
+def test_refused_members_option_is_not_applied_by_either_line(client, tmp_path):
+    """invite_narrowing = "refused_members" answers continue + refusedMembersAccount, for OpenIM
+    versions that apply it: neither modelled line does, so every invitee joins."""
+    cfg = tmp_path / "scriptgate.toml"
+    cfg.write_text(f'[commands.{INVITE}]\ninvite_narrowing = "refused_members"\n')
+    srv = start_server("--config", str(cfg))
+    try:
+        narrowing = script('return allow(invitedUserIDs=[u for u in req["invitedUserIDs"] if u != "u3"])')
+        case = Case("refused_members", INVITE, narrowing, {}, input={"invitedUserIDs": ["u1", "u2", "u3"]})
+        total, failures = run_cases(client, srv, [case])
+        report(total, failures)
+        set_script(srv, INVITE, narrowing)
+        batch = [{"id": "r", "line": MAIN, "command": INVITE, "url": f"http://127.0.0.1:{srv.port}/callbackExample",
+                  "input": {"invitedUserIDs": ["u1", "u2", "u3"]}}]
+        reply = json.loads(run_client(client, batch)[0]["reply"])
+        assert reply.get("refusedMembersAccount") == ["u3"], reply
+    finally:
+        srv.stop()
