@@ -52,8 +52,14 @@ class AppState:
             log.warning("could not refresh live scripts after an admin write", exc_info=True)
 
     def lint(self, command: str, source: str) -> list[dict[str, Any]]:
+        """Warnings for an upload (for the configured OpenIM line)."""
         cmd = self.catalog.get(command)
-        return [w.to_json() for w in lint.warnings(cmd, source)] if cmd else []
+        return [w.to_json() for w in lint.warnings(cmd, source, self.config.openim)] if cmd else []
+
+    def lint_errors(self, command: str, source: str) -> list[lint.Finding]:
+        """Findings that refuse an upload (server/lint.py)."""
+        cmd = self.catalog.get(command)
+        return lint.errors(cmd, source, self.config.openim) if cmd else []
 
 
 class NamespaceKV:

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
-from server.config import ConfigError
+from server.config import OPENIM_LINES, ConfigError
 
 EXIT_OK, EXIT_CHANGED, EXIT_ERROR = 0, 1, 2
 
@@ -23,7 +23,8 @@ def _serve(args: argparse.Namespace) -> int:
     from server.serve import run
 
     cfg = config_mod.load(args.config, set(catalog().commands))
-    for name in ("host", "port", "redis", "workers", "sandbox_workers", "sandbox_spin_us", "prefix", "path_prefix"):
+    for name in ("host", "port", "redis", "workers", "sandbox_workers", "sandbox_spin_us", "prefix", "path_prefix",
+                 "openim"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -53,6 +54,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--prefix", help="key prefix in Redis (default scriptgate)")
     p.add_argument("--path-prefix", metavar="SECRET", help="secret path segment callbacks must start with")
+    p.add_argument("--openim", choices=OPENIM_LINES,
+                   help="the OpenIM line that calls this server, for upload checks (default main; docs/openim.md)")
     p.set_defaults(func=_serve)
 
 

@@ -25,7 +25,7 @@ import orjson
 from sandbox.pool import WorkerStartError
 from server.admin_client import DEFAULT_SERVER, TOKEN_ENV, AdminClient, AdminError
 from server.catalog import Catalog, catalog
-from server.config import ConfigError
+from server.config import OPENIM_LINES, ConfigError
 from server.offline import OfflineError
 
 EXIT_OK, EXIT_CHANGED, EXIT_ERROR = 0, 1, 2
@@ -110,8 +110,9 @@ def collect_scripts(target: str, command: str | None, cat: Catalog) -> list[Scri
     return out
 
 
-def check_scripts(items: list[ScriptFile], cat: Catalog) -> None:
-    """Fill ``errors`` (policy, with line/col) and ``warnings`` (lint) of every script."""
+def check_scripts(items: list[ScriptFile], cat: Catalog, openim: str = "main") -> None:
+    """Fill ``errors`` (policy and lint errors, with line/col) and ``warnings`` (lint) of
+    every script, for the OpenIM line ``openim``."""
     from sandbox.policy import check_source
     from server import lint
 
@@ -127,7 +128,8 @@ def check_scripts(items: list[ScriptFile], cat: Catalog) -> None:
         item.errors.extend(i.to_wire() for i in issues)
         command = cat.get(item.command) if item.command else None
         if command is not None and not issues:
-            item.warnings.extend(w.to_json() for w in lint.warnings(command, item.source))
+            for finding in lint.check(command, item.source, openim):
+                (item.errors if finding.severity == lint.ERROR else item.warnings).append(finding.to_json())
 
 
 def _print_issues(item: ScriptFile) -> None:
@@ -143,7 +145,7 @@ def _print_issues(item: ScriptFile) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     cat = catalog()
     items = collect_scripts(args.target, args.command, cat)
-    check_scripts(items, cat)
+    check_scripts(items, cat, args.openim)
     errors = sum(len(i.errors) for i in items)
     warnings = sum(len(i.warnings) for i in items)
     failed = errors > 0 or (args.strict and warnings > 0)
@@ -328,6 +330,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # --- client commands ---------------------------------------------------------------------
 
 
+def _add_openim_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--openim", choices=OPENIM_LINES, default="main",
+                   help="the OpenIM line that calls the server: warn about commands it never sends and "
+                        "line-specific behaviour (default main; docs/openim.md)")
+
+
 def _client(args: argparse.Namespace) -> AdminClient:
     return AdminClient(args.server, args.token or os.environ.get(TOKEN_ENV), timeout=args.timeout)
 
@@ -342,7 +350,7 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
 def cmd_push(args: argparse.Namespace) -> int:
     cat = catalog()
     items = collect_scripts(args.target, args.command, cat)
-    check_scripts(items, cat)
+    check_scripts(items, cat, args.openim)
     for item in items:
         _print_issues(item)
     errors = sum(len(i.errors) for i in items)
@@ -590,6 +598,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--command", help="callbackCommand for a FILE not named <callbackCommand>.py")
     p.add_argument("--strict", action="store_true", help="fail on warnings too")
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    _add_openim_arg(p)
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser(
@@ -605,6 +614,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="check and compare with the server, upload nothing")
     p.add_argument("--draft", action="store_true", help="store as drafts (?activate=false) instead of going live")
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    _add_openim_arg(p)
     _add_server_args(p)
     p.set_defaults(func=cmd_push)
 

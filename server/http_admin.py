@@ -188,6 +188,15 @@ class ScriptHandler(AdminHandler):
                 f"line {first.line}, col {first.col}: {first.message}",
                 details=[i.to_wire() for i in issues],
             )
+        errors = self.state.lint_errors(command, source)
+        if errors:
+            first = errors[0]
+            raise HTTPFail(
+                422,
+                "invalid_script",
+                f"line {first.line}, col {first.col}: {first.message}",
+                details=[e.to_json() for e in errors],
+            )
         sha = hashlib.sha256(source.encode()).hexdigest()
         info, _before = await self.state.store.put_version(command, source, sha, activate, self.actor())
         if activate:

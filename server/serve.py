@@ -65,6 +65,10 @@ async def load_scripts_dir(state: Any, directory: str) -> int:
         if issues:
             first = issues[0]
             raise SystemExit(f"scriptgate: {path}:{first.line}:{first.col}: {first.message}")
+        errors = state.lint_errors(command, source)
+        if errors:
+            first = errors[0]
+            raise SystemExit(f"scriptgate: {path}:{first.line}:{first.col}: {first.message}")
         sha = hashlib.sha256(source.encode()).hexdigest()
         active = state.table.get(command)
         if active is not None and active.sha256 == sha:

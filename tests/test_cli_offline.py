@@ -77,7 +77,7 @@ def test_check_errors_with_line_and_col_and_warnings(capsys, tmp_path):
     d = tmp_path / "scripts"
     d.mkdir()
     (d / f"{FRIEND}.py").write_text("def handle(req):\n    return req.__class__\n")
-    (d / f"{GROUP_INFO}.py").write_text("def handle(req):\n    return allow(notification='x')\n")
+    (d / f"{GROUP_INFO}.py").write_text("def handle(req):\n    return allow(groupname='x')\n")
     (d / f"{INVITE}.py").write_text("def handle(req:\n")
     (d / "helper_notes.py").write_text("def handle(req):\n    return None\n")
     (d / "_private.py").write_text("this is skipped")
@@ -86,7 +86,7 @@ def test_check_errors_with_line_and_col_and_warnings(capsys, tmp_path):
     lines = out.splitlines()
     assert any(line.startswith(f"{d / FRIEND}.py:2:") and ": error: " in line for line in lines)
     assert any(line.startswith(f"{d / INVITE}.py:1:") and "syntax error" in line for line in lines)
-    assert any(line.startswith(f"{d / GROUP_INFO}.py:2:") and ": warning: " in line and "notification" in line for line in lines)
+    assert any(line.startswith(f"{d / GROUP_INFO}.py:2:") and ": warning: " in line and "groupName?" in line for line in lines)
     assert any("helper_notes.py:1:0: error: cannot tell the command" in line for line in lines)
     assert "_private" not in out
     assert lines[-1] == "checked 4 script(s): 1 ok, 3 error(s), 1 warning(s)"
@@ -94,13 +94,25 @@ def test_check_errors_with_line_and_col_and_warnings(capsys, tmp_path):
 
 def test_check_warnings_pass_unless_strict_and_json(capsys, tmp_path):
     f = tmp_path / "anything.py"
-    f.write_text("def handle(req):\n    return deny(42, 'x')\n")
-    assert cli(capsys, "check", str(f), "--command", FRIEND)[0] == 0
-    assert cli(capsys, "check", str(f), "--command", FRIEND, "--strict")[0] == 1
-    code, out, _ = cli(capsys, "check", str(f), "--command", FRIEND, "--json")
+    f.write_text("def handle(req):\n    return allow(invitedUserIDs=[])\n")  # narrowing becomes a rejection
+    assert cli(capsys, "check", str(f), "--command", INVITE)[0] == 0
+    assert cli(capsys, "check", str(f), "--command", INVITE, "--strict")[0] == 1
+    code, out, _ = cli(capsys, "check", str(f), "--command", INVITE, "--json")
     doc = orjson.loads(out)
     assert code == 0 and doc["warnings"] == 1 and doc["errors"] == 0 and doc["ok"] is True
-    assert doc["files"][0]["command"] == FRIEND and doc["files"][0]["warnings"][0]["line"] == 2
+    assert doc["files"][0]["command"] == INVITE and doc["files"][0]["warnings"][0]["line"] == 2
+
+
+def test_check_literal_errors_and_the_openim_line(capsys, tmp_path):
+    f = tmp_path / "anything.py"
+    f.write_text("def handle(req):\n    return deny(42, 'x')\n")  # a deny OpenIM cannot use: refused
+    code, out, _ = cli(capsys, "check", str(f), "--command", FRIEND)
+    assert code == 1 and f"{f}:2:16: error: deny() errCode 42 is outside" in out
+    conv = tmp_path / "callbackBeforeCreateGroupChatConversationsCommand.py"
+    conv.write_text("def handle(req):\n    return allow(isPinned=True)\n")
+    assert cli(capsys, "check", str(conv), "--strict")[0] == 0
+    code, out, _ = cli(capsys, "check", str(conv), "--strict", "--openim", "v3.8")
+    assert code == 1 and "warning: OpenIM v3.8 never sends" in out
 
 
 def test_check_usage_errors_are_one_line_exit_2(capsys, tmp_path):
@@ -127,8 +139,10 @@ def test_run_prints_the_reply(capsys, tmp_path, script, snapshot):
     payload.write_bytes(orjson.dumps(invite(["a", "evil"])))
     code, out, err = cli(capsys, "run", str(script), "--payload", str(payload), "--kv", str(snapshot))
     assert code == 0
-    assert orjson.loads(out) == {**ACK, "invitedUserIDs": ["a"]}
-    assert "log: dropping ['evil']" in err and "verdict: modify" in err
+    # OpenIM ignores a narrowed invitedUserIDs: the narrowing is answered as a rejection
+    assert orjson.loads(out) == {**ACK, "nextCode": 1, "errCode": 5001, "errMsg": "invitation refused",
+                                 "errDlt": "refused: evil"}
+    assert "log: dropping ['evil']" in err and "verdict: deny" in err
 
 
 def test_run_json_stdin_and_recording_lines(capsys, monkeypatch, script, snapshot):
@@ -203,7 +217,7 @@ def test_replay_reports_changes_and_exits_1(capsys, tmp_path, script, snapshot):
     lines = out.splitlines()
     assert lines[:3] == [
         'op-123  allow -> deny  (errCode 5001 "invitation refused" "evil")',
-        'op-456  modify: invitedUserIDs ["a","bad"] -> ["a"]',
+        'op-456  modify -> deny  (errCode 5001 "invitation refused" "refused: bad")',
         "op-789  deny -> allow",
     ]
     assert "result: 3 of 4 replies would change (exit 1)" in out
@@ -326,7 +340,7 @@ def test_push_draft_and_strict(capsys, tmp_path, server):
     code, out, _ = cli(capsys, "push", str(f), "--command", GROUP_INFO, "--draft", *remote(server))
     assert code == 0 and "(draft," in out
     assert server.request("GET", f"/admin/scripts/{GROUP_INFO}").status == 404  # not live
-    f.write_text("def handle(req):\n    return allow(notification='n')\n")
+    f.write_text("def handle(req):\n    return allow(groupname='n')\n")
     code, _, err = cli(capsys, "push", str(f), "--command", GROUP_INFO, "--strict", *remote(server))
     assert code == 1 and "--strict" in err
 
@@ -414,7 +428,7 @@ def test_export_kv_snapshot_and_replay_gate(capsys, tmp_path, server):
     code, out, _ = cli(capsys, "replay", str(candidate), "--recordings", str(out_file), "--kv", str(snap))
     assert code == 1, out
     assert 'live-1  allow -> deny  (errCode 5001 "invitation refused" "evil")' in out
-    assert 'live-2  allow -> modify: invitedUserIDs (as sent: ["b","evil"]) -> ["b"]' in out
+    assert 'live-2  allow -> deny  (errCode 5001 "invitation refused" "refused: evil")' in out
     # Push it, record again, and the same replay against the new traffic is clean.
     assert cli(capsys, "push", str(candidate), *remote(server))[0] == 0
     since = time.time()

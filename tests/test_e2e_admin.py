@@ -153,10 +153,18 @@ def test_upload_unknown_command(server):
     assert r.status == 404 and r.json()["error"] == "unknown_command"
 
 
-def test_upload_warns_about_unmutable_fields(server):
+def test_upload_refuses_literal_results_openim_cannot_use(server):
     r = server.upload(FRIEND, "def handle(req):\n    return allow(toUserID='x')\n", activate=False)
+    assert r.status == 422 and r.json()["error"] == "invalid_script"
+    [detail] = r.json()["details"]
+    assert (detail["line"], detail["col"]) == (2, 26) and "cannot change any field" in detail["message"]
+    r = server.upload(FRIEND, "def handle(req):\n    return deny(99, 'x')\n", activate=False)
+    assert r.status == 422 and "errCode 99 is outside" in r.json()["message"]
+    # a field name that differs only in case works (OpenIM ignores key case): a warning
+    r = server.upload("callbackBeforeSetGroupMemberInfoCommand", "def handle(req):\n    return allow(nickname='x')\n",
+                      activate=False)
     assert r.status == 201
-    assert any("cannot change" in w["message"] for w in r.json()["warnings"])
+    assert any("did you mean nickName?" in w["message"] for w in r.json()["warnings"])
 
 
 # --- test endpoint ------------------------------------------------------------------------
@@ -206,7 +214,12 @@ def test_test_endpoint_error_kinds(server, source, kind, needle):
     assert needle in body["error"]["message"]
     assert len(body["error"]["message"]) <= 600
     assert "/work" not in body["error"]["message"] and "site-packages" not in body["error"]["message"]
+    error = body["reply"].pop("error", None)
     assert body["reply"] == ACK
+    # only an invalid result says so in the reply OpenIM gets
+    assert (error is not None) == (kind == "invalid_result")
+    if error is not None:
+        assert error == {"kind": "invalid_result", "message": body["error"]["message"]}
 
 
 def test_test_endpoint_by_version_and_live(server):

@@ -15,9 +15,22 @@ CAT = catalog()
 
 
 def warn(command: str, source: str) -> list[str]:
+    """Every finding's message, errors and warnings."""
     cmd = CAT.get(command)
     assert cmd is not None
-    return [w.message for w in lint.warnings(cmd, source)]
+    return [w.message for w in lint.check(cmd, source)]
+
+
+def errors(command: str, source: str, openim: str = "main") -> list[str]:
+    cmd = CAT.get(command)
+    assert cmd is not None
+    return [w.message for w in lint.errors(cmd, source, openim)]
+
+
+def warnings(command: str, source: str, openim: str = "main") -> list[str]:
+    cmd = CAT.get(command)
+    assert cmd is not None
+    return [w.message for w in lint.warnings(cmd, source, openim)]
 
 
 def only(command: str, source: str, needle: str) -> list[str]:
@@ -33,7 +46,7 @@ def test_field_not_mutable_is_named_with_the_allowed_ones():
 
 def test_reject_only_command_says_so():
     msgs = warn("callbackBeforeSendSingleMsgCommand", "def handle(req):\n    return allow(content='x')\n")
-    assert any("none (reject or continue only)" in m for m in msgs)
+    assert any("cannot change any field (its reply can only reject or continue)" in m for m in msgs)
 
 
 def test_returned_dict_literal_in_handle_is_checked_but_helper_dicts_are_not():
@@ -54,7 +67,7 @@ def test_renamed_reply_fields_get_a_hint():
 
 def test_positions_are_line_and_col_of_the_field_value():
     cmd = CAT.get("callbackBeforeInviteJoinGroupCommand")
-    ws = lint.warnings(cmd, "def handle(req):\n    return allow(\n        nope=1)\n")
+    ws = lint.check(cmd, "def handle(req):\n    return allow(\n        nope=1)\n")
     assert [(w.line, w.col) for w in ws] == [(3, 13)]
 
 
@@ -164,9 +177,11 @@ def test_member_callback_list_entries_need_user_id():
 
 # --- invite / notes --------------------------------------------------------------------------
 
-def test_invite_invited_user_ids_ignored_by_some_versions():
+def test_invite_narrowing_warns_that_it_becomes_a_rejection():
     msgs = only("callbackBeforeInviteJoinGroupCommand", "def handle(req):\n    return allow(invitedUserIDs=[])\n", "ignores")
-    assert msgs and "deny()" in msgs[0]
+    assert msgs and "rejection" in msgs[0] and "deny(" in msgs[0]
+    echo = "def handle(req):\n    return allow(invitedUserIDs=req['invitedUserIDs'])\n"
+    assert warn("callbackBeforeInviteJoinGroupCommand", echo) == []
 
 
 def test_empty_value_that_openim_treats_as_no_change():
@@ -177,14 +192,80 @@ def test_empty_value_that_openim_treats_as_no_change():
 
 def test_warnings_are_deduplicated_and_sorted():
     cmd = CAT.get("callbackBeforeAddFriendCommand")
-    ws = lint.warnings(cmd, "def handle(req):\n    a = deny(1)\n    return deny(2)\n")
+    ws = lint.check(cmd, "def handle(req):\n    a = deny(1)\n    return deny(2)\n")
     assert [w.line for w in ws] == [2, 3]
+
+
+# --- errors refuse the upload (M2, M3, M4-M6) ------------------------------------------------
+
+@pytest.mark.parametrize("command, body, needle", [
+    ("callbackBeforeSetGroupMemberInfoCommand", "return allow(roleLevel=1.0)", "roleLevel must be int32"),
+    ("callbackBeforeSetGroupMemberInfoCommand", "return allow(roleLevel=True)", "roleLevel must be int32"),
+    ("callbackBeforeSetGroupMemberInfoCommand", "return allow(roleLevel=2**31)", "roleLevel is out of range"),
+    ("callbackBeforeCreateSingleChatConversationsCommand", "return allow(isPinned=1)", "isPinned must be bool"),
+    ("callbackBeforeMembersJoinGroupCommand", "return allow(memberCallbackList=[{'userID': 'u', 'muteEndTime': 2**63}])",
+     "muteEndTime is out of range"),
+    ("callbackBeforeMembersJoinGroupCommand", "return allow(memberCallbackList=[{'nickname': 'x'}])", "needs userID"),
+    ("callbackBeforeSendSingleMsgCommand", "return allow(ex='x')", "cannot change any field"),
+    ("callbackBeforeSetGroupInfoCommand", "return allow(notification='x')", "cannot change 'notification'"),
+    ("callbackBeforeSetGroupInfoCommand", "return {'nextCode': 1}", "'nextCode' cannot be returned"),
+    ("callbackBeforeSetGroupInfoCommand", "return dict(nextcode=1, errCode=5000)", "'nextcode' cannot be returned"),
+    ("callbackBeforeAddFriendCommand", "return deny(99, 'x')", "errCode 99 is outside"),
+    ("callbackBeforeAddFriendCommand", "return deny(2**31, 'x')", "errCode 2147483648 is outside"),
+    ("callbackBeforeUpdateUserInfoExCommand", "return allow(ex='x')", "never return ex"),
+    ("callbackBeforeMsgModifyCommand", "return allow(offlinePushInfo={'title': 't'})", "never return offlinePushInfo"),
+    ("callbackBeforeMsgModifyCommand", "return allow(content='plain text')", "content must be JSON"),
+    ("callbackBeforeSetGroupMemberInfoCommand", "return allow(nickNmae='x')", "did you mean nickName?"),
+])
+def test_errors_that_refuse_the_upload(command, body, needle):
+    found = errors(command, f"def handle(req):\n    {body}\n")
+    assert any(needle in m for m in found), found
+
+
+def test_field_name_case_is_a_warning_with_the_catalogue_spelling():
+    src = "def handle(req):\n    return allow(nickname='x')\n"
+    assert errors("callbackBeforeSetGroupMemberInfoCommand", src) == []
+    [msg] = warnings("callbackBeforeSetGroupMemberInfoCommand", src)
+    assert "did you mean nickName?" in msg and "sent as nickName" in msg
+
+
+def test_error_position_is_the_value():
+    cmd = CAT.get("callbackBeforeSetGroupMemberInfoCommand")
+    [f] = lint.errors(cmd, "def handle(req):\n    x = 1\n    return allow(ex='a', roleLevel=1.0)\n")
+    assert (f.line, f.col, f.severity) == (3, 35, "error")
+
+
+def test_values_computed_at_run_time_are_not_errors():
+    src = "def handle(req):\n    return allow(roleLevel=req['roleLevel'], ex=str(req['ex']))\n"
+    assert errors("callbackBeforeSetGroupMemberInfoCommand", src) == []
+
+
+# --- the OpenIM line ---------------------------------------------------------------------------
+
+def test_command_the_line_never_sends():
+    src = "def handle(req):\n    return allow(isPinned=True)\n"
+    cmd = "callbackBeforeCreateSingleChatConversationsCommand"
+    assert warnings(cmd, src, "main") == []
+    [msg] = warnings(cmd, src, "v3.8")
+    assert "OpenIM v3.8 never sends" in msg
+    assert warnings("callbackAfterMsgSaveDBCommand", "def handle(req):\n    log('x')\n", "v3.8")
+
+
+@pytest.mark.parametrize("test", ["req['contentType'] == 102", "req.get('contentType') in (101, 102)",
+                                  "102 == req['contentType']"])
+def test_msg_modify_for_other_content_types(test):
+    src = f"def handle(req):\n    if {test}:\n        return allow(ex='x')\n"
+    for line in ("main", "v3.8"):
+        [msg] = warnings("callbackBeforeMsgModifyCommand", src, line)
+        assert "only for Text" in msg and "#3739" in msg and "102" in msg
+    assert warnings("callbackBeforeMsgModifyCommand", "def handle(req):\n    if req['contentType'] == 101:\n"
+                    "        return allow(ex='x')\n") == []
 
 
 # --- the ready scripts are clean -------------------------------------------------------------
 
+@pytest.mark.parametrize("openim", ["main", "v3.8"])
 @pytest.mark.parametrize("path", sorted((ROOT / "scripts").glob("*.py")), ids=lambda p: p.stem)
-def test_ready_scripts_have_no_warnings_except_known_notes(path):
-    msgs = warn(path.stem, path.read_text())
-    # The invite script narrows invitedUserIDs on purpose (documented contract).
-    assert [m for m in msgs if "ignores invitedUserIDs" not in m] == []
+def test_ready_scripts_have_no_findings(path, openim):
+    cmd = CAT.get(path.stem)
+    assert lint.check(cmd, path.read_text(), openim) == []
