@@ -10,6 +10,7 @@ uploads one script per command it uses, then runs all its cases in one Go proces
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -79,6 +80,7 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 # --- cases -------------------------------------------------------------------------------
 
+@functools.cache
 def catalogue() -> dict[str, Any]:
     return json.loads((ROOT / "server" / "data" / "callbacks.json").read_text())
 
@@ -139,8 +141,6 @@ def mutable_cases() -> list[Case]:
             if value is ...:
                 value = generic_value(type_text, name)
             applied = flatten({name: value})
-            if command == MODIFY and name == "options":
-                applied = {"options.history": False, "options.unreadCount": True}
             cases.append(Case(f"field {name}", command, allow_script({name: value}), {"applied": applied}))
     for name, value in [("nickname", "nn2"), ("faceURL", "nf2"), ("roleLevel", 60), ("muteEndTime", 1800000000000),
                         ("ex", "nx2")]:
