@@ -18,6 +18,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox import protocol
 
+HOSTILE_RESULTS = {
+    "deny_errcode_low": ("deny", {"errCode": 99, "errMsg": "too low", "errDlt": "d"}),
+    "deny_errcode_zero": ("deny", {"errCode": 0, "errMsg": "zero", "errDlt": ""}),
+    "deny_errcode_high": ("deny", {"errCode": 2**31, "errMsg": "too high", "errDlt": ""}),
+    "deny_errcode_text": ("deny", {"errCode": "5001", "errMsg": "text code", "errDlt": ""}),
+    "deny_errcode_missing": ("deny", {"errMsg": "no code"}),
+    "deny_long_errmsg": ("deny", {"errCode": 5001, "errMsg": "m" * 100_000, "errDlt": "d" * 5000}),
+    "deny_errmsg_types": ("deny", {"errCode": 5001, "errMsg": {"nested": 1}, "errDlt": 7}),
+    "modify_common_fields": ("modify", {"nextCode": 1, "errCode": 0}),
+    "modify_wrong_type": ("modify", {"invitedUserIDs": [1, 2]}),
+}
+
 
 def main() -> None:
     mode = sys.argv[1]
@@ -84,6 +96,12 @@ def main() -> None:
             chan.send({"t": "done", "id": call_id, "r": {"verdict": "allow", "fields": [1, 2], "error": None}})
         elif mode == "bad_verdict":
             chan.send({"t": "done", "id": call_id, "r": {"verdict": "error", "fields": {}, "error": None}})
+        elif mode in HOSTILE_RESULTS:
+            # Well-formed messages carrying results a real worker never sends: the host's
+            # re-check (server/dispatch.py judge) must still send OpenIM a valid reply.
+            verdict, fields = HOSTILE_RESULTS[mode]
+            chan.send({"t": "done", "id": call_id, "r": {"verdict": verdict, "fields": fields, "error": None,
+                                                         "logs": []}})
         elif mode == "wrong_id":
             chan.send({"t": "done", "id": call_id + 1,
                        "r": {"verdict": "allow", "fields": {}, "error": None, "logs": []}})

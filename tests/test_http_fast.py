@@ -53,6 +53,10 @@ class FakePool:
             return RunResult(MODIFY, {"invitedUserIDs": ["u1", "u2"]})
         if source == "deny":
             return RunResult(DENY, {"errCode": 5001, "errMsg": "invitation refused", "errDlt": "blocked: u2"})
+        if source == "deny99":
+            return RunResult(DENY, {"errCode": 99, "errMsg": "low", "errDlt": ""})
+        if source == "narrow":
+            return RunResult(MODIFY, {"invitedUserIDs": ["u1"]})
         return RunResult(ALLOW)
 
     async def close(self) -> None:
@@ -428,3 +432,66 @@ def test_fast_path_off_when_the_application_needs_its_own_checks() -> None:
         assert not FastCallbacks(app, state).enabled
 
     asyncio.run(main())
+
+
+# -- the command from the body (M7), fixes counted the same on both paths ---------------------
+
+
+def test_command_from_the_body_when_the_path_names_none() -> None:
+    # OpenIM's url + "/" + command with "?contenttype=json" in url: the command lands in the query
+    async def body(fast: Server, slow: Server) -> None:
+        [got] = await same(fast, slow, post(f"/callbackExample?contenttype=json/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b'"nextCode":0}')
+        [got] = await same(fast, slow, post(f"/?contenttype=json/{CMD}", INVITE))
+        assert got.startswith(b"HTTP/1.1 200 ")
+        assert fast.app_requests == 0  # answered by the fast path
+        assert fast.pool.calls == slow.pool.calls == 2
+        for s in (fast, slow):
+            assert counter(s, "scriptgate_command_source_total", source="body") == 2
+            assert counter(s, "scriptgate_callbacks_total", command=CMD) == 2
+
+    run(config(), body)
+
+
+def test_command_unknown_in_path_and_body() -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        nope = go_body({"callbackCommand": "callbackNopeCommand"})
+        [got] = await same(fast, slow, post("/callbackExample?x=1/callbackNopeCommand", nope))
+        assert got.startswith(b"HTTP/1.1 404 ") and b'"code":"unknown_command"' in got
+        assert b"'callbackExample' (path) and 'callbackNopeCommand' (body)" in got
+        [got] = await same(fast, slow, post("/callbackExample", b"not json"))
+        assert got.startswith(b"HTTP/1.1 404 ") and b'"code":"unknown_command"' in got
+        assert fast.pool.calls == slow.pool.calls == 0
+
+    run(config(), body)
+
+
+def test_path_wins_when_path_and_body_disagree(caplog) -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        other = go_body({"callbackCommand": CMD, "groupID": "g9"})
+        [got] = await same(fast, slow, post(f"/{ECHO}", other))
+        assert b'"groupID":"g9"' in got  # answered as ECHO (setGroupInfo echoes groupID)
+        assert fast.app_requests == 0
+        for s in (fast, slow):
+            assert counter(s, "scriptgate_command_source_total", source="mismatch") == 1
+            assert counter(s, "scriptgate_callbacks_total", command=ECHO) == 1
+
+    with caplog.at_level(logging.WARNING, "scriptgate.http"):
+        run(config(), body)
+    assert any(f"path names {ECHO} but the body's callbackCommand is '{CMD}'" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("source, fix, tail", [
+    ("deny99", "deny_errcode", b'"errCode":5000,"errMsg":"low","errDlt":"","nextCode":1}'),
+    ("narrow", "invite_narrowed", b'"errCode":5001,"errMsg":"invitation refused","errDlt":"refused: u2","nextCode":1}'),
+])
+def test_reply_fixes_are_counted_on_both_paths(source: str, fix: str, tail: bytes) -> None:
+    async def body(fast: Server, slow: Server) -> None:
+        [got] = await same(fast, slow, post(f"/{CMD}", INVITE))
+        assert got.endswith(tail) and fast.app_requests == 0
+        for s in (fast, slow):
+            assert counter(s, "scriptgate_reply_fixes_total", command=CMD, fix=fix) == 1
+            assert counter(s, "scriptgate_verdicts_total", command=CMD, verdict="deny") == 1
+
+    run(config(), body, source)
