@@ -287,3 +287,13 @@ def test_hostile_worker_results_still_give_a_valid_openim_reply(mode):
     else:
         error = got.pop("error")
         assert got == ACK and error["kind"] == "invalid_result"
+
+
+def test_docs_have_a_table_for_every_command():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "openim.md").read_text()
+    for name, command in CAT.commands.items():
+        heading = f"#### `{name}`\n"
+        assert heading in text, name
+        table = text.split(heading, 1)[1].split("####", 1)[0]
+        lines = "main and v3.8" if command.openim_lines == ("main", "v3.8") else "main only"
+        assert f"| Sent by | {lines}" in table, name

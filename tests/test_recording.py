@@ -221,8 +221,8 @@ def handle(req):
         return 1 // 0
     if "evil" in ids:
         return deny(5001, "invitation refused", "evil")
-    if "drop" in ids:
-        return allow(invitedUserIDs=[u for u in ids if u != "drop"])
+    if "drop" in ids:  # the same users in another order: a modify OpenIM sees (narrowing would reject)
+        return allow(invitedUserIDs=list(reversed(ids)))
     return allow()
 """
 
@@ -258,7 +258,7 @@ def test_every_verdict_is_recorded_with_request_reply_and_version(recording_serv
     assert records["op-none"]["verdict"] == "none" and records["op-none"]["version"] is None
     assert records["op-allow"]["verdict"] == "allow" and records["op-allow"]["version"] == version
     assert records["op-modify"]["verdict"] == "modify"
-    assert records["op-modify"]["reply"]["invitedUserIDs"] == ["a"]
+    assert records["op-modify"]["reply"]["invitedUserIDs"] == ["drop", "a"]
     assert records["op-deny"]["verdict"] == "deny" and records["op-deny"]["reply"]["errCode"] == 5001
     err = records["op-error"]
     assert err["verdict"] == "error" and err["error_kind"] == "exception" and "ZeroDivisionError" in err["error"]

@@ -321,13 +321,8 @@ RESULTS = [
     fails("result-string", H("return 'allow'"), "invalid_result", "not str"),
     fails("result-list", H("return [1]"), "invalid_result", "not list"),
     fails("result-true", H("return True"), "invalid_result", "not bool"),
-    fails("deny-code-low", H("return deny(99)"), "invalid_result", "errCode must be an int from 100"),
-    fails("deny-code-high", H("return deny(2 ** 31)"), "invalid_result", "errCode"),
-    fails("deny-code-str", H("return deny('5001')"), "invalid_result", "errCode"),
-    fails("deny-code-bool", H("return deny(True)"), "invalid_result", "errCode"),
-    fails("deny-msg-type", H("return deny(5001, 5)"), "invalid_result", "errMsg must be a str"),
-    fails("deny-msg-long", H("return deny(5001, 'x' * 5000)"), "invalid_result", "errMsg is longer than 4096"),
-    fails("deny-dlt-long", H("return deny(5001, 'm', 'x' * 5000)"), "invalid_result", "errDlt is longer"),
+    # deny() with an unusable errCode or text is still a deny (mapped by the host):
+    # tests/test_fidelity.py (M2).
     fails("allow-positional", H("return allow(1, 2)"), "exception", "allow() takes field=value keywords"),
     fails("allow-underscore-field", H("return allow(**{'_x': 1})"), "policy", 'keyword argument "_x"'),
 ]
