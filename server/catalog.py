@@ -5,7 +5,8 @@ Each entry also has a ``scriptgate`` object, ScriptGate's own data that the shar
 lacks: ``openim_lines`` (the OpenIM lines that send the command: ``main``, ``v3.8``),
 ``line_notes`` (line-specific behaviour, per line), ``reply_traps`` (reply fields OpenIM
 dereferences through a pointer that may be nil: ``when`` = ``request_null`` or
-``always``), ``content_json_object`` and ``invite_narrowing`` (see server/dispatch.py).
+``always``), ``content_json_object``, ``invite_narrowing`` (see server/dispatch.py) and
+``notes`` (ScriptGate's own notes, for people).
 
 The JSON describes types as Go-ish strings with free-text notes, for example
 ``"string[]|null"`` or ``"object[] {userID:string (REQUIRED - null panics), roleLevel:int32|null}"``.
@@ -61,6 +62,8 @@ class TypeSpec:
         """``value`` with object keys renamed to this spec's spelling where they differ only
         in case, as Go's encoding/json matches them; (value, error) on a key clash."""
         if self.kind == "list" and self.item is not None and type(value) is list:
+            if self.item.kind not in ("object", "list"):
+                return value, None  # nothing to rename (lists of 10,000 IDs stay as they are)
             out_list = []
             for i, item in enumerate(value):
                 item, err = self.item.canonical(item, f"{path}[{i}]")

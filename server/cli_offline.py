@@ -537,9 +537,13 @@ Exit status:
 """
 
 CHECK_EPILOG = """\
-Errors are what an upload would refuse (policy, syntax, no handle), as FILE:LINE:COL.
-Warnings: fields the command cannot change (openim/callbacks.json) and known OpenIM
-traps (e.g. not echoing groupID in set-group-info, errCode outside 100..2^31-1).
+Errors are what an upload would refuse, as FILE:LINE:COL: policy, syntax, no handle, and
+literal results OpenIM cannot use (a field the command cannot change, "did you mean
+nickName?"; roleLevel=1.0; {"nextCode": 1}; a member without userID; nil-pointer traps;
+msgModify content that is not a JSON object; deny() codes outside 100..2^31-1).
+Warnings: code OpenIM handles surprisingly (invite narrowing, field-name case, "" meaning
+no change), commands the --openim line never sends, msgModify branches for non-Text
+types. See docs/openim.md.
 
 Exit status: 0 no errors (warnings allowed unless --strict), 1 errors (or warnings with
 --strict), 2 the path cannot be read.
@@ -589,8 +593,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "check",
         help="validate scripts offline",
-        description="Validate FILE or every DIR/<callbackCommand>.py offline: policy errors with line/col, "
-        "and warnings for fields the command cannot change and known OpenIM traps.",
+        description="Validate FILE or every DIR/<callbackCommand>.py offline: policy errors with line/col; "
+        "errors for literal results OpenIM cannot use (fields the command cannot change, wrong JSON types, "
+        "nil-pointer traps, unusable deny() codes: the server refuses such uploads); warnings for known OpenIM "
+        "surprises and for commands the --openim line never sends (docs/openim.md).",
         epilog=CHECK_EPILOG,
         formatter_class=RAW,
     )

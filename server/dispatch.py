@@ -1,9 +1,12 @@
 """Dispatch: one callback in, one OpenIM reply out.
 
-HTTP → ``Dispatcher.dispatch`` → sandbox worker pool → ``verdict_reply`` (validation of
-what the script returned against the command's mutable fields) → reply encoder. Any
+HTTP → ``Dispatcher.dispatch`` → sandbox worker pool → ``judge`` (what the script returned,
+checked against what OpenIM does with the reply: docs/openim.md) → reply encoder. Any
 failure (script error, budget, invalid result, KV outage, overload, deadline) becomes
-the command's failure-policy reply; the deadline is always met.
+the command's failure-policy reply; the deadline is always met. ``judge`` also keeps the
+script's meaning where OpenIM would lose it: a deny with an unusable errCode is still a
+deny (M2), a narrowed invitation is refused (M1), field names are matched the way Go's
+decoder matches them, and an invalid result says why in the reply (M3).
 """
 
 from __future__ import annotations
