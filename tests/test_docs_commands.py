@@ -221,8 +221,16 @@ fi
 exec "$DOCTEST_PYTHON" "$@"
 """
 
+# Only the commands doc_shims changes pay for its interpreter; the rest run as written.
 SCRIPTGATE_SHIM = """#!/bin/sh
-exec "$DOCTEST_PYTHON" -m tests.doc_shims scriptgate "$@"
+for arg in "$@"; do
+  case "$arg" in
+    -*) ;;
+    serve|push|export|kv-snapshot) exec "$DOCTEST_PYTHON" -m tests.doc_shims scriptgate "$@" ;;
+    *) break ;;
+  esac
+done
+exec "$DOCTEST_PYTHON" -m server.cli "$@"
 """
 
 
