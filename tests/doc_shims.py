@@ -11,8 +11,10 @@ and ``python`` scripts that test writes into its temporary ``bin/``:
   ``--server`` is port 10006); every other ``scriptgate`` command runs as written.
 * ``python3 -m pip install ...`` checks that what it names exists (the test's interpreter
   already has the project and its dependencies; installing would not be hermetic).
-* ``python3 -m pytest ...`` collects (``--collect-only``) the suite it names in the project root:
-  running the whole suite from inside one of its tests would recurse.
+* ``python3 -m pytest ...`` checks its options and collects (``--collect-only``, in the project
+  root) the tests it names, or ``tests/test_reply.py`` when it names none: running the suite
+  from inside one of its tests would recurse, and the suite that runs this test has collected
+  everything already. ``-n N`` becomes ``-p xdist`` (pytest-xdist must be installed).
 
 Environment, set by the test: ``DOCTEST_PYTHON`` (the real interpreter), ``DOCTEST_ROOT``
 (the project), ``DOCTEST_DIR`` (the document's working directory), ``DOCTEST_PORT``.
@@ -33,6 +35,7 @@ from pathlib import Path
 import orjson
 
 SERVER_CLIENTS = ("push", "export", "kv-snapshot")
+SMALL_TEST_MODULE = "tests/test_reply.py"
 READY_TIMEOUT = 45.0
 
 
@@ -218,10 +221,15 @@ def pip(args: list[str]) -> int:
 
 
 def pytest(args: list[str]) -> int:
+    """Check the command's options and collect: its own module when it names no tests (the
+    whole suite is what runs this, so collecting all of it again would only cost time)."""
     args = list(args)
-    if _has_option(args, "-n"):  # no workers needed to collect
+    if _has_option(args, "-n"):  # needs pytest-xdist; no workers are needed to collect
         i = args.index("-n")
         del args[i:i + 2]
+        args += ["-p", "xdist"]
+    if not any(not a.startswith("-") and (i == 0 or args[i - 1] != "-p") for i, a in enumerate(args)):
+        args.append(SMALL_TEST_MODULE)
     cmd = [_env("DOCTEST_PYTHON"), "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args]
     done = subprocess.run(cmd, cwd=_env("DOCTEST_ROOT"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0:

@@ -28,8 +28,8 @@ Conventions (for whoever writes the documentation):
   those arguments (plus ``--host 127.0.0.1 --port <test port> --workers 1 --sandbox-workers 1``
   unless given) and returns when it is ready and its ``--scripts`` are loaded, replacing the
   server started before; ``push``/``export``/``kv-snapshot`` talk to that server;
-  ``python3 -m pip install`` only checks what it names; ``python3 -m pytest`` collects instead
-  of running (it would recurse). Before the first block a server runs as
+  ``python3 -m pip install`` only checks what it names; ``python3 -m pytest`` checks its options
+  and collects instead of running (it would recurse; see ``doc_shims``). Before the first block a server runs as
   ``scriptgate serve --scripts scripts/`` (the README's quick start), unless the document's
   first shell block starts its own or no block talks to a server (names port 10006 or runs
   ``push``, ``export`` or ``kv-snapshot``).
