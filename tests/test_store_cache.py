@@ -15,8 +15,6 @@ import pytest
 from server.store.connect import open_store
 from server.store.redis_store import Store
 
-pytest_plugins = ["conftest_redis"]
-
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)

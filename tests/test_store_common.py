@@ -17,8 +17,6 @@ from server.store.base import StoreError
 from server.store.connect import open_store
 from server.store.redis_store import Store
 
-pytest_plugins = ["conftest_redis"]
-
 BACKENDS = ["embedded", "standalone", "unix", "sentinel", "cluster"]
 
 

@@ -16,8 +16,6 @@ from server.store.base import StoreError, StoreUnavailable
 from server.store.connect import open_store
 from server.store.redis_store import Store
 
-pytest_plugins = ["conftest_redis"]
-
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)

@@ -13,8 +13,6 @@ from redis_servers import Standalone, free_port
 
 from server.store.connect import open_store
 
-pytest_plugins = ["conftest_redis"]
-
 
 def _certs(d: Path) -> None:
     def ssl(*args: str) -> None:

@@ -20,8 +20,6 @@ from sandbox.readcache import MAX_ENTRIES, MISS, ReadCache
 from server.app import kv_caller
 from server.store.connect import open_store
 
-pytest_plugins = ["conftest_redis"]
-
 # --- the worker-side structure ------------------------------------------------------------
 
 
