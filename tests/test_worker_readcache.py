@@ -19,6 +19,7 @@ from sandbox.pool import WorkerPool
 from sandbox.readcache import MAX_ENTRIES, MISS, ReadCache
 from server.app import kv_caller
 from server.store.connect import open_store
+from tests.timing import FAR_S
 
 # --- the worker-side structure ------------------------------------------------------------
 
@@ -224,7 +225,7 @@ async def _wired(url: str, prefix: str, workers: int = 1) -> AsyncIterator[tuple
     """A store with its tracking connection up and a pool it tells about changes (as build_state does)."""
     store = await open_store(url, prefix=prefix)
     try:
-        assert store.tracker is not None and await store.tracker.wait_connected(5)
+        assert store.tracker is not None and await store.tracker.wait_connected(FAR_S)
         async with WorkerPool(size=workers) as pool:
             store.kv_listen(pool.invalidate)
             yield store, pool
@@ -290,7 +291,7 @@ def test_lost_tracking_connection_drops_kept_answers(redis_standalone: Any, stor
             # No invalidation will come for this write: nothing kept may answer any more.
             raw.sadd(store.keys.kv("ns", "bl"), "bob")
             assert await _call(pool, kv, {"u": "bob"}) == "True,True"
-            assert await store.tracker.wait_connected(5)
+            assert await store.tracker.wait_connected(FAR_S)
             for _ in range(3):
                 assert await _call(pool, kv, {"u": "bob"}) == "True,True"
             raw.srem(store.keys.kv("ns", "bl"), "bob")
