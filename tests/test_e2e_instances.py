@@ -131,8 +131,12 @@ def test_redis_killed_mid_traffic_and_restarted(redis_factory):
         assert r.status == 503 and r.json()["error"] == "store_unavailable"
         redis.server.start()  # same port, empty data
         wait_for(lambda: srv.request("GET", "/healthz", token=False).json()["status"] == "ok", FAR_S, "recovery")
-        # the live script kept being served from the cache, and KV works again
-        wait_for(lambda: srv.callback(FRIEND, {}).json().get("errCode") == 5001, FAR_S, "script errors to stop")
+        # Redis came back empty (no persistence here), and the instance follows it once its
+        # watcher reloads the registry: waiting for the old script's deny would race that
+        # reload. Writes work again, and a script using the KV is served.
+        script = "def handle(req):\n    kv.incr('calls', 1)\n    return deny(5001, 'ok')\n"
+        wait_for(lambda: srv.upload(FRIEND, script).status == 201, FAR_S, "uploads to work again")
+        wait_for(lambda: srv.callback(FRIEND, {}).json().get("errCode") == 5001, FAR_S, "the KV to work again")
         stop.set()
         t.join()
         assert all(status == 200 for status, _, _ in results)

@@ -16,7 +16,7 @@ from sandbox.api import KVError
 from server.store.base import StoreError
 from server.store.connect import open_store
 from server.store.redis_store import Store
-from tests.timing import FAR_S
+from tests.timing import FAR_S, SLACK_S
 
 BACKENDS = ["embedded", "standalone", "unix", "sentinel", "cluster"]
 
@@ -37,6 +37,10 @@ def backend(request: pytest.FixtureRequest) -> str | None:
 
 @contextlib.asynccontextmanager
 async def opened(url: str | None, prefix: str, **kw: Any) -> AsyncIterator[Store]:
+    # These tests are about what each backend does, not how fast: the production 0.5 s
+    # operation timeout (tests/test_store_faults.py tests it) would turn a loaded machine's
+    # slow round trip into a spurious StoreUnavailable.
+    kw.setdefault("op_timeout", SLACK_S)
     store = await open_store(url, prefix=prefix, **kw)
     try:
         yield store
