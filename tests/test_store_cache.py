@@ -22,6 +22,7 @@ def run(coro: Any) -> Any:
 
 
 async def _open(url: str, prefix: str, **kw: Any) -> Store:
+    kw.setdefault("op_timeout", SLACK_S)  # about caching, not timeouts: room for a loaded machine
     store = await open_store(url, prefix=prefix, **kw)
     assert store.tracker is not None
     assert await store.tracker.wait_connected(FAR_S), store.describe()
@@ -145,7 +146,7 @@ def test_flushall_clears_the_cache(redis_factory: Any, store_prefix: str) -> Non
 
 def test_cache_can_be_disabled_and_is_bounded(redis_standalone: Any, store_prefix: str) -> None:
     async def scenario() -> None:
-        off = await open_store(redis_standalone.url + "?cache=off", prefix=store_prefix)
+        off = await open_store(redis_standalone.url + "?cache=off", prefix=store_prefix, op_timeout=SLACK_S)
         small = await _open(redis_standalone.url, store_prefix, cache_size=50)
         try:
             assert off.tracker is None and off.describe()["cache"]["enabled"] is False
