@@ -1,24 +1,24 @@
 """Pytest fixtures for real Redis servers (see ``redis_servers.py``).
 
-Load with ``from conftest_redis import *  # noqa: F401,F403`` in ``tests/conftest.py`` (or
-``pytest_plugins = ["conftest_redis"]`` in a test module). Session-scoped servers are
+Loaded by ``from conftest_redis import *`` in ``tests/conftest.py``. Session-scoped servers are
 shared by every test of one pytest(-xdist) worker: tests keep apart by using their own
 key prefix (``store_prefix``) and must not kill or fail over a shared server; the
 ``*_factory`` fixtures give a test private servers it may kill, pause or fail over.
 
 Without ``redis-server`` the tests that need it are skipped, except under CI (``CI`` set),
-where a missing server is an error: a green CI must mean the real backends were tested.
+where a missing server is an error: a green CI must mean the real backends were tested
+(any other skip under CI fails too unless tests/skip_allowlist.py allows it).
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from redis_servers import Cluster, SentinelSetup, Standalone, redis_available
+from skip_allowlist import in_ci
 
 __all__ = [
     "redis_cluster",
@@ -33,7 +33,7 @@ __all__ = [
 
 def require_redis() -> None:
     if not redis_available():
-        if os.environ.get("CI"):
+        if in_ci():
             pytest.fail("redis-server is not installed (apt-get install redis-server redis-sentinel)")
         pytest.skip("redis-server is not installed")
 

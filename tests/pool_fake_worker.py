@@ -4,6 +4,12 @@
 
 It speaks just enough of ``sandbox.protocol`` to become ready, then misbehaves according
 to MODE when the host sends a call. The host must survive every mode.
+
+MODE ``scripted`` takes its orders from each call's payload (the callback request), so one
+pool can play a different hostile worker per request (tests/test_dispatch_hostile.py):
+``{"hostile": {"r": R}}`` answers ``done`` with result ``R`` verbatim, ``{"hostile":
+"garbage"}`` sends a frame that is not JSON, ``{"hostile": "silent"}`` never answers,
+``{"hostile": "exit"}`` dies mid-call.
 """
 
 from __future__ import annotations
@@ -60,6 +66,18 @@ def main() -> None:
             else:
                 chan.send({"t": "done", "id": call_id, "cached": True, "cpu": 0.0,
                            "r": {"verdict": "modify", "fields": {"echo": body.decode()}, "error": None, "logs": []}})
+        elif mode == "scripted":
+            order = protocol.orjson.loads(body).get("hostile") if head["t"] != "check" else None
+            if head["t"] == "check":
+                chan.send({"t": "checked", "id": call_id, "issues": []})
+            elif isinstance(order, dict):
+                chan.send({"t": "done", "id": call_id, "cached": False, "cpu": 0.0, "r": order["r"]})
+            elif order == "garbage":
+                sock.sendall(protocol.HEADER.pack(12, 0) + b"not json {{{")
+            elif order == "exit":
+                os._exit(3)
+            elif order != "silent":
+                raise SystemExit(f"unknown order {order!r}")
         elif mode == "garbage":
             sock.sendall(b"\x00\x00\x00\x05\x00\x00\x00\x00hello")
         elif mode == "oversize":

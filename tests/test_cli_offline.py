@@ -17,6 +17,7 @@ from server.cli import main
 from server.offline import load_snapshot
 from tests.gojson import go_headers
 from tests.server_proc import ROOT, free_port, start_server
+from tests.timing import FAR_S
 
 INVITE = "callbackBeforeInviteJoinGroupCommand"
 FRIEND = "callbackBeforeAddFriendCommand"
@@ -382,7 +383,7 @@ def test_kv_snapshot_pages_and_reports_unreadable_keys(capsys, server, monkeypat
 
 
 def wait_recorded(srv, command: str, n: int) -> None:
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + FAR_S
     while time.monotonic() < deadline:
         body = srv.request("GET", f"/admin/recordings/{command}?limit=100000").body
         if body.count(b"\n") >= n:

@@ -12,6 +12,7 @@ import pytest
 from server.catalog import TypeSpec, catalog
 from tests.gojson import go_encode, go_headers
 from tests.server_proc import start_server
+from tests.timing import SLACK_S
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 ACK = {"actionCode": 0, "errCode": 0, "errMsg": "", "errDlt": "", "nextCode": 0}
@@ -255,7 +256,7 @@ def test_deadline_is_met_with_an_endless_script(clean):
     r = server.callback(INVITE, SEED_INVITE)
     elapsed = time.monotonic() - started
     assert r.json() == ACK
-    assert elapsed < 2.5  # default deadline 2 s, wall budget 1 s
+    assert elapsed < 2.0 + SLACK_S  # default deadline 2 s (wall budget 1 s); the script never ends
     # the server still answers normally afterwards
     server.upload(INVITE, "def handle(req):\n    return deny(5001, 'x')\n")
     assert openim_parse(server.callback(INVITE, SEED_INVITE).body)[0] == "reject"

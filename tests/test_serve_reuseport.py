@@ -66,7 +66,10 @@ def wait_for(condition: Callable[[], Any], what: str, server: ServerProc, timeou
 
 
 def ready_lines(server: ServerProc) -> list[tuple[str, int, int]]:
-    return [(m[1], int(m[2]), int(m[3])) for line in list(server.output) if (m := READY.search(line))]
+    # Searched in the whole output, not line by line: print() to a write-through stderr is
+    # two write()s (text, then newline), so two processes' ready lines can interleave as
+    # "ready on ...ready on ...\n\n".
+    return [(m[1], int(m[2]), int(m[3])) for m in READY.finditer("".join(list(server.output)))]
 
 
 def wait_ready(server: ServerProc, count: int) -> list[tuple[str, int, int]]:

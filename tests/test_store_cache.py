@@ -14,8 +14,7 @@ import pytest
 
 from server.store.connect import open_store
 from server.store.redis_store import Store
-
-pytest_plugins = ["conftest_redis"]
+from tests.timing import FAR_S, SLACK_S
 
 
 def run(coro: Any) -> Any:
@@ -23,9 +22,10 @@ def run(coro: Any) -> Any:
 
 
 async def _open(url: str, prefix: str, **kw: Any) -> Store:
+    kw.setdefault("op_timeout", SLACK_S)  # about caching, not timeouts: room for a loaded machine
     store = await open_store(url, prefix=prefix, **kw)
     assert store.tracker is not None
-    assert await store.tracker.wait_connected(5), store.describe()
+    assert await store.tracker.wait_connected(FAR_S), store.describe()
     return store
 
 
@@ -87,10 +87,14 @@ def test_cached_entries_expire_with_the_key(redis_standalone: Any, store_prefix:
         try:
             name = a.keys.kv("ns", "tmp")
             await a.kv_call("ns", "set", ["tmp", "v", None])
-            await a.client.pexpire(name, 150)
-            assert await a.kv_call("ns", "get", ["tmp"]) == "v"
-            assert await a.kv_call("ns", "get", ["tmp"]) == "v"  # cached, with the key's deadline
-            await asyncio.sleep(0.2)
+            ttl = 1.0
+            set_at = time.monotonic()
+            await a.client.pexpire(name, int(ttl * 1000))
+            before = [await a.kv_call("ns", "get", ["tmp"]) for _ in range(2)]  # the 2nd is cached
+            if time.monotonic() - set_at < ttl:  # (a stalled machine may have let the key expire)
+                assert before == ["v", "v"]
+            # Sleeping is a lower bound here: whatever the load, the key has expired after it.
+            await asyncio.sleep(max(0.0, set_at + ttl + 0.05 - time.monotonic()))
             assert await a.kv_call("ns", "get", ["tmp"]) is None
         finally:
             await a.close()
@@ -113,7 +117,7 @@ def test_cache_is_flushed_when_tracking_connection_drops(redis_standalone: Any, 
             # killed: no invalidation will come for this write, so the cache must not be used
             raw.set(name, "2")
             assert await a.kv_call("ns", "get", ["k"]) == "2"
-            assert await a.tracker.wait_connected(5)
+            assert await a.tracker.wait_connected(FAR_S)
             assert a.tracker.connects == 2
             raw.set(name, "3")
             assert await a.kv_call("ns", "get", ["k"]) == "3"
@@ -142,7 +146,7 @@ def test_flushall_clears_the_cache(redis_factory: Any, store_prefix: str) -> Non
 
 def test_cache_can_be_disabled_and_is_bounded(redis_standalone: Any, store_prefix: str) -> None:
     async def scenario() -> None:
-        off = await open_store(redis_standalone.url + "?cache=off", prefix=store_prefix)
+        off = await open_store(redis_standalone.url + "?cache=off", prefix=store_prefix, op_timeout=SLACK_S)
         small = await _open(redis_standalone.url, store_prefix, cache_size=50)
         try:
             assert off.tracker is None and off.describe()["cache"]["enabled"] is False
@@ -175,14 +179,14 @@ def test_cache_follows_a_sentinel_failover(sentinel_factory: Any, store_prefix: 
             new = await asyncio.to_thread(setup.failover)
             # Each store follows Sentinel by itself within ~1 s (until then a store may
             # still talk to the demoted master: Sentinel's split-brain window, cache or not).
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 1.0 + SLACK_S
             for store in (a, b):
                 pool = store.client.connection_pool
                 while pool.master_address is None or int(pool.master_address[1]) != new:
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.02)
             # From then on no stale read, while the tracking link moves to the new master.
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + FAR_S
             i = 0
             while a.tracker.connects == connects or not a.tracker.connected or i < 20:
                 assert time.monotonic() < deadline, a.describe()
@@ -213,7 +217,7 @@ def test_latency_report(redis_standalone: Any, store_prefix: str, cache: bool) -
     async def scenario() -> float:
         s = await open_store(redis_standalone.url, prefix=store_prefix, cache=cache)
         if cache:
-            assert s.tracker is not None and await s.tracker.wait_connected(5)
+            assert s.tracker is not None and await s.tracker.wait_connected(FAR_S)
         try:
             await s.kv_call("ns", "sadd", ["bl", ["x"]])
             await s.kv_call("ns", "sismember", ["bl", "u"])
@@ -227,4 +231,4 @@ def test_latency_report(redis_standalone: Any, store_prefix: str, cache: bool) -
 
     micros = run(scenario())
     print(f"\nsismember {'cached' if cache else 'uncached'}: {micros:.1f} us/call")
-    assert micros < 5000
+    assert micros < 50_000  # a sanity bound only (a loaded machine); bench/ measures latency

@@ -16,8 +16,7 @@ from sandbox.api import KVError
 from server.store.base import StoreError
 from server.store.connect import open_store
 from server.store.redis_store import Store
-
-pytest_plugins = ["conftest_redis"]
+from tests.timing import FAR_S, SLACK_S
 
 BACKENDS = ["embedded", "standalone", "unix", "sentinel", "cluster"]
 
@@ -38,6 +37,10 @@ def backend(request: pytest.FixtureRequest) -> str | None:
 
 @contextlib.asynccontextmanager
 async def opened(url: str | None, prefix: str, **kw: Any) -> AsyncIterator[Store]:
+    # These tests are about what each backend does, not how fast: the production 0.5 s
+    # operation timeout (tests/test_store_faults.py tests it) would turn a loaded machine's
+    # slow round trip into a spurious StoreUnavailable.
+    kw.setdefault("op_timeout", SLACK_S)
     store = await open_store(url, prefix=prefix, **kw)
     try:
         yield store
@@ -158,24 +161,22 @@ def test_change_propagates_to_other_instance(backend: str | None, store_prefix: 
                 seen.append((time.monotonic(), {c: s.version for c, s in table.items()}))
                 changed.set()
 
-            watcher = asyncio.create_task(b.watch(listener, poll_interval=0.5))
-            await asyncio.wait_for(changed.wait(), 3)  # the initial load
-            delays = []
+            # Polling effectively off: every change below can only arrive by notification, so
+            # seeing it at all proves the push path, without a bound on how fast it came.
+            watcher = asyncio.create_task(b.watch(listener, poll_interval=3600))
+            await asyncio.wait_for(changed.wait(), FAR_S)  # the initial load
             for step in range(3):
                 changed.clear()
-                t0 = time.monotonic()
                 await a.put_version("cbA", f"s{step}", "h", True, "u")
-                await asyncio.wait_for(changed.wait(), 1.0)
-                delays.append(seen[-1][0] - t0)
+                await asyncio.wait_for(changed.wait(), FAR_S)
                 assert seen[-1][1] == {"cbA": step + 1}
             changed.clear()
             await a.deactivate("cbA", "u")
-            await asyncio.wait_for(changed.wait(), 1.0)
+            await asyncio.wait_for(changed.wait(), FAR_S)
             assert seen[-1][1] == {}
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            assert max(delays) < 1.0
 
     run(scenario())
 

@@ -15,8 +15,7 @@ from sandbox.api import KVUnavailable
 from server.store.base import StoreError, StoreUnavailable
 from server.store.connect import open_store
 from server.store.redis_store import Store
-
-pytest_plugins = ["conftest_redis"]
+from tests.timing import FAR_S, SLACK_S
 
 
 def run(coro: Any) -> Any:
@@ -74,9 +73,9 @@ def test_redis_down_at_start_then_recovers(tmp_path: Any, store_prefix: str) -> 
             assert s.healthy is False and s.describe()["connected"] is False
             assert await s.ping() is False
             took, exc = await _timed(s.kv_call("ns", "get", ["k"]))
-            assert isinstance(exc, KVUnavailable) and took < 1.5
+            assert isinstance(exc, KVUnavailable) and took < 0.5 + SLACK_S
             took, exc = await _timed(s.put_version("cbA", "src", "h", True, "u"))
-            assert isinstance(exc, StoreUnavailable) and took < 2.5
+            assert isinstance(exc, StoreUnavailable) and took < 2.0 + SLACK_S
             assert "redis unavailable" in str(exc)
             for call in (s.list_scripts(), s.active_table(), s.generation(), s.audit(), s.kv_read("ns", "k")):
                 assert isinstance((await _timed(call))[1], StoreUnavailable)
@@ -85,11 +84,11 @@ def test_redis_down_at_start_then_recovers(tmp_path: Any, store_prefix: str) -> 
             server.server.port = port
             server.server.start()
             try:
-                took = await _eventually(s.ping, 10)
+                await _eventually(s.ping, FAR_S)
                 assert s.healthy
                 await s.kv_call("ns", "set", ["k", "v", None])
                 assert await s.kv_call("ns", "get", ["k"]) == "v"
-                assert s.tracker is not None and await s.tracker.wait_connected(5)
+                assert s.tracker is not None and await s.tracker.wait_connected(FAR_S)
                 await s.put_version("cbA", "src", "h", True, "u")
                 assert await assert_consistent(s, "cbA") == 1
             finally:
@@ -132,22 +131,21 @@ def test_redis_killed_mid_traffic(redis_factory: Any, store_prefix: str) -> None
         try:
             await s.put_version("cbA", "v1", "h", True, "u")
             task = asyncio.create_task(traffic())
-            await asyncio.sleep(0.3)
+            await _eventually(lambda: asyncio.sleep(0, len(outcomes) >= 5), FAR_S)  # traffic flows
             server.server.kill()
-            await asyncio.sleep(1.0)
-            assert not s.healthy
+            await _eventually(lambda: asyncio.sleep(0, not s.healthy), FAR_S)
             took, exc = await _timed(s.put_version("cbA", "v2", "h", True, "u"))
-            assert isinstance(exc, StoreUnavailable) and took < 2.5
+            assert isinstance(exc, StoreUnavailable) and took < 2.0 + SLACK_S
             server.server.start()  # same port, empty (no persistence in tests)
-            await _eventually(lambda: asyncio.sleep(0, s.healthy and outcomes[-1][1] == "ok"), 10)
+            await _eventually(lambda: asyncio.sleep(0, s.healthy and outcomes[-1][1] == "ok"), FAR_S)
             stop.set()
             await task
             kinds = [k for _, k in outcomes]
             assert "down" in kinds and kinds[-1] == "ok"
-            assert max(t for t, _ in outcomes) < 2.0  # nothing hung
+            assert max(t for t, _ in outcomes) < 0.5 + SLACK_S  # nothing hung (op timeout 0.5 s)
             # the watcher survived the outage and sees changes made after it
             await s.put_version("cbA", "v-after", "h", True, "u")
-            await _eventually(lambda: asyncio.sleep(0, bool(seen) and seen[-1] == 1), 3)
+            await _eventually(lambda: asyncio.sleep(0, bool(seen) and seen[-1] == 1), FAR_S)
         finally:
             stop.set()
             watcher.cancel()
@@ -169,13 +167,13 @@ def test_paused_redis_fails_fast_and_recovers(redis_factory: Any, store_prefix: 
             server.server.pause()  # SIGSTOP: connections stay open, nothing answers
             try:
                 took, exc = await _timed(s.kv_call("ns", "get", ["k2"]))
-                assert isinstance(exc, KVUnavailable) and took < 1.2
+                assert isinstance(exc, KVUnavailable) and took < 0.5 + SLACK_S
                 took, exc = await _timed(s.activate("cbA", 1, "u"))
-                assert isinstance(exc, StoreUnavailable) and took < 2.5
+                assert isinstance(exc, StoreUnavailable) and took < 2.0 + SLACK_S
                 assert s.healthy is False
             finally:
                 server.server.resume()
-            await _eventually(s.ping, 5)
+            await _eventually(s.ping, FAR_S)
             assert await s.kv_call("ns", "get", ["k"]) == "v"
         finally:
             await s.close()
@@ -183,23 +181,65 @@ def test_paused_redis_fails_fast_and_recovers(redis_factory: Any, store_prefix: 
     run(scenario())
 
 
+class StallingProxy:
+    """A TCP relay in front of Redis that can hold every byte in both directions: a server
+    that has stopped answering, switched on and off exactly when the test says (racing a
+    thread's DEBUG SLEEP against a fixed sleep was luck). Late replies are delivered on
+    release, as a slow server's would be."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.CancelledError):
+            while data := await src.read(65536):
+                await self.flowing.wait()
+                dst.write(data)
+                await dst.drain()
+        dst.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
 def test_slow_redis_times_out(redis_standalone: Any, store_prefix: str) -> None:
     async def scenario() -> None:
-        s = await open_store(redis_standalone.url, prefix=store_prefix, cache=False)
-        slow = redis_standalone.client()
+        proxy = StallingProxy(redis_standalone.port)
+        s = await open_store(await proxy.start(), prefix=store_prefix, cache=False)
         try:
             await s.kv_call("ns", "set", ["k", "v", None])
-            sleeper = asyncio.create_task(asyncio.to_thread(slow.execute_command, "DEBUG", "SLEEP", "1.2"))
-            await asyncio.sleep(0.05)
+            proxy.flowing.clear()  # from now on Redis "takes forever"
             took, exc = await _timed(s.kv_call("ns", "get", ["k"]))
-            assert isinstance(exc, KVUnavailable) and 0.3 < took < 1.1
+            # ended by the store's 0.5 s operation timeout (timers never fire early)
+            assert isinstance(exc, KVUnavailable) and 0.3 < took < 0.5 + SLACK_S, (took, exc)
             took, exc = await _timed(s.list_scripts())
-            assert isinstance(exc, StoreUnavailable) and took < 1.1
-            await sleeper
-            await _eventually(s.ping, 5)
+            assert isinstance(exc, StoreUnavailable) and took < 2.0 + SLACK_S, (took, exc)
+            proxy.flowing.set()  # the late replies arrive; none may be taken for a later call's
+            await _eventually(s.ping, FAR_S)
             assert await s.kv_call("ns", "get", ["k"]) == "v"
+            assert await s.kv_call("ns", "get", ["missing"]) is None
         finally:
             await s.close()
+            await proxy.close()
 
     run(scenario())
 
@@ -223,8 +263,7 @@ def test_version_write_is_all_or_nothing(redis_factory: Any, store_prefix: str, 
                     return
                 fired = True
                 if fault == "pause":
-                    server.server.pause()
-                    asyncio.get_running_loop().call_later(1.5, server.server.resume)
+                    server.server.pause()  # resumed once the write has given up
                 elif fault == "kill":
                     server.server.kill()
                 else:  # another instance uploads in between: WATCH makes this one retry
@@ -240,13 +279,13 @@ def test_version_write_is_all_or_nothing(redis_factory: Any, store_prefix: str, 
             if fault == "kill":
                 assert result is None
                 server.server.start()
-                await _eventually(s.ping, 10)
+                await _eventually(s.ping, FAR_S)
                 assert await assert_consistent(s, "cbA") == 0  # the server came back empty
                 return
             if fault == "pause":
                 assert result is None  # timed out waiting for EXEC's reply
-                await asyncio.sleep(1.6)
-                await _eventually(s.ping, 5)
+                server.server.resume()
+                await _eventually(s.ping, FAR_S)
             latest = await assert_consistent(s, "cbA")
             if fault == "conflict":
                 info, prev = result
@@ -295,16 +334,15 @@ def test_sentinel_failover_under_traffic(sentinel_factory: Any, store_prefix: st
             # demoted master would otherwise keep taking writes until Sentinel
             # reconfigures it, which takes several seconds).
             pool = s.client.connection_pool
-            took = await _eventually(lambda: asyncio.sleep(0, pool.master_address is not None
-                                                            and int(pool.master_address[1]) == new), 5)
-            assert took < 2.5
+            await _eventually(lambda: asyncio.sleep(0, pool.master_address is not None
+                                                     and int(pool.master_address[1]) == new), 1.0 + SLACK_S)
             t0 = time.monotonic()
             while True:
                 try:
                     await s.put_version("cbA", "v2", "h", True, "u")
                     break
                 except StoreUnavailable:
-                    assert time.monotonic() - t0 < 10
+                    assert time.monotonic() - t0 < FAR_S
                     await asyncio.sleep(0.05)
             assert await s.kv_call("ns", "sismember", ["bl", "x"]) is True  # replicated data kept
             assert (await s.active_table())["cbA"].version == 2
@@ -332,7 +370,7 @@ def test_embedded_tcp_server_for_multiprocess(store_prefix: str) -> None:
                 await a.kv_call("ns", "sadd", ["bl", ["x"]])
                 assert await b.kv_call("ns", "sismember", ["bl", "x"]) is True
                 assert b.tracker is not None
-                await asyncio.sleep(0.3)
+                assert await b.tracker.wait_connected(FAR_S) is False  # returns once refused
                 assert b.tracker.supported is False  # no CLIENT TRACKING: no cache, still correct
             finally:
                 await a.close()

@@ -12,8 +12,7 @@ import pytest
 from redis_servers import Standalone, free_port
 
 from server.store.connect import open_store
-
-pytest_plugins = ["conftest_redis"]
+from tests.timing import FAR_S
 
 
 def _certs(d: Path) -> None:
@@ -50,7 +49,7 @@ def test_tls_with_password(tmp_path: Path, store_prefix: str) -> None:
             a = await open_store(url, prefix=store_prefix)
             b = await open_store(url, prefix=store_prefix)
             try:
-                assert a.tracker is not None and await a.tracker.wait_connected(5), a.describe()
+                assert a.tracker is not None and await a.tracker.wait_connected(FAR_S), a.describe()
                 assert "pw" not in str(a.describe())
                 await a.put_version("cbA", "src", "h", True, "u")
                 assert (await b.active_table())["cbA"].source == "src"

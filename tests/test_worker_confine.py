@@ -16,6 +16,7 @@ import pytest
 
 from sandbox.confine import ALLOW_PLAIN, NR, build_filter, seccomp_supported
 from sandbox.pool import WorkerPool
+from tests.timing import FAR_S
 
 ROOT = os.geteuid() == 0
 CANARY = "canary-7f3a9c"
@@ -148,7 +149,7 @@ def test_workers_die_with_their_host(tmp_path: object) -> None:
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + FAR_S
     alive = pids
     while alive and time.monotonic() < deadline:  # no event to await for a stranger's exit
         alive = [p for p in alive if os.path.exists(f"/proc/{p}") and "Z" not in _state(p)]

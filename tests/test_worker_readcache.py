@@ -19,8 +19,7 @@ from sandbox.pool import WorkerPool
 from sandbox.readcache import MAX_ENTRIES, MISS, ReadCache
 from server.app import kv_caller
 from server.store.connect import open_store
-
-pytest_plugins = ["conftest_redis"]
+from tests.timing import FAR_S, SLACK_S
 
 # --- the worker-side structure ------------------------------------------------------------
 
@@ -224,9 +223,9 @@ def test_invalidation_during_a_call_that_keeps_nothing_still_applies() -> None:
 @contextlib.asynccontextmanager
 async def _wired(url: str, prefix: str, workers: int = 1) -> AsyncIterator[tuple[Any, WorkerPool]]:
     """A store with its tracking connection up and a pool it tells about changes (as build_state does)."""
-    store = await open_store(url, prefix=prefix)
+    store = await open_store(url, prefix=prefix, op_timeout=SLACK_S)  # room for a loaded machine
     try:
-        assert store.tracker is not None and await store.tracker.wait_connected(5)
+        assert store.tracker is not None and await store.tracker.wait_connected(FAR_S)
         async with WorkerPool(size=workers) as pool:
             store.kv_listen(pool.invalidate)
             yield store, pool
@@ -239,7 +238,7 @@ def test_writes_by_another_client_reach_kept_answers(redis_standalone: Any, stor
     raw = redis_standalone.client()
 
     async def scenario() -> None:
-        other = await open_store(redis_standalone.url, prefix=store_prefix)
+        other = await open_store(redis_standalone.url, prefix=store_prefix, op_timeout=SLACK_S)
         try:
             async with _wired(redis_standalone.url, store_prefix, workers=2) as (store, pool):
                 kv = kv_caller(store)("ns")
@@ -292,7 +291,7 @@ def test_lost_tracking_connection_drops_kept_answers(redis_standalone: Any, stor
             # No invalidation will come for this write: nothing kept may answer any more.
             raw.sadd(store.keys.kv("ns", "bl"), "bob")
             assert await _call(pool, kv, {"u": "bob"}) == "True,True"
-            assert await store.tracker.wait_connected(5)
+            assert await store.tracker.wait_connected(FAR_S)
             for _ in range(3):
                 assert await _call(pool, kv, {"u": "bob"}) == "True,True"
             raw.srem(store.keys.kv("ns", "bl"), "bob")
