@@ -127,6 +127,10 @@ def assert_reply(raw: bytes, expected: dict[str, Any], error_kind: str | None = 
         assert raw == reply.encode(expected)
 
 
+def deny_reply(msg: str, dlt: str) -> dict[str, Any]:
+    return {"actionCode": 0, "errCode": 5001, "errMsg": msg, "errDlt": dlt, "nextCode": 1}
+
+
 # Each case: (command, what the worker sends, the reply OpenIM must get, the error kind).
 CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
     # Baselines: what a valid result turns into (so the refusals below are refusals).
@@ -157,16 +161,15 @@ CASES: dict[str, tuple[str, dict[str, Any], dict[str, Any], str | None]] = {
     "result-not-an-object": (FRIEND, {"hostile": {"r": ["allow"]}}, POLICY_CLOSED, INVALID_RESULT),
     "logs-not-strings": (FRIEND, result("allow", logs=[1]), POLICY_CLOSED, INVALID_RESULT),
     # deny() texts over the cap or of the wrong type (refused by the dispatcher's re-check).
+    # A deny stays a deny (issue 13, M2): text over the cap is cut, text that is not a string is sent as "".
     "errmsg-over-the-cap": (FRIEND, result("deny", {"errCode": 5001, "errMsg": "m" * (MAX_REJECT_TEXT + 1)}),
-                            POLICY_CLOSED, INVALID_RESULT),
+                            deny_reply("m" * MAX_REJECT_TEXT, ""), None),
     "errdlt-over-the-cap": (FRIEND, result("deny", {"errCode": 5001, "errDlt": "d" * (MAX_REJECT_TEXT + 1)}),
-                            POLICY_CLOSED, INVALID_RESULT),
-    "errmsg-number": (FRIEND, result("deny", {"errCode": 5001, "errMsg": 7}), POLICY_CLOSED, INVALID_RESULT),
-    "errmsg-null": (FRIEND, result("deny", {"errCode": 5001, "errMsg": None}), POLICY_CLOSED, INVALID_RESULT),
-    "errmsg-list": (FRIEND, result("deny", {"errCode": 5001, "errMsg": ["m"]}), POLICY_CLOSED, INVALID_RESULT),
-    "errdlt-object": (FRIEND, result("deny", {"errCode": 5001, "errDlt": {"a": 1}}), POLICY_CLOSED,
-                      INVALID_RESULT),
-    # modify with fields the command cannot change, or of the wrong JSON type.
+                            deny_reply("", "d" * MAX_REJECT_TEXT), None),
+    "errmsg-number": (FRIEND, result("deny", {"errCode": 5001, "errMsg": 7}), deny_reply("", ""), None),
+    "errmsg-null": (FRIEND, result("deny", {"errCode": 5001, "errMsg": None}), deny_reply("", ""), None),
+    "errmsg-list": (FRIEND, result("deny", {"errCode": 5001, "errMsg": ["m"]}), deny_reply("", ""), None),
+    "errdlt-object": (FRIEND, result("deny", {"errCode": 5001, "errDlt": {"a": 1}}), deny_reply("", ""), None),
     "modify-on-a-command-that-changes-nothing": (FRIEND, result("modify", {"reqMsg": "x"}), POLICY_CLOSED,
                                                  INVALID_RESULT),
     "modify-unknown-field": (REMARK, result("modify", {"remark": "ok", "ownerUserID": "x"}), POLICY_CLOSED,
@@ -216,8 +219,7 @@ def test_hostile_worker_results_become_the_failure_policy_reply() -> None:
 
 def test_hostile_results_under_the_open_policy_continue_unchanged() -> None:
     async def scenario(srv: Served) -> None:
-        for order in (result("block"), result("deny", {"errCode": 5001, "errMsg": "m" * (MAX_REJECT_TEXT + 1)}),
-                      {"hostile": "garbage"}):
+        for order in (result("block"), {"hostile": "garbage"}):
             raw, _ = await srv.callback(REMARK, {"remark": "r", **order})
             assert_reply(raw, ACK, INVALID_RESULT)
         raw, _ = await srv.callback(REMARK, {"remark": "r", **result("modify", {"remark": 5})})
@@ -308,17 +310,38 @@ class ForgingPool:
 
 
 @pytest.mark.parametrize(
+    "forged, expected",
+    [
+        (RunResult(DENY, {"errMsg": "m" * (MAX_REJECT_TEXT + 1), "errCode": 5001}), deny_reply("m" * MAX_REJECT_TEXT, "")),
+        (RunResult(DENY, {"errCode": 5001, "errDlt": 1}), deny_reply("", "")),
+        (RunResult(DENY, {"errCode": 99, "errMsg": "m"}),
+         {"actionCode": 0, "errCode": 5000, "errMsg": "m", "errDlt": "", "nextCode": 1}),
+    ],
+    ids=["errmsg-over-cap", "errdlt-number", "errcode-out-of-range"],
+)
+def test_dispatcher_keeps_a_forged_deny_a_valid_deny(forged: RunResult, expected: dict[str, Any]) -> None:
+    """A deny the pool let through with bad text or code still goes out as a rejection
+    OpenIM accepts: a deny is always a deny (issue 13, M2)."""
+    pool = ForgingPool()
+    pool.next = forged
+
+    async def scenario(srv: Served) -> None:
+        raw, _ = await srv.callback(REMARK, {"remark": "r"})
+        assert_reply(raw, expected)
+
+    serve(scenario, CLOSED, pool=pool)
+
+
+@pytest.mark.parametrize(
     "forged",
     [
         RunResult("block"),
         RunResult(""),
         RunResult(ERROR),  # an error verdict without an error
-        RunResult(DENY, {"errMsg": "m" * (MAX_REJECT_TEXT + 1), "errCode": 5001}),
-        RunResult(DENY, {"errCode": 5001, "errDlt": 1}),
         RunResult("modify", {"remark": 1}),
         RunResult("modify", {"nextCode": 0}),
     ],
-    ids=["unknown", "empty", "error-without-error", "errmsg-over-cap", "errdlt-number", "modify-wrong-type",
+    ids=["unknown", "empty", "error-without-error", "modify-wrong-type",
          "modify-nextcode"],
 )
 def test_dispatcher_rechecks_results_the_pool_let_through(forged: RunResult) -> None:
