@@ -26,6 +26,7 @@ from sandbox.pool import WorkerStartError
 from server.admin_client import DEFAULT_SERVER, TOKEN_ENV, AdminClient, AdminError
 from server.catalog import Catalog, catalog
 from server.config import ConfigError
+from server.isotime import iso_utc
 from server.offline import OfflineError
 
 EXIT_OK, EXIT_CHANGED, EXIT_ERROR = 0, 1, 2
@@ -482,7 +483,7 @@ def cmd_kv_snapshot(args: argparse.Namespace) -> int:
             break
         seen_cursors.add(cursor)
     keys.sort(key=lambda k: k["key"])
-    doc = {"namespace": args.namespace, "taken_at": round(time.time(), 3), "server": client.server, "keys": keys}
+    doc = {"namespace": args.namespace, "taken_at": iso_utc(time.time()), "server": client.server, "keys": keys}
     out = _Output(args.output)
     try:
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")

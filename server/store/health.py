@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from server.isotime import iso_utc
 from server.store.errors import describe
 
 log = logging.getLogger("scriptgate.store")
@@ -38,7 +39,7 @@ class Health:
         return {
             "connected": self.healthy,
             "last_error": self.last_error,
-            "last_ok": self.last_ok,
-            "down_since": self.down_since,
+            "last_ok": iso_utc(self.last_ok),
+            "down_since": iso_utc(self.down_since),
             "failures": self.failures,
         }
