@@ -9,6 +9,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from server.catalog import catalog
+from server.samples import sample_bytes
+from tests.gojson import go_headers
 from tests.server_proc import start_server
 
 INVITE = "callbackBeforeInviteJoinGroupCommand"
@@ -231,6 +234,25 @@ def test_test_endpoint_by_version_and_live(server):
     assert server.admin("POST", f"/admin/scripts/{FRIEND}/test", {"payload": {}, "version": 99999}).status == 404
     assert server.admin("POST", f"/admin/scripts/{FRIEND}/test", {"payload": []}).status == 400
     assert server.admin("POST", f"/admin/scripts/{FRIEND}/test", b"{bad").status == 400
+
+
+def test_test_endpoint_with_the_sample(server):
+    source = "def handle(req):\n    return deny(5001, 'no', req['groupID'] + ':' + ','.join(req['invitedUserIDs']))\n"
+    r = server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": True, "source": source})
+    assert r.status == 200, r.body
+    assert r.json()["reply"]["errDlt"] == "12345:user1,user2"  # the shipped sample's values
+    both = server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": True, "payload": PAYLOAD, "source": source})
+    assert both.status == 400 and "not both" in both.json()["message"]
+    assert server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": "yes", "source": source}).status == 400
+    neither = server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": False, "source": source})
+    assert neither.status == 400 and '"sample": true' in neither.json()["message"]
+
+
+def test_every_sample_is_accepted_by_the_server(server):
+    for name in sorted(catalog().commands):
+        r = server.request("POST", f"/{name}", sample_bytes(name), headers=go_headers(), token=False)
+        assert r.status == 200, (name, r.body)
+        assert r.json()["actionCode"] == 0, name
 
 
 # --- KV -----------------------------------------------------------------------------------
