@@ -7,10 +7,13 @@ Every test runs a real ``scriptgate serve`` process and awaits its stderr lines.
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
+from redis import exceptions as rex
 
+from server.store.errors import reason
 from tests.ports import free_port
 from tests.redis_servers import RedisProcess
 from tests.server_proc import ServerProc, launch_server, start_server
@@ -36,6 +39,13 @@ def stop(server: ServerProc) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_unreachable_store_is_loud_then_recovers(tmp_path: Path, workers: int) -> None:
     redis = RedisProcess(tmp_path / "redis", free_port(), password=PASSWORD)  # not started: the port is closed
+    try:
+        recovers(tmp_path, workers, redis)
+    finally:
+        redis.stop()
+
+
+def recovers(tmp_path: Path, workers: int, redis: RedisProcess) -> None:
     directory = scripts_dir(tmp_path)
     url = f"redis://:{PASSWORD}@127.0.0.1:{redis.port}"
     masked = re.escape(f"redis://:***@127.0.0.1:{redis.port}")
@@ -74,7 +84,6 @@ def test_unreachable_store_is_loud_then_recovers(tmp_path: Path, workers: int) -
         assert not any(" unreachable (" in line for line in again.output), "".join(again.output)
     finally:
         stop(again)
-        redis.stop()
 
 
 def test_ready_comes_after_the_scripts_with_the_embedded_store(tmp_path: Path) -> None:
@@ -115,3 +124,30 @@ def test_sigterm_while_waiting_for_the_store(tmp_path: Path) -> None:
     server.wait_line(r"unreachable \(Connection refused\); retrying in 1s \(attempt 1\)")
     assert server.stop() == 0
     assert "Traceback" not in "".join(server.output)
+
+
+def test_a_store_that_refuses_stops_the_start(redis_factory) -> None:
+    redis = redis_factory()
+    redis.client().set("refusing:{s}:active", "not a hash")  # the live pointer, of the wrong type
+    server = launch_server("--redis", redis.url, "--prefix", "refusing", "--sandbox-workers", "1")
+    assert server.proc.wait(timeout=60) == 1
+    server.wait_line("WRONGTYPE")
+    assert re.search(rf"^scriptgate: store {re.escape(redis.url)}: redis refused the operation: .*WRONGTYPE",
+                     server.output[-1])
+    assert "ready on" not in "".join(server.output) and "Traceback" not in "".join(server.output)
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)"), "Connection refused"),
+    (socket.gaierror(-2, "Name or service not known"), "Name or service not known"),
+    (FileNotFoundError(2, "No such file or directory"), "No such file or directory"),
+    (TimeoutError(), "timed out"),
+    (rex.TimeoutError("Timeout reading from socket"), "timed out"),
+    (rex.AuthenticationError("invalid username-password pair"), "AuthenticationError: invalid username-password pair"),
+])
+def test_reasons_read_like_the_operating_system(exc: BaseException, expected: str) -> None:
+    wrapped = rex.ConnectionError("Error 111 connecting to 127.0.0.1:1.")
+    wrapped.__cause__ = exc
+    assert reason(exc) == expected
+    if not isinstance(exc, rex.RedisError):
+        assert reason(wrapped) == expected  # redis-py wraps the OSError
