@@ -69,6 +69,23 @@ def test_documented_examples_are_used_byte_for_byte() -> None:
         "faceURL": "http://example.com/path/to/face/image.png", "roleLevel": 20, "ex": "Extra data"}
 
 
+SEED_PAGES = ROOT.parent / "shared" / "seeds"
+
+
+@pytest.mark.skipif(not SEED_PAGES.exists(), reason="shared/seeds not beside the checkout")
+def test_seed_requests_are_the_documentation_pages_examples() -> None:
+    found = {}
+    for page in sorted(SEED_PAGES.glob("*.txt")):
+        text = page.read_text()
+        heading = "Request Package Example" if "Request Package Example" in text else "Example Request Package"
+        start = text.index("{", text.index(heading))
+        block = text[start:text.index("\n}", start) + 2] + "\n"
+        found[orjson.loads(block)["callbackCommand"]] = block
+    assert found == samples.SEEDS
+    for name, block in found.items():
+        assert (samples.SAMPLES_DIR / f"{name}.json").read_text() == block
+
+
 def test_realistic_values() -> None:
     group = samples.sample("callbackBeforeSendGroupMsgCommand")
     assert group["sessionType"] == 3 and group["groupID"] == "12345" and group["sendID"] == "user1"
