@@ -66,9 +66,10 @@ T = TypeVar("T")
 # Tornado must never drop an oversized request before our handler can answer 413 with a
 # JSON body; the real per-endpoint limits are enforced while streaming the body.
 TORNADO_MAX_BODY = 1 << 30
-# An HTTP process that cannot bind its listening socket exits with this code; the
-# supervisor then stops instead of restarting it in a loop (EX_CONFIG from sysexits.h).
-EXIT_CANNOT_LISTEN = 78
+# An HTTP process that cannot bind its listening socket, or whose store refuses to work,
+# exits with this code after saying why; the supervisor then stops instead of restarting
+# it in a loop (EX_CONFIG from sysexits.h).
+EXIT_NO_RESTART = 78
 
 
 def say(line: object) -> None:
@@ -370,7 +371,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         except SystemExit as exc:
             say(exc.code)
             await stop(state)
-            raise SystemExit(EXIT_CANNOT_LISTEN) from None
+            raise SystemExit(EXIT_NO_RESTART) from None
     # Callbacks are answered from now on: by the failure policy until the live scripts are
     # known (dispatch.py), so OpenIM gets the answer the operator chose, not a network error.
     server.add_sockets(sockets)
@@ -393,6 +394,9 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         server.stop()
         await stop(state)
         if isinstance(error, StartupError):
+            if reuse_port:  # one of several processes: the supervisor must not restart it
+                say(error)
+                raise SystemExit(EXIT_NO_RESTART)
             raise SystemExit(str(error))
         if error is not None:
             raise error
@@ -505,7 +509,7 @@ def supervise(workers: int, child_main: Any) -> int:
         if task_id is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
-        if code == EXIT_CANNOT_LISTEN:  # it said why; restarting would not help
+        if code == EXIT_NO_RESTART:  # it said why; restarting would not help
             on_signal(signal.SIGTERM, None)
             exit_code = 1
             continue
