@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from server import __version__
 from server.config import OPENIM_LINES, ConfigError
 
 EXIT_OK, EXIT_CHANGED, EXIT_ERROR = 0, 1, 2
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="scriptgate",
         description="ScriptGate: OpenIM webhook callbacks answered by sandboxed Python scripts.",
     )
+    parser.add_argument("--version", action="version", version=f"scriptgate {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_serve(sub)

@@ -1,5 +1,5 @@
-"""Offline and client subcommands of ``scriptgate``: run, replay, check, push, export,
-kv-snapshot. ``server.cli`` calls ``register(sub)``.
+"""Offline and client subcommands of ``scriptgate``: run, sample, replay, check, push,
+export, kv-snapshot. ``server.cli`` calls ``register(sub)``.
 
 Each command handles its own expected failures (one line on stderr, non-zero exit):
 ``server.cli`` may run as ``__main__``, in which case its exception classes are not the
@@ -26,6 +26,7 @@ from sandbox.pool import WorkerStartError
 from server.admin_client import DEFAULT_SERVER, TOKEN_ENV, AdminClient, AdminError
 from server.catalog import Catalog, catalog
 from server.config import OPENIM_LINES, ConfigError
+from server.isotime import iso_utc
 from server.offline import OfflineError
 
 EXIT_OK, EXIT_CHANGED, EXIT_ERROR = 0, 1, 2
@@ -196,16 +197,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     from server.offline import namespace_note, open_env, run_sync
 
     source, stem = _load_script(args.script)
-    raw = _read_input(args.payload)
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise OfflineError(f"{args.payload}: not valid JSON ({str(exc)[:120]})") from None
-    if type(payload) is not dict:
-        raise OfflineError(f"{args.payload}: the payload must be a JSON object (a callback request)")
-    if type(payload.get("request")) is dict:  # a recording line: run its request
-        payload = payload["request"]
     cat = catalog()
+    if args.sample:
+        payload = _sample_for(args.command or stem, cat)
+    else:
+        raw = _read_input(args.payload)
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise OfflineError(f"{args.payload}: not valid JSON ({str(exc)[:120]})") from None
+        if type(payload) is not dict:
+            raise OfflineError(f"{args.payload}: the payload must be a JSON object (a callback request)")
+        if type(payload.get("request")) is dict:  # a recording line: run its request
+            payload = payload["request"]
     name = args.command or (stem if stem in cat else None) or payload.get("callbackCommand")
     if not isinstance(name, str) or name not in cat:
         raise OfflineError(
@@ -254,6 +258,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"verdict: {outcome.verdict}  ({outcome.elapsed_ms:.1f} ms, {outcome.kv_ops} kv ops)", file=sys.stderr)
         sys.stdout.write(orjson.dumps(outcome.reply).decode() + "\n")
     return EXIT_ERROR if error else EXIT_OK
+
+
+def _sample_for(name: str, cat: Catalog) -> dict[str, Any]:
+    from server.samples import sample
+
+    if name not in cat:
+        raise OfflineError(
+            f"--sample needs the script's command: name the script <callbackCommand>.py or pass --command "
+            f"({name!r} is not a callbackCommand)"
+        )
+    return sample(name)
+
+
+@_guard
+def cmd_sample(args: argparse.Namespace) -> int:
+    from server.samples import NoSample, names, sample_bytes
+
+    if args.list:
+        if args.command:
+            raise OfflineError("give COMMAND or --list, not both")
+        sys.stdout.write("".join(f"{name}\n" for name in names()))
+        return EXIT_OK
+    if not args.command:
+        raise OfflineError("give a callbackCommand (`scriptgate sample --list` lists them)")
+    try:
+        data = sample_bytes(args.command)
+    except NoSample as exc:
+        raise OfflineError(str(exc)) from None
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+    return EXIT_OK
 
 
 @_guard
@@ -490,7 +525,7 @@ def cmd_kv_snapshot(args: argparse.Namespace) -> int:
             break
         seen_cursors.add(cursor)
     keys.sort(key=lambda k: k["key"])
-    doc = {"namespace": args.namespace, "taken_at": round(time.time(), 3), "server": client.server, "keys": keys}
+    doc = {"namespace": args.namespace, "taken_at": iso_utc(time.time()), "server": client.server, "keys": keys}
     out = _Output(args.output)
     try:
         out.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
@@ -560,12 +595,27 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Exit status: 0 the script ran (allow, modify or deny), 2 script error or bad input.",
     )
     p.add_argument("script", metavar="SCRIPT", help="the script file (<callbackCommand>.py)")
-    p.add_argument("--payload", required=True, metavar="FILE|-", help="callback request JSON (- for stdin)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--payload", metavar="FILE|-", help="callback request JSON (- for stdin)")
+    source.add_argument("--sample", action="store_true",
+                        help="use the shipped sample request of the script's command (see `scriptgate sample`)")
     p.add_argument("--command", help="callbackCommand (default: from the file name or the payload)")
     p.add_argument("--kv", metavar="SNAPSHOT.json", help="seed the in-memory KV from a snapshot (see kv-snapshot)")
     p.add_argument("--config", metavar="FILE", help="server config file for budgets, deadline and failure policy")
     p.add_argument("--json", action="store_true", help="print verdict, reply, error, logs and timing as one JSON document")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sample",
+        help="print a sample callback request",
+        description="Print the sample request of a callbackCommand (realistic values, every field of the "
+        "catalogue; OpenIM's documented example where it gives one) as JSON on stdout.",
+        epilog="Example: scriptgate sample callbackBeforeInviteJoinGroupCommand | "
+        "curl -s --data-binary @- localhost:10006/callbackExample/callbackBeforeInviteJoinGroupCommand",
+    )
+    p.add_argument("command", nargs="?", metavar="COMMAND", help="callbackCommand")
+    p.add_argument("--list", action="store_true", help="list the commands that have a sample, one per line")
+    p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(
         "replay",

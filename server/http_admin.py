@@ -18,6 +18,7 @@ import tornado.web
 
 from server.config import NAMESPACE_RE
 from server.http_common import BodyTooLarge, JSONErrorMixin, StreamedBody, client_allowed
+from server.samples import sample
 from server.store.base import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -288,10 +289,20 @@ class TestHandler(AdminHandler):
         assert command is not None
         body = self.json_body()
         if not isinstance(body, dict):
-            raise HTTPFail(400, "bad_request", 'body must be {"payload": {...}, "source"?: str, "version"?: int}')
-        payload = body.get("payload")
-        if type(payload) is not dict:
-            raise HTTPFail(400, "bad_request", "payload must be a JSON object (the callback request)")
+            raise HTTPFail(400, "bad_request",
+                           'body must be {"payload": {...} or "sample": true, "source"?: str, "version"?: int}')
+        use_sample = body.get("sample", False)
+        if type(use_sample) is not bool:
+            raise HTTPFail(400, "bad_request", "sample must be true or false")
+        if use_sample:
+            if "payload" in body:
+                raise HTTPFail(400, "bad_request", "give either payload or sample, not both")
+            payload = sample(command.name)
+        else:
+            payload = body.get("payload")
+            if type(payload) is not dict:
+                raise HTTPFail(400, "bad_request",
+                               'payload must be a JSON object (the callback request), or send "sample": true')
         problem = command.check_request(payload)
         if problem:
             raise HTTPFail(400, "invalid_field", problem)

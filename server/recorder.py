@@ -8,6 +8,10 @@ whatever the traffic or the store's health.
 
 A record: ``{"ts", "command", "operationID", "request", "reply", "version", "verdict",
 "error_kind", "error", "elapsed_ms"}`` (verdict: allow | modify | deny | error | none).
+``ts`` stays unix seconds (a float), unlike the ISO-8601 times elsewhere in the admin
+JSON: it is the key of ``GET /admin/recordings/{command}?since=<unix seconds>`` and of
+``scriptgate export --since``, and recordings are data fed back to ``replay``, which
+compares and orders them by it.
 
 Redaction (``record.redact`` in the config) names fields to replace by ``"[redacted]"``
 in both the request and the reply: ``content`` (a top-level field), or a dotted path

@@ -33,7 +33,9 @@ class ScriptTable:
         changed = {c for c in set(table) | set(self._scripts) if table.get(c) != self._scripts.get(c)}
         self._scripts = table
         if changed or not self.loaded:
-            log.info("live scripts: %s", {c: s.version for c, s in sorted(table.items())} or "none")
+            # The first load is summed up by serve's "ready" line; later changes are news.
+            log.log(logging.INFO if self.loaded else logging.DEBUG, "live scripts: %s",
+                    {c: s.version for c, s in sorted(table.items())} or "none")
         self.loaded = True
 
     async def watch(self) -> None:

@@ -1,4 +1,40 @@
-"""``scriptgate serve``: run the HTTP server (one process, or N processes sharing the port)."""
+"""``scriptgate serve``: run the HTTP server (one process, or N processes sharing the port).
+
+Start-up, in order (every line on stderr):
+
+1. ``--scripts DIR`` is read and checked like an upload; an invalid script is an error
+   line ``scriptgate: DIR/<command>.py:LINE:COL: message`` per problem, then
+   ``scriptgate: --scripts DIR: nothing loaded (N invalid scripts)``, exit 1, nothing
+   started or uploaded. A file not named after a callbackCommand is skipped with a line
+   saying so; a missing DIR is an error line;
+2. the port is bound (a port in use is an error line, exit 1) and callbacks are answered
+   from then on: by the command's failure policy while the live scripts are not known
+   (``/healthz`` says "degraded"), as during any later store outage;
+3. the store is reached. While it does not answer, one error line per attempt:
+   ``scriptgate: store redis://:***@h:6379 unreachable (Connection refused); retrying in
+   1s (attempt 1)`` (then after 2 s, 4 s, and every 5 s), and once it answers
+   ``scriptgate: store redis://:***@h:6379 is reachable (after N failed attempts)``;
+4. the ``--scripts`` files whose content differs from the live version are uploaded, and
+   one line sums it up for the whole server: ``scriptgate: loaded 7 scripts from scripts/
+   (7 new versions, 0 unchanged)``;
+5. each HTTP process loads the live scripts, then prints ``scriptgate: ready on
+   http://HOST:PORT (pid P, store: S, N sandbox workers, M live scripts)``: "ready" means
+   the scripts are being run.
+
+With ``--workers N`` > 1, step 1 runs once in the supervisor; the first HTTP process does
+steps 3-4 and prints their lines, the others wait for it (a shared Event), then load the
+live scripts and print their own "ready".
+
+An unreachable store is retried for ever, not given up on after a bounded time: the usual
+cause is start-up order (Redis, a Sentinel or a cluster coming up after us, a container
+restart), which fixes itself, and meanwhile callbacks get the failure policy's answer
+(what the operator chose for "the scripts cannot run") rather than the network error a
+stopped server would give OpenIM, which fails the user's operation. A process manager
+restarting a server that gave up would only repeat the same lines. Every attempt is an
+error line naming the store (password masked) and the reason, so a wrong URL or password
+does not go unnoticed. A store that answers but refuses the operations (an error reply,
+not an outage) stops the start with an error line instead. SIGTERM/SIGINT stop the wait.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +44,7 @@ import errno
 import gc
 import hashlib
 import logging
+import multiprocessing
 import os
 import secrets
 import signal
@@ -16,19 +53,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+from server import lint
 from server.config import Config
 
 log = logging.getLogger("scriptgate.serve")
+T = TypeVar("T")
 # Tornado must never drop an oversized request before our handler can answer 413 with a
 # JSON body; the real per-endpoint limits are enforced while streaming the body.
 TORNADO_MAX_BODY = 1 << 30
-# An HTTP process that cannot bind its listening socket exits with this code; the
-# supervisor then stops instead of restarting it in a loop (EX_CONFIG from sysexits.h).
-EXIT_CANNOT_LISTEN = 78
+# An HTTP process that cannot bind its listening socket, or whose store refuses to work,
+# exits with this code after saying why; the supervisor then stops instead of restarting
+# it in a loop (EX_CONFIG from sysexits.h).
+EXIT_NO_RESTART = 78
+
+
+def say(line: object) -> None:
+    """One line on stderr in one write: the HTTP processes share the stream, and print()
+    writes the text and its newline separately, so two processes' lines could merge."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
 
 
 def redact_url(url: str) -> str:
@@ -48,51 +97,142 @@ def resolve_token(cfg: Config) -> tuple[str, bool]:
     return secrets.token_urlsafe(32), True
 
 
-async def load_scripts_dir(state: Any, directory: str) -> int:
-    """Upload ``DIR/<command>.py`` files whose content differs from the live version.
+@dataclass
+class ScriptsLoad:
+    """What ``--scripts DIR`` did, across start-up attempts (a store outage in the middle
+    of a deploy must not count the scripts uploaded before it as "unchanged")."""
 
-    Returns the number of scripts uploaded. Raises SystemExit with a one-line message for
-    an invalid script, so a bad deploy fails loudly at start.
-    """
-    uploaded = 0
-    for path in sorted(Path(directory).glob("*.py")):
-        command = path.stem
-        if command not in state.catalog:
-            log.warning("--scripts: %s is not named after a callbackCommand; skipped", path.name)
+    directory: str
+    files: int = 0
+    uploaded: set[str] = field(default_factory=set)
+
+    def summary(self) -> str:
+        count = f"{self.files} script" + ("" if self.files == 1 else "s")
+        new = len(self.uploaded)
+        versions = f"{new} new version" + ("" if new == 1 else "s")
+        return f"scriptgate: loaded {count} from {self.directory} ({versions}, {self.files - new} unchanged)"
+
+
+def read_scripts_dir(directory: str, commands: Any, openim: str = "main") -> dict[str, str]:
+    """``DIR/<command>.py`` files, checked as an upload would be: {command: source}.
+
+    Raises SystemExit with one line per problem (every bad script, not just the first),
+    so a bad deploy fails loudly at start and uploads nothing. The files are the
+    operator's own, so they are checked here rather than in a sandbox worker."""
+    from sandbox.policy import check_source
+    from server.cli_offline import read_source
+    from server.offline import OfflineError
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise SystemExit(f"scriptgate: --scripts {directory}: no such directory")
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    bad: set[Path] = set()
+    for path in sorted(root.glob("*.py")):
+        if path.stem not in commands:
+            say(f"scriptgate: --scripts: skipped {path}: not named after a callbackCommand")
             continue
-        source = path.read_text("utf-8")
-        issues = await state.pool.check(source)
-        if issues:
-            first = issues[0]
-            raise SystemExit(f"scriptgate: {path}:{first.line}:{first.col}: {first.message}")
-        errors = state.lint_errors(command, source)
-        if errors:
-            first = errors[0]
-            raise SystemExit(f"scriptgate: {path}:{first.line}:{first.col}: {first.message}")
-        sha = hashlib.sha256(source.encode()).hexdigest()
-        active = state.table.get(command)
-        if active is not None and active.sha256 == sha:
-            continue
-        await state.store.put_version(command, source, sha, True, "scripts-dir")
-        uploaded += 1
-    if uploaded:
-        await state.refresh_scripts()
-    return uploaded
-
-
-async def _load_scripts_with_retry(state: Any, directory: str) -> None:
-    from server.store.base import StoreUnavailable
-
-    delay = 0.5
-    while True:
         try:
-            count = await load_scripts_dir(state, directory)
-            log.info("--scripts %s: %d script(s) uploaded", directory, count)
-            return
+            source = read_source(path)
+        except (OfflineError, OSError) as exc:
+            problems.append(f"scriptgate: {exc}")
+            bad.add(path)
+            continue
+        # The sandbox policy first, then what the command's reply can carry (server/lint.py),
+        # the same two checks an upload through the admin API makes.
+        issues = check_source(source) or lint.errors(commands.get(path.stem), source, openim)
+        if issues:
+            problems += [f"scriptgate: {path}:{i.line}:{i.col}: {i.message}" for i in issues]
+            bad.add(path)
+        sources[path.stem] = source
+    if problems:
+        problems.append(f"scriptgate: --scripts {directory}: nothing loaded ({len(bad)} invalid script"
+                        + ("" if len(bad) == 1 else "s") + ")")
+        raise SystemExit("\n".join(problems))
+    return sources
+
+
+async def upload_scripts(store: Any, sources: dict[str, str], load: ScriptsLoad) -> None:
+    """Upload each script whose content differs from the live version (StoreUnavailable
+    propagates: the caller retries)."""
+    load.files = len(sources)
+    active = await store.active_table()
+    for command, source in sources.items():
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        live = active.get(command)
+        if live is not None and live.sha256 == sha:
+            continue
+        await store.put_version(command, source, sha, True, "scripts-dir")
+        load.uploaded.add(command)
+
+
+class StartupError(Exception):
+    """A start-up failure that retrying cannot fix: its message is the line to print."""
+
+
+STORE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
+STORE_RETRY_MAX_S = 5.0
+
+
+async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]]) -> T:
+    """Run ``step`` (it needs the store) once the store answers; until then print why it
+    does not and retry, for ever (see the module docstring): after 1, 2, 4, then every 5 s."""
+    from server.store.base import StoreError, StoreUnavailable
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            if await store.ping():
+                result = await step()
+                if attempt > 1:
+                    say(f"scriptgate: store {store.display} is reachable (after {attempt - 1} failed "
+                        f"attempt{'' if attempt == 2 else 's'})")
+                return result
         except StoreUnavailable:
-            log.warning("--scripts: store unavailable, retrying in %.1fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            pass
+        except StoreError as exc:  # the store answers but refuses: retrying would not help
+            raise StartupError(f"scriptgate: store {store.display}: {exc.message}") from None
+        delay = STORE_RETRY_DELAYS_S[attempt - 1] if attempt <= len(STORE_RETRY_DELAYS_S) else STORE_RETRY_MAX_S
+        why = store.health.last_reason or "no answer"
+        say(f"scriptgate: store {store.display} unreachable ({why}); retrying in {delay:g}s (attempt {attempt})")
+        await asyncio.sleep(delay)
+
+
+@dataclass
+class Startup:
+    """What one HTTP process does before "ready" (see the module docstring).
+
+    ``sources``: the ``--scripts`` files to upload (None: no --scripts). ``loaded``: with
+    several processes, a ``multiprocessing.Event`` set by the first process once the store
+    answered and the scripts are live; the others wait for it before loading the live
+    scripts, so the retry lines and the summary line come once, from the first process.
+    """
+
+    directory: str | None = None
+    sources: dict[str, str] | None = None
+    loaded: Any = None
+    first: bool = True
+
+    async def run(self, state: Any) -> None:
+        if not self.first:
+            while not await asyncio.to_thread(self.loaded.wait, 0.5):
+                pass  # a bounded wait, so a stop is not held up by the thread
+        upload = self.sources is not None and self.first and not (self.loaded is not None and self.loaded.is_set())
+        load = ScriptsLoad(self.directory or "")
+
+        async def step() -> None:
+            if upload:
+                assert self.sources is not None
+                await upload_scripts(state.store, self.sources, load)
+            await state.table.refresh()
+
+        await until_store_answers(state.store, step)
+        if upload:
+            say(load.summary())
+        if self.loaded is not None and self.first:
+            self.loaded.set()
 
 
 def _cannot_listen(host: str, port: int, exc: OSError) -> str:
@@ -196,20 +336,20 @@ def _check_joinable(reserved: socket.socket, host: str) -> None:
         probe.close()
 
 
-def run_process(cfg: Config, token: str, reuse_port: bool, load_scripts: bool) -> None:
+def run_process(cfg: Config, token: str, reuse_port: bool, startup: Startup) -> None:
     """Run one HTTP process on an event loop whose selector polls briefly while a sandbox
     call is out (``sandbox_spin_us``; see sandbox/spin.py)."""
     from sandbox.spin import loop_factory
 
     factory, selector = loop_factory(cfg.sandbox_spin_us)
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(serve_process(cfg, token, reuse_port, load_scripts, selector))
+        runner.run(serve_process(cfg, token, reuse_port, startup, selector))
 
 
-async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts: bool, selector: Any = None) -> None:
+async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Startup, selector: Any = None) -> None:
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
-    SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it is
-    ready to serve, so the kernel only sends it connections it can answer at once."""
+    SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
+    answer, so the kernel only sends it connections it can answer at once."""
     import tornado.httpserver
 
     from server.app import build_state, make_app, start_background, stop
@@ -232,11 +372,38 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
         try:
             sockets = listen_sockets(cfg.host, cfg.port, reuse_port=True)
         except SystemExit as exc:
-            print(exc.code, file=sys.stderr, flush=True)
+            say(exc.code)
             await stop(state)
-            raise SystemExit(EXIT_CANNOT_LISTEN) from None
+            raise SystemExit(EXIT_NO_RESTART) from None
+    # Callbacks are answered from now on: by the failure policy until the live scripts are
+    # known (dispatch.py), so OpenIM gets the answer the operator chose, not a network error.
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    starting = asyncio.create_task(startup.run(state), name="startup")
+    waiting = asyncio.create_task(stopped.wait())
+    await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    error = None
+    if not starting.done():
+        starting.cancel()
+        await asyncio.wait({starting})
+    elif starting.exception() is not None:
+        error = starting.exception()
+    if stopped.is_set() or error is not None:
+        server.stop()
+        await stop(state)
+        if isinstance(error, StartupError):
+            if reuse_port:  # one of several processes: the supervisor must not restart it
+                say(error)
+                raise SystemExit(EXIT_NO_RESTART)
+            raise SystemExit(str(error))
+        if error is not None:
+            raise error
+        return
     await start_background(state)
     # Everything built so far lives as long as the process: keep the cyclic GC from
     # walking it again and again (a full collection over it stalls every callback for
@@ -250,21 +417,12 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, load_scripts:
     else:
         where = redact_url(cfg.redis)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-    print(
+    live = len(state.table.snapshot())
+    say(
         f"scriptgate: ready on http://{host}:{port} (pid {os.getpid()}, store: {where}, "
-        f"{cfg.sandbox_workers} sandbox workers)",
-        file=sys.stderr,
-        flush=True,
+        f"{cfg.sandbox_workers} sandbox worker{'' if cfg.sandbox_workers == 1 else 's'}, "
+        f"{live} live script{'' if live == 1 else 's'})"
     )
-    if load_scripts and cfg.scripts_dir:
-        if state.store.healthy:
-            await load_scripts_dir(state, cfg.scripts_dir)
-        else:
-            state.tasks.append(asyncio.create_task(_load_scripts_with_retry(state, cfg.scripts_dir)))
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
     await stopped.wait()
     server.stop()
     with contextlib.suppress(Exception):
@@ -326,7 +484,7 @@ def supervise(workers: int, child_main: Any) -> int:
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
                 if not isinstance(exc.code, int) and exc.code:
-                    print(exc.code, file=sys.stderr, flush=True)
+                    say(exc.code)
             except BaseException:
                 log.exception("HTTP process %d failed", task_id)
                 code = 1
@@ -354,7 +512,7 @@ def supervise(workers: int, child_main: Any) -> int:
         if task_id is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
-        if code == EXIT_CANNOT_LISTEN:  # it said why; restarting would not help
+        if code == EXIT_NO_RESTART:  # it said why; restarting would not help
             on_signal(signal.SIGTERM, None)
             exit_code = 1
             continue
@@ -371,27 +529,29 @@ def supervise(workers: int, child_main: Any) -> int:
 
 
 def run(cfg: Config) -> int:
+    from server.catalog import catalog
+
     token, generated = resolve_token(cfg)
     if generated:
-        print(
-            f"scriptgate: admin token (generated; set SCRIPTGATE_ADMIN_TOKEN to choose one): {token}",
-            file=sys.stderr,
-            flush=True,
-        )
+        say(f"scriptgate: admin token (generated; set SCRIPTGATE_ADMIN_TOKEN to choose one): {token}")
     workers = cfg.workers or os.cpu_count() or 1
+    # Checked before anything starts: a bad script stops the start with its lines.
+    sources = read_scripts_dir(cfg.scripts_dir, catalog(), cfg.openim) if cfg.scripts_dir else None
     if workers == 1:
-        run_process(cfg, token, False, True)
+        run_process(cfg, token, False, Startup(cfg.scripts_dir, sources))
         return 0
     # Several processes, each with its own SO_REUSEPORT socket on one port, and one store.
     reserved = reserve_port(cfg.host, cfg.port)
     cfg.port = reserved[0].getsockname()[1]  # port 0 becomes the port every process binds
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="scriptgate-metrics-"))
     stop_embedded = None
+    loaded = multiprocessing.get_context("fork").Event()
 
     def child_main(task_id: int) -> None:
         for sock in reserved:  # the supervisor's; the process binds its own
             sock.close()
-        run_process(cfg, token, True, task_id == 0)
+        first = task_id == 0
+        run_process(cfg, token, True, Startup(cfg.scripts_dir, sources if first else None, loaded, first))
 
     try:
         if cfg.redis is None:

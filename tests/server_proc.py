@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -36,6 +37,42 @@ class ServerProc:
     proc: subprocess.Popen
     token: str = TOKEN
     output: list[str] = field(default_factory=list)
+    changed: threading.Condition = field(default_factory=threading.Condition)  # a line came, or EOF
+    eof: bool = False
+
+    def pump(self) -> None:
+        """Collect stderr lines (run in a thread); wakes ``wait_line`` callers."""
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self.changed:
+                self.output.append(line)
+                self.changed.notify_all()
+        with self.changed:
+            self.eof = True
+            self.changed.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float = 30, start: int = 0, count: int = 1) -> re.Match[str]:
+        """The ``count``-th stderr line from index ``start`` on that matches ``pattern`` (a
+        regex), waiting for it; AssertionError with the output if the process ends or time
+        runs out."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                found = [m for line in self.output[start:] if (m := regex.search(line))]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if self.eof or left <= 0:
+                    why = "the server exited" if self.eof else f"{timeout}s passed"
+                    raise AssertionError(f"no line matching {pattern!r} ({why}):\n" + "".join(self.output[-50:]))
+                self.changed.wait(left)
+
+    def index(self, pattern: str) -> int:
+        """Index of the first output line matching ``pattern`` (ValueError if none)."""
+        regex = re.compile(pattern)
+        with self.changed:
+            return next(i for i, line in enumerate(self.output) if regex.search(line))
 
     def request(self, method: str, path: str, body: bytes | str | None = None,
                 headers: dict[str, str] | None = None, token: str | bool | None = True,
@@ -81,9 +118,11 @@ class ServerProc:
         return self.proc.returncode
 
 
-def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: float = 30,
-                 token: str | None = TOKEN) -> ServerProc:
-    port = free_port()
+def launch_server(*args: str, env: dict[str, str] | None = None, token: str | None = TOKEN,
+                  port: int | None = None) -> ServerProc:
+    """Start ``scriptgate serve`` on 127.0.0.1 and return at once; its stderr is collected
+    into ``output`` (see ``wait_line``)."""
+    port = port or free_port()
     full_env = {**os.environ, **(env or {})}
     full_env.pop("SCRIPTGATE_ADMIN_TOKEN", None)
     if token:
@@ -96,20 +135,16 @@ def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: f
         cmd += ["--sandbox-workers", "2"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=full_env, cwd=ROOT, text=True)
     server = ServerProc(port, proc, token or "")
-    ready = threading.Event()
+    threading.Thread(target=server.pump, daemon=True).start()
+    return server
 
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            server.output.append(line)
-            if "ready on" in line:
-                ready.set()
-        ready.set()  # process exited
 
-    threading.Thread(target=pump, daemon=True).start()
-    deadline = time.monotonic() + ready_timeout
-    ready.wait(ready_timeout)
-    if proc.poll() is not None or time.monotonic() > deadline or not any("ready on" in x for x in server.output):
+def start_server(*args: str, env: dict[str, str] | None = None, ready_timeout: float = 30,
+                 token: str | None = TOKEN) -> ServerProc:
+    server = launch_server(*args, env=env, token=token)
+    try:
+        server.wait_line("ready on", ready_timeout)
+    except AssertionError as exc:
         server.stop()
-        raise RuntimeError("server did not start:\n" + "".join(server.output[-50:]))
+        raise RuntimeError(f"server did not start: {exc}") from None
     return server

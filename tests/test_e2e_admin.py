@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
+from server.catalog import catalog
+from server.samples import sample_bytes
+from tests.gojson import go_headers
 from tests.server_proc import start_server
 
 INVITE = "callbackBeforeInviteJoinGroupCommand"
@@ -21,6 +25,17 @@ def server():
     srv = start_server()
     yield srv
     srv.stop()
+
+
+ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def recent_iso(value: object) -> bool:
+    """An ISO-8601 UTC time with milliseconds, within a day of now (the admin JSON format)."""
+    if not isinstance(value, str) or not ISO_RE.match(value):
+        return False
+    when = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return abs((datetime.now(UTC) - when).total_seconds()) < 86400
 
 
 def unique(prefix: str) -> str:
@@ -87,6 +102,9 @@ def test_upload_versions_drafts_activate_rollback_delete(server):
 
     versions = server.request("GET", f"/admin/scripts/{cmd}/versions").json()["versions"]
     assert [v["version"] for v in versions][-2:] == [n1, n2]
+    assert all(recent_iso(v["created_at"]) for v in versions)
+    assert recent_iso(live["created_at"]) and recent_iso(live["updated_at"])
+    assert live["created_at"] <= live["updated_at"]
     assert server.request("GET", f"/admin/scripts/{cmd}/versions/{n2}").json()["source"] == v2
     assert server.request("GET", f"/admin/scripts/{cmd}/versions/9999").status == 404
 
@@ -101,7 +119,7 @@ def test_upload_versions_drafts_activate_rollback_delete(server):
 
     listing = server.request("GET", "/admin/scripts").json()["scripts"]
     entry = next(s for s in listing if s["command"] == cmd)
-    assert entry["active_version"] == n1 and n2 in entry["versions"] and entry["updated_at"] > 0
+    assert entry["active_version"] == n1 and n2 in entry["versions"] and recent_iso(entry["updated_at"])
 
     # delete stops the script; versions are kept
     r = server.request("DELETE", f"/admin/scripts/{cmd}")
@@ -115,7 +133,7 @@ def test_upload_versions_drafts_activate_rollback_delete(server):
     actions = [(e["action"], e["target"]) for e in audit if e["target"] == cmd]
     assert ("upload", cmd) in actions and ("delete", cmd) in actions
     assert any(e["action"] in ("activate", "rollback") and e["before"] == n2 and e["after"] == n1 for e in audit)
-    assert all(e["actor"] and e["ts"] for e in audit)
+    assert all(e["actor"] and recent_iso(e["ts"]) for e in audit)
 
 
 def test_invalid_script_422_with_line_and_col(server):
@@ -231,6 +249,25 @@ def test_test_endpoint_by_version_and_live(server):
     assert server.admin("POST", f"/admin/scripts/{FRIEND}/test", b"{bad").status == 400
 
 
+def test_test_endpoint_with_the_sample(server):
+    source = "def handle(req):\n    return deny(5001, 'no', req['groupID'] + ':' + ','.join(req['invitedUserIDs']))\n"
+    r = server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": True, "source": source})
+    assert r.status == 200, r.body
+    assert r.json()["reply"]["errDlt"] == "12345:user1,user2"  # the shipped sample's values
+    both = server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": True, "payload": PAYLOAD, "source": source})
+    assert both.status == 400 and "not both" in both.json()["message"]
+    assert server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": "yes", "source": source}).status == 400
+    neither = server.admin("POST", f"/admin/scripts/{INVITE}/test", {"sample": False, "source": source})
+    assert neither.status == 400 and '"sample": true' in neither.json()["message"]
+
+
+def test_every_sample_is_accepted_by_the_server(server):
+    for name in sorted(catalog().commands):
+        r = server.request("POST", f"/{name}", sample_bytes(name), headers=go_headers(), token=False)
+        assert r.status == 200, (name, r.body)
+        assert r.json()["actionCode"] == 0, name
+
+
 # --- KV -----------------------------------------------------------------------------------
 
 def test_kv_string_set_hash_list_roundtrip(server):
@@ -299,6 +336,8 @@ def test_scripts_see_admin_kv_data(server):
 def test_healthz_without_auth(server):
     r = server.request("GET", "/healthz", token=False)
     assert r.status == 200 and r.json()["status"] == "ok"
+    store = r.json()["store"]
+    assert recent_iso(store["last_ok"]) and store["down_since"] is None
 
 
 def test_metrics_prometheus_text(server):

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from tests.server_proc import start_server
+from tests.server_proc import launch_server, start_server
 from tests.timing import FAR_S, SLACK_S
 
 FRIEND = "callbackBeforeAddFriendCommand"
@@ -148,15 +148,20 @@ def test_redis_killed_mid_traffic_and_restarted(redis_factory):
 def test_redis_down_at_start(redis_factory):
     redis = redis_factory()
     redis.server.kill()
-    srv = start_server("--redis", redis.url, "--prefix", "down")
+    srv = launch_server("--redis", redis.url, "--prefix", "down")
     try:
+        # not "ready" while the store is down (the retry lines say why), yet callbacks are
+        # answered, by the failure policy
+        srv.wait_line(r"unreachable \(Connection refused\); retrying in 1s \(attempt 1\)")
         assert srv.request("GET", "/healthz", token=False).json()["status"] == "degraded"
         t0 = time.monotonic()
         assert srv.callback(FRIEND, {}).json() == ACK  # open policy while scripts are unknown
         assert time.monotonic() - t0 < 2.0 + SLACK_S
         assert srv.upload(FRIEND, "def handle(req):\n    return allow()\n").status == 503
+        assert not any("ready on" in line for line in srv.output)
         redis.server.start()
-        wait_for(lambda: srv.request("GET", "/healthz", token=False).json()["status"] == "ok", FAR_S, "recovery")
+        srv.wait_line("ready on")
+        assert srv.request("GET", "/healthz", token=False).json()["status"] == "ok"
         assert srv.upload(FRIEND, "def handle(req):\n    return deny(5001, 'up')\n").status == 201
         assert srv.callback(FRIEND, {}).json()["errMsg"] == "up"
     finally:

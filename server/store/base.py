@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.isotime import iso_utc
+
 
 class StoreError(Exception):
     """A request the store refuses (wrong key type, unknown version...). Maps to a 4xx."""
@@ -43,7 +45,7 @@ class VersionInfo:
             "version": self.version,
             "sha256": self.sha256,
             "size": self.size,
-            "created_at": self.created_at,
+            "created_at": iso_utc(self.created_at),
             "author": self.author,
         }
         if with_source:
@@ -65,7 +67,7 @@ class ScriptMeta:
             "active_version": self.active_version,
             "latest_version": self.latest_version,
             "versions": self.versions,
-            "updated_at": self.updated_at,
+            "updated_at": iso_utc(self.updated_at),
         }
 
 
@@ -91,7 +93,7 @@ class AuditEntry:
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "ts": self.ts,
+            "ts": iso_utc(self.ts),
             "actor": self.actor,
             "action": self.action,
             "target": self.target,

@@ -7,6 +7,7 @@ not an integer...), reported to the caller as a 4xx / KVError.
 from __future__ import annotations
 
 import asyncio
+import os
 
 from redis import exceptions as rex
 
@@ -43,6 +44,26 @@ def describe(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{name}: {text[:200]}" if text else name
+
+
+def reason(exc: BaseException) -> str:
+    """Why the store could not be reached, in a person's words: the operating system's
+    message when there is one ("Connection refused", "Name or service not known"), else
+    "timed out", else ``describe(exc)``."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, (TimeoutError, asyncio.TimeoutError, rex.TimeoutError)):
+            return "timed out"
+        if isinstance(cause, OSError):
+            # asyncio puts "Connect call failed (addr)" in strerror; the errno says it better.
+            if isinstance(cause.errno, int) and cause.errno > 0:
+                return os.strerror(cause.errno)
+            if cause.strerror:  # getaddrinfo's negative codes: "Name or service not known"
+                return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    return describe(exc)
 
 
 def reply_text(exc: rex.ResponseError) -> str:

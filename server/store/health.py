@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from server.store.errors import describe
+from server.isotime import iso_utc
+from server.store.errors import describe, reason
 
 log = logging.getLogger("scriptgate.store")
 
@@ -14,6 +15,7 @@ class Health:
     def __init__(self) -> None:
         self.healthy = False  # unknown until the first answer
         self.last_error: str | None = None
+        self.last_reason: str | None = None  # last_error as a person would say it (errors.reason)
         self.last_ok: float | None = None  # unix time of the last successful call
         self.down_since: float | None = time.time()
         self.failures = 0
@@ -29,6 +31,7 @@ class Health:
     def down(self, exc: BaseException) -> None:
         self.failures += 1
         self.last_error = describe(exc)
+        self.last_reason = reason(exc)
         if self.healthy:
             log.warning("redis unavailable: %s", self.last_error)
             self.healthy = False
@@ -38,7 +41,7 @@ class Health:
         return {
             "connected": self.healthy,
             "last_error": self.last_error,
-            "last_ok": self.last_ok,
-            "down_since": self.down_since,
+            "last_ok": iso_utc(self.last_ok),
+            "down_since": iso_utc(self.down_since),
             "failures": self.failures,
         }
