@@ -69,6 +69,10 @@ KVCall = Callable[[str, list], Awaitable[Any]]
 #   peek(op, args) -> (value, redis_key) | None   synchronous cache hit that the store will
 #                               invalidate through WorkerPool.invalidate(redis_key)
 _MAX_KEPT = 50_000  # Redis keys a worker may hold answers for (bounds the host's record)
+# ... and their bytes (key length + set overhead), so long key names cannot make the host's
+# record of them ~35 MB per worker.
+_MAX_KEPT_BYTES = 4 * 1024 * 1024
+_KEPT_OVERHEAD = 120
 _INV_ALL = protocol.encode({"t": protocol.INV, "all": True})
 
 _STARTING, _IDLE, _BUSY, _DEAD = "starting", "idle", "busy", "dead"
@@ -206,6 +210,7 @@ class _Worker:
         # Kept KV answers (sandbox/readcache.py): their scope and the Redis keys they hang on.
         self.scope: str | None = None
         self.kept: set[str] = set()
+        self.kept_bytes = 0
         self.key: str | None = None  # the command whose call holds it (FairQueue accounting)
         self.kv_since = 0.0  # loop time its call started waiting on the KV store (0: not waiting)
         self._poll_handle: asyncio.TimerHandle | None = None
@@ -784,9 +789,11 @@ class WorkerPool:
                 continue
             if key is None:
                 worker.kept.clear()
+                worker.kept_bytes = 0
                 worker.send(_INV_ALL)
             elif key in worker.kept:
                 worker.kept.discard(key)
+                worker.kept_bytes -= len(key) + _KEPT_OVERHEAD
                 worker.send(protocol.encode({"t": protocol.INV, "k": [key]}))
 
     def _keep_scope(self, worker: _Worker, kv: Any) -> str | None:
@@ -797,6 +804,7 @@ class WorkerPool:
         scope = kv.scope
         if worker.scope != scope:
             worker.kept.clear()  # the worker empties its cache when it sees a new scope
+            worker.kept_bytes = 0
             worker.scope = scope
         return scope
 
@@ -956,15 +964,19 @@ class WorkerPool:
             op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
         except KVError as exc:
             return error(protocol.KV_ERR, str(exc))
-        if keeper is not None and len(keeper.kept) < _MAX_KEPT:
+        if keeper is not None and len(keeper.kept) < _MAX_KEPT and keeper.kept_bytes < _MAX_KEPT_BYTES:
             # Synchronous: no invalidation can run between the hit and recording the key.
             hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
             if hit is not None:
-                keeper.kept.add(hit[1])
+                rkey = hit[1]
+                if rkey not in keeper.kept:
+                    keeper.kept.add(rkey)
+                    keeper.kept_bytes += len(rkey) + _KEPT_OVERHEAD
                 try:
-                    return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": hit[1]})
+                    return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": rkey})
                 except TypeError:
-                    keeper.kept.discard(hit[1])
+                    keeper.kept.discard(rkey)
+                    keeper.kept_bytes -= len(rkey) + _KEPT_OVERHEAD
         try:
             value = await kv(op.name, args)
         except KVError as exc:
