@@ -1142,6 +1142,7 @@ class WorkerPool:
             "share": self.share,
             "kv_waiting": self._kv_waiting,
             "extra_spawned": self.extra_spawned,
+            "kept_bytes": sum(w.kept_bytes for w in self._workers),
         }
 
     def fairness(self) -> dict[str, Any]:

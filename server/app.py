@@ -166,6 +166,8 @@ async def start_background(state: AppState) -> None:
     state.tasks.append(asyncio.create_task(state.table.watch(), name="scripts-watch"))
     if state.recorder is not None:
         state.tasks.append(asyncio.create_task(state.recorder.run(), name="recorder"))
+    from server.memory import MemoryWatch
+    state.tasks.append(asyncio.create_task(MemoryWatch(state).run(), name="memory-watch"))
 
 
 async def stop(state: AppState) -> None:

@@ -73,6 +73,9 @@ class Config:
     admin_token: str | None = None
     metrics_public: bool = False  # /metrics without the admin token
     trust_proxy: bool = False  # take the client address from X-Forwarded-For / X-Real-Ip
+    # Resident memory of one HTTP process above which it warns and drops its KV cache
+    # (server/memory.py); soft: nothing is refused.
+    memory_soft_limit_mb: int = 300
     defaults: CommandSettings = field(default_factory=CommandSettings)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -151,7 +154,7 @@ def _resolve(cfg: Config, command: str) -> CommandSettings:
 _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
-    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands",
+    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "memory_soft_limit_mb",
 }
 
 
@@ -205,7 +208,7 @@ def build(data: dict[str, Any], *, source_file: str | None = None, known_command
 def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
     if type(cfg.port) is not int or not 0 <= cfg.port <= 65535:
         raise ConfigError("port must be an integer in 0..65535")
-    for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes"):
+    for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes", "memory_soft_limit_mb"):
         value = getattr(cfg, key)
         if type(value) is not int or value < (0 if key == "workers" else 1):
             raise ConfigError(f"{key} must be a positive integer")
