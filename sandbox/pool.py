@@ -213,6 +213,8 @@ class _Worker:
         self.kept_bytes = 0
         self.key: str | None = None  # the command whose call holds it (FairQueue accounting)
         self.kv_since = 0.0  # loop time its call started waiting on the KV store (0: not waiting)
+        self.call_started = 0.0  # loop time its current call started (0: no call)
+        self.lowered = False  # runs at the lower CPU priority for this call
         self._poll_handle: asyncio.TimerHandle | None = None
         if isinstance(proc, ForkedProc):
             proc.on_exit = self._reap  # the template reaps it and reports the status
@@ -425,6 +427,9 @@ class WorkerPool:
         self._kv_waiting = 0
         self._stall_timer: asyncio.TimerHandle | None = None
         self._pending = 0  # replacement or extra workers scheduled but not yet in _workers
+        self.demote_after = 0.05
+        self._demote_timer: asyncio.TimerHandle | None = None
+        self.demoted = 0
         self.extra_spawned = 0
         self._tasks: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
@@ -452,8 +457,9 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closing = True
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
+        for timer in (self._stall_timer, self._demote_timer):
+            if timer is not None:
+                timer.cancel()
         for waiter in self._fair.drain():
             if not waiter.fut.done():
                 waiter.fut.cancel()
@@ -728,6 +734,26 @@ class WorkerPool:
                 return RunResult.failed(UNAVAILABLE, "sandbox is shutting down")
             raise
 
+    def _demote_tick(self) -> None:
+        """Lower the CPU priority of calls running longer than ``demote_after`` (callbacks
+        take a few ms; a call still running after 50 ms is a spin or a heavy script), so on
+        a host with fewer CPUs than workers they do not slow the short calls of others.
+        Runs while calls are out; one timer for the pool, not one per call."""
+        self._demote_timer = None
+        if self._closing:
+            return
+        now = self._loop.time()
+        running = False
+        for w in self._workers:
+            if w.call_started and w.state == _BUSY:
+                running = True
+                if not w.lowered and now - w.call_started >= self.demote_after:
+                    w.lowered = True
+                    self.demoted += 1
+                    self._set_priority(w.pid, starting=True)
+        if running:
+            self._demote_timer = self._loop.call_later(self.demote_after, self._demote_tick)
+
     # --- KV stalls ---------------------------------------------------------------------
 
     def _watch_stalls(self) -> None:
@@ -849,12 +875,16 @@ class WorkerPool:
     async def _call(self, worker: _Worker, key: str, source: str, sha256: str, payload_json: bytes,
                     budgets: Budgets, kv: KVCall, deadline: float) -> RunResult:
         loop = self._loop
-        # A command that hit its budgets lately runs at a lower CPU priority, so its spins
-        # take CPU from nobody while it is not boxed yet (needs the privilege to restore it).
-        lowered = self._base_nice is not None and self.box.suspect(key)
-        if lowered:
+        # A command that hit its budgets lately runs at a lower CPU priority from the start,
+        # any other call once it has run for `demote_after` (see _demote_tick), so long calls
+        # take CPU from nobody's short calls (needs the privilege to restore it: root).
+        worker.lowered = self._base_nice is not None and self.box.suspect(key)
+        if worker.lowered:
             self._set_priority(worker.pid, starting=True)
         start = loop.time()
+        worker.call_started = start
+        if self._base_nice is not None and self._demote_timer is None:
+            self._demote_timer = loop.call_later(self.demote_after, self._demote_tick)
         wall_limit = start + budgets.wall_ms / 1000 + self.grace
         limit = min(deadline, wall_limit)
         call_id = next(self._ids)
@@ -932,8 +962,10 @@ class WorkerPool:
         except BaseException:
             worker.kill("call failed in the host")
             raise
-        if lowered and worker.alive:
+        worker.call_started = 0.0
+        if worker.lowered and worker.alive:
             self._set_priority(worker.pid, starting=False)
+        worker.lowered = False
         self._unhold(worker, key)
         error = result.error
         self.box.record(key, error is not None and error.kind == BUDGET and not cut,
@@ -1143,6 +1175,7 @@ class WorkerPool:
             "kv_waiting": self._kv_waiting,
             "extra_spawned": self.extra_spawned,
             "kept_bytes": sum(w.kept_bytes for w in self._workers),
+            "demoted": self.demoted,
         }
 
     def fairness(self) -> dict[str, Any]:

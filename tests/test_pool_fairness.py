@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -291,5 +292,27 @@ def test_a_call_cut_by_its_request_deadline_is_not_a_strike(loop: asyncio.Abstra
             assert r.error is not None and "request deadline" in r.error.message
             assert pool.fairness()["penalty_box"]["boxed"] == {}
             gate.release.set()
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="restoring a worker's CPU priority needs root")
+def test_long_calls_and_suspect_commands_run_at_a_lower_priority(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        async with WorkerPool(size=2, box=BoxSettings(strikes=5)) as pool:
+            gate = Gate()
+            held = call(pool, GATED, "slow", kv=gate)  # a long call (waits on the store)
+            await gate.wait_reached(1)
+            await until(lambda: pool.stats()["demoted"] == 1)
+            pid = next(w.pid for w in pool._workers if w.key == "slow")
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, base + 10)
+            gate.release.set()
+            assert (await held).fields == {"passed": True}
+            assert os.getpriority(os.PRIO_PROCESS, pid) == base  # restored for the next call
+            # A command with a budget hit on record starts its next calls lowered.
+            r = await call(pool, SPIN, "hog", budgets=Budgets(steps=1000))
+            assert r.error is not None and r.error.kind == BUDGET
+            assert pool.box.suspect("hog") and not pool.box.suspect("slow")
 
     loop.run_until_complete(main())
