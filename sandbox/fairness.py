@@ -170,6 +170,18 @@ class PenaltyBox:
             e.probing += 1
         return None
 
+    def closed(self, key: str) -> str | None:
+        """For a call admitted earlier and still queued: the refusal if the key has been
+        boxed since (it must not run now), else None."""
+        e = self._entries.get(key)
+        if e is None:
+            return None
+        now = self.clock()
+        if now >= e.until:
+            return None
+        return self._refuse(key, f"penalty box: {key} keeps exceeding its budgets "
+                                 f"({e.last_reason}); refused for {e.until - now:.1f} s more")
+
     def _refuse(self, key: str, reason: str) -> str:
         self.refused[key] += 1
         self.refused_total += 1
@@ -212,6 +224,7 @@ class PenaltyBox:
         e.level += 1
         e.until = self.clock() + seconds
         e.probation = True
+        e.probing = 0
         e.recent.clear()
         self.boxed[key] += 1
         self.boxed_total += 1

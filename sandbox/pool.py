@@ -94,11 +94,13 @@ _ANON, _ADMIN = "", "\x00admin"
 class _Waiter:
     """A caller queued for a worker (``FairQueue`` item)."""
 
-    __slots__ = ("fut", "sha")
+    __slots__ = ("deadline", "fut", "refusal", "sha")
 
-    def __init__(self, fut: asyncio.Future[_Worker], sha: str) -> None:
+    def __init__(self, fut: asyncio.Future[_Worker | None], sha: str, deadline: float) -> None:
         self.fut = fut
         self.sha = sha
+        self.deadline = deadline
+        self.refusal: str | None = None  # set with a None result: why it gets no worker
 
     def done(self) -> bool:
         return self.fut.done()
@@ -428,6 +430,8 @@ class WorkerPool:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._pending = 0  # replacement or extra workers scheduled but not yet in _workers
         self.demote_after = 0.05
+        # A queued call whose deadline is closer than this gets no worker (see _dispatch).
+        self.min_start = 0.02
         self._demote_timer: asyncio.TimerHandle | None = None
         self.demoted = 0
         self.extra_spawned = 0
@@ -662,12 +666,25 @@ class WorkerPool:
             worker.kill("recycle: surplus worker after a KV stall")
 
     def _dispatch(self) -> None:
-        """Hand idle workers to waiters, fairest first (``FairQueue.next_waiter``)."""
+        """Hand idle workers to waiters, fairest first (``FairQueue.next_waiter``).
+
+        A waiter whose command was boxed while it queued, or whose deadline is too close
+        for a call to be worth starting (``min_start``), gets no worker: it would only be
+        killed at its deadline, and a killed worker must be replaced before anyone else
+        can use it."""
+        now = self._loop.time() if self._idle else 0.0
         while self._idle:
             nxt = self._fair.next_waiter()
             if nxt is None:
                 return
             key, waiter = nxt
+            refusal = self.box.closed(key)
+            if refusal is None and waiter.deadline - now < self.min_start:
+                refusal = "budget exceeded: wall time (no sandbox worker was free before the deadline)"
+            if refusal is not None:
+                waiter.refusal = refusal
+                waiter.fut.set_result(None)
+                continue
             worker = self._take_idle(waiter.sha)
             assert worker is not None
             self._fair.hold(key)
@@ -694,12 +711,13 @@ class WorkerPool:
             worker.key = None
         self._fair.unhold(key)
 
-    def _reclaim(self, fut: asyncio.Future[_Worker], key: str) -> None:
+    def _reclaim(self, fut: asyncio.Future[_Worker | None], key: str) -> None:
         # The waiter gave up (deadline or cancellation); if a worker was handed to it in
         # the meantime, give that worker to the next caller.
         if fut.done():
-            if not fut.cancelled() and fut.exception() is None:
+            if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
                 worker = fut.result()
+                assert worker is not None
                 self._unhold(worker, key)
                 self._release(worker)
         else:
@@ -719,12 +737,16 @@ class WorkerPool:
         # Bounded per command: a flooded command overflows its own queue only.
         if fair.queued(key) >= self.max_queue:
             return RunResult.failed(BUDGET, "sandbox overloaded")
-        fut: asyncio.Future[_Worker] = self._loop.create_future()
-        fair.push(key, _Waiter(fut, sha))
+        fut: asyncio.Future[_Worker | None] = self._loop.create_future()
+        waiter = _Waiter(fut, sha, deadline)
+        fair.push(key, waiter)
         self._watch_stalls()
         try:
             async with asyncio.timeout_at(deadline):
-                return await fut
+                got = await fut
+            if got is None:
+                return RunResult.failed(BUDGET, waiter.refusal or "sandbox unavailable")
+            return got
         except TimeoutError:
             self._reclaim(fut, key)
             return RunResult.failed(BUDGET, "budget exceeded: wall time (no sandbox worker was free before the deadline)")
@@ -943,8 +965,9 @@ class WorkerPool:
             if limit == wall_limit:
                 result = RunResult.failed(BUDGET, f"budget exceeded: wall time (limit {budgets.wall_ms} ms)")
             else:
-                # Cut by the request's deadline (time spent queued): not the script's fault.
-                cut = True
+                # Cut by the request's deadline after time spent queued: the script's fault
+                # only if it had run for half its wall budget by then.
+                cut = loop.time() - start < budgets.wall_ms / 2000
                 result = RunResult.failed(BUDGET, "budget exceeded: wall time (request deadline reached)")
         except _WorkerGone:
             result = await self._death_result(worker, budgets, limit)

@@ -316,3 +316,43 @@ def test_long_calls_and_suspect_commands_run_at_a_lower_priority(loop: asyncio.A
             assert pool.box.suspect("hog") and not pool.box.suspect("slow")
 
     loop.run_until_complete(main())
+
+
+def test_calls_queued_before_the_box_closed_do_not_run(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        box = BoxSettings(strikes=1, base_s=600.0, max_s=600.0)
+        async with WorkerPool(size=1, box=box, kv_extra=0) as pool:
+            gate = Gate()
+            holder = call(pool, GATED, "b", kv=gate)
+            await gate.wait_reached(1)
+            queued = [call(pool, ECHO, "hog", i=n) for n in range(3)]
+            await until(lambda: pool.stats()["queue"] == 3)
+            pool.box.record("hog", True, "budget exceeded: wall time")  # boxed meanwhile
+            calls = pool.stats()["calls"]
+            gate.release.set()
+            assert (await holder).fields == {"passed": True}
+            for q in queued:
+                r = await q
+                assert r.error is not None and r.error.message.startswith("penalty box: hog")
+            assert pool.stats()["calls"] == calls
+            assert (await call(pool, ECHO, "b", i=1)).fields == {"i": 1}
+
+    loop.run_until_complete(main())
+
+
+def test_a_queued_call_too_close_to_its_deadline_gets_no_worker(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        async with WorkerPool(size=1, kv_extra=0) as pool:
+            pool.min_start = 3600.0  # every queued call is "too close" to its deadline
+            gate = Gate()
+            holder = call(pool, GATED, "a", kv=gate)
+            await gate.wait_reached(1)
+            late = call(pool, ECHO, "b", i=1)
+            await until(lambda: pool.stats()["queue"] == 1)
+            gate.release.set()
+            assert (await holder).fields == {"passed": True}
+            r = await late
+            assert r.error is not None and "no sandbox worker was free" in r.error.message
+            assert pool.stats()["killed"] == 0
+
+    loop.run_until_complete(main())
