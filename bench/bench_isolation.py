@@ -168,6 +168,7 @@ def summary(lat: list[float]) -> dict[str, float]:
 async def victim_load(port: int, rate: float, duration: float, offset: int) -> dict[str, Any]:
     pool = Pool(port)
     lat: list[float] = []
+    when: list[float] = []
     codes: dict[str, int] = {}
     n = int(rate * duration)
     start = time.perf_counter()
@@ -179,6 +180,7 @@ async def victim_load(port: int, rate: float, duration: float, offset: int) -> d
         # From the schedule when the request had to wait for a connection (no coordinated
         # omission); else from the write, so the generator's timer lateness is not counted.
         lat.append(time.perf_counter() - scheduled if waited and pool.opened > 64 else elapsed)
+        when.append(scheduled - start)
         reply = json.loads(body)
         code = str(reply.get("errCode"))
         codes[code] = codes.get(code, 0) + 1
@@ -190,7 +192,12 @@ async def victim_load(port: int, rate: float, duration: float, offset: int) -> d
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(i, scheduled)))
     await asyncio.gather(*tasks)
-    return {"latency": summary(lat), "errCodes": codes, "failure_policy_replies": codes.get(str(VICTIM_FAIL), 0)}
+    windows = []  # p99 per 2-second window: a transient shows apart from a steady cost
+    for w in range(int(duration // 2)):
+        part = [x for x, t in zip(lat, when, strict=True) if 2 * w <= t < 2 * w + 2]
+        windows.append(summary(part)["p99_ms"])
+    return {"latency": summary(lat), "p99_ms_per_2s": windows, "errCodes": codes,
+            "failure_policy_replies": codes.get(str(VICTIM_FAIL), 0)}
 
 
 async def attacker_load(port: int, mode: str, concurrency: int, rate: float, stop: asyncio.Event) -> dict[str, Any]:
