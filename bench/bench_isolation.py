@@ -87,7 +87,8 @@ class Server:
         cfg.write_text(CONFIG)
         env = {**os.environ, "SCRIPTGATE_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(code)}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        # -P: the server imports from PYTHONPATH (--code), not from the working directory.
+        cmd = [sys.executable, "-P", "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                "--workers", "1", "--redis", redis_url, "--prefix", f"iso{free_port()}", "--config", str(cfg)]
         if sandbox_workers:
             cmd += ["--sandbox-workers", str(sandbox_workers)]
