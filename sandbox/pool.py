@@ -430,6 +430,7 @@ class WorkerPool:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._pending = 0  # replacement or extra workers scheduled but not yet in _workers
         self.demote_after = 0.05
+        self.demote_nice = 19  # the lowest priority: a spin gets only otherwise idle CPU
         # A queued call whose deadline is closer than this gets no worker (see _dispatch).
         self.min_start = 0.02
         self._demote_timer: asyncio.TimerHandle | None = None
@@ -497,7 +498,7 @@ class WorkerPool:
         # -P: no script dir on sys.path, -s: no user site, -B: never write .pyc
         return [sys.executable, "-P", "-s", "-B", "-m", "sandbox.worker", *tail]
 
-    def _set_priority(self, pid: int, starting: bool) -> None:
+    def _set_priority(self, pid: int, starting: bool, by: int = 10) -> None:
         """A starting worker (confinement; without the template also imports and warm-up:
         ~0.3 s of CPU) runs at a lower CPU priority, so a recycle or a replacement takes idle
         CPU instead of stalling live callbacks.
@@ -505,7 +506,7 @@ class WorkerPool:
         if self._base_nice is None:
             return
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, min(19, self._base_nice + 10) if starting else self._base_nice)
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, self._base_nice + by) if starting else self._base_nice)
 
     def _popen_args(self) -> dict[str, Any]:
         return {
@@ -772,7 +773,7 @@ class WorkerPool:
                 if not w.lowered and now - w.call_started >= self.demote_after:
                     w.lowered = True
                     self.demoted += 1
-                    self._set_priority(w.pid, starting=True)
+                    self._set_priority(w.pid, starting=True, by=self.demote_nice)
         if running:
             self._demote_timer = self._loop.call_later(self.demote_after, self._demote_tick)
 
@@ -902,7 +903,7 @@ class WorkerPool:
         # take CPU from nobody's short calls (needs the privilege to restore it: root).
         worker.lowered = self._base_nice is not None and self.box.suspect(key)
         if worker.lowered:
-            self._set_priority(worker.pid, starting=True)
+            self._set_priority(worker.pid, starting=True, by=self.demote_nice)
         start = loop.time()
         worker.call_started = start
         if self._base_nice is not None and self._demote_timer is None:
