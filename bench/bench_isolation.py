@@ -10,6 +10,9 @@ noisy: a victim command (the blocklist invite script, one KV read per call, clos
   attacker calls as there are sandbox workers, back to back (the attack of issue 15);
   "open" -- attacker calls at ``--attack-rate`` per second whatever the replies.
   Targets: victim p99 under attack at most 2x its baseline, 0 failure-policy replies.
+stall: Redis stops answering (CLIENT PAUSE ALL, 1 s of every 1.2 s) while a KV command
+  (the blocklist invite script) is called at 50/s; a command that makes no KV calls is
+  measured at ``--rate`` (2 sandbox workers, as in issue 15). Target: its p99 unchanged.
 rss: an attacker script writes then reads distinct 60 KB values (5 per call) through the
   real Redis with the client-side cache on; the HTTP process's resident memory is sampled
   throughout. Target: below 300 MB with default settings.
@@ -197,7 +200,9 @@ async def victim_load(port: int, rate: float, duration: float, offset: int) -> d
     for w in range(int(duration // 2)):
         part = [x for x, t in zip(lat, when, strict=True) if 2 * w <= t < 2 * w + 2]
         windows.append(summary(part)["p99_ms"])
+    slowest = sorted(zip(lat, when, strict=True), reverse=True)[:5]
     return {"latency": summary(lat), "p99_ms_per_2s": windows, "errCodes": codes,
+            "slowest": [{"ms": round(x * 1000, 1), "at_s": round(t, 3)} for x, t in slowest],
             "failure_policy_replies": codes.get(str(VICTIM_FAIL), 0)}
 
 
@@ -258,6 +263,91 @@ async def noisy_phase(srv: Server, args: argparse.Namespace, mode: str) -> dict[
             "healthz_fairness": health.get("fairness"), "healthz_sandbox": health.get("sandbox")}
 
 
+NOKV = "def handle(req):\n    return allow()\n"
+
+
+async def open_load(port: int, make: Any, rate: float, stop: asyncio.Event) -> dict[str, int]:
+    """Calls at ``rate`` until ``stop``, whatever the replies; errCode counts."""
+    pool = Pool(port)
+    codes: dict[str, int] = {}
+    tasks = []
+    started = time.perf_counter()
+    i = 0
+
+    async def one(n: int) -> None:
+        body, _ = await pool.call(make(port, n))
+        code = str(json.loads(body).get("errCode"))
+        codes[code] = codes.get(code, 0) + 1
+
+    while not stop.is_set():
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                break
+            except TimeoutError:
+                pass
+        tasks.append(asyncio.ensure_future(one(i)))
+        i += 1
+    await asyncio.gather(*tasks)
+    return codes
+
+
+async def nokv_load(port: int, rate: float, duration: float) -> dict[str, Any]:
+    pool = Pool(port)
+    lat: list[float] = []
+    codes: dict[str, int] = {}
+    start = time.perf_counter()
+    tasks = []
+
+    async def one(i: int) -> None:
+        body, elapsed = await pool.call(attacker_request(port, i))
+        lat.append(elapsed)
+        code = str(json.loads(body).get("errCode"))
+        codes[code] = codes.get(code, 0) + 1
+
+    for i in range(int(rate * duration)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i)))
+    await asyncio.gather(*tasks)
+    return {"latency": summary(lat), "errCodes": codes, "failure_policy_replies": codes.get(str(ATTACKER_FAIL), 0)}
+
+
+async def stall_phase(srv: Server, args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
+    import redis.asyncio as aredis
+
+    srv.put(ATTACKER, NOKV)  # the command without KV calls (the "victim" here)
+    srv.put(VICTIM, (ROOT / "scripts" / f"{VICTIM}.py").read_text())  # the KV command
+    await nokv_load(srv.port, args.rate, 2.0)
+    stop = asyncio.Event()
+    kv_calls = asyncio.ensure_future(open_load(srv.port, victim_request, 50.0, stop))
+    baseline = await nokv_load(srv.port, args.rate, args.duration)
+
+    pauser = aredis.Redis.from_url(redis_url)
+    pausing = asyncio.Event()
+
+    async def pause_loop() -> None:
+        while pausing.is_set():
+            await pauser.execute_command("CLIENT", "PAUSE", 1000, "ALL")
+            await asyncio.sleep(1.2)
+
+    pausing.set()
+    pauses = asyncio.ensure_future(pause_loop())
+    stalled = await nokv_load(srv.port, args.rate, args.duration)
+    health = srv.health()
+    pausing.clear()
+    await pauses
+    await pauser.execute_command("CLIENT", "UNPAUSE")
+    await pauser.aclose()
+    stop.set()
+    kv_codes = await kv_calls
+    b99, s99 = baseline["latency"]["p99_ms"], stalled["latency"]["p99_ms"]
+    return {"baseline": baseline, "during_stall": stalled, "kv_command_errCodes": kv_codes,
+            "p99_ratio": round(s99 / b99, 2) if b99 else None, "healthz_sandbox": health.get("sandbox")}
+
+
 async def rss_phase(srv: Server, args: argparse.Namespace) -> dict[str, Any]:
     srv.put(ATTACKER, FILL)
     pool = Pool(srv.port)
@@ -310,6 +400,13 @@ def markdown(res: dict[str, Any]) -> str:
                        f"| {u['p50_ms']} / {u['p99_ms']} / {u['max_ms']} | {ph['p99_ratio']}x "
                        f"| {ph['under_attack']['failure_policy_replies']} of {u['n']} "
                        f"| {a['calls']} ({a['errCodes'].get(str(ATTACKER_FAIL), 0)}) |")
+    if "stall" in res:
+        st = res["stall"]
+        b, u = st["baseline"]["latency"], st["during_stall"]["latency"]
+        out.append(f"\nKV stall: command without KV calls p50/p99/max {b['p50_ms']}/{b['p99_ms']}/{b['max_ms']} ms "
+                   f"before, {u['p50_ms']}/{u['p99_ms']}/{u['max_ms']} ms during ({st['p99_ratio']}x), "
+                   f"{st['during_stall']['failure_policy_replies']} failure-policy replies; KV command replies "
+                   f"{st['kv_command_errCodes']}")
     if "rss" in res:
         r = res["rss"]
         out.append(f"\nRSS under the cache-filling attack: {r['values_written_and_read']} distinct 60 KB values in "
@@ -345,6 +442,11 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 log(f"noisy neighbour, {mode} attack ...")
                 res["noisy"].append(await noisy_phase(srv, args, mode))
                 launcher.stop(srv.proc)
+        if args.only in (None, "stall"):
+            srv = Server(launcher, tmp, code, url, 2, "scriptgate-stall")
+            log("KV stall ...")
+            res["stall"] = await stall_phase(srv, args, url)
+            launcher.stop(srv.proc)
         if args.only in (None, "rss"):
             srv = Server(launcher, tmp, code, url, args.sandbox_workers, "scriptgate-rss")
             log("cache-filling attack ...")
@@ -365,7 +467,7 @@ def main() -> int:
     p.add_argument("--sandbox-workers", type=int, default=4)
     p.add_argument("--rss-calls", type=int, default=3000)
     p.add_argument("--rss-concurrency", type=int, default=4)
-    p.add_argument("--only", choices=["noisy", "rss"])
+    p.add_argument("--only", choices=["noisy", "stall", "rss"])
     p.add_argument("--code", help="checkout whose server to run (default: this one)")
     p.add_argument("--keep", action="store_true", help="keep the servers' logs (the temporary directory)")
     args = p.parse_args()
