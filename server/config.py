@@ -76,6 +76,8 @@ class Config:
     # Resident memory of one HTTP process above which it warns and drops its KV cache
     # (server/memory.py); soft: nothing is refused.
     memory_soft_limit_mb: int = 300
+    # [penalty_box] strikes, window, base_s, max_s, clean_reset (sandbox/fairness.py BoxSettings)
+    penalty_box: dict[str, Any] = field(default_factory=dict)
     defaults: CommandSettings = field(default_factory=CommandSettings)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -155,6 +157,7 @@ _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "memory_soft_limit_mb",
+    "penalty_box",
 }
 
 
@@ -212,6 +215,7 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         value = getattr(cfg, key)
         if type(value) is not int or value < (0 if key == "workers" else 1):
             raise ConfigError(f"{key} must be a positive integer")
+    _check_penalty_box(cfg.penalty_box)
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cfg.prefix):
@@ -237,6 +241,26 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         if known_commands is not None and command not in known_commands:
             raise ConfigError(f"record.commands.{command}: not an OpenIM callbackCommand")
         _check_command_settings(f"record.commands.{command}", _resolve(cfg, command))
+
+
+def _check_penalty_box(table: Any) -> None:
+    from sandbox.fairness import BoxSettings
+
+    if not isinstance(table, dict):
+        raise ConfigError("penalty_box must be a table")
+    known = {f.name for f in fields(BoxSettings)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"penalty_box: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        if type(value) not in (int, float) or value <= 0 or (key in ("strikes", "window", "clean_reset")
+                                                            and type(value) is not int):
+            raise ConfigError(f"penalty_box.{key} must be a positive number")
+
+
+def penalty_box_settings(cfg: Config) -> Any:
+    from sandbox.fairness import BoxSettings
+
+    return BoxSettings(**cfg.penalty_box)
 
 
 def admin_token_from_env(cfg: Config) -> str | None:
