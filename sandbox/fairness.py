@@ -33,18 +33,40 @@ T = TypeVar("T")
 
 
 class FairQueue(Generic[T]):
-    """Per-key FIFO queues of waiters (futures) with a per-key cap on held workers."""
+    """Per-key FIFO queues of waiters (futures) with a per-key cap on held workers.
+
+    Keys may belong to a *group* (the command's KV namespace, i.e. the team). Once keys of
+    two or more groups have been seen, a group too holds at most ``cap`` workers, and a
+    free worker goes to the group holding fewest first, then to its key holding fewest:
+    a team with several commands gets no more of the pool than a team with one. Keys
+    without a group (tests, admin checks) are not counted in any group."""
 
     def __init__(self, cap: int) -> None:
         self.cap = max(1, cap)
         self.held: collections.Counter[str] = collections.Counter()
+        self.group_held: collections.Counter[str] = collections.Counter()
+        self._group: dict[str, str] = {}  # key -> its group
+        self._groups: set[str] = set()
         self._queues: dict[str, collections.deque[Any]] = {}
         self._order: dict[str, int] = {}  # key -> ticket of its oldest waiter (tie-break)
         self._tickets = 0
 
+    def set_group(self, key: str, group: str | None) -> None:
+        if group is not None and self._group.get(key) != group and key not in self.held:
+            self._group[key] = group
+            self._groups.add(group)
+
+    def _below_caps(self, key: str) -> bool:
+        if self.held[key] >= self.cap:
+            return False
+        group = self._group.get(key)
+        if group is None or len(self._groups) < 2:
+            return True
+        return self.group_held[group] < self.cap
+
     def may_take(self, key: str) -> bool:
-        """The key may take a worker now (below its cap and nobody of its own queued first)."""
-        return self.held[key] < self.cap and not self._waiting(key)
+        """The key may take a worker now (below its caps and nobody of its own queued first)."""
+        return self._below_caps(key) and not self._waiting(key)
 
     def _waiting(self, key: str) -> bool:
         q = self._queues.get(key)
@@ -75,6 +97,9 @@ class FairQueue(Generic[T]):
 
     def hold(self, key: str) -> None:
         self.held[key] += 1
+        group = self._group.get(key)
+        if group is not None:
+            self.group_held[group] += 1
 
     def unhold(self, key: str) -> None:
         if key not in self.held:
@@ -84,14 +109,25 @@ class FairQueue(Generic[T]):
             self.held[key] = n
         else:
             del self.held[key]
+        group = self._group.get(key)
+        if group is not None and group in self.group_held:
+            g = self.group_held[group] - 1
+            if g > 0:
+                self.group_held[group] = g
+            else:
+                del self.group_held[group]
+
+    def _rank(self, key: str) -> tuple[int, int, int]:
+        group = self._group.get(key)
+        return (self.group_held[group] if group is not None else 0, self.held[key], self._order[key])
 
     def next_waiter(self) -> tuple[str, Any] | None:
         """Pop the waiter that should get the next free worker, or None."""
         best: str | None = None
         for key in list(self._queues):
-            if not self._waiting(key) or self.held[key] >= self.cap:
+            if not self._waiting(key) or not self._below_caps(key):
                 continue
-            if best is None or (self.held[key], self._order[key]) < (self.held[best], self._order[best]):
+            if best is None or self._rank(key) < self._rank(best):
                 best = key
         if best is None:
             return None
@@ -107,7 +143,7 @@ class FairQueue(Generic[T]):
         return best, fut
 
     def has_eligible(self) -> bool:
-        return any(self._waiting(k) and self.held[k] < self.cap for k in list(self._queues))
+        return any(self._waiting(k) and self._below_caps(k) for k in list(self._queues))
 
     def drain(self) -> list[Any]:
         out = [f for q in self._queues.values() for f in q]
@@ -115,9 +151,10 @@ class FairQueue(Generic[T]):
         self._order.clear()
         return out
 
-    def snapshot(self) -> dict[str, dict[str, int]]:
+    def snapshot(self) -> dict[str, dict[str, Any]]:
         keys = set(self.held) | set(self._queues)
-        return {k: {"held": self.held[k], "queued": self.queued(k)} for k in sorted(keys)}
+        return {k: {"held": self.held[k], "queued": self.queued(k), "namespace": self._group.get(k)}
+                for k in sorted(keys)}
 
 
 @dataclass(frozen=True)

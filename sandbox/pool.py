@@ -89,6 +89,7 @@ _CPU_RECYCLE_S = LIFETIME_CPU_S / 2
 
 # Callers that name no command (tests, tools) share one key; admin checks have their own.
 _ANON, _ADMIN = "", "\x00admin"
+_SURPLUS = "recycle: surplus worker after a KV stall"
 
 
 class _Waiter:
@@ -346,7 +347,9 @@ class WorkerPool:
       worker goes to the waiting command holding the fewest workers (max-min fairness),
       so several saturating commands split the pool evenly and a quiet one is served
       next. The queue limit (``max_queue``) is per command, so a flood overflows
-      ("sandbox overloaded") only the command that floods.
+      ("sandbox overloaded") only the command that floods. Once commands of two KV
+      namespaces have called, a namespace (a team) too holds at most ``share`` workers
+      and free workers go to the namespace holding fewest first.
     * The penalty box refuses, without taking a worker, the calls of a command that
       keeps hitting its budgets (3 of its last 10 calls by default): for 1 s, then 2, 4
       ... 60 s, one probation call at a time when the box opens. The refusal is a
@@ -383,7 +386,7 @@ class WorkerPool:
         share: int | None = None,
         box: BoxSettings | None = None,
         kv_extra: int | None = None,
-        kv_stall_ms: int = 20,
+        kv_stall_ms: int = 50,
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
@@ -435,7 +438,7 @@ class WorkerPool:
         self.min_start = 0.02
         self._demote_timer: asyncio.TimerHandle | None = None
         self.demoted = 0
-        self.extra_spawned = 0
+        self.extra_spawned = self.extra_stopped = 0
         self._tasks: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
         self._budget_wire: dict[Budgets, dict[str, int]] = {}
@@ -606,7 +609,9 @@ class WorkerPool:
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
         reason = worker.killed_reason or ""
-        if reason.startswith("recycle"):
+        if reason.startswith(_SURPLUS):
+            self.extra_stopped += 1
+        elif reason.startswith("recycle"):
             if not self._closing:
                 self.recycled += 1
         else:
@@ -664,7 +669,7 @@ class WorkerPool:
         self._dispatch()
         if worker.state == _IDLE and len(self._workers) > self.size + self._kv_waiting:
             # An extra worker started for a KV stall that is over: shrink back.
-            worker.kill("recycle: surplus worker after a KV stall")
+            worker.kill(_SURPLUS)
 
     def _dispatch(self) -> None:
         """Hand idle workers to waiters, fairest first (``FairQueue.next_waiter``).
@@ -724,11 +729,13 @@ class WorkerPool:
         else:
             fut.cancel()
 
-    async def _acquire(self, sha: str, deadline: float, key: str = _ANON) -> _Worker | RunResult:
+    async def _acquire(self, sha: str, deadline: float, key: str = _ANON,
+                       group: str | None = None) -> _Worker | RunResult:
         """A worker for one call of ``key``, held (``FairQueue``) until ``_unhold``."""
         if self._closing or not self._started:
             return RunResult.failed(UNAVAILABLE, "sandbox is not running")
         fair = self._fair
+        fair.set_group(key, group)
         if fair.may_take(key):
             worker = self._take_idle(sha)
             if worker is not None:
@@ -869,16 +876,18 @@ class WorkerPool:
         kv: KVCall,
         deadline: float,
         key: str = _ANON,
+        group: str | None = None,
     ) -> RunResult:
         """Run ``handle(payload)`` of ``source`` in a worker; always returns by ``deadline``.
 
         ``key`` names the caller's command: it gets its own queue and share of the
-        workers, and its own place in the penalty box (see the class docstring)."""
+        workers, and its own place in the penalty box; ``group`` its KV namespace, whose
+        commands share a namespace's share (see the class docstring)."""
         refused = self.box.admit(key)
         if refused is not None:
             return RunResult.failed(BUDGET, refused)
         while True:
-            acquired = await self._acquire(sha256, deadline, key)
+            acquired = await self._acquire(sha256, deadline, key, group)
             if isinstance(acquired, RunResult):
                 self.box.cancel(key)
                 return acquired
@@ -1198,6 +1207,7 @@ class WorkerPool:
             "share": self.share,
             "kv_waiting": self._kv_waiting,
             "extra_spawned": self.extra_spawned,
+            "extra_stopped": self.extra_stopped,
             "kept_bytes": sum(w.kept_bytes for w in self._workers),
             "demoted": self.demoted,
         }

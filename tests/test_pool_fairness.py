@@ -207,7 +207,7 @@ def test_a_saturating_command_waits_behind_itself_only(loop: asyncio.AbstractEve
             gate = Gate()
             hogs = [call(pool, GATED, "hog", kv=gate) for _ in range(6)]
             await gate.wait_reached(2)
-            await until(lambda: pool.fairness()["commands"]["hog"] == {"held": 2, "queued": 4})
+            await until(lambda: pool.fairness()["commands"]["hog"] == {"held": 2, "queued": 4, "namespace": None})
             # The third worker stays free for everyone else, as many calls as they like.
             for n in range(20):
                 assert (await call(pool, ECHO, "victim", i=n)).fields == {"i": n}
@@ -356,3 +356,27 @@ def test_a_queued_call_too_close_to_its_deadline_gets_no_worker(loop: asyncio.Ab
             assert pool.stats()["killed"] == 0
 
     loop.run_until_complete(main())
+
+
+def test_namespaces_share_like_commands() -> None:
+    q: FairQueue[_F] = FairQueue(cap=3)
+    for key, group in (("a1", "team-a"), ("a2", "team-a"), ("a3", "team-a")):
+        q.set_group(key, group)
+        assert q.may_take(key)  # one namespace seen so far: no namespace cap
+        q.hold(key)
+    q.set_group("a4", "team-a")
+    assert q.may_take("a4")  # still one namespace: a lone team may use the whole pool
+    q.set_group("b1", "team-b")
+    assert not q.may_take("a4") and q.may_take("b1")  # two teams: team-a is at its share
+    q.unhold("a3")
+    for n in range(2):
+        q.push("a4", _F(f"a4-{n}"))
+    q.push("b1", _F("b1-0"))
+    key, _w = q.next_waiter()
+    assert key == "b1"  # the team holding fewest first
+    q.hold(key)
+    key, _w = q.next_waiter()
+    assert key == "a4"
+    q.hold(key)
+    assert q.group_held == {"team-a": 3, "team-b": 1} and q.next_waiter() is None
+    assert q.snapshot()["a4"] == {"held": 1, "queued": 1, "namespace": "team-a"}
