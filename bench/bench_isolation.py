@@ -11,7 +11,7 @@ noisy: a victim command (the blocklist invite script, one KV read per call, clos
   "open" -- attacker calls at ``--attack-rate`` per second whatever the replies.
   Targets: victim p99 under attack at most 2x its baseline, 0 failure-policy replies.
 stall: Redis stops answering (CLIENT PAUSE ALL, 1 s of every 1.2 s) while a KV command
-  (the blocklist invite script) is called at 50/s; a command that makes no KV calls is
+  (one kv.incr per call: a write, never answered from the cache) is called at 50/s; a command that makes no KV calls is
   measured at ``--rate`` (2 sandbox workers, as in issue 15). Target: its p99 unchanged.
 rss: an attacker script writes then reads distinct 60 KB values (5 per call) through the
   real Redis with the client-side cache on; the HTTP process's resident memory is sampled
@@ -264,6 +264,8 @@ async def noisy_phase(srv: Server, args: argparse.Namespace, mode: str) -> dict[
 
 
 NOKV = "def handle(req):\n    return allow()\n"
+# A write: never answered from the client-side cache, so it waits on Redis every call.
+KVWRITE = "def handle(req):\n    kv.incr('stall:calls')\n    return allow()\n"
 
 
 async def open_load(port: int, make: Any, rate: float, stop: asyncio.Event) -> dict[str, int]:
@@ -319,7 +321,7 @@ async def stall_phase(srv: Server, args: argparse.Namespace, redis_url: str) -> 
     import redis.asyncio as aredis
 
     srv.put(ATTACKER, NOKV)  # the command without KV calls (the "victim" here)
-    srv.put(VICTIM, (ROOT / "scripts" / f"{VICTIM}.py").read_text())  # the KV command
+    srv.put(VICTIM, KVWRITE)  # the KV command
     await nokv_load(srv.port, args.rate, 2.0)
     stop = asyncio.Event()
     kv_calls = asyncio.ensure_future(open_load(srv.port, victim_request, 50.0, stop))
