@@ -57,6 +57,7 @@ from sandbox.api import (
     bounded,
 )
 from sandbox.confine import LIFETIME_CPU_S
+from sandbox.fairness import BoxSettings, FairQueue, PenaltyBox
 from sandbox.forker import ForkedProc, Forker, ForkError
 
 log = logging.getLogger("scriptgate.sandbox")
@@ -68,6 +69,10 @@ KVCall = Callable[[str, list], Awaitable[Any]]
 #   peek(op, args) -> (value, redis_key) | None   synchronous cache hit that the store will
 #                               invalidate through WorkerPool.invalidate(redis_key)
 _MAX_KEPT = 50_000  # Redis keys a worker may hold answers for (bounds the host's record)
+# ... and their bytes (key length + set overhead), so long key names cannot make the host's
+# record of them ~35 MB per worker.
+_MAX_KEPT_BYTES = 4 * 1024 * 1024
+_KEPT_OVERHEAD = 120
 _INV_ALL = protocol.encode({"t": protocol.INV, "all": True})
 
 _STARTING, _IDLE, _BUSY, _DEAD = "starting", "idle", "busy", "dead"
@@ -80,6 +85,26 @@ _MAX_LOG_LINES = 10_000
 # A worker that reports this much CPU used is replaced before its hard RLIMIT_CPU
 # (LIFETIME_CPU_S) could cut a legitimate call short.
 _CPU_RECYCLE_S = LIFETIME_CPU_S / 2
+
+
+# Callers that name no command (tests, tools) share one key; admin checks have their own.
+_ANON, _ADMIN = "", "\x00admin"
+_SURPLUS = "recycle: surplus worker after a KV stall"
+
+
+class _Waiter:
+    """A caller queued for a worker (``FairQueue`` item)."""
+
+    __slots__ = ("deadline", "fut", "refusal", "sha")
+
+    def __init__(self, fut: asyncio.Future[_Worker | None], sha: str, deadline: float) -> None:
+        self.fut = fut
+        self.sha = sha
+        self.deadline = deadline
+        self.refusal: str | None = None  # set with a None result: why it gets no worker
+
+    def done(self) -> bool:
+        return self.fut.done()
 
 
 class WorkerStartError(RuntimeError):
@@ -188,6 +213,11 @@ class _Worker:
         # Kept KV answers (sandbox/readcache.py): their scope and the Redis keys they hang on.
         self.scope: str | None = None
         self.kept: set[str] = set()
+        self.kept_bytes = 0
+        self.key: str | None = None  # the command whose call holds it (FairQueue accounting)
+        self.kv_since = 0.0  # loop time its call started waiting on the KV store (0: not waiting)
+        self.call_started = 0.0  # loop time its current call started (0: no call)
+        self.lowered = False  # runs at the lower CPU priority for this call
         self._poll_handle: asyncio.TimerHandle | None = None
         if isinstance(proc, ForkedProc):
             proc.on_exit = self._reap  # the template reaps it and reports the status
@@ -306,7 +336,36 @@ class _Worker:
 
 
 class WorkerPool:
-    """Pre-started sandbox workers; see the module docstring for the guarantees."""
+    """Pre-started sandbox workers; see the module docstring for the guarantees.
+
+    Sharing between commands (``run(key=command)``; ``sandbox/fairness.py``):
+
+    * Each command has its own FIFO queue and holds at most ``share`` workers at once
+      (default ``size - 1``, at least 1). A command whose calls all burn their wall budget
+      (``while True: pass``) fills only its own share and queue: every other command
+      still finds a free worker, at once when it is the only other one busy. A free
+      worker goes to the waiting command holding the fewest workers (max-min fairness),
+      so several saturating commands split the pool evenly and a quiet one is served
+      next. The queue limit (``max_queue``) is per command, so a flood overflows
+      ("sandbox overloaded") only the command that floods. Once commands of two KV
+      namespaces have called, a namespace (a team) too holds at most ``share`` workers
+      and free workers go to the namespace holding fewest first.
+    * The penalty box refuses, without taking a worker, the calls of a command that
+      keeps hitting its budgets (3 of its last 10 calls by default): for 1 s, then 2, 4
+      ... 60 s, one probation call at a time when the box opens. The refusal is a
+      ``budget`` error, so the dispatcher answers with the command's failure policy. A
+      command with a recent budget hit also runs at a lower CPU priority (when the host
+      may restore it: root), so its spins do not slow other commands' workers on a host
+      with fewer CPUs than workers.
+    * A call waiting on the KV store keeps its worker (the script's state lives there:
+      the worker cannot be handed to someone else mid-call). Instead, when callers are
+      queued and some calls have been waiting on the store for more than ``kv_stall_ms``,
+      the pool starts one extra worker per stalled call (at most ``kv_extra``, default
+      ``size``): the stalled calls use no CPU, so extra processes cost memory, not CPU,
+      and commands that make no KV calls keep running while Redis is slow. Extra workers
+      are stopped as they come free once the stall is over. A stall of a single command
+      is contained by its share already; the extras cover several stalled commands.
+    """
 
     def __init__(
         self,
@@ -324,6 +383,10 @@ class WorkerPool:
         test_hooks: bool = False,
         worker_cmd: list[str] | None = None,
         fork_template: bool = True,
+        share: int | None = None,
+        box: BoxSettings | None = None,
+        kv_extra: int | None = None,
+        kv_stall_ms: int = 50,
     ) -> None:
         if size < 1:
             raise ValueError("size must be at least 1")
@@ -359,7 +422,23 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._workers: set[_Worker] = set()
         self._idle: list[_Worker] = []
-        self._waiters: collections.deque[asyncio.Future[_Worker]] = collections.deque()
+        # Fair shares (see the class docstring): at most `share` workers per command.
+        self.share = share if share is not None else max(1, size - 1)
+        self._fair: FairQueue[_Waiter] = FairQueue(self.share)
+        self.box = PenaltyBox(box or BoxSettings())
+        # Workers started beyond `size` while calls wait on a stalled KV store.
+        self.kv_extra = kv_extra if kv_extra is not None else size
+        self.kv_stall = kv_stall_ms / 1000
+        self._kv_waiting = 0
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._pending = 0  # replacement or extra workers scheduled but not yet in _workers
+        self.demote_after = 0.05
+        self.demote_nice = 19  # the lowest priority: a spin gets only otherwise idle CPU
+        # A queued call whose deadline is closer than this gets no worker (see _dispatch).
+        self.min_start = 0.02
+        self._demote_timer: asyncio.TimerHandle | None = None
+        self.demoted = 0
+        self.extra_spawned = self.extra_stopped = 0
         self._tasks: set[asyncio.Task] = set()
         self._ids = itertools.count(1)
         self._budget_wire: dict[Budgets, dict[str, int]] = {}
@@ -386,10 +465,12 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closing = True
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.cancel()
+        for timer in (self._stall_timer, self._demote_timer):
+            if timer is not None:
+                timer.cancel()
+        for waiter in self._fair.drain():
+            if not waiter.fut.done():
+                waiter.fut.cancel()
         for task in list(self._tasks):
             task.cancel()
         workers = list(self._workers)
@@ -420,7 +501,7 @@ class WorkerPool:
         # -P: no script dir on sys.path, -s: no user site, -B: never write .pyc
         return [sys.executable, "-P", "-s", "-B", "-m", "sandbox.worker", *tail]
 
-    def _set_priority(self, pid: int, starting: bool) -> None:
+    def _set_priority(self, pid: int, starting: bool, by: int = 10) -> None:
         """A starting worker (confinement; without the template also imports and warm-up:
         ~0.3 s of CPU) runs at a lower CPU priority, so a recycle or a replacement takes idle
         CPU instead of stalling live callbacks.
@@ -428,7 +509,7 @@ class WorkerPool:
         if self._base_nice is None:
             return
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, min(19, self._base_nice + 10) if starting else self._base_nice)
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, self._base_nice + by) if starting else self._base_nice)
 
     def _popen_args(self) -> dict[str, Any]:
         return {
@@ -472,7 +553,7 @@ class WorkerPool:
             if self._forker is None and not self._closing:
                 self._template_died()
 
-    async def _spawn(self) -> _Worker:
+    async def _spawn(self, on_added: Callable[[], None] | None = None) -> _Worker:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             proc: subprocess.Popen | ForkedProc | None = None
@@ -498,6 +579,8 @@ class WorkerPool:
             pidfd = None
         worker = _Worker(self, proc, pidfd)
         self._workers.add(worker)
+        if on_added is not None:
+            on_added()
         self.spawned += 1
         try:
             parent_sock.setblocking(False)
@@ -526,49 +609,93 @@ class WorkerPool:
         with contextlib.suppress(ValueError):
             self._idle.remove(worker)
         reason = worker.killed_reason or ""
-        if reason.startswith("recycle"):
+        if reason.startswith(_SURPLUS):
+            self.extra_stopped += 1
+        elif reason.startswith("recycle"):
             if not self._closing:
                 self.recycled += 1
         else:
             self.killed += 1
         # A worker that never became ready is retried by whoever spawned it (_replace);
-        # replacing it here too would multiply spawns while something is broken.
-        if replace and not self._closing:
-            task = self._loop.create_task(self._replace())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        # replacing it here too would multiply spawns while something is broken. An extra
+        # worker (KV stall) is not replaced: the pool shrinks back to `size`.
+        if replace and not self._closing and len(self._workers) + self._pending < self.size:
+            self._schedule_spawn()
+        else:
+            self._dispatch()  # its holder's key may be below its share again
 
-    async def _replace(self) -> None:
+    def _schedule_spawn(self, extra: bool = False) -> None:
+        self._pending += 1
+        task = self._loop.create_task(self._replace(extra))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _replace(self, extra: bool = False) -> None:
         # Back off while spawning keeps failing (broken install, fork limits) instead of
         # burning CPU in a tight respawn loop; callers meanwhile wait or time out.
-        if self._spawn_failures:
-            await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self._spawn_failures, 6)))
+        added = False
+
+        def on_added() -> None:
+            nonlocal added
+            added = True
+            self._pending -= 1
+
         try:
-            await self._spawn()
+            if self._spawn_failures:
+                await asyncio.sleep(min(5.0, 0.1 * 2 ** min(self._spawn_failures, 6)))
+            await self._spawn(on_added)
             self._spawn_failures = 0
+            if extra:
+                self.extra_spawned += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._spawn_failures += 1
             log.error("could not start a replacement sandbox worker: %s", exc)
-            if not self._closing:
-                task = self._loop.create_task(self._replace())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            if not self._closing and not extra:
+                self._schedule_spawn()
+        finally:
+            if not added:
+                self._pending -= 1
 
     # --- handing out workers -----------------------------------------------------------
 
     def _release(self, worker: _Worker) -> None:
         if worker.state == _DEAD:
             return
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                worker.state = _BUSY
-                fut.set_result(worker)
-                return
         worker.state = _IDLE
+        worker.key = None
         self._idle.append(worker)
+        self._dispatch()
+        if worker.state == _IDLE and len(self._workers) > self.size + self._kv_waiting:
+            # An extra worker started for a KV stall that is over: shrink back.
+            worker.kill(_SURPLUS)
+
+    def _dispatch(self) -> None:
+        """Hand idle workers to waiters, fairest first (``FairQueue.next_waiter``).
+
+        A waiter whose command was boxed while it queued, or whose deadline is too close
+        for a call to be worth starting (``min_start``), gets no worker: it would only be
+        killed at its deadline, and a killed worker must be replaced before anyone else
+        can use it."""
+        now = self._loop.time() if self._idle else 0.0
+        while self._idle:
+            nxt = self._fair.next_waiter()
+            if nxt is None:
+                return
+            key, waiter = nxt
+            refusal = self.box.closed(key)
+            if refusal is None and waiter.deadline - now < self.min_start:
+                refusal = "budget exceeded: wall time (no sandbox worker was free before the deadline)"
+            if refusal is not None:
+                waiter.refusal = refusal
+                waiter.fut.set_result(None)
+                continue
+            worker = self._take_idle(waiter.sha)
+            assert worker is not None
+            self._fair.hold(key)
+            worker.key = key
+            waiter.fut.set_result(worker)
 
     def _take_idle(self, sha: str) -> _Worker | None:
         idle = self._idle
@@ -584,36 +711,98 @@ class WorkerPool:
         worker.state = _BUSY
         return worker
 
-    def _reclaim(self, fut: asyncio.Future[_Worker]) -> None:
+    def _unhold(self, worker: _Worker, key: str) -> None:
+        """The call of ``key`` is over with ``worker`` (which may be dead already)."""
+        if worker.key == key:
+            worker.key = None
+        self._fair.unhold(key)
+
+    def _reclaim(self, fut: asyncio.Future[_Worker | None], key: str) -> None:
         # The waiter gave up (deadline or cancellation); if a worker was handed to it in
         # the meantime, give that worker to the next caller.
         if fut.done():
-            if not fut.cancelled() and fut.exception() is None:
-                self._release(fut.result())
+            if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+                worker = fut.result()
+                assert worker is not None
+                self._unhold(worker, key)
+                self._release(worker)
         else:
             fut.cancel()
 
-    async def _acquire(self, sha: str, deadline: float) -> _Worker | RunResult:
+    async def _acquire(self, sha: str, deadline: float, key: str = _ANON,
+                       group: str | None = None) -> _Worker | RunResult:
+        """A worker for one call of ``key``, held (``FairQueue``) until ``_unhold``."""
         if self._closing or not self._started:
             return RunResult.failed(UNAVAILABLE, "sandbox is not running")
-        worker = self._take_idle(sha)
-        if worker is not None:
-            return worker
-        if sum(1 for f in self._waiters if not f.done()) >= self.max_queue:
+        fair = self._fair
+        fair.set_group(key, group)
+        if fair.may_take(key):
+            worker = self._take_idle(sha)
+            if worker is not None:
+                fair.hold(key)
+                worker.key = key
+                return worker
+        # Bounded per command: a flooded command overflows its own queue only.
+        if fair.queued(key) >= self.max_queue:
             return RunResult.failed(BUDGET, "sandbox overloaded")
-        fut: asyncio.Future[_Worker] = self._loop.create_future()
-        self._waiters.append(fut)
+        fut: asyncio.Future[_Worker | None] = self._loop.create_future()
+        waiter = _Waiter(fut, sha, deadline)
+        fair.push(key, waiter)
+        self._watch_stalls()
         try:
             async with asyncio.timeout_at(deadline):
-                return await fut
+                got = await fut
+            if got is None:
+                return RunResult.failed(BUDGET, waiter.refusal or "sandbox unavailable")
+            return got
         except TimeoutError:
-            self._reclaim(fut)
+            self._reclaim(fut, key)
             return RunResult.failed(BUDGET, "budget exceeded: wall time (no sandbox worker was free before the deadline)")
         except asyncio.CancelledError:
-            self._reclaim(fut)
+            self._reclaim(fut, key)
             if self._closing and fut.cancelled():
                 return RunResult.failed(UNAVAILABLE, "sandbox is shutting down")
             raise
+
+    def _demote_tick(self) -> None:
+        """Lower the CPU priority of calls running longer than ``demote_after`` (callbacks
+        take a few ms; a call still running after 50 ms is a spin or a heavy script), so on
+        a host with fewer CPUs than workers they do not slow the short calls of others.
+        Runs while calls are out; one timer for the pool, not one per call."""
+        self._demote_timer = None
+        if self._closing:
+            return
+        now = self._loop.time()
+        running = False
+        for w in self._workers:
+            if w.call_started and w.state == _BUSY:
+                running = True
+                if not w.lowered and now - w.call_started >= self.demote_after:
+                    w.lowered = True
+                    self.demoted += 1
+                    self._set_priority(w.pid, starting=True, by=self.demote_nice)
+        if running:
+            self._demote_timer = self._loop.call_later(self.demote_after, self._demote_tick)
+
+    # --- KV stalls ---------------------------------------------------------------------
+
+    def _watch_stalls(self) -> None:
+        if self._stall_timer is None and self.kv_extra > 0 and not self._closing:
+            self._stall_timer = self._loop.call_later(self.kv_stall, self._check_stalls)
+
+    def _check_stalls(self) -> None:
+        """Callers are queued: start an extra worker for each call that has been waiting
+        on the KV store longer than ``kv_stall`` (up to ``kv_extra``), so calls that make
+        no KV calls are not held up by a slow store."""
+        self._stall_timer = None
+        if self._closing or not self._fair.has_eligible():
+            return
+        now = self._loop.time()
+        stalled = sum(1 for w in self._workers if w.kv_since and now - w.kv_since >= self.kv_stall)
+        want = self.size + min(stalled, self.kv_extra)
+        for _ in range(want - len(self._workers) - self._pending):
+            self._schedule_spawn(extra=True)
+        self._watch_stalls()
 
     def _finish(self, worker: _Worker, result: RunResult | None) -> None:
         """Return a worker after a call, or retire it."""
@@ -656,9 +845,11 @@ class WorkerPool:
                 continue
             if key is None:
                 worker.kept.clear()
+                worker.kept_bytes = 0
                 worker.send(_INV_ALL)
             elif key in worker.kept:
                 worker.kept.discard(key)
+                worker.kept_bytes -= len(key) + _KEPT_OVERHEAD
                 worker.send(protocol.encode({"t": protocol.INV, "k": [key]}))
 
     def _keep_scope(self, worker: _Worker, kv: Any) -> str | None:
@@ -669,6 +860,7 @@ class WorkerPool:
         scope = kv.scope
         if worker.scope != scope:
             worker.kept.clear()  # the worker empties its cache when it sees a new scope
+            worker.kept_bytes = 0
             worker.scope = scope
         return scope
 
@@ -683,17 +875,48 @@ class WorkerPool:
         budgets: Budgets,
         kv: KVCall,
         deadline: float,
+        key: str = _ANON,
+        group: str | None = None,
     ) -> RunResult:
-        """Run ``handle(payload)`` of ``source`` in a worker; always returns by ``deadline``."""
-        loop = self._loop or asyncio.get_running_loop()
+        """Run ``handle(payload)`` of ``source`` in a worker; always returns by ``deadline``.
+
+        ``key`` names the caller's command: it gets its own queue and share of the
+        workers, and its own place in the penalty box; ``group`` its KV namespace, whose
+        commands share a namespace's share (see the class docstring)."""
+        refused = self.box.admit(key)
+        if refused is not None:
+            return RunResult.failed(BUDGET, refused)
         while True:
-            acquired = await self._acquire(sha256, deadline)
+            acquired = await self._acquire(sha256, deadline, key, group)
             if isinstance(acquired, RunResult):
+                self.box.cancel(key)
                 return acquired
             if acquired.alive:
                 break
+            self._unhold(acquired, key)
         worker = acquired
+        try:
+            result = await self._call(worker, key, source, sha256, payload_json, budgets, kv, deadline)
+        except BaseException:
+            self._unhold(worker, key)
+            self._dispatch()
+            self.box.cancel(key)
+            raise
+        return result
+
+    async def _call(self, worker: _Worker, key: str, source: str, sha256: str, payload_json: bytes,
+                    budgets: Budgets, kv: KVCall, deadline: float) -> RunResult:
+        loop = self._loop
+        # A command that hit its budgets lately runs at a lower CPU priority from the start,
+        # any other call once it has run for `demote_after` (see _demote_tick), so long calls
+        # take CPU from nobody's short calls (needs the privilege to restore it: root).
+        worker.lowered = self._base_nice is not None and self.box.suspect(key)
+        if worker.lowered:
+            self._set_priority(worker.pid, starting=True, by=self.demote_nice)
         start = loop.time()
+        worker.call_started = start
+        if self._base_nice is not None and self._demote_timer is None:
+            self._demote_timer = loop.call_later(self.demote_after, self._demote_tick)
         wall_limit = start + budgets.wall_ms / 1000 + self.grace
         limit = min(deadline, wall_limit)
         call_id = next(self._ids)
@@ -707,6 +930,7 @@ class WorkerPool:
         self.calls += 1
         kv_ops = 0
         result: RunResult | None = None
+        cut = False
         try:
             async with asyncio.timeout_at(limit):
                 fut = worker.expect()
@@ -729,11 +953,15 @@ class WorkerPool:
                                 RunResult.failed(BUDGET, f"budget exceeded: kv operations (limit {budgets.kv_ops})"),
                             )
                         worker.kv_task = asyncio.current_task()
+                        worker.kv_since = loop.time()
+                        self._kv_waiting += 1
                         try:
                             reply = await self._kv_reply(msg, call_id, budgets, kv,
                                                          worker if scope is not None else None)
                         finally:
                             worker.kv_task = None
+                            worker.kv_since = 0.0
+                            self._kv_waiting -= 1
                         fut = worker.expect()
                         worker.send(reply)
                     elif kind == protocol.NEED and "src" not in head:
@@ -747,6 +975,9 @@ class WorkerPool:
             if limit == wall_limit:
                 result = RunResult.failed(BUDGET, f"budget exceeded: wall time (limit {budgets.wall_ms} ms)")
             else:
+                # Cut by the request's deadline after time spent queued: the script's fault
+                # only if it had run for half its wall budget by then.
+                cut = loop.time() - start < budgets.wall_ms / 2000
                 result = RunResult.failed(BUDGET, "budget exceeded: wall time (request deadline reached)")
         except _WorkerGone:
             result = await self._death_result(worker, budgets, limit)
@@ -764,7 +995,17 @@ class WorkerPool:
         except BaseException:
             worker.kill("call failed in the host")
             raise
+        worker.call_started = 0.0
+        if worker.lowered and worker.alive:
+            self._set_priority(worker.pid, starting=False)
+        worker.lowered = False
+        self._unhold(worker, key)
+        error = result.error
+        self.box.record(key, error is not None and error.kind == BUDGET and not cut,
+                        error.message if error is not None else "")
         self._finish(worker, result)
+        if not worker.alive:
+            self._dispatch()
         # Answers a worker kept never reach us: take its count, capped by the budget.
         result.kv_ops = max(kv_ops, min(result.kv_ops, budgets.kv_ops))
         result.elapsed_ms = round((loop.time() - start) * 1000, 3)
@@ -788,15 +1029,19 @@ class WorkerPool:
             op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
         except KVError as exc:
             return error(protocol.KV_ERR, str(exc))
-        if keeper is not None and len(keeper.kept) < _MAX_KEPT:
+        if keeper is not None and len(keeper.kept) < _MAX_KEPT and keeper.kept_bytes < _MAX_KEPT_BYTES:
             # Synchronous: no invalidation can run between the hit and recording the key.
             hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
             if hit is not None:
-                keeper.kept.add(hit[1])
+                rkey = hit[1]
+                if rkey not in keeper.kept:
+                    keeper.kept.add(rkey)
+                    keeper.kept_bytes += len(rkey) + _KEPT_OVERHEAD
                 try:
-                    return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": hit[1]})
+                    return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": rkey})
                 except TypeError:
-                    keeper.kept.discard(hit[1])
+                    keeper.kept.discard(rkey)
+                    keeper.kept_bytes -= len(rkey) + _KEPT_OVERHEAD
         try:
             value = await kv(op.name, args)
         except KVError as exc:
@@ -862,16 +1107,25 @@ class WorkerPool:
         loop = self._loop or asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            acquired = await self._acquire("", deadline)
+            acquired = await self._acquire("", deadline, _ADMIN)
             if isinstance(acquired, RunResult):
                 message = acquired.error.message if acquired.error else "sandbox unavailable"
                 return [CompileIssue(1, 0, f"could not validate the script now: {message}")]
             if acquired.alive:
                 break
+            self._unhold(acquired, _ADMIN)
         worker = acquired
+        try:
+            return await self._check(worker, source, deadline, timeout)
+        finally:
+            self._unhold(worker, _ADMIN)
+            self._dispatch()
+
+    async def _check(self, worker: _Worker, source: str, deadline: float, timeout: float) -> list[CompileIssue]:
+        loop = self._loop
         call_id = next(self._ids)
         worker.calls += 1
-        issues: list[CompileIssue] | None = None
+        issues: list[CompileIssue] = []
         try:
             async with asyncio.timeout_at(deadline):
                 fut = worker.expect()
@@ -910,10 +1164,11 @@ class WorkerPool:
         if not self._test_hooks:
             raise RuntimeError("probes need WorkerPool(test_hooks=True)")
         loop = self._loop
-        acquired = await self._acquire("", loop.time() + timeout)
+        acquired = await self._acquire("", loop.time() + timeout, _ADMIN)
         if isinstance(acquired, RunResult):
             raise RuntimeError(str(acquired.error))
         worker = acquired
+        self._unhold(worker, _ADMIN)  # test-only: no fair-share accounting needed
         try:
             async with asyncio.timeout(timeout):
                 fut = worker.expect()
@@ -947,9 +1202,19 @@ class WorkerPool:
             "killed": self.killed,
             "recycled": self.recycled,
             "recycle_skipped": self.recycle_skipped,
-            "queue": sum(1 for f in self._waiters if not f.done()),
+            "queue": self._fair.total_queued(),
             "calls": self.calls,
+            "share": self.share,
+            "kv_waiting": self._kv_waiting,
+            "extra_spawned": self.extra_spawned,
+            "extra_stopped": self.extra_stopped,
+            "kept_bytes": sum(w.kept_bytes for w in self._workers),
+            "demoted": self.demoted,
         }
+
+    def fairness(self) -> dict[str, Any]:
+        """Per-command holdings and queues, and the penalty box (for /healthz)."""
+        return {"share": self.share, "commands": self._fair.snapshot(), "penalty_box": self.box.snapshot()}
 
     def confinement(self) -> list[dict[str, Any]]:
         """What each live worker reported about its confinement (for logs and tests)."""

@@ -15,7 +15,7 @@ import tornado.web
 
 from server import lint
 from server.catalog import Catalog, catalog
-from server.config import Config
+from server.config import Config, penalty_box_settings
 from server.dispatch import Dispatcher
 from server.http_admin import routes as admin_routes
 from server.http_callback import CallbackHandler
@@ -111,7 +111,7 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
         store = await open_store(config.redis, prefix=config.prefix)
     if pool is None:
         pool = WorkerPool(size=config.sandbox_workers, memory_mb=config.defaults.budgets.memory_mb,
-                          spin_us=config.sandbox_spin_us)
+                          spin_us=config.sandbox_spin_us, box=penalty_box_settings(config))
         await pool.start()
     if getattr(store, "kv_keeps", False) is True and hasattr(pool, "invalidate"):
         store.kv_listen(pool.invalidate)  # workers keep KV answers only while told of changes
@@ -172,6 +172,8 @@ async def start_background(state: AppState) -> None:
     state.tasks.append(asyncio.create_task(state.table.watch(), name="scripts-watch"))
     if state.recorder is not None:
         state.tasks.append(asyncio.create_task(state.recorder.run(), name="recorder"))
+    from server.memory import MemoryWatch
+    state.tasks.append(asyncio.create_task(MemoryWatch(state).run(), name="memory-watch"))
 
 
 async def stop(state: AppState) -> None:

@@ -85,6 +85,11 @@ class Config:
     admin_token: str | None = None
     metrics_public: bool = False  # /metrics without the admin token
     trust_proxy: bool = False  # take the client address from X-Forwarded-For / X-Real-Ip
+    # Resident memory of one HTTP process above which it warns and drops its KV cache
+    # (server/memory.py); soft: nothing is refused.
+    memory_soft_limit_mb: int = 300
+    # [penalty_box] strikes, window, base_s, max_s, clean_reset (sandbox/fairness.py BoxSettings)
+    penalty_box: dict[str, Any] = field(default_factory=dict)
     defaults: CommandSettings = field(default_factory=CommandSettings)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -167,7 +172,8 @@ def _resolve(cfg: Config, command: str) -> CommandSettings:
 _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
-    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim",
+    "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim", "memory_soft_limit_mb",
+    "penalty_box",
 }
 
 
@@ -221,10 +227,11 @@ def build(data: dict[str, Any], *, source_file: str | None = None, known_command
 def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
     if type(cfg.port) is not int or not 0 <= cfg.port <= 65535:
         raise ConfigError("port must be an integer in 0..65535")
-    for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes"):
+    for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes", "memory_soft_limit_mb"):
         value = getattr(cfg, key)
         if type(value) is not int or value < (0 if key == "workers" else 1):
             raise ConfigError(f"{key} must be a positive integer")
+    _check_penalty_box(cfg.penalty_box)
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if cfg.openim not in OPENIM_LINES:
@@ -252,6 +259,26 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         if known_commands is not None and command not in known_commands:
             raise ConfigError(f"record.commands.{command}: not an OpenIM callbackCommand")
         _check_command_settings(f"record.commands.{command}", _resolve(cfg, command))
+
+
+def _check_penalty_box(table: Any) -> None:
+    from sandbox.fairness import BoxSettings
+
+    if not isinstance(table, dict):
+        raise ConfigError("penalty_box must be a table")
+    known = {f.name for f in fields(BoxSettings)}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"penalty_box: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        if type(value) not in (int, float) or value <= 0 or (key in ("strikes", "window", "clean_reset")
+                                                            and type(value) is not int):
+            raise ConfigError(f"penalty_box.{key} must be a positive number")
+
+
+def penalty_box_settings(cfg: Config) -> Any:
+    from sandbox.fairness import BoxSettings
+
+    return BoxSettings(**cfg.penalty_box)
 
 
 def admin_token_from_env(cfg: Config) -> str | None:

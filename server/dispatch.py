@@ -272,6 +272,8 @@ class Dispatcher:
                     budgets=settings.budgets,
                     kv=self.kv_for(settings.namespace),
                     deadline=deadline,
+                    key=command.name,  # own queue, share of workers and penalty box
+                    group=settings.namespace,
                 ),
                 timeout=max(0.0, deadline - loop.time()) + REPLY_MARGIN_S / 2,
             )

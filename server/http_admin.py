@@ -18,6 +18,7 @@ import tornado.web
 
 from server.config import NAMESPACE_RE
 from server.http_common import BodyTooLarge, JSONErrorMixin, StreamedBody, client_allowed
+from server.memory import isolation_health
 from server.samples import sample
 from server.store.base import StoreError, StoreUnavailable
 
@@ -509,6 +510,7 @@ class HealthHandler(JSONErrorMixin):
             "scripts_loaded": state.table.loaded,
             "live_scripts": len(state.table.snapshot()),
             "sandbox": state.pool.stats(),
+            **isolation_health(state),
             "uptime_s": round(time.time() - state.started_at, 1),
         }
         strict = self.get_query_argument("strict", "0") in ("1", "true")
@@ -524,6 +526,7 @@ class MetricsHandler(AdminHandler):
 
     def get(self) -> None:
         self.state.metrics.store_up.set(1 if self.state.store.healthy else 0)
+        self.state.metrics.refresh(self.state)
         self.set_header("Content-Type", self.state.metrics.content_type)
         self.finish(self.state.metrics.render())
 

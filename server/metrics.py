@@ -1,4 +1,5 @@
-"""Prometheus metrics: calls, verdicts, script errors and latency per command; recordings.
+"""Prometheus metrics: calls, verdicts, script errors and latency per command; recordings;
+the penalty box; the bytes the process holds for scripts (``server/memory.py``).
 
 With several HTTP processes (``--workers N``) prometheus-client's multiprocess mode is
 used (``PROMETHEUS_MULTIPROC_DIR`` is set by the CLI before this module is imported), so
@@ -8,6 +9,7 @@ used (``PROMETHEUS_MULTIPROC_DIR`` is set by the CLI before this module is impor
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -85,7 +87,73 @@ class Metrics:
             ["source"],
             registry=reg,
         )
+        self.penalty_boxes = Counter(
+            "scriptgate_penalty_box_total",
+            "Times a command was put in the penalty box (its calls kept exceeding their budgets)",
+            ["command"], registry=reg,
+        )
+        self.penalty_refused = Counter(
+            "scriptgate_penalty_box_refused_total",
+            "Callbacks answered with the failure policy without running, the command being in the penalty box",
+            ["command"], registry=reg,
+        )
+        self.penalty_boxed = Gauge(
+            "scriptgate_penalty_boxed",
+            "1 while the command is in the penalty box (in any HTTP process)",
+            ["command"], registry=reg, multiprocess_mode="livemax",
+        )
+        self.memory = Gauge(
+            "scriptgate_host_memory_bytes",
+            "Bytes the HTTP processes hold, by what: rss, kv_cache, recording_queue, worker_kept "
+            "(and their limits: *_limit)",
+            ["what"], registry=reg, multiprocess_mode="livesum",
+        )
+        self.kv_cache_ns = Gauge(
+            "scriptgate_kv_cache_namespace_bytes",
+            "Bytes of the client-side KV cache used by each KV namespace",
+            ["namespace"], registry=reg, multiprocess_mode="livesum",
+        )
         self._children: dict[str, tuple] = {}
+        self._seen: dict[tuple[str, str], int] = {}  # counters fed from totals: last total seen
+        self._boxed_keys: set[str] = set()
+        self._cache_ns: set[str] = set()
+
+    def _advance(self, counter: Counter, label: str, total: int) -> None:
+        last = self._seen.get((counter._name, label), 0)
+        if total > last:
+            counter.labels(label).inc(total - last)
+        self._seen[(counter._name, label)] = total
+
+    def refresh(self, state: Any, mem: dict[str, Any] | None = None) -> None:
+        """Bring the gauges and the penalty-box counters up to date (before a scrape, and
+        periodically: with several HTTP processes each one writes its own values)."""
+        box = getattr(state.pool, "box", None)
+        if box is not None:
+            for key, n in list(box.boxed.items()):
+                if key:
+                    self._advance(self.penalty_boxes, key, n)
+            for key, n in list(box.refused.items()):
+                if key:
+                    self._advance(self.penalty_refused, key, n)
+            now = {k for k in box.boxed_now() if k}
+            for key in now | self._boxed_keys:
+                self.penalty_boxed.labels(key).set(1 if key in now else 0)
+            self._boxed_keys |= now
+        if mem is None:
+            from server.memory import host_memory
+            mem = host_memory(state)
+        self.memory.labels("rss").set(mem["rss_bytes"])
+        self.memory.labels("rss_limit").set(mem["soft_limit_bytes"])
+        for what in ("kv_cache", "recording_queue"):
+            self.memory.labels(what).set(mem[f"{what}_bytes"])
+            self.memory.labels(f"{what}_limit").set(mem[f"{what}_limit_bytes"])
+        self.memory.labels("worker_kept").set(mem["worker_kept_bytes"])
+        cache = getattr(state.store, "cache", None)
+        if cache is not None:
+            used = cache.namespace_bytes()
+            for ns in set(used) | self._cache_ns:
+                self.kv_cache_ns.labels(ns or "-").set(used.get(ns, 0))
+            self._cache_ns |= set(used)
 
     def observe(self, command: str, verdict: str, error_kind: str | None, seconds: float) -> None:
         # Label children are cached: .labels() costs more than the increment itself.

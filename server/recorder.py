@@ -2,7 +2,8 @@
 
 ``submit`` is called after the reply has been written: it applies the command's sampling
 rate and redaction and puts the record on a bounded in-memory queue (dropping, and
-counting, when the store cannot keep up). ``run`` drains the queue into the store (Redis
+counting, when the store cannot keep up). The queue is bounded in records (``QUEUE_LIMIT``) and in bytes (``QUEUE_BYTES``, the
+records' JSON size). ``run`` drains the queue into the store (Redis
 Streams, capped by count and age), a few writes at a time, so memory stays bounded
 whatever the traffic or the store's health.
 
@@ -22,17 +23,23 @@ element, so ``memberCallbackList.nickname`` redacts every member's nickname.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 from server.catalog import Command
 
 log = logging.getLogger("scriptgate.recorder")
 REDACTED = "[redacted]"
 QUEUE_LIMIT = 10_000
+# Bytes of queued records (their JSON size): a request can be up to max_body_bytes, so the
+# count alone would let a burst of large callbacks hold gigabytes while the store is slow.
+QUEUE_BYTES = 32 * 1024 * 1024
 # Writes in flight at once: enough to hide a Redis round trip, few enough that a burst
 # does not open a connection per record.
 WRITE_BATCH = 16
@@ -89,6 +96,9 @@ class Recorder:
         self.settings = {name: s.record for name, s in state.dispatcher.settings.items()}
         self.redactions = {name: compile_redaction(tuple(s.redact)) for name, s in self.settings.items()}
         self.queue: asyncio.Queue[tuple[Command, dict[str, Any]]] = asyncio.Queue(QUEUE_LIMIT)
+        self.queue_bytes_limit = QUEUE_BYTES
+        self.queued_bytes = 0
+        self._sizes: collections.deque[int] = collections.deque()  # JSON size of each queued record
         self.dropped = 0  # queue full or the store refused/failed the write
         self.written = 0
         # The same counts on /metrics (scriptgate_recordings_total{outcome=...}), if the app has them.
@@ -129,7 +139,20 @@ class Recorder:
             "error": error.message if error else None,
             "elapsed_ms": round(elapsed * 1000, 3),
         }
+        try:
+            size = len(orjson.dumps(record))
+        except TypeError:
+            size = 0  # the store's own encoding reports it
+        if self.queued_bytes + size > self.queue_bytes_limit:
+            self._drop()
+            return
+        self.queued_bytes += size
+        self._sizes.append(size)
         self.queue.put_nowait((command, record))
+
+    def _dequeued(self) -> None:
+        if self._sizes:
+            self.queued_bytes -= self._sizes.popleft()
 
     def _drop(self) -> None:
         self.dropped += 1
@@ -144,8 +167,10 @@ class Recorder:
         queue = self.queue
         while True:
             batch = [await queue.get()]
+            self._dequeued()
             while len(batch) < WRITE_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
+                self._dequeued()
             await asyncio.gather(*(self._write(c, r) for c, r in batch))
 
     async def _write(self, command: Command, record: dict[str, Any]) -> None:
@@ -165,4 +190,5 @@ class Recorder:
             batch = []
             while len(batch) < WRITE_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+                self._dequeued()
             await asyncio.gather(*(self._write(c, r) for c, r in batch))

@@ -72,3 +72,15 @@ def test_bad_config_is_a_clear_error(tmp_path, text, needle):
     with pytest.raises(config.ConfigError) as exc:
         config.load(write(tmp_path, text), KNOWN)
     assert needle in str(exc.value)
+
+
+def test_penalty_box_settings() -> None:
+    from server.config import ConfigError, build, penalty_box_settings
+
+    cfg = build({"penalty_box": {"base_s": 2, "max_s": 120.0, "strikes": 5}})
+    box = penalty_box_settings(cfg)
+    assert (box.base_s, box.max_s, box.strikes, box.window) == (2, 120.0, 5, 10)
+    assert penalty_box_settings(build({})).base_s == 1.0
+    for bad in ({"nope": 1}, {"base_s": 0}, {"strikes": 2.5}, {"max_s": "x"}):
+        with pytest.raises(ConfigError, match="penalty_box"):
+            build({"penalty_box": bad})

@@ -344,3 +344,25 @@ def test_recordings_survive_a_restart_with_redis(redis_factory):
         assert record["operationID"] == "before-restart"
     finally:
         srv.stop()
+
+
+def test_the_queue_is_bounded_in_bytes_too() -> None:
+    async def go() -> None:
+        store = FakeStore()
+        store.gate = asyncio.Event()  # the store hangs
+        r = make_recorder({INVITE: RecordSettings(enabled=True)}, store)
+        r.queue_bytes_limit = 1_000_000
+        big = {"content": "x" * 100_000}
+        for _ in range(50):  # 5 MB asked for; the count limit (10,000) is far away
+            r.submit(CAT.get(INVITE), big, "", outcome(), 0.0)
+        assert 9 <= r.queue.qsize() <= 10 and r.queued_bytes <= 1_000_000
+        assert r.dropped == 50 - r.queue.qsize()
+        task = asyncio.create_task(r.run())
+        store.gate.set()
+        await r.flush()
+        while r.queued_bytes:  # run() took the first batch; wait for it to go through
+            await asyncio.sleep(0.01)
+        task.cancel()
+        assert r.queued_bytes == 0 and len(store.records) == 50 - r.dropped
+
+    asyncio.run(go())

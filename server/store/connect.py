@@ -94,6 +94,7 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
 
     Options: ``op_timeout`` and ``connect_timeout`` (seconds), ``admin_timeout``,
     ``cache`` (bool: client-side KV cache where supported), ``cache_size`` (entries),
+    ``cache_mb`` / ``cache_ns_mb`` (its bounds in MiB, in all and per KV namespace),
     ``isolated`` (embedded only: a private in-memory server), ``key_bytes``,
     ``value_bytes`` (KV argument limits re-checked on the host side).
     """
@@ -112,6 +113,8 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
     if cache_wanted is None:
         cache_wanted = urls.bool_option(target, "cache", True)
     cache_size = int(opts.get("cache_size") or target.store_options.get("cache_size") or 100_000)
+    cache_bounds = {k: float(opts.get(k) or target.store_options[k]) for k in ("cache_mb", "cache_ns_mb")
+                    if opts.get(k) or target.store_options.get(k)}
     base: dict[str, Any] = {
         "decode_responses": True,
         "protocol": 2,  # predictable reply shapes on every server; tracking uses its own RESP3 link
@@ -187,6 +190,7 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
     store = Store(
         client, prefix=prefix, mode=target.mode, display=target.display, cluster=target.mode == "cluster",
         op_timeout=op_timeout, tracker_provider=provider if cache_wanted else None, cache_size=cache_size,
+        **cache_bounds,
         data_address=data_address, monitor=monitor, on_close=on_close, **common,
     )
     await store.start()

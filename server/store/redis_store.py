@@ -47,7 +47,7 @@ from server.store.health import Health
 from server.store.keys import Keys, check_command
 from server.store.kv import KVEngine
 from server.store.kv_admin import KVAdmin
-from server.store.tracking import KVCache, Tracker
+from server.store.tracking import CACHE_BYTES, CACHE_ENTRIES, CACHE_NS_BYTES, KVCache, Tracker
 from server.store.txn import Transactor
 
 log = logging.getLogger("scriptgate.store")
@@ -100,7 +100,8 @@ class Store:
     def __init__(self, client: Any, *, prefix: str = "scriptgate", mode: str = "embedded",
                  display: str = "embedded", cluster: bool = False, op_timeout: float = 0.5,
                  admin_timeout: float | None = None, tracker_provider: Any = None,
-                 cache_size: int = 100_000, key_bytes: int = 512, value_bytes: int = 65_536,
+                 cache_size: int = CACHE_ENTRIES, cache_mb: float = CACHE_BYTES / 2**20,
+                 cache_ns_mb: float = CACHE_NS_BYTES / 2**20, key_bytes: int = 512, value_bytes: int = 65_536,
                  data_address: Callable[[], Any] | None = None,
                  monitor: Callable[[], Awaitable[None]] | None = None, on_close: Callable[[], Awaitable[None]] | None = None) -> None:
         self.client = client
@@ -115,7 +116,7 @@ class Store:
         self.cache: KVCache | None = None
         self.tracker: Tracker | None = None
         if tracker_provider is not None:
-            self.cache = KVCache(cache_size)
+            self.cache = KVCache(cache_size, int(cache_mb * 2**20), int(cache_ns_mb * 2**20), root=self.keys.kv_root)
             self.tracker = Tracker(self.cache, self.keys.kv_root, tracker_provider, timeout=op_timeout,
                                    data_address=data_address)
         self.kv = KVEngine(client, self.keys, self.health, cache=self.cache, tracker=self.tracker,

@@ -34,6 +34,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Hashable
@@ -47,22 +48,60 @@ log = logging.getLogger("scriptgate.store.tracking")
 _MISS = object()
 
 
-class KVCache:
-    """Bounded LRU: Redis key -> {sub-key (what was asked) -> (value, expires_at)}."""
+# Defaults of the client-side cache's bounds (store URL options cache_bytes, cache_ns_bytes,
+# cache_size). Bytes are estimates of what the host holds (CPython object sizes).
+CACHE_BYTES = 64 * 1024 * 1024
+CACHE_NS_BYTES = 16 * 1024 * 1024
+CACHE_ENTRIES = 100_000
+_KEY_OVERHEAD = 400  # OrderedDict nodes, the per-key dict, the namespace's index entry
+_ENTRY_OVERHEAD = 160  # dict slot, the (value, expires_at) tuple, the float
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+
+def _size(value: Any) -> int:
+    t = type(value)
+    if t is str or t is bytes:
+        return sys.getsizeof(value)
+    if t is tuple or t is list:
+        return 56 + 8 * len(value) + sum(_size(v) for v in value)
+    return 32
+
+
+class KVCache:
+    """Bounded LRU: Redis key -> {sub-key (what was asked) -> (value, expires_at)}.
+
+    Bounded in entries and in bytes, globally (``max_bytes``) and per KV namespace
+    (``ns_max_bytes``): a script that reads many distinct large values evicts its own
+    namespace's entries, never more than ``ns_max_bytes`` of host memory, and the other
+    namespaces keep their hot keys. ``root`` is the KV key prefix (``<prefix>:kv:``) the
+    namespace is read from (keys are ``<root><namespace>:<key>``)."""
+
+    def __init__(self, max_entries: int = CACHE_ENTRIES, max_bytes: int = CACHE_BYTES,
+                 ns_max_bytes: int = CACHE_NS_BYTES, root: str = "") -> None:
         self.max_entries = max(1, max_entries)
+        self.max_bytes = max(1, max_bytes)
+        self.ns_max_bytes = max(1, min(ns_max_bytes, self.max_bytes))
+        self.root = root
         self._keys: OrderedDict[str, dict[Hashable, tuple[Any, float]]] = OrderedDict()
+        self._cost: dict[str, int] = {}  # key -> estimated bytes held for it
+        self._spaces: dict[str, OrderedDict[str, None]] = {}  # namespace -> its keys, LRU first
+        self._ns_bytes: dict[str, int] = {}
         self._size = 0
+        self.bytes = 0
         self._epoch = 0  # +1 on every flush: in-flight reads from before it are not cached
         self._inflight: dict[str, list[int]] = {}  # key -> [reads in flight, invalidated?]
         self.hits = self.misses = self.invalidations = self.flushes = self.evictions = 0
+        self.ns_evictions = 0  # evictions because a namespace reached its share
         # Called with the key on every invalidation and None on every flush (sandbox
         # workers keep copies of answers: WorkerPool.invalidate). Must not raise.
         self.listeners: list[Callable[[str | None], None]] = []
 
     def __len__(self) -> int:
         return self._size
+
+    def _ns(self, key: str) -> str:
+        n = len(self.root)
+        end = key.find(":", n)
+        return key[n:end] if key.startswith(self.root) and end > n else ""
 
     def lookup(self, key: str, sub: Hashable) -> Any:
         entries = self._keys.get(key)
@@ -74,6 +113,9 @@ class KVCache:
                     self._drop(key)
                 else:
                     self._keys.move_to_end(key)
+                    space = self._spaces.get(self._ns(key))
+                    if space is not None:
+                        space.move_to_end(key)
                     self.hits += 1
                     return value
         self.misses += 1
@@ -116,24 +158,58 @@ class KVCache:
                 del self._inflight[key]
         if not clean or not items:
             return
+        ns = self._ns(key)
         entries = self._keys.get(key)
         if entries is None:
             entries = self._keys[key] = {}
+            self._cost[key] = 0
+            cost = _KEY_OVERHEAD + sys.getsizeof(key)
+            space = self._spaces.get(ns)
+            if space is None:
+                space = self._spaces[ns] = OrderedDict()
+            space[key] = None
         else:
             self._keys.move_to_end(key)
+            cost = 0
+            space = self._spaces[ns]
+            space.move_to_end(key)
         for sub, value in items:
-            if sub not in entries:
+            old = entries.get(sub)
+            if old is None:
                 self._size += 1
+            else:
+                cost -= _ENTRY_OVERHEAD + _size(sub) + _size(old[0])
             entries[sub] = (value, expires_at)
-        while self._size > self.max_entries and self._keys:
-            _, old = self._keys.popitem(last=False)
-            self._size -= len(old)
-            self.evictions += 1
+            cost += _ENTRY_OVERHEAD + _size(sub) + _size(value)
+        self._cost[key] += cost
+        self.bytes += cost
+        self._ns_bytes[ns] = self._ns_bytes.get(ns, 0) + cost
+        while self._ns_bytes.get(ns, 0) > self.ns_max_bytes and space:
+            self.ns_evictions += 1
+            self._evict(next(iter(space)))
+        while (self._size > self.max_entries or self.bytes > self.max_bytes) and self._keys:
+            self._evict(next(iter(self._keys)))
+
+    def _evict(self, key: str) -> None:
+        self.evictions += 1
+        self._drop(key)
 
     def _drop(self, key: str) -> None:
         entries = self._keys.pop(key, None)
-        if entries is not None:
-            self._size -= len(entries)
+        if entries is None:
+            return
+        self._size -= len(entries)
+        cost = self._cost.pop(key)
+        self.bytes -= cost
+        ns = self._ns(key)
+        left = self._ns_bytes[ns] - cost
+        space = self._spaces[ns]
+        space.pop(key, None)
+        if space:
+            self._ns_bytes[ns] = left
+        else:
+            del self._spaces[ns]
+            del self._ns_bytes[ns]
 
     def invalidate(self, key: str) -> None:
         self.invalidations += 1
@@ -147,15 +223,23 @@ class KVCache:
     def flush(self) -> None:
         self.flushes += 1
         self._keys.clear()
+        self._cost.clear()
+        self._spaces.clear()
+        self._ns_bytes.clear()
         self._size = 0
+        self.bytes = 0
         self._epoch += 1
         for listener in self.listeners:
             listener(None)
 
+    def namespace_bytes(self) -> dict[str, int]:
+        return dict(self._ns_bytes)
+
     def stats(self) -> dict[str, int]:
         return {"entries": self._size, "keys": len(self._keys), "max_entries": self.max_entries,
+                "bytes": self.bytes, "max_bytes": self.max_bytes, "ns_max_bytes": self.ns_max_bytes,
                 "hits": self.hits, "misses": self.misses, "invalidations": self.invalidations,
-                "flushes": self.flushes, "evictions": self.evictions}
+                "flushes": self.flushes, "evictions": self.evictions, "ns_evictions": self.ns_evictions}
 
 
 MISS = _MISS

@@ -16,7 +16,8 @@ Schemes (the part after ``?`` is optional everywhere):
 Options every scheme takes in the query string (the store's own, not passed to redis-py):
 ``timeout`` (seconds per operation, default 0.5), ``connect_timeout`` (default 0.5),
 ``cache=on|off`` (client-side cache of KV reads, default on where the server supports
-tracking), ``cache_size`` (entries, default 100000). Other query parameters go to
+tracking), ``cache_size`` (entries, default 100000), ``cache_mb`` (its size in MiB, default
+64) and ``cache_ns_mb`` (what one KV namespace may use of it, default 16). Other query parameters go to
 redis-py as connection options (``health_check_interval``, ``max_connections``, ...).
 """
 
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
-STORE_OPTIONS = {"timeout", "connect_timeout", "cache", "cache_size", "cluster",
+STORE_OPTIONS = {"timeout", "connect_timeout", "cache", "cache_size", "cache_mb", "cache_ns_mb", "cluster",
                  "sentinel_password", "sentinel_username"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
