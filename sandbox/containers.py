@@ -38,9 +38,36 @@ _random = random.Random()  # private instance: never shared with, or seeded by, 
 MAX_TUPLE_DEPTH = 100
 
 
+class ScriptClass(type):
+    """The metaclass of every class a script defines (``safe_builtins`` makes them).
+
+    Host code tells script classes and their instances apart by this exact metaclass, and
+    never looks anything up on them by name (a script method could be called anything)."""
+
+
+def script_attr(obj: Any, name: str) -> Any:
+    """Attribute ``name`` of a script class or instance: only what the script's own class
+    bodies or ``self.x = ...`` put there, never what ``type``/``object``/an exception base
+    provides."""
+    t = type(obj)
+    klass = obj if t is ScriptClass else t
+    if t is not ScriptClass and name in getattr(obj, "__dict__", ()):
+        return getattr(obj, name)
+    for k in klass.__mro__:
+        if type(k) is ScriptClass and name in k.__dict__:
+            return getattr(obj, name)
+    what = f"type object '{obj.__name__}'" if t is ScriptClass else f"'{t.__name__}' object"
+    raise AttributeError(f"{what} has no attribute '{name}'")
+
+
 def describe(obj: Any) -> str:
     """How refusal messages name an object: a facade's own name, else its type's."""
-    script_repr = getattr(type(obj), "script_repr", None)
+    t = type(obj)
+    if t is ScriptClass:
+        return f"<class '{obj.__name__}'>"
+    if type(t) is ScriptClass:
+        return t.__name__
+    script_repr = getattr(t, "script_repr", None)
     return script_repr(obj) if script_repr is not None else type(obj).__name__
 
 
@@ -106,6 +133,13 @@ def check_collisions(st: RunState, items: Any) -> None:
             pairs += distinct * (distinct - 1) // 2
     if pairs and pairs * (n / COLLISION_SAMPLE) ** 2 > MAX_COLLISION_WORK:
         st.exceeded("hash_collisions", MAX_COLLISION_WORK, "too many distinct keys with the same hash")
+
+
+def check_division(st: RunState, a: int, b: int) -> None:
+    """Long division costs (bits of a) x (bits of b): refuse operands past the int limit
+    (only ``-`` and ``sum`` can get there, one bit at a time) before CPython starts."""
+    if a.bit_length() > st.max_bits or b.bit_length() > st.max_bits:
+        st.check_bits(max(a.bit_length(), b.bit_length()))
 
 
 def check_tuple_depth(st: RunState, t: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -22,6 +22,7 @@ from sandbox.containers import (
     materialize,
 )
 from sandbox.convert import TooLong, safe_repr, safe_str
+from sandbox.formatting import str_format
 
 ENCODINGS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf-32"})
 ERROR_MODES = frozenset({"strict", "ignore", "replace", "backslashreplace", "surrogatepass"})
@@ -168,6 +169,22 @@ def _result_str(name: str) -> Factory:
     return factory
 
 
+def _str_format(st: RunState, s: str) -> Callable[..., str]:
+    def format(*args: Any, **kwargs: Any) -> str:
+        return str_format(st, s, args, kwargs, text_of)
+
+    return format
+
+
+def _str_format_map(st: RunState, s: str) -> Callable[[Any], str]:
+    def format_map(mapping: Any) -> str:
+        if type(mapping) is not dict:
+            raise TypeError("format_map() needs a dict")
+        return str_format(st, s, (), mapping, text_of, positional=False)
+
+    return format_map
+
+
 def _list_extend(st: RunState, lst: list[Any]) -> Callable[[Any], None]:
     def extend(iterable: Any) -> None:
         items = materialize(st, iterable)
@@ -237,6 +254,8 @@ _STR_ATTRS: dict[str, Factory | None] = {
     "center": _str_width("center"),
     "zfill": _str_width("zfill"),
     "expandtabs": _str_expandtabs,
+    "format": _str_format,
+    "format_map": _str_format_map,
     "encode": _str_encode,
     "split": _result_items("split"),
     "rsplit": _result_items("rsplit"),
