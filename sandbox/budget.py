@@ -20,6 +20,8 @@ due clock check; its slow path (``check_clock``/``_slow_step``) looks at ``dead`
 
 from __future__ import annotations
 
+import signal
+import threading
 import time
 from typing import Any, NoReturn
 
@@ -31,6 +33,10 @@ from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 CLOCK_EVERY = 64
 STOPPED_TICKS = -(1 << 62)  # ticks_left while stopped: no amount of counting reaches 0
 
+
+# A call still running this long after it started arms the deadline alarm (see
+# DeadlineAlarm); the many calls that finish sooner never pay for the two syscalls.
+ARM_AFTER_NS = 5_000_000
 
 _INT_LIMITS: dict[int, tuple[int, int]] = {}
 _NO_LOGS: Any = ()
@@ -56,6 +62,66 @@ def utf8_clean(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class DeadlineAlarm:
+    """Makes the first guard after the wall-clock deadline notice it, however much C-level
+    work the ticks before it stood for.
+
+    Guards read the clock only every ``CLOCK_EVERY`` ticks, and one tick can stand for a
+    long C call (a set operation, a sort, a regex over 1 MB): 64 of them would run far past
+    the deadline. Once a call has run ``ARM_AFTER_NS``, ``check_clock`` arms a one-shot
+    ``ITIMER_REAL`` for the deadline; its SIGALRM handler only zeroes ``ticks_left`` (it
+    raises nothing a script could catch), so the next guard checks the clock and stops the
+    script: past the deadline by at most the one C call running when it fired.
+
+    Only in the main thread with SIGALRM unused by anyone else (signals need both);
+    elsewhere the tick-based checks alone apply.
+    """
+
+    __slots__ = ("available", "owner")
+
+    def __init__(self) -> None:
+        self.owner: RunState | None = None  # the state whose call armed the timer
+        self.available: bool | None = None  # unknown until the first arm
+
+    def arm(self, st: RunState, seconds: float) -> None:
+        if self.available is None:
+            self.available = self._install()
+        if not self.available or threading.current_thread() is not threading.main_thread():
+            return
+        self.owner = st
+        try:
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.0005))
+        except (OSError, ValueError):  # e.g. a seccomp filter without setitimer
+            self.owner = None
+            self.available = False
+
+    def disarm(self) -> None:
+        self.owner = None
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        except (OSError, ValueError):
+            pass
+
+    def _install(self) -> bool:
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None):
+                return False  # someone else's alarm: leave it alone
+            signal.signal(signal.SIGALRM, self._fired)
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def _fired(self, signum: int, frame: Any) -> None:
+        st = self.owner
+        if st is not None and st.dead is None:
+            st.ticks_left = 0  # the next guard reads the clock
+
+
+ALARM = DeadlineAlarm()
 
 
 class Stop(BaseException):
@@ -96,6 +162,7 @@ class RunState:
     """
 
     __slots__ = (
+        "alarm_armed",
         "budgets",
         "dead",
         "deadline",
@@ -144,6 +211,7 @@ class RunState:
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
+        self.alarm_armed = False
         self.dead: Stop | None = None
         self.logs: list[str] = []
         self.log_bytes = 0
@@ -167,6 +235,9 @@ class RunState:
         """Finish a call: drop every reference it made and refuse any further use."""
         self.dead = IDLE  # every guard checks ``dead`` (directly or on its slow path)
         self.ticks_left = STOPPED_TICKS
+        if self.alarm_armed:
+            self.alarm_armed = False
+            ALARM.disarm()
         self.port = None
         self.logs = _NO_LOGS  # never appended to: add_log refuses first (dead is IDLE)
         self.fmt_cache = None
@@ -200,8 +271,12 @@ class RunState:
         if self.dead is not None:
             self.reraise()
         self.ticks_left = CLOCK_EVERY
-        if _monotonic_ns() > self.deadline:
+        now = _monotonic_ns()
+        if now > self.deadline:
             self.exceeded("wall_ms", self.budgets.wall_ms)
+        if not self.alarm_armed and now - self.started > ARM_AFTER_NS:
+            self.alarm_armed = True  # (also when unavailable: tried once per call)
+            ALARM.arm(self, (self.deadline - now) / 1e9)
 
     def tick(self) -> bool:
         """A loop iteration or comprehension item: checks the clock now and then, costs no step.

@@ -14,12 +14,15 @@ from typing import Any
 
 from sandbox.budget import RunState
 from sandbox.containers import (
+    CHARS_PER_STEP,
     INTLIKE,
+    charge_comparisons,
     check_collisions,
     check_pairs_depth,
     check_tuple_depth,
     dict_from_pairs,
     materialize,
+    sort_items,
 )
 from sandbox.convert import TooLong, safe_repr, safe_str
 from sandbox.formatting import str_format
@@ -58,7 +61,9 @@ def _str_join(st: RunState, s: str) -> Callable[..., str]:
             total = sum(map(len, items))
         except TypeError:
             total = 0  # a non-str item: str.join raises its own TypeError below
-        st.check_str(total + len(s) * max(len(items) - 1, 0))
+        size = total + len(s) * max(len(items) - 1, 0)
+        st.check_str(size)
+        st.charge(size // CHARS_PER_STEP)  # copying the text: C work no tick stands for
         return s.join(items)
 
     return join
@@ -70,7 +75,9 @@ def _str_replace(st: RunState, s: str) -> Callable[..., str]:
             n = s.count(old) if old else len(s) + 1
             if count >= 0:
                 n = min(n, count)
-            st.check_str(len(s) + max(n * (len(new) - len(old)), 0))
+            size = len(s) + max(n * (len(new) - len(old)), 0)
+            st.check_str(size)
+            st.charge((len(s) + size) // CHARS_PER_STEP)  # the count() scan and the copy
         return s.replace(old, new, count)
 
     return replace
@@ -145,6 +152,7 @@ def _result_items(name: str) -> Factory:
             return method  # a short string splits into few items: no wrapper needed
 
         def split(*args: Any, **kwargs: Any) -> list[Any]:
+            st.charge(len(s) // CHARS_PER_STEP)  # the scan, before it runs
             r = method(*args, **kwargs)
             st.check_items(len(r))
             st.charge(len(r))
@@ -197,7 +205,11 @@ def _list_extend(st: RunState, lst: list[Any]) -> Callable[[Any], None]:
 def _list_sort(st: RunState, lst: list[Any]) -> Callable[..., None]:
     def sort(*, key: Any = None, reverse: Any = False) -> None:
         st.charge(len(lst))
-        lst.sort(key=key, reverse=reverse)
+        if key is None:
+            charge_comparisons(st, lst, True)
+            lst.sort(reverse=reverse)
+        else:
+            lst[:] = sort_items(st, lst, key, reverse)
 
     return sort
 
@@ -210,13 +222,15 @@ def _dict_update(st: RunState, d: dict[Any, Any]) -> Callable[..., None]:
         st.check_items(len(d) + len(other) + len(kwargs))
         if type(other) is not dict:
             other = dict_from_pairs(st, other)
+        check_collisions(st, d, other)  # every key of other is compared with d's
         d.update(other, **kwargs)
 
     return update
 
 
 def _set_op(name: str, grows: bool) -> Factory:
-    # Set methods iterate their arguments in C: materialize (charge) them first.
+    # Set methods iterate their arguments in C, hashing each item into (or looking it up
+    # in) the set: materialize (charge) them first, and check their hashes with the set's.
     def factory(st: RunState, s: Any) -> Callable[..., Any]:
         method = getattr(s, name)
 
@@ -224,8 +238,7 @@ def _set_op(name: str, grows: bool) -> Factory:
             items = [materialize(st, o) for o in others]
             if grows:
                 st.check_items(len(s) + sum(map(len, items)))
-                for group in items:
-                    check_collisions(st, group)
+            check_collisions(st, s, *items)
             return method(*items)
 
         return call

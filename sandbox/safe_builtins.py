@@ -22,12 +22,15 @@ from sandbox.containers import (
     INTLIKE,
     SIZED,
     ScriptClass,
+    charge_int_sum,
     check_collisions,
     check_division,
     check_pairs_depth,
     check_tuple_depth,
     dict_from_pairs,
+    extreme_item,
     materialize,
+    sort_items,
 )
 from sandbox.kvapi import KVError
 from sandbox.methods import check_encoding, text_of
@@ -136,7 +139,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
 
     def set_(iterable: Any = ()) -> set[Any]:
         items = materialize(st, iterable)
-        if type(items) not in (set, frozenset, dict):  # those keys are already unique
+        if type(items) is not set and type(items) is not frozenset:  # a set is copied without comparing
             check_collisions(st, items)
         r = set(items)
         st.check_items(len(r))
@@ -151,7 +154,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         return r
 
     def sorted_(iterable: Any, *, key: Any = None, reverse: Any = False) -> list[Any]:
-        r = sorted(materialize(st, iterable), key=key, reverse=reverse)
+        r = sort_items(st, materialize(st, iterable), key, reverse)
         st.check_items(len(r))
         return r
 
@@ -194,16 +197,20 @@ def make_builtins(st: RunState) -> dict[str, Any]:
             if not args:
                 raise TypeError(f"{fn.__name__} expected at least 1 argument, got 0")
             items = materialize(st, args[0]) if len(args) == 1 else args
-            if default is _MISSING:
-                return fn(items, key=key)
-            return fn(items, key=key, default=default)
+            if not items:
+                if default is _MISSING:
+                    raise ValueError(f"{fn.__name__}() arg is an empty sequence")
+                return default
+            return extreme_item(st, fn, items, key)
 
         return extreme
 
     def sum_(iterable: Any, start: Any = 0) -> Any:
         if type(start) not in (int, float, bool):
             raise TypeError("sum() start must be a number (join strings with ''.join, lists with +)")
-        return sum(materialize(st, iterable), start)
+        items = materialize(st, iterable)
+        charge_int_sum(st, items)
+        return sum(items, start)
 
     def any_(iterable: Any) -> bool:
         return any(materialize(st, iterable) if type(iterable) in SIZED else _lazy(iterable))
