@@ -20,6 +20,8 @@ due clock check; its slow path (``check_clock``/``_slow_step``) looks at ``dead`
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import threading
 import time
@@ -34,9 +36,8 @@ CLOCK_EVERY = 64
 STOPPED_TICKS = -(1 << 62)  # ticks_left while stopped: no amount of counting reaches 0
 
 
-# A call still running this long after it started arms the deadline alarm (see
-# DeadlineAlarm); the many calls that finish sooner never pay for the two syscalls.
-ARM_AFTER_NS = 5_000_000
+# CPU time between two looks of the deadline alarm at the running call (DeadlineAlarm).
+ALARM_EVERY_S = 0.005
 
 _INT_LIMITS: dict[int, tuple[int, int]] = {}
 _NO_LOGS: Any = ()
@@ -70,58 +71,61 @@ class DeadlineAlarm:
 
     Guards read the clock only every ``CLOCK_EVERY`` ticks, and one tick can stand for a
     long C call (a set operation, a sort, a regex over 1 MB): 64 of them would run far past
-    the deadline. Once a call has run ``ARM_AFTER_NS``, ``check_clock`` arms a one-shot
-    ``ITIMER_REAL`` for the deadline; its SIGALRM handler only zeroes ``ticks_left`` (it
-    raises nothing a script could catch), so the next guard checks the clock and stops the
-    script: past the deadline by at most the one C call running when it fired.
+    the deadline. So the main thread's state is watched by a profiling timer
+    (``ITIMER_PROF``: it only runs while the process uses CPU, so an idle worker gets no
+    signals) every ``ALARM_EVERY_S`` of CPU time; its SIGPROF handler, once the running
+    call is past its deadline, only zeroes ``ticks_left`` (it raises nothing a script could
+    catch), so the next guard reads the clock and stops the script: past the deadline by at
+    most the one C call running at that moment, plus ``ALARM_EVERY_S``.
 
-    Only in the main thread with SIGALRM unused by anyone else (signals need both);
-    elsewhere the tick-based checks alone apply.
+    Started by ``sandbox.runtime.execute`` on its first call in a process (timers are not
+    inherited across fork), only in the main thread and only if nobody else handles
+    SIGPROF; elsewhere the tick-based checks alone apply.
     """
 
-    __slots__ = ("available", "owner")
+    __slots__ = ("started", "watched")
 
     def __init__(self) -> None:
-        self.owner: RunState | None = None  # the state whose call armed the timer
-        self.available: bool | None = None  # unknown until the first arm
+        self.watched: RunState | None = None
+        self.started = False  # in this process (reset in a forked child)
 
-    def arm(self, st: RunState, seconds: float) -> None:
-        if self.available is None:
-            self.available = self._install()
-        if not self.available or threading.current_thread() is not threading.main_thread():
-            return
-        self.owner = st
-        try:
-            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.0005))
-        except (OSError, ValueError):  # e.g. a seccomp filter without setitimer
-            self.owner = None
-            self.available = False
-
-    def disarm(self) -> None:
-        self.owner = None
-        try:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        except (OSError, ValueError):
-            pass
-
-    def _install(self) -> bool:
+    def start(self, st: RunState) -> None:
         if threading.current_thread() is not threading.main_thread():
-            return False
+            return  # signals are handled in the main thread only: not this state's
+        self.started = True  # tried once per process, whatever happens below
+        self.watched = st
         try:
-            if signal.getsignal(signal.SIGALRM) not in (signal.SIG_DFL, None):
-                return False  # someone else's alarm: leave it alone
-            signal.signal(signal.SIGALRM, self._fired)
-        except (OSError, ValueError):
-            return False
-        return True
+            current = signal.getsignal(signal.SIGPROF)
+            if current != self._fired and current not in (signal.SIG_DFL, None):
+                return  # someone else's profiler: leave it alone
+            signal.signal(signal.SIGPROF, self._fired)
+            # Stopped at exit: interpreter shutdown restores SIGPROF's default action,
+            # which would kill the process if the timer fired after that.
+            atexit.register(self.stop)
+            signal.setitimer(signal.ITIMER_PROF, ALARM_EVERY_S, ALARM_EVERY_S)
+        except (OSError, ValueError):  # e.g. a seccomp filter without setitimer
+            self.watched = None
+
+    def stop(self) -> None:
+        if self.watched is not None:
+            self.watched = None
+            try:
+                signal.setitimer(signal.ITIMER_PROF, 0)
+            except (OSError, ValueError):
+                pass
 
     def _fired(self, signum: int, frame: Any) -> None:
-        st = self.owner
-        if st is not None and st.dead is None:
+        st = self.watched
+        if st is not None and st.dead is None and _monotonic_ns() > st.deadline:
             st.ticks_left = 0  # the next guard reads the clock
+
+    def _forked(self) -> None:
+        self.started = False  # the child has no timer (a fork does not inherit it)
+        self.watched = None
 
 
 ALARM = DeadlineAlarm()
+os.register_at_fork(after_in_child=ALARM._forked)
 
 
 class Stop(BaseException):
@@ -162,7 +166,6 @@ class RunState:
     """
 
     __slots__ = (
-        "alarm_armed",
         "budgets",
         "dead",
         "deadline",
@@ -211,7 +214,6 @@ class RunState:
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
-        self.alarm_armed = False
         self.dead: Stop | None = None
         self.logs: list[str] = []
         self.log_bytes = 0
@@ -235,9 +237,6 @@ class RunState:
         """Finish a call: drop every reference it made and refuse any further use."""
         self.dead = IDLE  # every guard checks ``dead`` (directly or on its slow path)
         self.ticks_left = STOPPED_TICKS
-        if self.alarm_armed:
-            self.alarm_armed = False
-            ALARM.disarm()
         self.port = None
         self.logs = _NO_LOGS  # never appended to: add_log refuses first (dead is IDLE)
         self.fmt_cache = None
@@ -271,12 +270,8 @@ class RunState:
         if self.dead is not None:
             self.reraise()
         self.ticks_left = CLOCK_EVERY
-        now = _monotonic_ns()
-        if now > self.deadline:
+        if _monotonic_ns() > self.deadline:
             self.exceeded("wall_ms", self.budgets.wall_ms)
-        if not self.alarm_armed and now - self.started > ARM_AFTER_NS:
-            self.alarm_armed = True  # (also when unavailable: tried once per call)
-            ALARM.arm(self, (self.deadline - now) / 1e9)
 
     def tick(self) -> bool:
         """A loop iteration or comprehension item: checks the clock now and then, costs no step.

@@ -151,41 +151,10 @@ def conversion_size(v: Any, conv: str, prec: int | None, limit: int) -> int:
     return FLOAT_DIGITS + (6 if prec is None else prec)
 
 
-def percent_format(st: RunState, fmt: str, args: Any) -> str:
-    """``fmt % args`` with the result's size bounded by ``max_str`` before it is built."""
+def percent_bound(st: RunState, literal: int, specs: list[Spec], safe: Any, mapping: Any) -> int:
+    """Most characters ``fmt % safe`` builds (``literal``/``specs`` from ``parse_percent``).
+    Stops the script as soon as the running bound passes ``max_str``."""
     max_str = st.max_str
-    cache = st.fmt_cache
-    if cache is None:
-        cache = st.fmt_cache = {}  # per call: RunState.end() drops it
-    parsed = cache.get(fmt)
-    if parsed is None:  # parsed once per format string and call (loops reuse it)
-        parsed = parse_percent(fmt)
-        st.charge(len(parsed[1]) + len(fmt) // 64)
-        if len(cache) < 256:
-            cache[fmt] = parsed
-    literal, specs = parsed
-    targs = type(args)
-    keyed = False
-    unkeyed = False
-    for spec in specs:
-        if spec[0] is None:
-            unkeyed = True
-        else:
-            keyed = True
-    if keyed and unkeyed:
-        # CPython would format the whole mapping for the un-keyed one ("%s %(a)s" % d):
-        # a case no script needs, refused rather than sized.
-        raise TypeError("a %-format cannot mix %(key) conversions with un-keyed ones")
-    mapping: Any = None
-    if targs is dict and keyed:
-        st.charge(len(args))
-        mapping = {k: sanitize_format_arg(v, st, max_str) for k, v in args.items()}
-        safe: Any = mapping
-    elif targs is tuple:
-        st.charge(len(args))
-        safe = tuple(sanitize_format_arg(a, st, max_str) for a in args)
-    else:
-        safe = sanitize_format_arg(args, st, max_str)
     # Consume the arguments as CPython does (unicode_format_getnextarg): a tuple one by
     # one; anything else once; a mapping key makes the looked-up value the only argument.
     if type(safe) is tuple:
@@ -225,6 +194,52 @@ def percent_format(st: RunState, fmt: str, args: Any) -> str:
         total += max(width_n or 0, conversion_size(value, conv, prec_n, max_str - total))
         if total > max_str:
             st.check_str(total)
+    return total
+
+
+def percent_args(st: RunState, specs: list[Spec], args: Any) -> tuple[Any, Any]:
+    """The arguments CPython may stringify without leaking anything (``sanitize_format_arg``),
+    and the mapping the keys are looked up in (None if the format has no keys)."""
+    max_str = st.max_str
+    targs = type(args)
+    keyed = False
+    unkeyed = False
+    for spec in specs:
+        if spec[0] is None:
+            unkeyed = True
+        else:
+            keyed = True
+    if keyed and unkeyed:
+        # CPython would format the whole mapping for the un-keyed one ("%s %(a)s" % d):
+        # a case no script needs, refused rather than sized.
+        raise TypeError("a %-format cannot mix %(key) conversions with un-keyed ones")
+    mapping: Any = None
+    if targs is dict and keyed:
+        st.charge(len(args))
+        mapping = {k: sanitize_format_arg(v, st, max_str) for k, v in args.items()}
+        safe: Any = mapping
+    elif targs is tuple:
+        st.charge(len(args))
+        safe = tuple(sanitize_format_arg(a, st, max_str) for a in args)
+    else:
+        safe = sanitize_format_arg(args, st, max_str)
+    return safe, mapping
+
+
+def percent_format(st: RunState, fmt: str, args: Any) -> str:
+    """``fmt % args`` with the result's size bounded by ``max_str`` before it is built."""
+    cache = st.fmt_cache
+    if cache is None:
+        cache = st.fmt_cache = {}  # per call: RunState.end() drops it
+    parsed = cache.get(fmt)
+    if parsed is None:  # parsed once per format string and call (loops reuse it)
+        parsed = parse_percent(fmt)
+        st.charge(len(parsed[1]) + len(fmt) // 64)
+        if len(cache) < 256:
+            cache[fmt] = parsed
+    literal, specs = parsed
+    safe, mapping = percent_args(st, specs, args)
+    percent_bound(st, literal, specs, safe, mapping)  # stops the script past max_str
     r = fmt % safe
     st.check_str(len(r))
     return r
