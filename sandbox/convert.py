@@ -117,7 +117,7 @@ class SafeText:
 
 
 def _type_name(x: Any) -> str:
-    return type(x).__name__
+    return "class" if type(x) is ScriptClass else type(x).__name__
 
 
 def exception_args(exc: BaseException) -> tuple[Any, ...]:

@@ -100,13 +100,24 @@ def test_repr_and_ascii_lengths_are_exact_or_above() -> None:
 # -- the deadline alarm -------------------------------------------------------------------------
 
 
-def test_deadline_alarm_stops_the_next_guard_after_a_long_c_call() -> None:
+@pytest.fixture
+def own_alarm() -> Any:
+    """The alarm for this test's process, then as it was. (pytest-timeout's signal method
+    owns SIGALRM during a test; ``timeout(0)`` lets the alarm have it.)"""
+    saved = (ALARM.watched, ALARM.fires_at, ALARM.started)
+    ALARM.watched, ALARM.fires_at, ALARM.started = None, 0, False
+    yield ALARM
+    ALARM.stop()
+    ALARM.watched, ALARM.fires_at, ALARM.started = saved
+
+
+@pytest.mark.timeout(0)
+def test_deadline_alarm_stops_the_next_guard_after_a_long_c_call(own_alarm: Any) -> None:
     st = RunState(Budgets(wall_ms=50))
-    watched = ALARM.watched
     try:
-        ALARM.start(st)
-        assert ALARM.watched is st, "the profiling timer could not be started"
-        # A long C call (CPU-bound: the timer counts CPU time), during which no guard runs.
+        own_alarm.start(st)
+        assert own_alarm.watched is st and own_alarm.fires_at, "the timer could not be started"
+        # A long C call, during which no guard runs.
         give_up = time.monotonic() + 10
         while st.ticks_left != 0 and time.monotonic() < give_up:
             sum(range(100_000))
@@ -116,24 +127,38 @@ def test_deadline_alarm_stops_the_next_guard_after_a_long_c_call() -> None:
             st.tick()
     finally:
         st.end()
-        ALARM.watched, ALARM.started = watched, watched is not None  # execute() restarts it
+
+
+@pytest.mark.timeout(0)
+def test_alarm_from_an_earlier_call_rearms_for_the_next(own_alarm: Any) -> None:
+    st = RunState(Budgets(wall_ms=30))
+    own_alarm.start(st)
+    st.end()  # the call ends; its timer is still pending and fires in between calls
+    give_up = time.monotonic() + 10
+    while own_alarm.fires_at and time.monotonic() < give_up:
+        time.sleep(0.005)
+    assert own_alarm.fires_at == 0 and st.ticks_left != 0  # fired, touched nothing
+    st.begin(Budgets(wall_ms=30), None)  # a new call: no timer pending, so one is armed
+    assert own_alarm.fires_at
+    try:
+        while st.ticks_left != 0 and time.monotonic() < give_up:
+            sum(range(100_000))
+        assert st.ticks_left == 0
+    finally:
+        st.end()
 
 
 def test_alarm_leaves_a_call_within_its_deadline_alone() -> None:
     st = RunState(Budgets(wall_ms=60_000))
-    watched = ALARM.watched
-    try:
-        ALARM.start(st)
-        end = time.process_time() + 0.05  # ten alarms' worth of CPU time
-        while time.process_time() < end:
-            sum(range(10_000))
-        assert st.ticks_left == CLOCK_EVERY
-    finally:
-        st.end()
-        ALARM.watched, ALARM.started = watched, watched is not None  # execute() restarts it
+    end = time.monotonic() + 0.05
+    while time.monotonic() < end:
+        sum(range(10_000))
+    assert st.ticks_left == CLOCK_EVERY
+    st.end()
 
 
-def test_loop_of_long_c_calls_stops_near_the_deadline() -> None:
+@pytest.mark.timeout(0)
+def test_loop_of_long_c_calls_stops_near_the_deadline(own_alarm: Any) -> None:
     # Each lst.count() is one C call of a few ms that counts one step: 64 of them used to
     # pass between two clock reads.
     src = "def handle(req):\n    lst = [0] * 1000000\n    while True:\n        lst.count(1)\n"
