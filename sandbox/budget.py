@@ -100,8 +100,7 @@ class DeadlineAlarm:
             return  # signals are handled in the main thread only: not this state's
         self.started = True  # tried once per process
         if self._install():
-            self.watched = st
-            self.arm(st.deadline)
+            self.watched = st  # RunState.begin arms the timer for each call
 
     def arm(self, deadline: int) -> None:
         """A timer for ``deadline`` (monotonic ns), replacing any pending one."""
@@ -245,9 +244,6 @@ class RunState:
         self.port = port
         self.started = started = _monotonic_ns()  # integer nanoseconds: no float rounding
         self.deadline = deadline = started + self.wall_ns
-        alarm = ALARM
-        if alarm.watched is self and not 0 < alarm.fires_at <= deadline:
-            alarm.arm(deadline)  # no timer pending that fires by this call's deadline
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
@@ -255,6 +251,11 @@ class RunState:
         self.logs: list[str] = []
         self.log_bytes = 0
         self.kv_ops = 0
+        # After ``dead`` is cleared: a timer firing from here on sees a call in progress
+        # and re-arms itself for this deadline if it is early.
+        alarm = ALARM
+        if alarm.watched is self and not 0 < alarm.fires_at <= deadline:
+            alarm.arm(deadline)  # no timer pending that fires by this call's deadline
         # fmt_cache and re_cache are None: set so by __init__ and by end()
 
     def use_budgets(self, budgets: Budgets) -> None:

@@ -116,6 +116,7 @@ def test_deadline_alarm_stops_the_next_guard_after_a_long_c_call(own_alarm: Any)
     st = RunState(Budgets(wall_ms=50))
     try:
         own_alarm.start(st)
+        st.begin(Budgets(wall_ms=50), None)  # a call: arms the timer for its deadline
         assert own_alarm.watched is st and own_alarm.fires_at, "the timer could not be started"
         # A long C call, during which no guard runs.
         give_up = time.monotonic() + 10
@@ -133,6 +134,8 @@ def test_deadline_alarm_stops_the_next_guard_after_a_long_c_call(own_alarm: Any)
 def test_alarm_from_an_earlier_call_rearms_for_the_next(own_alarm: Any) -> None:
     st = RunState(Budgets(wall_ms=30))
     own_alarm.start(st)
+    st.begin(Budgets(wall_ms=30), None)
+    assert own_alarm.fires_at
     st.end()  # the call ends; its timer is still pending and fires in between calls
     give_up = time.monotonic() + 10
     while own_alarm.fires_at and time.monotonic() < give_up:
