@@ -33,6 +33,7 @@ for _name in ENCODINGS:  # import the codec modules now, before a worker confine
     codecs.lookup(_name)
 
 Factory = Callable[[RunState, Any], Any]
+LONG_TEXT = 4096  # characters from which a text method's C work is charged as steps
 
 
 def check_encoding(encoding: Any, errors: Any) -> None:
@@ -63,7 +64,8 @@ def _str_join(st: RunState, s: str) -> Callable[..., str]:
             total = 0  # a non-str item: str.join raises its own TypeError below
         size = total + len(s) * max(len(items) - 1, 0)
         st.check_str(size)
-        st.charge(size // CHARS_PER_STEP)  # copying the text: C work no tick stands for
+        if size >= LONG_TEXT:
+            st.charge(size // CHARS_PER_STEP)  # copying the text: C work no tick stands for
         return s.join(items)
 
     return join
@@ -77,7 +79,8 @@ def _str_replace(st: RunState, s: str) -> Callable[..., str]:
                 n = min(n, count)
             size = len(s) + max(n * (len(new) - len(old)), 0)
             st.check_str(size)
-            st.charge((len(s) + size) // CHARS_PER_STEP)  # the count() scan and the copy
+            if size >= LONG_TEXT:
+                st.charge((len(s) + size) // CHARS_PER_STEP)  # the count() scan and the copy
         return s.replace(old, new, count)
 
     return replace
