@@ -30,6 +30,7 @@ from sandbox.containers import (
     PLAIN_DATA,
     SIZED,
     ScriptClass,
+    check_collisions,
     check_division,
     check_tuple_depth,
     describe,
@@ -42,6 +43,8 @@ from sandbox.formatting import format_field, percent_format
 from sandbox.methods import Factory, text_of
 
 SUBSCRIPTABLE = frozenset({dict, list, tuple, str, bytes, range})
+# Operands of set algebra (`|`, `&`, `-`, `^`): hash tables and their key/item views.
+HASHED = frozenset({set, frozenset, dict, type({}.keys()), type({}.items())})
 _chain, _islice, _repeat, _map = itertools.chain.from_iterable, itertools.islice, itertools.repeat, map
 WRITABLE = frozenset({dict, list, set})
 
@@ -296,10 +299,21 @@ def make_hooks(
             return mod_(x, y)
         if op == "//=":
             return floordiv_(x, y)
+        if op in _SET_INPLACE:
+            if type(x) in HASHED and type(y) in HASHED:
+                check_collisions(st, x, y)
         fallback = _INPLACE_FALLBACK.get(op)
         if fallback is None:
             st.refuse(f"operator {op} is not supported")
         return fallback(x, y)
+
+    def set_algebra(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def hook(a: Any, b: Any) -> Any:
+            if type(a) in HASHED and type(b) in HASHED:
+                check_collisions(st, a, b)
+            return op(a, b)
+
+        return hook
 
     def caught_() -> None:
         # First statement of every `except` block: the exception being handled.
@@ -338,9 +352,18 @@ def make_hooks(
         "_floordiv_": floordiv_,
         "_fmt_": fmt_,
         "_caught_": caught_,
+        "_sub_": set_algebra(operator.sub),
+        "_or_": set_algebra(operator.or_),
+        "_and_": set_algebra(operator.and_),
+        "_xor_": set_algebra(operator.xor),
+        "_isub_": set_algebra(operator.isub),  # in place for sets, like native `-=`
+        "_ior_": set_algebra(operator.ior),
+        "_iand_": set_algebra(operator.iand),
+        "_ixor_": set_algebra(operator.ixor),
     }
 
 
+_SET_INPLACE = frozenset({"-=", "|=", "&=", "^="})
 _INPLACE_FALLBACK: dict[str, Callable[[Any, Any], Any]] = {
     "-=": operator.isub,
     "/=": operator.itruediv,

@@ -25,7 +25,8 @@ and injects the accounting calls the runtime needs (see ``sandbox.guards`` for t
 - ``kv.<op>(...)`` on the global ``kv`` (a script that never binds the name ``kv``)
   calls the facade's bound method directly (``KV_DIRECT``), without ``_getattr_``;
 - ``+ * ** << % //`` become ``_add_ _mul_ _pow_ _lshift_ _mod_ _floordiv_`` so sizes (and
-  long-division costs) are checked *before* anything is allocated, and f-string fields become ``_fmt_`` calls (widths,
+  long-division costs) are checked *before* anything is allocated, and ``- | & ^`` become
+  ``_sub_ _or_ _and_ _xor_`` (hash-collision check for set algebra), and f-string fields become ``_fmt_`` calls (widths,
   safe conversions).
 """
 
@@ -77,6 +78,12 @@ _BINOP_HOOKS: dict[type[ast.operator], str] = {
     ast.LShift: "_lshift_",
     ast.Mod: "_mod_",
     ast.FloorDiv: "_floordiv_",
+    # Set algebra hashes one operand's items into (or looks them up in) the other's table
+    # in one C call: the collision check runs first. Ints pass straight through.
+    ast.Sub: "_sub_",
+    ast.BitOr: "_or_",
+    ast.BitAnd: "_and_",
+    ast.BitXor: "_xor_",
 }
 
 
@@ -90,7 +97,11 @@ KV_CONST_KEY: dict[str, str] = {
 }
 _DIRECT_TO_CONST_KEY = {KV_DIRECT[name]: direct for name, direct in KV_CONST_KEY.items()}
 
-_INPLACE_HOOKS: dict[type[ast.operator], str] = {**_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_"}
+_INPLACE_HOOKS: dict[type[ast.operator], str] = {
+    **_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_",
+    ast.Sub: "_isub_", ast.BitOr: "_ior_", ast.BitAnd: "_iand_", ast.BitXor: "_ixor_",
+}  # fmt: skip
+_SMALL_OPERAND_NATIVE = (ast.Add, ast.Sub, ast.BitOr, ast.BitAnd, ast.BitXor)
 
 
 def _call(name: str, *args: ast.expr) -> ast.Call:
@@ -449,8 +460,8 @@ class ScriptPolicy(RestrictingNodeTransformer):
         hook = _BINOP_HOOKS.get(type(node.op))
         if hook is None:
             return node  # - / // >> & | ^ @ cannot grow past their operands
-        if hook == "_add_" and (_small_int(node.left) or _small_int(node.right)):
-            return node  # `i + 1` stays native: fast, grows an int by one bit at most
+        if isinstance(node.op, _SMALL_OPERAND_NATIVE) and (_small_int(node.left) or _small_int(node.right)):
+            return node  # `i + 1`, `n - 1`, `x & 0xff` stay native: an int with an int, cheap
         if hook == "_floordiv_" and _small_int(node.right):
             return node  # `n // 2`: linear in the bits of n, nothing to bound
         new = _call(hook, node.left, node.right)
@@ -459,7 +470,9 @@ class ScriptPolicy(RestrictingNodeTransformer):
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         op = type(node.op)
-        native = op not in _BINOP_HOOKS or (op in (ast.Add, ast.FloorDiv) and _small_int(node.value))
+        native = op not in _BINOP_HOOKS or (
+            (op in _SMALL_OPERAND_NATIVE or op is ast.FloorDiv) and _small_int(node.value)
+        )
         if native and isinstance(node.target, ast.Name):
             # `n += 1`, `x -= y`, `s |= t` on a plain name: no guard needed, no call overhead.
             return self.node_contents_visit(node)

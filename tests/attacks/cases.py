@@ -196,6 +196,41 @@ CLASSES = [
                                   "for x in X():\n    pass"), "policy", "cannot iterate over X"),
 ]
 
+# Keys sharing one hash (i * (2**61 - 1) all hash to 0): a set built key by key (each add is
+# its own step), then one C call that compares every item of a big argument with all of them.
+_COLLIDING = "M = 2**61 - 1\nbad = [i * M for i in range(1, 3000)]\ns = set()\nfor x in bad:\n    s.add(x)\n"
+C_CALLS = [
+    fails("collide-isdisjoint", H(_COLLIDING + "t = s.isdisjoint(bad * 100)"), "budget", "hash_collisions"),
+    fails("collide-difference", H(_COLLIDING + "t = s.difference(bad * 100)"), "budget", "hash_collisions"),
+    fails("collide-issubset", H(_COLLIDING + "t = s.issubset(bad * 100)"), "budget", "hash_collisions"),
+    fails("collide-update-from-set", H(_COLLIDING + "t = {0}\nt.update(s)"), "budget", "hash_collisions"),
+    fails("collide-intersection-update", H(_COLLIDING + "s.intersection_update(bad * 100)"), "budget",
+          "hash_collisions"),
+    fails("collide-set-of-dict", H(_COLLIDING + "d = {}\nfor x in bad:\n    d[x] = 1\nt = set(d)"), "budget",
+          "hash_collisions"),
+    fails("collide-dict-update", H(_COLLIDING + "d = {}\nfor x in bad:\n    d[x] = 1\ne = {0: 0}\ne.update(d)"),
+          "budget", "hash_collisions"),
+    fails("collide-union-operator", H(_COLLIDING + "t = s | {0}"), "budget", "hash_collisions"),
+    fails("collide-difference-operator", H(_COLLIDING + "t = {0} - s"), "budget", "hash_collisions"),
+    fails("collide-inplace-or", H(_COLLIDING + "t = {0}\nt |= s"), "budget", "hash_collisions"),
+    fails("collide-keys-view", H(_COLLIDING + "d = {}\nfor x in bad:\n    d[x] = 1\nt = d.keys() & s"), "budget",
+          "hash_collisions"),
+    fails("sorted-key-str-huge", H("x = sorted(range(1000000), key=str)"), "budget", "steps"),
+    fails("sorted-same-long-text", H("s = 'x' * 1000000\nx = sorted([s] * 100000)"), "budget", "steps"),
+    fails("sort-same-long-text", H("s = 'x' * 1000000\nx = [s] * 100000\nx.sort()"), "budget", "steps"),
+    fails("sorted-key-long-text", H("s = 'x' * 1000000\nx = sorted(range(100000), key=lambda i: s)"), "budget",
+          "steps"),
+    fails("max-same-long-text", H("s = 'x' * 1000000\nx = max([s] * 100000)"), "budget", "steps"),
+    fails("min-key-long-text", H("s = 'x' * 1000000\nx = min(range(100000), key=lambda i: s)"), "budget",
+          "steps"),
+    fails("sum-big-ints", H("x = sum([1 << 99000] * 100000)"), "budget", "steps"),
+    fails("regex-big-program", H("s = 'a' * 1000000\nm = re.search('(?:a?){1000}a{1000}b', s)"), "budget", "steps"),
+    fails("regex-alternation-program", H("s = 'a' * 1000000\nm = re.search('|'.join(['a{1,900}x%d' % i for i in "
+                                          "range(4)]), s)"), "budget", "steps"),
+    fails("join-long-text-loop", H("x = ['y' * 1000] * 1000\nwhile True:\n    t = ''.join(x)"), "budget", "steps",
+          budgets=SLOW_OK),
+]
+
 GENERATORS = [
     refused("generator-finally", H("def gen():\n    try:\n        yield 1\n    finally:\n        log('x')"), 3,
             "'finally' is not allowed in a generator function"),
@@ -481,5 +516,5 @@ EXCEPTION_TRICKS = [
 
 ALL: list[Attack] = [
     *ESCAPES, *FORMAT_STRINGS, *FRAMES, *IMPORTS, *IO, *CPU, *MEMORY, *RECURSION, *OUTPUT, *KV, *RESULTS,
-    *SHADOWING, *EXCEPTION_TRICKS, *INTEGERS, *CLASSES, *GENERATORS,
+    *SHADOWING, *EXCEPTION_TRICKS, *INTEGERS, *CLASSES, *GENERATORS, *C_CALLS,
 ]
