@@ -82,9 +82,8 @@ class DeadlineAlarm:
     (A process-CPU timer, ``ITIMER_PROF``, would need no re-arming but makes the kernel
     serve ``CLOCK_PROCESS_CPUTIME_ID`` at tick granularity while it runs.)
 
-    Started by ``sandbox.runtime.execute`` on its first call in a process (timers are not
-    inherited across fork), for the main thread's state only, and only while nobody else
-    handles SIGALRM (pytest-timeout does, during a test); elsewhere the tick-based checks
+    Started by the first ``RunState.begin`` of a call in a process (timers are not inherited
+    across fork), for the main thread's state only, and only while nobody else handles SIGALRM (pytest-timeout does, during a test); elsewhere the tick-based checks
     alone apply.
     """
 
@@ -254,8 +253,13 @@ class RunState:
         # After ``dead`` is cleared: a timer firing from here on sees a call in progress
         # and re-arms itself for this deadline if it is early.
         alarm = ALARM
-        if alarm.watched is self and not 0 < alarm.fires_at <= deadline:
-            alarm.arm(deadline)  # no timer pending that fires by this call's deadline
+        if alarm.watched is self:
+            if not 0 < alarm.fires_at <= deadline:
+                alarm.arm(deadline)  # no timer pending that fires by this call's deadline
+        elif not alarm.started and port is not None:
+            alarm.start(self)  # a process's first call (a fork starts without a timer)
+            if alarm.watched is self:
+                alarm.arm(deadline)
         # fmt_cache and re_cache are None: set so by __init__ and by end()
 
     def use_budgets(self, budgets: Budgets) -> None:

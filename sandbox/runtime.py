@@ -62,7 +62,6 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
-from sandbox.budget import ALARM as _ALARM
 from sandbox.budget import CLOCK_EVERY, IDLE, RunState, Stop, utf8_clean
 from sandbox.convert import (
     COPIED_AS_IS,
@@ -260,8 +259,6 @@ def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) 
         st, template, modules = _PER_THREAD.toolkit
     except AttributeError:
         st, template, modules = _new_toolkit()
-    if not _ALARM.started:
-        _ALARM.start(st)  # the first call in this process (see sandbox.budget.DeadlineAlarm)
     if st.dead is not IDLE:
         # A nested call would share this thread's state: refuse rather than mix two calls.
         return RunResult.failed(POLICY, "sandbox error: another call is already running in this thread")
