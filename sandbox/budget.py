@@ -20,6 +20,10 @@ due clock check; its slow path (``check_clock``/``_slow_step``) looks at ``dead`
 
 from __future__ import annotations
 
+import atexit
+import os
+import signal
+import threading
 import time
 from typing import Any, NoReturn
 
@@ -30,6 +34,7 @@ from sandbox.api import BUDGET, POLICY, UNAVAILABLE, Budgets
 # even when each loop iteration does a lot of C-level work.
 CLOCK_EVERY = 64
 STOPPED_TICKS = -(1 << 62)  # ticks_left while stopped: no amount of counting reaches 0
+
 
 
 _INT_LIMITS: dict[int, tuple[int, int]] = {}
@@ -56,6 +61,103 @@ def utf8_clean(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode("utf-8")
+
+
+class DeadlineAlarm:
+    """Makes the first guard after the wall-clock deadline notice it, however much C-level
+    work the ticks before it stood for.
+
+    Guards read the clock only every ``CLOCK_EVERY`` ticks, and one tick can stand for a
+    long C call (a set operation, a sort, a regex over 1 MB): 64 of them would run far past
+    the deadline. So a one-shot ``ITIMER_REAL`` is pending for the deadline of the main
+    thread's running call; its SIGALRM handler only zeroes ``ticks_left`` (it raises
+    nothing a script could catch), so the next guard reads the clock and stops the script:
+    past the deadline by at most the one C call running when it fired.
+
+    Cheap enough for every call: ``RunState.begin`` calls ``setitimer`` only when no timer
+    is pending or the pending one would fire after this call's deadline. A timer left from
+    an earlier call that fires during a later one re-arms itself for that call's deadline;
+    one that fires between calls does nothing more. So a busy worker makes about one
+    ``setitimer`` per ``wall_ms``, an idle one gets at most one signal after its last call.
+    (A process-CPU timer, ``ITIMER_PROF``, would need no re-arming but makes the kernel
+    serve ``CLOCK_PROCESS_CPUTIME_ID`` at tick granularity while it runs.)
+
+    Started by the first ``RunState.begin`` of a call in a process (timers are not inherited
+    across fork), for the main thread's state only, and only while nobody else handles SIGALRM (pytest-timeout does, during a test); elsewhere the tick-based checks
+    alone apply.
+    """
+
+    __slots__ = ("fires_at", "started", "watched")
+
+    def __init__(self) -> None:
+        self.watched: RunState | None = None
+        self.fires_at = 0  # monotonic ns when the pending timer fires; 0: none pending
+        self.started = False  # in this process (reset in a forked child)
+
+    def start(self, st: RunState) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are handled in the main thread only: not this state's
+        self.started = True  # tried once per process
+        if self._install():
+            self.watched = st  # RunState.begin arms the timer for each call
+
+    def arm(self, deadline: int) -> None:
+        """A timer for ``deadline`` (monotonic ns), replacing any pending one."""
+        now = _monotonic_ns()
+        delay = max(deadline - now, 100_000)
+        try:
+            if signal.getsignal(signal.SIGALRM) != self._fired:
+                raise ValueError("SIGALRM has another handler now")
+            signal.setitimer(signal.ITIMER_REAL, delay / 1e9)
+        except (OSError, ValueError):  # e.g. a seccomp filter without setitimer
+            self.watched = None
+            self.fires_at = 0
+            return
+        self.fires_at = now + delay
+
+    def stop(self) -> None:
+        if self.watched is not None and self.fires_at:
+            self.watched = None
+            self.fires_at = 0
+            try:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            except (OSError, ValueError):
+                pass
+
+    def _install(self) -> bool:
+        try:
+            current = signal.getsignal(signal.SIGALRM)
+            if current == self._fired:
+                return True
+            if current not in (signal.SIG_DFL, None):
+                return False  # someone else's alarm: leave it alone
+            signal.signal(signal.SIGALRM, self._fired)
+        except (OSError, ValueError):
+            return False
+        # Stopped at exit: interpreter shutdown restores SIGALRM's default action, which
+        # would kill the process if a pending timer fired after that.
+        atexit.unregister(self.stop)  # (installed again after someone else's handler)
+        atexit.register(self.stop)
+        return True
+
+    def _fired(self, signum: int, frame: Any) -> None:
+        self.fires_at = 0
+        st = self.watched
+        if st is None or st.dead is not None:
+            return  # between calls: nothing to watch until the next call arms it
+        if _monotonic_ns() >= st.deadline:
+            st.ticks_left = 0  # the next guard reads the clock
+        else:
+            self.arm(st.deadline)  # an earlier call's timer: now this call's
+
+    def _forked(self) -> None:
+        self.started = False  # the child has no timer (a fork does not inherit it)
+        self.watched = None
+        self.fires_at = 0
+
+
+ALARM = DeadlineAlarm()
+os.register_at_fork(after_in_child=ALARM._forked)
 
 
 class Stop(BaseException):
@@ -140,7 +242,7 @@ class RunState:
             self.use_budgets(budgets)
         self.port = port
         self.started = started = _monotonic_ns()  # integer nanoseconds: no float rounding
-        self.deadline = started + self.wall_ns
+        self.deadline = deadline = started + self.wall_ns
         self.steps_left = budgets.steps
         self.ticks_left = CLOCK_EVERY
         self.depth = 0
@@ -148,6 +250,16 @@ class RunState:
         self.logs: list[str] = []
         self.log_bytes = 0
         self.kv_ops = 0
+        # After ``dead`` is cleared: a timer firing from here on sees a call in progress
+        # and re-arms itself for this deadline if it is early.
+        alarm = ALARM
+        if alarm.watched is self:
+            if not 0 < alarm.fires_at <= deadline:
+                alarm.arm(deadline)  # no timer pending that fires by this call's deadline
+        elif not alarm.started and port is not None:
+            alarm.start(self)  # a process's first call (a fork starts without a timer)
+            if alarm.watched is self:
+                alarm.arm(deadline)
         # fmt_cache and re_cache are None: set so by __init__ and by end()
 
     def use_budgets(self, budgets: Budgets) -> None:

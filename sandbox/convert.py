@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from sandbox.budget import RunState
+from sandbox.containers import ScriptClass
 
 PLAIN_SCALARS = (str, int, float, bool, type(None))
 _SCALAR_TYPES = frozenset(PLAIN_SCALARS)
@@ -55,6 +56,52 @@ class TooLong(Exception):
     """Internal: a text representation ran past its limit."""
 
 
+_CHUNK = 1 << 16  # characters measured at a time: bounds the memory a length count takes
+
+
+def _quote_slack(s: str) -> int:
+    # repr() picks its quote for the whole string; a chunk's repr may pick the other one
+    # and not escape quotes the whole string's repr escapes.
+    return s.count("'") if "'" in s and '"' in s else 0
+
+
+def repr_length(s: str, limit: int) -> int:
+    """An upper bound of ``len(repr(s))`` (exact up to quote escaping), computed without
+    building more than a chunk's repr at a time; counting stops once past ``limit``."""
+    if s.isascii() and s.isprintable():
+        return len(s) + 2 + s.count("\\") + _quote_slack(s)
+    total = 2 + _quote_slack(s)
+    for i in range(0, len(s), _CHUNK):
+        total += len(repr(s[i : i + _CHUNK])) - 2
+        if total > limit:
+            break
+    return total
+
+
+def ascii_length(s: str, limit: int, of_repr: bool) -> int:
+    """An upper bound of ``len(ascii(s))`` (``of_repr``) or of ``s`` with every non-ASCII
+    character backslash-escaped (up to 10 characters each), counted chunk by chunk."""
+    if s.isascii():
+        return repr_length(s, limit) if of_repr else len(s)
+    total = 2 + _quote_slack(s) if of_repr else 0
+    for i in range(0, len(s), _CHUNK):
+        chunk = s[i : i + _CHUNK]
+        total += len(ascii(chunk)) - 2 if of_repr else len(chunk.encode("ascii", "backslashreplace"))
+        if total > limit:
+            break
+    return total
+
+
+def bytes_repr_length(b: bytes, limit: int) -> int:
+    """An upper bound of ``len(repr(b))`` (at most 4 characters per byte), chunk by chunk."""
+    total = 3 + (b.count(b"'") if b"'" in b and b'"' in b else 0)
+    for i in range(0, len(b), _CHUNK):
+        total += len(repr(b[i : i + _CHUNK])) - 3
+        if total > limit:
+            break
+    return total
+
+
 class SafeText:
     """Stands in for a non-plain value inside ``%`` formatting: str() and repr() are safe."""
 
@@ -70,7 +117,7 @@ class SafeText:
 
 
 def _type_name(x: Any) -> str:
-    return type(x).__name__
+    return "class" if type(x) is ScriptClass else type(x).__name__
 
 
 def exception_args(exc: BaseException) -> tuple[Any, ...]:
@@ -131,6 +178,12 @@ def safe_repr(x: Any, st: RunState | None, limit: int, strict: bool = True) -> s
     def rec(v: Any, depth: int, seen: tuple[int, ...]) -> None:
         t = type(v)
         if t in _SCALAR_TYPES or t is bytes or t is range:
+            # Measured before it is built: repr() of a str can be 10x its length.
+            room = limit - size[0]
+            if t is str and len(v) * 10 + 2 > room and repr_length(v, room) > room:
+                raise TooLong
+            if t is bytes and len(v) * 4 + 3 > room and bytes_repr_length(v, room) > room:
+                raise TooLong
             emit(repr(v))
             return
         if t is list or t is tuple or t is dict or t is set or t is frozenset:
@@ -176,6 +229,12 @@ def safe_repr(x: Any, st: RunState | None, limit: int, strict: bool = True) -> s
                     emit(", ")
                 emit(repr(a))
             emit(")")
+            return
+        if t is ScriptClass:
+            emit(f"<class '{v.__name__}'>")
+            return
+        if type(t) is ScriptClass:  # never a script method's idea of its own name
+            emit(f"<{t.__name__} object>")
             return
         script_repr = getattr(t, "script_repr", None)  # our facades describe themselves
         if script_repr is not None:

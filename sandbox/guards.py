@@ -19,44 +19,37 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
-from sandbox.budget import CLOCK_EVERY, RunState
+from sandbox.budget import CLOCK_EVERY, BudgetExceeded, RunState
 from sandbox.containers import (
     INTLIKE,
     LAZY,
     PLAIN_DATA,
     SIZED,
+    ScriptClass,
+    check_collisions,
+    check_division,
     check_tuple_depth,
     describe,
     materialize,
     not_iterable,
+    script_attr,
 )
-from sandbox.convert import SafeText, exception_args, sanitize_format_arg
+from sandbox.convert import exception_args
+from sandbox.formatting import format_field, percent_format
 from sandbox.methods import Factory, text_of
 
 SUBSCRIPTABLE = frozenset({dict, list, tuple, str, bytes, range})
+# Operands of set algebra (`|`, `&`, `-`, `^`): hash tables and their key/item views.
+HASHED = frozenset({set, frozenset, dict, type({}.keys()), type({}.items())})
 _chain, _islice, _repeat, _map = itertools.chain.from_iterable, itertools.islice, itertools.repeat, map
 WRITABLE = frozenset({dict, list, set})
 
-_PERCENT_SPEC = re.compile(
-    r"%(?:\((?P<key>[^)]*)\))?[-#0 +]*(?P<width>\*|\d+)?(?:\.(?P<prec>\*|\d+))?[hlL]?(?P<conv>.?)", re.S
-)
-_SPEC_NUMBER = re.compile(r"\d+")
-
-
-def _text_size(x: Any) -> int:
-    """Most characters a %-conversion of a sanitized argument can produce (widths aside)."""
-    t = type(x)
-    if t is str:
-        return len(x)
-    if t is int:
-        return x.bit_length() // 3 + 2
-    if t is SafeText:
-        return len(x.text)
-    return 400  # float (%f of 1e308 is 316 characters), bool, None
+_exception = sys.exception
+_CONVERSION_CHARS = {-1: None, 115: "s", 114: "r", 97: "a"}
 
 
 # -- the hooks ---------------------------------------------------------------------------------
@@ -91,6 +84,8 @@ def make_hooks(
         t = type(obj)
         if isinstance(obj, BaseException) and name == "args":
             return exception_args(obj)
+        if type(t) is ScriptClass or t is ScriptClass:
+            return script_attr(obj, name)
         if t in PLAIN_DATA and type(name) is str and not hasattr(t, name):
             # A typo or a None where a dict was expected: the ordinary, catchable error.
             raise AttributeError(f"'{t.__name__}' object has no attribute '{name}'")
@@ -174,7 +169,7 @@ def make_hooks(
         st.ticks_left -= 1
         if st.ticks_left <= 0:  # or stopped (budget.STOPPED_TICKS)
             st.check_clock()
-        if type(obj) in WRITABLE:
+        if type(obj) in WRITABLE or type(type(obj)) is ScriptClass:  # (not a class itself)
             return obj
         st.refuse(f"{describe(obj)} cannot be modified")
 
@@ -252,78 +247,21 @@ def make_hooks(
     def mod_(a: Any, b: Any) -> Any:
         ta = type(a)
         if ta is str:
-            return percent_format(a, b)
+            return percent_format(st, a, b)
         if ta is bytes:
             raise TypeError("bytes %-formatting is not supported; format a str and encode it")
+        if ta in INTLIKE and type(b) in INTLIKE:
+            check_division(st, a, b)
         return a % b
 
-    def percent_format(fmt: str, args: Any) -> str:
-        max_str = st.max_str
-        percent_specs = st.fmt_cache
-        if percent_specs is None:
-            percent_specs = st.fmt_cache = {}  # per call: RunState.end() drops it
-        specs = percent_specs.get(fmt)
-        if specs is None:  # parsed once per format string and call (loops reuse it)
-            specs = [(m["key"], m["width"], m["prec"], m["conv"]) for m in _PERCENT_SPEC.finditer(fmt)]
-            st.charge(len(specs))
-            if len(percent_specs) < 256:
-                percent_specs[fmt] = specs
-        targs = type(args)
-        uses_mapping = targs is dict and any(spec[0] is not None for spec in specs)
-        if uses_mapping:
-            st.charge(len(args))
-            safe: Any = {k: sanitize_format_arg(v, st, max_str) for k, v in args.items()}
-            positional: Any = ()
-        elif targs is tuple:
-            st.charge(len(args))
-            safe = positional = tuple(sanitize_format_arg(a, st, max_str) for a in args)
-        else:
-            safe = sanitize_format_arg(args, st, max_str)
-            positional = (safe,)
-        # Upper bound of the result before building it: the format's own text, every width
-        # and precision, and every argument each time a conversion uses it.
-        total = len(fmt)
-        index = 0
-        for key, width, prec, conv in specs:
-            if conv == "%":
-                continue
-            for val in (width, prec):
-                if val == "*":
-                    star = positional[index] if index < len(positional) else 0
-                    index += 1
-                    total += abs(star) if type(star) in INTLIKE else 0
-                elif val:
-                    total += int(val) if len(val) < 10 else max_str + 1
-            if key is not None:
-                arg = safe.get(key) if uses_mapping else None
-            else:
-                arg = positional[index] if index < len(positional) else None
-                index += 1
-            total += _text_size(arg)
-            if total > max_str:
-                st.check_str(total)
-        r = fmt % safe
-        st.check_str(len(r))
-        return r
+    def floordiv_(a: Any, b: Any) -> Any:
+        if type(a) in INTLIKE and type(b) in INTLIKE:
+            check_division(st, a, b)
+        return a // b
 
     def fmt_(value: Any, conversion: int, spec: Any) -> str:
-        if spec:
-            max_str = st.max_str
-            for m in _SPEC_NUMBER.finditer(spec):
-                digits = m.group()
-                if len(digits) > 9 or int(digits) > max_str:
-                    st.exceeded("max_str", max_str, f"format width {digits[:12]}")
-        if conversion == 114:  # !r
-            value = text_of(st, value, as_repr=True)
-        elif conversion == 97:  # !a
-            value = text_of(st, value, as_repr=True).encode("ascii", "backslashreplace").decode("ascii")
-        elif conversion == 115 or type(value) not in (str, int, float, bool, type(None)):
-            value = text_of(st, value)
-        if not spec and type(value) is str:
-            return value
-        r = format(value, spec)
-        st.check_str(len(r))
-        return r
+        # An f-string field: conversion is -1 (none) or ord('s'/'r'/'a').
+        return format_field(st, value, _CONVERSION_CHARS[conversion], spec, text_of)
 
     def iadd_(x: Any, y: Any) -> Any:
         if type(x) is int and type(y) is int:  # the loop-counter case, inlined
@@ -359,10 +297,30 @@ def make_hooks(
             return lshift_(x, y)
         if op == "%=":
             return mod_(x, y)
+        if op == "//=":
+            return floordiv_(x, y)
+        if op in _SET_INPLACE:
+            if type(x) in HASHED and type(y) in HASHED:
+                check_collisions(st, x, y)
         fallback = _INPLACE_FALLBACK.get(op)
         if fallback is None:
             st.refuse(f"operator {op} is not supported")
         return fallback(x, y)
+
+    def set_algebra(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        def hook(a: Any, b: Any) -> Any:
+            if type(a) in HASHED and type(b) in HASHED:
+                check_collisions(st, a, b)
+            return op(a, b)
+
+        return hook
+
+    def caught_() -> None:
+        # First statement of every `except` block: the exception being handled.
+        if st.dead is not None:
+            st.reraise()  # a `finally:` replaced a stop with an ordinary exception
+        if type(_exception()) is MemoryError:
+            st.stop(BudgetExceeded("budget exceeded: memory (the script allocated too much)"))
 
     def print_(_getattr: Any) -> Any:
         return print_collector(st)
@@ -391,10 +349,21 @@ def make_hooks(
         "_pow_": pow_,
         "_lshift_": lshift_,
         "_mod_": mod_,
+        "_floordiv_": floordiv_,
         "_fmt_": fmt_,
+        "_caught_": caught_,
+        "_sub_": set_algebra(operator.sub),
+        "_or_": set_algebra(operator.or_),
+        "_and_": set_algebra(operator.and_),
+        "_xor_": set_algebra(operator.xor),
+        "_isub_": set_algebra(operator.isub),  # in place for sets, like native `-=`
+        "_ior_": set_algebra(operator.ior),
+        "_iand_": set_algebra(operator.iand),
+        "_ixor_": set_algebra(operator.ixor),
     }
 
 
+_SET_INPLACE = frozenset({"-=", "|=", "&=", "^="})
 _INPLACE_FALLBACK: dict[str, Callable[[Any, Any], Any]] = {
     "-=": operator.isub,
     "/=": operator.itruediv,

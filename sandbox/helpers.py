@@ -244,18 +244,26 @@ def _warm_up() -> None:
     time.time()
 
 
-def _text(st: RunState, s: Any, *bounds: Any) -> str:
+# RE2 runs in time linear in the text, but the factor is the size of the compiled program
+# when its DFA gives up (state cache full) and it falls back to the NFA: measured here,
+# (?:a?){1000}a{1000}b over 1 MB of "a" (3004 instructions) took 27 s in one search,
+# ~9-28 ns per character x instruction. A search is charged len(text) x program size / this
+# (a step of the budget is ~200 ns), so no single call can run far past the budget.
+RE_WORK_PER_STEP = 8
+
+
+def _text(st: RunState, s: Any, *bounds: Any, program: int = 1) -> str:
     if type(s) is not str:
         raise TypeError("regular expressions work on str only")
     for b in bounds:
         if b is not None and type(b) not in INTLIKE:
             raise TypeError("pos and endpos must be ints")
-    st.charge(len(s) // 64 + 1)  # a linear scan
+    st.charge(len(s) // 64 + len(s) * program // RE_WORK_PER_STEP + 1)  # before the scan runs
     return s
 
 
 class Pattern(Facade):
-    __slots__ = ("_pattern", "_rx")
+    __slots__ = ("_pattern", "_program", "_rx")
     PUBLIC = frozenset({"search", "match", "fullmatch", "findall", "sub", "split", "pattern", "groups"})
     NAME = "re.Pattern"
 
@@ -263,6 +271,7 @@ class Pattern(Facade):
         super().__init__(st)
         self._rx = rx
         self._pattern = pattern
+        self._program = rx._regexp.ProgramSize()  # see RE_WORK_PER_STEP
 
     def script_repr(self) -> str:
         return f"re.compile({self._pattern[:200]!r})"
@@ -281,17 +290,20 @@ class Pattern(Facade):
         return None if m is None else Match(self._st, m)
 
     def search(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
-        return self._wrap(self._rx.search(_text(self._st, string, pos, endpos), pos, endpos))
+        text = _text(self._st, string, pos, endpos, program=self._program)
+        return self._wrap(self._rx.search(text, pos, endpos))
 
     def match(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
-        return self._wrap(self._rx.match(_text(self._st, string, pos, endpos), pos, endpos))
+        text = _text(self._st, string, pos, endpos, program=self._program)
+        return self._wrap(self._rx.match(text, pos, endpos))
 
     def fullmatch(self, string: Any, pos: Any = 0, endpos: Any = None) -> Match | None:
-        return self._wrap(self._rx.fullmatch(_text(self._st, string, pos, endpos), pos, endpos))
+        text = _text(self._st, string, pos, endpos, program=self._program)
+        return self._wrap(self._rx.fullmatch(text, pos, endpos))
 
     def findall(self, string: Any) -> list[Any]:
         st = self._st
-        data = _encode(_text(st, string))
+        data = _encode(_text(st, string, program=self._program))
         ngroups = self._rx.groups
         cap = st.budgets.max_items
         out: list[Any] = []
@@ -313,7 +325,7 @@ class Pattern(Facade):
             raise TypeError("re.sub() replacement must be a str (functions are not supported)")
         if type(count) not in INTLIKE:
             raise TypeError("count must be an int")
-        text = _text(st, string)
+        text = _text(st, string, program=self._program)
         if count < 0:
             return text
         if "\\" in repl:
@@ -370,7 +382,7 @@ class Pattern(Facade):
         st = self._st
         if type(maxsplit) not in INTLIKE:
             raise TypeError("maxsplit must be an int")
-        text = _text(st, string)
+        text = _text(st, string, program=self._program)
         if maxsplit < 0:
             return [text]
         data = _encode(text)

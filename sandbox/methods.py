@@ -14,14 +14,18 @@ from typing import Any
 
 from sandbox.budget import RunState
 from sandbox.containers import (
+    CHARS_PER_STEP,
     INTLIKE,
+    charge_comparisons,
     check_collisions,
     check_pairs_depth,
     check_tuple_depth,
     dict_from_pairs,
     materialize,
+    sort_items,
 )
 from sandbox.convert import TooLong, safe_repr, safe_str
+from sandbox.formatting import str_format
 
 ENCODINGS = frozenset({"utf-8", "utf8", "ascii", "latin-1", "latin1", "iso-8859-1", "utf-16", "utf-32"})
 ERROR_MODES = frozenset({"strict", "ignore", "replace", "backslashreplace", "surrogatepass"})
@@ -29,6 +33,7 @@ for _name in ENCODINGS:  # import the codec modules now, before a worker confine
     codecs.lookup(_name)
 
 Factory = Callable[[RunState, Any], Any]
+LONG_TEXT = 4096  # characters from which a text method's C work is charged as steps
 
 
 def check_encoding(encoding: Any, errors: Any) -> None:
@@ -57,7 +62,10 @@ def _str_join(st: RunState, s: str) -> Callable[..., str]:
             total = sum(map(len, items))
         except TypeError:
             total = 0  # a non-str item: str.join raises its own TypeError below
-        st.check_str(total + len(s) * max(len(items) - 1, 0))
+        size = total + len(s) * max(len(items) - 1, 0)
+        st.check_str(size)
+        if size >= LONG_TEXT:
+            st.charge(size // CHARS_PER_STEP)  # copying the text: C work no tick stands for
         return s.join(items)
 
     return join
@@ -69,7 +77,10 @@ def _str_replace(st: RunState, s: str) -> Callable[..., str]:
             n = s.count(old) if old else len(s) + 1
             if count >= 0:
                 n = min(n, count)
-            st.check_str(len(s) + max(n * (len(new) - len(old)), 0))
+            size = len(s) + max(n * (len(new) - len(old)), 0)
+            st.check_str(size)
+            if size >= LONG_TEXT:
+                st.charge((len(s) + size) // CHARS_PER_STEP)  # the count() scan and the copy
         return s.replace(old, new, count)
 
     return replace
@@ -144,6 +155,7 @@ def _result_items(name: str) -> Factory:
             return method  # a short string splits into few items: no wrapper needed
 
         def split(*args: Any, **kwargs: Any) -> list[Any]:
+            st.charge(len(s) // CHARS_PER_STEP)  # the scan, before it runs
             r = method(*args, **kwargs)
             st.check_items(len(r))
             st.charge(len(r))
@@ -168,6 +180,22 @@ def _result_str(name: str) -> Factory:
     return factory
 
 
+def _str_format(st: RunState, s: str) -> Callable[..., str]:
+    def format(*args: Any, **kwargs: Any) -> str:
+        return str_format(st, s, args, kwargs, text_of)
+
+    return format
+
+
+def _str_format_map(st: RunState, s: str) -> Callable[[Any], str]:
+    def format_map(mapping: Any) -> str:
+        if type(mapping) is not dict:
+            raise TypeError("format_map() needs a dict")
+        return str_format(st, s, (), mapping, text_of, positional=False)
+
+    return format_map
+
+
 def _list_extend(st: RunState, lst: list[Any]) -> Callable[[Any], None]:
     def extend(iterable: Any) -> None:
         items = materialize(st, iterable)
@@ -180,7 +208,11 @@ def _list_extend(st: RunState, lst: list[Any]) -> Callable[[Any], None]:
 def _list_sort(st: RunState, lst: list[Any]) -> Callable[..., None]:
     def sort(*, key: Any = None, reverse: Any = False) -> None:
         st.charge(len(lst))
-        lst.sort(key=key, reverse=reverse)
+        if key is None:
+            charge_comparisons(st, lst, True)
+            lst.sort(reverse=reverse)
+        else:
+            lst[:] = sort_items(st, lst, key, reverse)
 
     return sort
 
@@ -193,13 +225,15 @@ def _dict_update(st: RunState, d: dict[Any, Any]) -> Callable[..., None]:
         st.check_items(len(d) + len(other) + len(kwargs))
         if type(other) is not dict:
             other = dict_from_pairs(st, other)
+        check_collisions(st, d, other)  # every key of other is compared with d's
         d.update(other, **kwargs)
 
     return update
 
 
 def _set_op(name: str, grows: bool) -> Factory:
-    # Set methods iterate their arguments in C: materialize (charge) them first.
+    # Set methods iterate their arguments in C, hashing each item into (or looking it up
+    # in) the set: materialize (charge) them first, and check their hashes with the set's.
     def factory(st: RunState, s: Any) -> Callable[..., Any]:
         method = getattr(s, name)
 
@@ -207,8 +241,7 @@ def _set_op(name: str, grows: bool) -> Factory:
             items = [materialize(st, o) for o in others]
             if grows:
                 st.check_items(len(s) + sum(map(len, items)))
-                for group in items:
-                    check_collisions(st, group)
+            check_collisions(st, s, *items)
             return method(*items)
 
         return call
@@ -237,6 +270,8 @@ _STR_ATTRS: dict[str, Factory | None] = {
     "center": _str_width("center"),
     "zfill": _str_width("zfill"),
     "expandtabs": _str_expandtabs,
+    "format": _str_format,
+    "format_map": _str_format_map,
     "encode": _str_encode,
     "split": _result_items("split"),
     "rsplit": _result_items("rsplit"),

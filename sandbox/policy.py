@@ -6,8 +6,9 @@ returns the compiled code object for the runtime.
 
 On top of RestrictedPython's ``RestrictingNodeTransformer`` (underscore names, inspect
 attributes, exec/eval calls, async, ``except*``...) this policy refuses whole features that
-only serve attacks in a webhook handler (imports, classes, generators, ``with``, bare
-``except``, star-unpacking in displays, ``return``/``break``/``continue`` in ``finally``)
+only serve attacks in a webhook handler (imports, ``with``, bare ``except``, star-unpacking
+in displays, ``return``/``break``/``continue`` in ``finally``, ``finally`` in generator
+functions, special methods in classes other than ``CLASS_DUNDERS``)
 and injects the accounting calls the runtime needs (see ``sandbox.guards`` for the names):
 
 - ``_step_()`` at the top of every ``while`` body, and in every lambda;
@@ -23,8 +24,9 @@ and injects the accounting calls the runtime needs (see ``sandbox.guards`` for t
 - ``for x in a[k]`` (loops and comprehensions) calls one fused guard, ``_getiter_item_``;
 - ``kv.<op>(...)`` on the global ``kv`` (a script that never binds the name ``kv``)
   calls the facade's bound method directly (``KV_DIRECT``), without ``_getattr_``;
-- ``+ * ** << %`` become ``_add_ _mul_ _pow_ _lshift_ _mod_`` so sizes are checked
-  *before* anything is allocated, and f-string fields become ``_fmt_`` calls (widths,
+- ``+ * ** << % //`` become ``_add_ _mul_ _pow_ _lshift_ _mod_ _floordiv_`` so sizes (and
+  long-division costs) are checked *before* anything is allocated, and ``- | & ^`` become
+  ``_sub_ _or_ _and_ _xor_`` (hash-collision check for set algebra), and f-string fields become ``_fmt_`` calls (widths,
   safe conversions).
 """
 
@@ -33,7 +35,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from RestrictedPython.transformer import RestrictingNodeTransformer, copy_locations
+from RestrictedPython.transformer import ALLOWED_FUNC_NAMES, RestrictingNodeTransformer, copy_locations
 
 from sandbox.api import CompileIssue
 from sandbox.kvops import KEY as KV_KEY
@@ -67,7 +69,7 @@ UNPROVIDED_BUILTINS = frozenset(
         "copyright", "credits", "license", "aiter", "anext", "frozenset", "oct", "bin",
     }
 )  # fmt: skip
-REFUSED_ATTRIBUTES = frozenset({"format", "format_map", "mro"})
+REFUSED_ATTRIBUTES = frozenset({"mro"})
 
 _BINOP_HOOKS: dict[type[ast.operator], str] = {
     ast.Add: "_add_",
@@ -75,6 +77,13 @@ _BINOP_HOOKS: dict[type[ast.operator], str] = {
     ast.Pow: "_pow_",
     ast.LShift: "_lshift_",
     ast.Mod: "_mod_",
+    ast.FloorDiv: "_floordiv_",
+    # Set algebra hashes one operand's items into (or looks them up in) the other's table
+    # in one C call: the collision check runs first. Ints pass straight through.
+    ast.Sub: "_sub_",
+    ast.BitOr: "_or_",
+    ast.BitAnd: "_and_",
+    ast.BitXor: "_xor_",
 }
 
 
@@ -88,7 +97,11 @@ KV_CONST_KEY: dict[str, str] = {
 }
 _DIRECT_TO_CONST_KEY = {KV_DIRECT[name]: direct for name, direct in KV_CONST_KEY.items()}
 
-_INPLACE_HOOKS: dict[type[ast.operator], str] = {**_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_"}
+_INPLACE_HOOKS: dict[type[ast.operator], str] = {
+    **_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_",
+    ast.Sub: "_isub_", ast.BitOr: "_ior_", ast.BitAnd: "_iand_", ast.BitXor: "_ixor_",
+}  # fmt: skip
+_SMALL_OPERAND_NATIVE = (ast.Add, ast.Sub, ast.BitOr, ast.BitAnd, ast.BitXor)
 
 
 def _call(name: str, *args: ast.expr) -> ast.Call:
@@ -116,6 +129,25 @@ def _bound_names(tree: ast.AST) -> set[str]:
         elif isinstance(node, ast.ExceptHandler) and node.name:
             names.add(node.name)
     return names
+
+
+# Special methods a script class may define: construction and comparisons. Each runs as a
+# script function (budgets apply) when Python calls it; nothing reaches type internals.
+CLASS_DUNDERS = frozenset({"__init__", "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__"})
+
+
+def _own_nodes(fn: ast.FunctionDef | ast.Lambda) -> Iterator[ast.AST]:
+    """The nodes of a function's own scope (not those of nested functions or classes)."""
+    stack: list[ast.AST] = list(fn.body) if isinstance(fn, ast.FunctionDef) else [fn.body]
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)):
+            stack.extend(ast.iter_child_nodes(node))
+
+
+def _is_generator(fn: ast.FunctionDef) -> bool:
+    return any(isinstance(node, (ast.Yield, ast.YieldFrom)) for node in _own_nodes(fn))
 
 
 def _finally_escapes(stmts: list[ast.stmt]) -> Iterator[ast.stmt]:
@@ -147,6 +179,7 @@ class ScriptPolicy(RestrictingNodeTransformer):
         super().__init__()
         self.issues: list[CompileIssue] = []
         self.bound_names = bound_names
+        self.methods: set[int] = set()  # id() of the defs directly in a class body
 
     # -- error collection with columns ----------------------------------------------------
 
@@ -168,15 +201,31 @@ class ScriptPolicy(RestrictingNodeTransformer):
         return node
 
     def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
-        self.error(node, "class definitions are not allowed: use dicts and functions")
-        return node
-
-    def visit_Yield(self, node: ast.Yield) -> ast.AST:
-        self.error(node, "generator functions (yield) are not allowed")
-        return node
+        # RestrictedPython compiles it as `class C(bases, metaclass=__metaclass__)` (the
+        # runtime's class factory checks bases and names) and refuses `metaclass=`.
+        if node.decorator_list:
+            self.error(node, "class decorators are not allowed")
+        if node.keywords:
+            self.error(node, "class keywords are not allowed")
+        for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef):
+                self.methods.add(id(stmt))
+            elif not (
+                isinstance(stmt, ast.Pass)
+                or (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))
+                or (isinstance(stmt, ast.Assign) and all(isinstance(t, ast.Name) for t in stmt.targets))
+            ):
+                self.error(stmt, "a class body may only hold methods (def), NAME = value and a docstring")
+        new = super().visit_ClassDef(node)
+        copy_locations(new, node)  # RP builds the new node from a parsed template (line 1)
+        return new
 
     def visit_YieldFrom(self, node: ast.YieldFrom) -> ast.AST:
-        self.error(node, "generator functions (yield from) are not allowed")
+        node = self.node_contents_visit(node)
+        # `yield from x` iterates x in C: through the iteration guard like a for loop.
+        new = _call("_getiter_", node.value)
+        copy_locations(new, node.value)
+        node.value = new
         return node
 
     def visit_With(self, node: ast.With) -> ast.AST:
@@ -193,7 +242,13 @@ class ScriptPolicy(RestrictingNodeTransformer):
     def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
         if node.type is None:
             self.error(node, "bare 'except:' is not allowed: name the exceptions (e.g. 'except Exception:')")
-        return super().visit_ExceptHandler(node)
+        node = super().visit_ExceptHandler(node)
+        # A MemoryError is an Exception: `except Exception:` would let the script go on
+        # after hitting the worker's memory limit. _caught_() turns it into a stop.
+        caught = ast.Expr(_call("_caught_"))
+        copy_locations(caught, node)
+        node.body.insert(0, caught)
+        return node
 
     def visit_Try(self, node: ast.Try) -> ast.AST:
         for bad in _finally_escapes(node.finalbody):
@@ -214,7 +269,7 @@ class ScriptPolicy(RestrictingNodeTransformer):
 
     def visit_Attribute(self, node: ast.Attribute) -> ast.AST:
         if node.attr in REFUSED_ATTRIBUTES:
-            self.error(node, f'".{node.attr}" is not allowed (use f-strings or %)')
+            self.error(node, f'".{node.attr}" is not allowed')
         return super().visit_Attribute(node)
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
@@ -277,17 +332,32 @@ class ScriptPolicy(RestrictingNodeTransformer):
     # -- functions: recursion depth and steps --------------------------------------------------
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        if node.name.startswith("_"):
-            # RP lets indented dunder defs through (for class bodies); with no classes they
-            # serve nothing but confusion.
-            self.error(node, f'function name "{node.name}" is not allowed (starts with "_")')
+        rp_allows = node.name in ALLOWED_FUNC_NAMES and node.col_offset != 0  # else RP reports it
+        if rp_allows and not (id(node) in self.methods and node.name in CLASS_DUNDERS):
+            allowed = ", ".join(sorted(CLASS_DUNDERS))
+            self.error(node, f'function name "{node.name}" is not allowed (starts with "_"; methods may be {allowed})')
         if node.decorator_list:
             self.error(node, "decorators are not allowed")
+        generator = _is_generator(node)
+        if generator:
+            for bad in _own_nodes(node):
+                if isinstance(bad, ast.Try) and bad.finalbody:
+                    # It could run after the call, when the host closes or collects the
+                    # suspended generator.
+                    self.error(bad, "'finally' is not allowed in a generator function")
         node = super().visit_FunctionDef(node)
         if node.args.vararg is not None:  # *args packs a new tuple of script values
             nest = ast.Expr(_call("_nest_", ast.Name(node.args.vararg.arg, ast.Load())))
             copy_locations(nest, node)
             node.body.insert(0, nest)
+        if generator:
+            # A generator's body runs in pieces between its consumer's steps: one step when
+            # it starts, its loops tick like any other; no depth bookkeeping (a suspended
+            # generator would hold a level, and no `finally` may run after the call).
+            step = ast.Expr(_call("_step_"))
+            copy_locations(step, node)
+            node.body.insert(0, step)
+            return node
         enter = ast.Expr(_call("_enter_"))
         leave = ast.Expr(_call("_leave_"))
         guarded = ast.Try(body=node.body, handlers=[], orelse=[], finalbody=[leave])
@@ -299,6 +369,8 @@ class ScriptPolicy(RestrictingNodeTransformer):
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
         if node.args.vararg is not None:
             self.error(node, "*args in a lambda is not allowed: use a def")
+        if any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in _own_nodes(node)):
+            self.error(node, "yield in a lambda is not allowed: use a def")
         node = super().visit_Lambda(node)
         # `_step_()` returns None, so `None or body` is the body: a lambda call costs a step.
         node.body = ast.BoolOp(op=ast.Or(), values=[_call("_step_"), node.body])
@@ -388,15 +460,19 @@ class ScriptPolicy(RestrictingNodeTransformer):
         hook = _BINOP_HOOKS.get(type(node.op))
         if hook is None:
             return node  # - / // >> & | ^ @ cannot grow past their operands
-        if hook == "_add_" and (_small_int(node.left) or _small_int(node.right)):
-            return node  # `i + 1` stays native: fast, grows an int by one bit at most
+        if isinstance(node.op, _SMALL_OPERAND_NATIVE) and (_small_int(node.left) or _small_int(node.right)):
+            return node  # `i + 1`, `n - 1`, `x & 0xff` stay native: an int with an int, cheap
+        if hook == "_floordiv_" and _small_int(node.right):
+            return node  # `n // 2`: linear in the bits of n, nothing to bound
         new = _call(hook, node.left, node.right)
         copy_locations(new, node)
         return new
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
         op = type(node.op)
-        native = op not in _BINOP_HOOKS or (op is ast.Add and _small_int(node.value))
+        native = op not in _BINOP_HOOKS or (
+            (op in _SMALL_OPERAND_NATIVE or op is ast.FloorDiv) and _small_int(node.value)
+        )
         if native and isinstance(node.target, ast.Name):
             # `n += 1`, `x -= y`, `s |= t` on a plain name: no guard needed, no call overhead.
             return self.node_contents_visit(node)

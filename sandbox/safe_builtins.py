@@ -4,13 +4,15 @@ iterate, allocate or stringify without our limits.
 ``str``, ``list``, ``dict``, ``set`` and ``tuple`` are ``SafeType`` callables rather than the
 real classes (the classes' own attributes such as ``str.format`` or ``dict.fromkeys`` would
 bypass the per-instance allow-list); ``isinstance`` maps them back to the real types.
-``int``, ``float`` and ``bool`` are the real classes: attribute access on any class is
-refused by ``_getattr_``, and their constructors are bounded (``int()`` from text is
-capped at 4300 digits by CPython).
+``int`` is a ``SafeType`` too: ``int(text, base)`` bounds the bits before converting
+(CPython caps only non-power-of-two bases, at 4300 digits). ``float`` and ``bool`` are the
+real classes: attribute access on any class is refused by ``_getattr_``.
 """
 
 from __future__ import annotations
 
+import builtins
+import math
 import types
 from collections.abc import Callable
 from typing import Any
@@ -19,14 +21,20 @@ from sandbox.budget import RunState
 from sandbox.containers import (
     INTLIKE,
     SIZED,
+    ScriptClass,
+    charge_int_sum,
     check_collisions,
+    check_division,
     check_pairs_depth,
     check_tuple_depth,
     dict_from_pairs,
+    extreme_item,
     materialize,
+    sort_items,
 )
 from sandbox.kvapi import KVError
 from sandbox.methods import check_encoding, text_of
+from sandbox.policy import CLASS_DUNDERS
 
 # Script-visible exception classes. All derive from Exception: a script can raise and
 # catch these, never the BaseException-derived stops used for budgets and policy.
@@ -40,6 +48,7 @@ EXCEPTIONS: dict[str, type[Exception]] = {
 EXCEPTIONS["KVError"] = KVError
 
 _MISSING: Any = object()
+_LOG2_10 = math.log2(10)
 
 
 class SafeType:
@@ -62,6 +71,8 @@ class SafeType:
     __repr__ = script_repr
 
 
+_EXCEPTION_BASES = frozenset(EXCEPTIONS.values())
+_CLASS_NAMESPACE = frozenset({"__module__", "__qualname__", "__doc__", *CLASS_DUNDERS})
 _REAL_CLASSES = frozenset({int, float, bool, *EXCEPTIONS.values()})
 
 
@@ -70,7 +81,7 @@ def _real_types(classinfo: Any, depth: int = 0) -> Any:
         return classinfo._real
     if type(classinfo) is tuple and depth < 4 and len(classinfo) <= 32:
         return tuple(_real_types(c, depth + 1) for c in classinfo)
-    if classinfo in _REAL_CLASSES:
+    if classinfo in _REAL_CLASSES or type(classinfo) is ScriptClass:
         return classinfo
     raise TypeError("isinstance() arg 2 must be a type or tuple of types")
 
@@ -89,6 +100,30 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         st.check_str(len(r))
         return r
 
+    def int_(x: Any = 0, base: Any = _MISSING) -> int:
+        # Text in a power-of-two base converts in linear time, so CPython does not cap its
+        # length (4300 digits is for the other bases): bound the bits before converting.
+        tx = type(x)
+        if tx is str or tx is bytes:
+            if base is _MISSING:
+                per_digit = _LOG2_10
+            elif type(base) in INTLIKE and 2 <= base <= 36:
+                per_digit = math.log2(base)
+            else:
+                per_digit = 4.0  # base 0: a 0x/0o/0b prefix or decimal
+            if len(x) * per_digit > st.max_bits and len(x.strip()) * per_digit > st.max_bits + 4:
+                st.check_bits(len(x.strip()) * per_digit)
+            return int(x) if base is _MISSING else int(x, base)
+        r = int(x) if base is _MISSING else int(x, base)
+        if not st.neg_int_limit < r < st.int_limit:
+            st.check_bits(r.bit_length())
+        return r
+
+    def divmod_(a: Any, b: Any) -> Any:
+        if type(a) in INTLIKE and type(b) in INTLIKE:
+            check_division(st, a, b)
+        return divmod(a, b)
+
     def repr_(obj: Any) -> str:
         return text_of(st, obj, as_repr=True)
 
@@ -104,7 +139,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
 
     def set_(iterable: Any = ()) -> set[Any]:
         items = materialize(st, iterable)
-        if type(items) not in (set, frozenset, dict):  # those keys are already unique
+        if type(items) is not set and type(items) is not frozenset:  # a set is copied without comparing
             check_collisions(st, items)
         r = set(items)
         st.check_items(len(r))
@@ -119,7 +154,7 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         return r
 
     def sorted_(iterable: Any, *, key: Any = None, reverse: Any = False) -> list[Any]:
-        r = sorted(materialize(st, iterable), key=key, reverse=reverse)
+        r = sort_items(st, materialize(st, iterable), key, reverse)
         st.check_items(len(r))
         return r
 
@@ -162,16 +197,20 @@ def make_builtins(st: RunState) -> dict[str, Any]:
             if not args:
                 raise TypeError(f"{fn.__name__} expected at least 1 argument, got 0")
             items = materialize(st, args[0]) if len(args) == 1 else args
-            if default is _MISSING:
-                return fn(items, key=key)
-            return fn(items, key=key, default=default)
+            if not items:
+                if default is _MISSING:
+                    raise ValueError(f"{fn.__name__}() arg is an empty sequence")
+                return default
+            return extreme_item(st, fn, items, key)
 
         return extreme
 
     def sum_(iterable: Any, start: Any = 0) -> Any:
         if type(start) not in (int, float, bool):
             raise TypeError("sum() start must be a number (join strings with ''.join, lists with +)")
-        return sum(materialize(st, iterable), start)
+        items = materialize(st, iterable)
+        charge_int_sum(st, items)
+        return sum(items, start)
 
     def any_(iterable: Any) -> bool:
         return any(materialize(st, iterable) if type(iterable) in SIZED else _lazy(iterable))
@@ -196,6 +235,26 @@ def make_builtins(st: RunState) -> dict[str, Any]:
                 return 0
         return round(number, ndigits)
 
+    def make_class(name: str, bases: tuple[Any, ...], ns: dict[str, Any]) -> ScriptClass:
+        # `class C(...)` is compiled to `class C(..., metaclass=__metaclass__)`: this.
+        st.step()
+        for base in bases:
+            if type(base) is not ScriptClass and base not in _EXCEPTION_BASES:
+                raise TypeError(
+                    "a class can only derive from the script's own classes or an exception class (Exception...)"
+                )
+        for key in ns:
+            if key.startswith("_"):
+                if key not in _CLASS_NAMESPACE:
+                    st.refuse(f"class attribute '{key}' is not allowed")
+                continue
+            for base in bases:
+                for k in base.__mro__:
+                    if type(k) is not ScriptClass and k is not object and hasattr(k, key):
+                        # host code reads e.args etc.: a class must not redefine them
+                        raise TypeError(f"class attribute '{key}' would replace {k.__name__}.{key}")
+        return ScriptClass(name, bases, dict(ns))
+
     out: dict[str, Any] = {
         "None": None,
         "True": True,
@@ -205,8 +264,8 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         "chr": chr,
         "ord": ord,
         "hex": hex,
-        "divmod": divmod,
-        "int": int,
+        "divmod": divmod_,
+        "int": SafeType("int", int, int_),
         "float": float,
         "bool": bool,
         "str": SafeType("str", str, str_),
@@ -232,4 +291,6 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         if type(value) is types.FunctionType:  # show "sorted", not "sorted_", in messages
             value.__name__ = value.__qualname__ = name
     out.update(EXCEPTIONS)
+    out["__metaclass__"] = make_class
+    out["__build_class__"] = builtins.__build_class__  # runs the body, then make_class
     return out

@@ -249,6 +249,22 @@ def test_wall_kill_of_uninterruptible_c_loop(pool: WorkerPool, loop: asyncio.Abs
     assert loop.run_until_complete(call(pool, ECHO, {"i": 7})).fields == {"i": 7}
 
 
+def test_long_c_calls_stop_at_the_wall_budget_in_a_confined_worker(
+    pool: WorkerPool, loop: asyncio.AbstractEventLoop
+) -> None:
+    # Each `a == b` is one C call of a few ms (200k int comparisons) that counts one loop
+    # step; the clock is read every 64 steps. The worker's deadline alarm (SIGALRM, allowed
+    # by its seccomp filter) makes the next step stop the script in-process, before the
+    # pool's kill (wall budget + 100 ms).
+    src = "def handle(req):\n    a = list(range(200000))\n    b = list(range(200000))\n    while True:\n        t = a == b\n"
+    before = pool.stats()
+    result = loop.run_until_complete(call(pool, src, budgets=Budgets(wall_ms=300)))
+    assert result.error is not None and result.error.kind == BUDGET
+    assert result.error.message.startswith("budget exceeded: wall_ms (limit 300)"), result.error
+    assert pool.stats()["killed"] == before["killed"]
+    loop.run_until_complete(until(lambda: pool.stats()["idle"] == pool.size))
+
+
 def test_deadline_before_wall_budget(pool: WorkerPool, loop: asyncio.AbstractEventLoop) -> None:
     started = time.perf_counter()
     result = loop.run_until_complete(

@@ -59,7 +59,7 @@ def test_refusals_carry_line_and_column(source: str, line: int, col: int, fragme
 
 
 def test_every_issue_is_reported_in_source_order() -> None:
-    src = "import os\ndef handle(req):\n    x = req._y\n    class C:\n        pass\n    return exec\n"
+    src = "import os\ndef handle(req):\n    x = req._y\n    with C:\n        pass\n    return exec\n"
     issues = check_source(src)
     assert [i.line for i in issues] == sorted(i.line for i in issues)
     assert {1, 3, 4, 6} <= {i.line for i in issues}
