@@ -297,3 +297,13 @@ def test_docs_have_a_table_for_every_command():
         table = text.split(heading, 1)[1].split("####", 1)[0]
         lines = "main and v3.8" if command.openim_lines == ("main", "v3.8") else "main only"
         assert f"| Sent by | {lines}" in table, name
+
+
+def test_docs_at_a_glance_table_has_one_row_per_command():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "openim.md").read_text()
+    glance = text.split("## At a glance\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in glance.splitlines() if line.startswith("| [`")]
+    named = [line.split("`")[1] for line in rows]
+    assert sorted(named) == sorted(CAT.commands), "one row per catalogue command"
+    invite = next(line for line in rows if "callbackBeforeInviteJoinGroupCommand" in line)
+    assert "narrow" in invite and "rejection" in invite  # M1: narrowing is not what OpenIM applies
