@@ -350,9 +350,8 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
     answer, so the kernel only sends it connections it can answer at once."""
-    import tornado.httpserver
-
     from server.app import build_state, make_app, start_background, stop
+    from server.http_conn import Server
     from server.http_fast import FastCallbacks
 
     # One process binds before starting anything, to fail fast if the port is taken.
@@ -361,12 +360,14 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     if selector is not None and hasattr(state.pool, "busy"):
         selector.busy = state.pool.busy
     app = make_app(state)
-    server = tornado.httpserver.HTTPServer(
-        FastCallbacks(app, state),  # well-formed callbacks without RequestHandler; the rest: app
+    fast = FastCallbacks(app, state)  # well-formed callbacks without RequestHandler; the rest: app
+    server = Server(  # Tornado's, answering what its parser refuses (server/http_conn.py)
+        fast,
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,
         idle_connection_timeout=75,
-        body_timeout=30,
+        body_timeout=cfg.body_timeout_s,
+        reject=fast.rejection,
     )
     if sockets is None:
         try:
