@@ -82,6 +82,9 @@ class Config:
     admin_allow_cidrs: tuple[str, ...] = ()
     max_body_bytes: int = 1_048_576
     max_script_bytes: int = 65_536
+    # A request body not complete this long after its headers is answered (five fields,
+    # error "body_timeout") and its connection closed (server/http_conn.py).
+    body_timeout_s: float = 30.0
     admin_token: str | None = None
     metrics_public: bool = False  # /metrics without the admin token
     trust_proxy: bool = False  # take the client address from X-Forwarded-For / X-Real-Ip
@@ -173,7 +176,7 @@ _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim", "memory_soft_limit_mb",
-    "penalty_box",
+    "penalty_box", "body_timeout_s",
 }
 
 
@@ -232,6 +235,8 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         if type(value) is not int or value < (0 if key == "workers" else 1):
             raise ConfigError(f"{key} must be a positive integer")
     _check_penalty_box(cfg.penalty_box)
+    if type(cfg.body_timeout_s) not in (int, float) or not 0.1 <= cfg.body_timeout_s <= 3600:
+        raise ConfigError("body_timeout_s must be a number of seconds in 0.1..3600")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if cfg.openim not in OPENIM_LINES:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,20 @@ class HTTPFail(Exception):
         self.status, self.code, self.message, self.extra = status, code, message, extra
 
 
-def _bool_arg(value: str | None, default: bool) -> bool:
+# Query parameters: every value is checked before use, and a bad one is a 400
+# {"error": "bad_parameter", "message": ...}, never a 500 (issue 16: since=1e999 was one).
+DIGITS_RE = re.compile(r"[0-9]{1,19}")
+SCAN_CURSOR_RE = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")  # "pos", or "node-pos" on a cluster
+AUDIT_ID_RE = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+MAX_SINCE_S = 253_402_300_799  # 9999-12-31T23:59:59Z
+MAX_PREFIX_CHARS = 512
+
+
+def bad_parameter(message: str) -> HTTPFail:
+    return HTTPFail(400, "bad_parameter", message)
+
+
+def _bool_arg(value: str | None, default: bool, name: str = "value") -> bool:
     if value is None:
         return default
     lowered = value.strip().lower()
@@ -44,24 +58,49 @@ def _bool_arg(value: str | None, default: bool) -> bool:
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise HTTPFail(400, "bad_request", f"expected true or false, got {value[:20]!r}")
+    raise bad_parameter(f"{name} must be true or false, got {value[:20]!r}")
 
 
 def _int_arg(value: str | None, default: int, low: int, high: int, name: str) -> int:
     if value is None or value == "":
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise HTTPFail(400, "bad_request", f"{name} must be an integer") from None
+    # Not int(): it takes " 5", "+5", "5_000" and other scripts' digits.
+    if not DIGITS_RE.fullmatch(value):
+        raise bad_parameter(f"{name} must be an integer between {low} and {high}")
+    number = int(value)
     if not low <= number <= high:
-        raise HTTPFail(400, "bad_request", f"{name} must be between {low} and {high}")
+        raise bad_parameter(f"{name} must be an integer between {low} and {high}")
     return number
+
+
+def _since_arg(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        since = float(value)
+    except ValueError:
+        raise bad_parameter("since must be a unix timestamp in seconds") from None
+    # float() also takes "nan", "inf" and "1e999" (inf).
+    if not math.isfinite(since) or not 0 <= since <= MAX_SINCE_S:
+        raise bad_parameter(f"since must be a unix timestamp in seconds between 0 and {MAX_SINCE_S}")
+    return since
+
+
+def _matching_arg(value: str | None, default: str, pattern: re.Pattern[str], name: str, what: str) -> str:
+    if value is None or value == "":
+        return default
+    if not pattern.fullmatch(value):
+        raise bad_parameter(f"{name} must be {what}")
+    return value
 
 
 class AdminHandler(StreamedBody):
     state: AppState
     admin = True  # False for /metrics when metrics_public
+    # The query parameters each method takes; any other is refused (400 bad_parameter), so
+    # a misspelt ?limt=5 is not silently ignored. None: not checked (a handler that does
+    # not declare its parameters).
+    query: dict[str, frozenset[str]] | None = None
 
     def initialize(self, state: AppState) -> None:
         self.state = state
@@ -83,7 +122,27 @@ class AdminHandler(StreamedBody):
                 headers={"WWW-Authenticate": 'Bearer realm="scriptgate"'},
             )
             return
+        problem = self.query_problem()
+        if problem:
+            self.json_error(400, "bad_parameter", problem)
+            return
         super().prepare()
+
+    def query_problem(self) -> str | None:
+        """Why the query string is refused (unknown or repeated parameter, not UTF-8), or None."""
+        allowed = None if self.query is None else self.query.get(self.request.method or "", frozenset())
+        for name, values in self.request.query_arguments.items():
+            shown = name[:40]
+            if allowed is not None and name not in allowed:
+                known = ", ".join(sorted(allowed)) or "none"
+                return f"unknown query parameter {shown!r} (this endpoint takes: {known})"
+            if len(values) > 1:
+                return f"query parameter {shown!r} given more than once"
+            try:
+                values[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return f"query parameter {shown!r} is not valid UTF-8"
+        return None
 
     def _authorized(self) -> bool:
         header = self.request.headers.get("Authorization", "")
@@ -121,7 +180,7 @@ class AdminHandler(StreamedBody):
     def namespace(self) -> str:
         ns = self.get_query_argument("namespace", "default")
         if not NAMESPACE_RE.match(ns):
-            raise HTTPFail(400, "bad_request", "namespace must match [A-Za-z0-9_-]{1,64}")
+            raise bad_parameter("namespace must match [A-Za-z0-9_-]{1,64}")
         return ns
 
     async def _call(self, method: Any, *args: Any) -> None:
@@ -140,6 +199,8 @@ class AdminHandler(StreamedBody):
 # --- scripts ---------------------------------------------------------------------------
 
 class ScriptsHandler(AdminHandler):
+    query = {"GET": frozenset()}
+
     async def get(self) -> None:
         await self._call(self._get)
 
@@ -150,6 +211,8 @@ class ScriptsHandler(AdminHandler):
 
 @tornado.web.stream_request_body
 class ScriptHandler(AdminHandler):
+    query = {"GET": frozenset(), "PUT": frozenset({"activate"}), "DELETE": frozenset()}
+
     def limit_for_request(self) -> int:
         if self.request.method == "PUT":
             return self.state.config.max_script_bytes
@@ -179,7 +242,7 @@ class ScriptHandler(AdminHandler):
 
     async def _put(self, name: str) -> None:
         command = self.command(name)
-        activate = _bool_arg(self.get_query_argument("activate", None), True)
+        activate = _bool_arg(self.get_query_argument("activate", None), True, "activate")
         source = decode_source(self.body)
         issues = await self.state.pool.check(source)
         if issues:
@@ -233,6 +296,8 @@ def decode_source(raw: bytes) -> str:
 
 
 class VersionsHandler(AdminHandler):
+    query = {"GET": frozenset()}
+
     async def get(self, name: str) -> None:
         await self._call(self._get, name)
 
@@ -251,6 +316,8 @@ class VersionsHandler(AdminHandler):
 
 
 class VersionHandler(AdminHandler):
+    query = {"GET": frozenset()}
+
     async def get(self, name: str, number: str) -> None:
         await self._call(self._get, name, number)
 
@@ -266,6 +333,8 @@ class VersionHandler(AdminHandler):
 
 @tornado.web.stream_request_body
 class ActivateHandler(AdminHandler):
+    query = {"POST": frozenset()}
+
     async def post(self, name: str) -> None:
         await self._call(self._post, name)
 
@@ -282,6 +351,8 @@ class ActivateHandler(AdminHandler):
 
 @tornado.web.stream_request_body
 class TestHandler(AdminHandler):
+    query = {"POST": frozenset()}
+
     async def post(self, name: str) -> None:
         await self._call(self._post, name)
 
@@ -334,14 +405,19 @@ class TestHandler(AdminHandler):
 # --- KV --------------------------------------------------------------------------------
 
 class KVListHandler(AdminHandler):
+    query = {"GET": frozenset({"namespace", "prefix", "limit", "cursor"})}
+
     async def get(self) -> None:
         await self._call(self._get)
 
     async def _get(self) -> None:
         ns = self.namespace()
         prefix = self.get_query_argument("prefix", "")
+        if len(prefix) > MAX_PREFIX_CHARS:
+            raise bad_parameter(f"prefix must be at most {MAX_PREFIX_CHARS} characters")
         limit = _int_arg(self.get_query_argument("limit", None), 100, 1, MAX_LIST_LIMIT, "limit")
-        cursor = self.get_query_argument("cursor", "0") or "0"
+        cursor = _matching_arg(self.get_query_argument("cursor", None), "0", SCAN_CURSOR_RE, "cursor",
+                               "the cursor returned by the previous page")
         keys, next_cursor = await self.state.store.kv_scan(ns, prefix, limit, cursor)
         self.send({"namespace": ns, "keys": keys, "cursor": next_cursor})
 
@@ -360,6 +436,8 @@ def _kv_key(raw: str) -> str:
 
 @tornado.web.stream_request_body
 class KVKeyHandler(AdminHandler):
+    query = {m: frozenset({"namespace"}) for m in ("GET", "PUT", "DELETE")}
+
     async def get(self, raw: str) -> None:
         await self._call(self._get, raw)
 
@@ -423,6 +501,8 @@ def _check_kv_value(kind: str, value: Any) -> str | None:
 
 @tornado.web.stream_request_body
 class KVMembersHandler(AdminHandler):
+    query = {"POST": frozenset({"namespace"})}
+
     async def post(self, raw: str) -> None:
         await self._call(self._post, raw)
 
@@ -447,19 +527,15 @@ RECORDINGS_PAGE = 1000
 
 
 class RecordingsHandler(AdminHandler):
+    query = {"GET": frozenset({"since", "limit"})}
+
     async def get(self, name: str) -> None:
         await self._call(self._get, name)
 
     async def _get(self, name: str) -> None:
         command = self.command(name)
         limit = _int_arg(self.get_query_argument("limit", None), 1000, 1, 100_000, "limit")
-        since_arg = self.get_query_argument("since", None)
-        since = None
-        if since_arg:
-            try:
-                since = float(since_arg)
-            except ValueError:
-                raise HTTPFail(400, "bad_request", "since must be a unix timestamp in seconds") from None
+        since = _since_arg(self.get_query_argument("since", None))
         # A page at a time (RECORDINGS_PAGE records), flushed as it goes: an export of 100,000
         # records holds one page in memory and callbacks are served between pages.
         store = self.state.store
@@ -486,12 +562,15 @@ class RecordingsHandler(AdminHandler):
 
 
 class AuditHandler(AdminHandler):
+    query = {"GET": frozenset({"limit", "before"})}
+
     async def get(self) -> None:
         await self._call(self._get)
 
     async def _get(self) -> None:
         limit = _int_arg(self.get_query_argument("limit", None), 100, 1, MAX_LIST_LIMIT, "limit")
-        before = self.get_query_argument("before", None)
+        before = _matching_arg(self.get_query_argument("before", None), "", AUDIT_ID_RE, "before",
+                               "an audit entry id like 1700000000000-0") or None
         entries = await self.state.store.audit(limit, before)
         self.send({"entries": [e.to_json() for e in entries]})
 
@@ -513,7 +592,11 @@ class HealthHandler(JSONErrorMixin):
             **isolation_health(state),
             "uptime_s": round(time.time() - state.started_at, 1),
         }
-        strict = self.get_query_argument("strict", "0") in ("1", "true")
+        try:
+            strict = _bool_arg(self.get_query_argument("strict", None), False, "strict")
+        except HTTPFail as fail:
+            self.json_error(fail.status, fail.code, fail.message)
+            return
         self.set_status(503 if strict and status != "ok" else 200)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps(body))

@@ -6,9 +6,12 @@ string is ignored. When the path names no known command, it comes from the body'
 OpenIM posts to ``/callbackExample?contenttype=json/callbackXxxCommand``, which puts the
 command into the query string. When path and body name different known commands, the
 path wins (it is where OpenIM said it posts) and a warning is logged and counted.
-Every answer is HTTP JSON carrying the five common reply fields, even
-errors, because OpenIM ignores the status code and fails the user's action on a body it
-cannot decode.
+Every answer is HTTP 200 with JSON carrying the five common reply fields, errors too
+(plus an ``error`` object: ``{"code", "message"}``), because OpenIM ignores the status
+code and fails the user's action on a body it cannot decode: a wrong method, an unknown
+command, a body that is not JSON or too large, a client outside ``allow_cidrs``, a wrong
+secret prefix. Requests Tornado refuses before this handler runs are answered the same
+way where Tornado allows it (server/http_conn.py).
 """
 
 from __future__ import annotations
@@ -115,38 +118,52 @@ class CallbackHandler(StreamedBody):
     def limit_for_request(self) -> int:
         return self.state.config.max_body_bytes
 
-    def callback_error(self, status: int, code: str, message: str) -> None:
+    def callback_error(self, code: str, message: str) -> None:
         if self._finished:
             return
         base = policy_reply(self.state.dispatcher.settings[self.cmd.name]) if self.cmd else None
         self.state.metrics.bad_requests.labels(code).inc()
         self.clear()
-        self.set_status(status)
+        self.set_status(200)  # OpenIM ignores the status; the body says what went wrong
         self.set_header("Content-Type", "application/json")
         self.finish(reply.error_body(code, message, base))
 
     def too_large(self, limit: int) -> None:
-        self.callback_error(413, "payload_too_large", f"request body is larger than {limit} bytes")
+        self.callback_error("payload_too_large", f"request body is larger than {limit} bytes")
 
     def json_error(self, status: int, code: str, message: str, headers: Any = None, **extra: Any) -> None:
-        self.callback_error(status, code, message)
+        self.callback_error(code, message)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Tornado's own refusals (a method outside SUPPORTED_METHODS: TRACE, CONNECT, a made-up
+        # one) and unhandled exceptions: still a five-field answer, never HTML or a traceback.
+        exc = kwargs.get("exc_info")
+        if exc and not isinstance(exc[1], tornado.web.HTTPError):
+            log.error("unhandled error on %s %s", self.request.method, self.request.path, exc_info=exc)
+        if status_code == 405:
+            code, message = "method_not_allowed", "callbacks are sent with POST"
+        elif status_code >= 500:
+            code, message = "internal_error", "internal error (see the server log)"
+        else:
+            code, message = "bad_request", self._reason
+        self.callback_error(code, message)
 
     def prepare(self) -> None:
         state = self.state
         if not client_allowed(self.request.remote_ip, state.callback_networks):
-            self.callback_error(403, "forbidden", "client address is not in allow_cidrs")
+            self.callback_error("forbidden", "client address is not in allow_cidrs")
             return
         name = command_from_path(self.request.path, state.config.path_prefix)
         if name is None:
-            self.callback_error(404, "not_found", "no such endpoint")
+            self.callback_error("not_found", "no such endpoint")
             return
         self.path_name = name
         self.path_cmd = self.cmd = state.catalog.get(name)
         if self.cmd is None and self.request.method != "POST":
-            self.callback_error(404, "unknown_command", unknown_command_message(name, None))
+            self.callback_error("unknown_command", unknown_command_message(name, None))
             return
         if self.request.method != "POST":
-            self.callback_error(405, "method_not_allowed", "callbacks are sent with POST")
+            self.callback_error("method_not_allowed", "callbacks are sent with POST")
             return
         super().prepare()
 
@@ -160,28 +177,28 @@ class CallbackHandler(StreamedBody):
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             if self.cmd is None:
-                self.callback_error(404, "unknown_command", unknown_command_message(self.path_name, None))
+                self.callback_error("unknown_command", unknown_command_message(self.path_name, None))
                 return
             text = str(exc)
             if "UTF-8" in text or "utf-8" in text:
-                self.callback_error(400, "invalid_utf8", "request body is not valid UTF-8")
+                self.callback_error("invalid_utf8", "request body is not valid UTF-8")
             else:
-                self.callback_error(400, "invalid_json", f"request body is not valid JSON: {text[:200]}")
+                self.callback_error("invalid_json", f"request body is not valid JSON: {text[:200]}")
             return
         if type(payload) is not dict:
             if self.cmd is None:
-                self.callback_error(404, "unknown_command", unknown_command_message(self.path_name, None))
+                self.callback_error("unknown_command", unknown_command_message(self.path_name, None))
                 return
-            self.callback_error(400, "invalid_body", "request body must be a JSON object")
+            self.callback_error("invalid_body", "request body must be a JSON object")
             return
         self.cmd, source = command_from_body(self.state.catalog, self.path_cmd, payload)
         if self.cmd is None:
-            self.callback_error(404, "unknown_command", unknown_command_message(self.path_name, payload))
+            self.callback_error("unknown_command", unknown_command_message(self.path_name, payload))
             return
         note_command_source(self.state, self.cmd, source, payload)
         problem = self.cmd.check_request(payload)
         if problem:
-            self.callback_error(400, "invalid_field", problem)
+            self.callback_error("invalid_field", problem)
             return
         operation_id = self.request.headers.get("operationID", "")
         outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload, operation_id or None)
@@ -189,5 +206,5 @@ class CallbackHandler(StreamedBody):
         self.finish(reply.encode(outcome.reply))
         replied(self.state, self.cmd, payload, operation_id, outcome, started)
 
-    # Any other method on a callback path: answered in prepare() (405), never HTML.
+    # Any other method on a callback path: answered in prepare(), never HTML.
     get = put = delete = patch = head = options = post  # type: ignore[assignment]

@@ -18,8 +18,8 @@ application unchanged:
 * the reply is written with the headers ``RequestHandler`` sends for it, in its order
   (``Server``, ``Content-Type``, ``Date``, ``Content-Length``): byte for byte the same
   response (tests/test_http_fast.py compares them);
-* an exception in dispatch is answered like Tornado's handler answers it (500 with the
-  ``JSONErrorMixin`` body), never a traceback.
+* an exception in dispatch is answered like ``CallbackHandler.write_error`` answers it
+  (200, the five fields of the failure policy and ``error``), never a traceback.
 
 The connection layer (``HTTP1Connection``) is Tornado's on both paths: request parsing,
 ``Expect: 100-continue``, keep-alive, pipelining and body timeouts behave the same.
@@ -40,22 +40,21 @@ import tornado.web
 from tornado import httputil
 from tornado.routing import PathMatches
 
-from server import reply
+from server import http_conn, reply
 from server.app import access_log
+from server.catalog import Command
+from server.dispatch import policy_reply
 from server.http_callback import CallbackHandler, command_from_body, command_from_path, note_command_source, replied
 from server.http_common import client_allowed
 from server.http_common import log as http_log
 
 if TYPE_CHECKING:
     from server.app import AppState
-    from server.catalog import Command
 
 SERVER = f"TornadoServer/{tornado.version}"
 # RequestHandler writes its start line with an empty version; HTTP1Connection writes HTTP/1.1.
 OK = httputil.ResponseStartLine("", 200, httputil.responses[200])
-INTERNAL = httputil.ResponseStartLine("", 500, httputil.responses[500])
-# JSONErrorMixin.write_error's body for an unhandled exception.
-INTERNAL_BODY = orjson.dumps({"error": "internal_error", "message": "internal error (see the server log)"})
+INTERNAL_MESSAGE = "internal error (see the server log)"
 DIGITS = re.compile(r"[0-9]+")
 PATH_CACHE_LIMIT = 4096
 # eligible(): the path is a callback path that names no known command; the body decides.
@@ -160,6 +159,18 @@ class FastCallbacks(httputil.HTTPServerConnectionDelegate):
         if networks and not client_allowed(getattr(request_conn.context, "remote_ip", None), networks):
             return None
         return self.command_for(start_line.path.partition("?")[0])
+
+    def rejection(self, start_line: httputil.RequestStartLine | None, code: str, message: str) -> bytes:
+        """The answer to a request Tornado refused (server/http_conn.py): an admin path gets
+        400 with ``{"error", "message"}``; anything else is treated as a callback: 200 with
+        the five fields (the command's failure-policy answer when the path names one)."""
+        path = start_line.path.partition("?")[0] if start_line is not None else ""
+        if path.startswith("/admin") or path in ("/healthz", "/metrics"):
+            return http_conn.response(400, "Bad Request", orjson.dumps({"error": code, "message": message}))
+        cmd = self.command_for(path) if path else None
+        base = policy_reply(self.dispatcher.settings[cmd.name]) if isinstance(cmd, Command) else None
+        self.state.metrics.bad_requests.labels(code).inc()
+        return http_conn.response(200, "OK", reply.error_body(code, message, base))
 
     def headers(self, length: int) -> httputil.HTTPHeaders:
         headers = httputil.HTTPHeaders()
@@ -283,10 +294,10 @@ class _Request(httputil.HTTPMessageDelegate):
             outcome = await outer.dispatcher.dispatch(cmd, raw, payload, operation_id or None)
             body = reply.encode(outcome.reply)
         except asyncio.CancelledError:
-            self._internal_error(None)
+            self._internal_error(cmd, None)
             raise
         except Exception as exc:
-            self._internal_error(exc)
+            self._internal_error(cmd, exc)
             return
         self._write(OK, body)
         try:
@@ -294,11 +305,14 @@ class _Request(httputil.HTTPMessageDelegate):
         except Exception:
             http_log.error("after the reply to %s", self.start_line.path, exc_info=True)
 
-    def _internal_error(self, exc: BaseException | None) -> None:
+    def _internal_error(self, cmd: Command, exc: BaseException | None) -> None:
         if exc is not None:
             http_log.error("unhandled error on %s %s", self.start_line.method, self.start_line.path.partition("?")[0],
                            exc_info=exc)
-        self._write(INTERNAL, INTERNAL_BODY)
+        # As CallbackHandler.write_error: the five fields (the failure policy's answer), HTTP 200.
+        self.outer.state.metrics.bad_requests.labels("internal_error").inc()
+        base = policy_reply(self.outer.dispatcher.settings[cmd.name])
+        self._write(OK, reply.error_body("internal_error", INTERNAL_MESSAGE, base))
 
     def _write(self, start_line: httputil.ResponseStartLine, body: bytes) -> None:
         conn = self.conn

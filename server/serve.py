@@ -350,9 +350,8 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
     answer, so the kernel only sends it connections it can answer at once."""
-    import tornado.httpserver
-
     from server.app import build_state, make_app, start_background, stop
+    from server.http_conn import Server
     from server.http_fast import FastCallbacks
 
     # One process binds before starting anything, to fail fast if the port is taken.
@@ -361,12 +360,14 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     if selector is not None and hasattr(state.pool, "busy"):
         selector.busy = state.pool.busy
     app = make_app(state)
-    server = tornado.httpserver.HTTPServer(
-        FastCallbacks(app, state),  # well-formed callbacks without RequestHandler; the rest: app
+    fast = FastCallbacks(app, state)  # well-formed callbacks without RequestHandler; the rest: app
+    server = Server(  # Tornado's, answering what its parser refuses (server/http_conn.py)
+        fast,
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,
         idle_connection_timeout=75,
-        body_timeout=30,
+        body_timeout=cfg.body_timeout_s,
+        reject=fast.rejection,
     )
     if sockets is None:
         try:
@@ -431,16 +432,22 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
 
 
 _EMBEDDED_MAIN = """
-import sys
+import signal, sys
 from server.store.connect import start_embedded_server
-url, _stop = start_embedded_server()
-print(url, flush=True)
-sys.stdin.read()  # serve until the parent goes away (its end of the pipe closes)
+url, stop = start_embedded_server()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+try:
+    print(url, flush=True)
+    sys.stdin.read()  # serve until the parent goes away (its end of the pipe closes)
+except KeyboardInterrupt:
+    pass
+finally:
+    stop()  # and remove the private socket directory
 """
 
 
 def start_embedded_process() -> tuple[str, Any]:
-    """Run the embedded store (fakeredis over TCP on loopback) in its own process, so the
+    """Run the embedded store (fakeredis on a private unix socket) in its own process, so the
     HTTP processes can share it. A thread in this process would be inherited half-way by
     fork; a child process also dies with us because it waits on our pipe."""
     proc = subprocess.Popen(
@@ -451,7 +458,7 @@ def start_embedded_process() -> tuple[str, Any]:
     )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
-    if not url.startswith("redis://"):
+    if not url.startswith("unix://"):
         proc.kill()
         raise SystemExit("scriptgate: the embedded store did not start")
 
@@ -555,9 +562,8 @@ def run(cfg: Config) -> int:
 
     try:
         if cfg.redis is None:
+            # Its URL says cache=no: the embedded server has no CLIENT TRACKING.
             cfg.redis, stop_embedded = start_embedded_process()
-            # The embedded server has no CLIENT TRACKING: do not try (and log) it per process.
-            cfg.redis = f"{cfg.redis}?cache=no"
             cfg.store_label = "embedded (shared by the HTTP processes, not persistent)"
         return supervise(workers, child_main)
     finally:

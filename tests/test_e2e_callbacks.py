@@ -279,7 +279,7 @@ def test_deadline_is_met_with_an_endless_script(clean):
 )
 def test_bad_bodies_get_a_clear_json_error(server, raw, code):
     r = server.request("POST", f"/{INVITE}", raw, headers=go_headers(), token=False)
-    assert 400 <= r.status < 500
+    assert r.status == 200  # OpenIM ignores the status; the body says what went wrong
     data = r.json()
     assert data["error"]["code"] == code and data["error"]["message"]
     assert openim_parse(r.body)[0] == "continue"  # still a well-formed OpenIM reply
@@ -287,17 +287,17 @@ def test_bad_bodies_get_a_clear_json_error(server, raw, code):
 
 def test_unknown_command_and_methods(server):
     r = server.request("POST", "/callbackNoSuchCommand", b"{}", token=False)
-    assert r.status == 404 and r.json()["error"]["code"] == "unknown_command"
+    assert r.status == 200 and r.json()["error"]["code"] == "unknown_command"
     r = server.request("GET", f"/{INVITE}", token=False)
-    assert r.status == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.status == 200 and r.json()["error"]["code"] == "method_not_allowed"
     r = server.request("POST", "/", b"{}", token=False)
-    assert r.status == 404
+    assert r.status == 200 and r.json()["error"]["code"] == "unknown_command"
 
 
 def test_huge_body_is_413_with_json(server):
     big = b'{"reason":"' + b"a" * (2 * 1024 * 1024) + b'"}'
     r = server.request("POST", f"/{INVITE}", big, token=False)
-    assert r.status == 413 and r.json()["error"]["code"] == "payload_too_large"
+    assert r.status == 200 and r.json()["error"]["code"] == "payload_too_large"
     # and the server is fine afterwards
     assert server.callback(INVITE, SEED_INVITE).status == 200
 
@@ -311,15 +311,15 @@ def test_secret_path_prefix_and_cidr(tmp_path):
     try:
         assert srv.callback(INVITE, SEED_INVITE, base="/hook-7f3a9c").json() == ACK
         assert srv.callback(INVITE, SEED_INVITE, base="/hook-7f3a9c/callbackExample").json() == ACK
-        assert srv.callback(INVITE, SEED_INVITE).status == 404
-        assert srv.callback(INVITE, SEED_INVITE, base="/hook-wrong").status == 404
+        assert srv.callback(INVITE, SEED_INVITE).json()["error"]["code"] == "not_found"
+        assert srv.callback(INVITE, SEED_INVITE, base="/hook-wrong").json()["error"]["code"] == "not_found"
     finally:
         srv.stop()
     cfg.write_text('allow_cidrs = ["10.0.0.0/8"]\n')
     srv = start_server("--config", str(cfg))
     try:
         r = srv.callback(INVITE, SEED_INVITE)
-        assert r.status == 403 and r.json()["error"]["code"] == "forbidden"
+        assert r.status == 200 and r.json()["error"]["code"] == "forbidden"
         assert srv.request("GET", "/healthz").status == 200  # admin is not restricted by allow_cidrs
     finally:
         srv.stop()

@@ -355,23 +355,30 @@ def test_sentinel_failover_under_traffic(sentinel_factory: Any, store_prefix: st
     run(scenario())
 
 
-def test_embedded_tcp_server_for_multiprocess(store_prefix: str) -> None:
+def test_embedded_server_for_multiprocess(store_prefix: str) -> None:
+    import os
+    import stat
+
     from server.store.connect import start_embedded_server
 
     url, stop = start_embedded_server()
+    path = url.removeprefix("unix://").partition("?")[0]
     try:
+        # Reachable by this user only: a private directory, no TCP port.
+        assert url.startswith("unix://")
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(path).st_mode) & 0o077 == 0
         async def scenario() -> None:
             a = await open_store(url, prefix=store_prefix)
             b = await open_store(url, prefix=store_prefix)
             try:
-                assert a.describe()["mode"] == "standalone"
+                info = a.describe()
+                assert (info["mode"], info["url"], info["persistent"]) == ("embedded", "embedded", False)
                 await a.put_version("cbA", "src", "h", True, "u")
                 assert (await b.active_table())["cbA"].source == "src"
                 await a.kv_call("ns", "sadd", ["bl", ["x"]])
                 assert await b.kv_call("ns", "sismember", ["bl", "x"]) is True
-                assert b.tracker is not None
-                assert await b.tracker.wait_connected(FAR_S) is False  # returns once refused
-                assert b.tracker.supported is False  # no CLIENT TRACKING: no cache, still correct
+                assert b.tracker is None  # its URL says cache=no: fakeredis has no CLIENT TRACKING
             finally:
                 await a.close()
                 await b.close()
@@ -379,3 +386,4 @@ def test_embedded_tcp_server_for_multiprocess(store_prefix: str) -> None:
         run(scenario())
     finally:
         stop()
+    assert not os.path.exists(os.path.dirname(path))

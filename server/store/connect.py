@@ -3,12 +3,15 @@
 - ``open_store(None)``: the embedded store, an in-process fakeredis server shared by every
   store opened in this process (``isolated=True`` gives a private one, e.g. for dry
   runs). Nothing survives the process.
-- ``start_embedded_server()``: for several server processes and no Redis: runs fakeredis's
-  ``TcpFakeServer`` on 127.0.0.1:<free port> in the calling (master) process; the
-  children open ``redis://127.0.0.1:<port>``. Limits: a thread per connection inside the
-  master process (GIL-bound, fine for development and small deployments), pub/sub
-  messages are forwarded every 10 ms, no CLIENT TRACKING (so no client-side cache), no
-  TLS or AUTH, no persistence, and it must outlive the children.
+- ``start_embedded_server()``: for several server processes and no Redis: serves a fakeredis
+  server on a unix socket in a fresh private directory (mode 0700, the socket 0600), so
+  only this instance's processes (and root) can reach it: a loopback TCP port would let
+  any local user change scripts and the live version without the admin token. The
+  children open ``unix://<dir>/store.sock?embedded=yes&cache=no``; ``embedded=yes``
+  makes ``/healthz`` say ``"mode": "embedded", "persistent": false``. Limits: a thread per
+  connection (GIL-bound, fine for development and small deployments), pub/sub messages
+  forwarded every 10 ms, no CLIENT TRACKING (so no client-side cache), no persistence,
+  and it must outlive the children.
 - Real Redis: short socket timeouts (``timeout``/``connect_timeout``, 0.5 s by default)
   so a dead, paused or slow server fails a call fast instead of hanging it; a failed
   connection is retried once at once (a pooled connection Redis closed while idle) and
@@ -19,13 +22,19 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import os
+import shutil
+import socketserver
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import fakeredis
 import redis.asyncio as aredis
+from fakeredis._clients._tcp_server import TCPFakeRequestHandler  # the handler TcpFakeServer uses
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import RedisSSLContext, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
@@ -53,18 +62,48 @@ def embedded_server() -> fakeredis.FakeServer:
     return _embedded_server
 
 
-def start_embedded_server(host: str = "127.0.0.1", port: int = 0) -> tuple[str, Callable[[], None]]:
-    """Serve an in-memory fakeredis over TCP from this process; return (url, stop)."""
-    server = fakeredis.TcpFakeServer((host, port))
+class _UnixFakeServer(socketserver.ThreadingUnixStreamServer):
+    """fakeredis's TcpFakeServer on a unix socket."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str) -> None:
+        self._shutdown_event = threading.Event()
+        self.fake_server = fakeredis.FakeServer(server_type="redis", version=(8, 0))
+        self.client_ids = itertools.count(0)
+        self.clients: dict[Any, Any] = {}
+        super().__init__(path, TCPFakeRequestHandler)
+
+    def get_request(self) -> tuple[Any, Any]:
+        # Every unix client's address is "": the handler keys its per-client state by address.
+        conn, _ = self.socket.accept()
+        return conn, ("unix", next(self.client_ids))
+
+    def shutdown(self) -> None:
+        self._shutdown_event.set()
+        super().shutdown()
+
+
+def start_embedded_server() -> tuple[str, Callable[[], None]]:
+    """Serve an in-memory fakeredis on a private unix socket from this process; return
+    (url, stop)."""
+    directory = tempfile.mkdtemp(prefix="scriptgate-store-")  # created 0700
+    os.chmod(directory, 0o700)
+    path = os.path.join(directory, "store.sock")
+    old_mask = os.umask(0o177)
+    try:
+        server = _UnixFakeServer(path)
+    finally:
+        os.umask(old_mask)
     thread = threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True)
     thread.start()
-    bound_host, bound_port = server.server_address[:2]
-    url = f"redis://{bound_host}:{bound_port}"
+    url = f"unix://{path}?embedded=yes&cache=no"
 
     def stop() -> None:
         server.shutdown()
         server.server_close()
         thread.join(5)
+        shutil.rmtree(directory, ignore_errors=True)
 
     return url, stop
 
@@ -128,10 +167,13 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
     data_address = None
     monitor = None
 
+    mode, display = target.mode, target.display
     if target.mode == "standalone":
         assert target.url is not None
         client = aredis.Redis.from_url(target.url, **base)
         provider = _standalone_provider(client)
+        if urls.bool_option(target, "embedded", False):  # start_embedded_server's socket
+            mode, display = "embedded", "embedded (shared by this instance's HTTP processes, private unix socket)"
     elif target.mode == "sentinel":
         assert target.service is not None
         auth = {"username": target.username, "password": target.password}
@@ -188,7 +230,7 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
         provider = None  # tracking is per node on a cluster: cache off (documented)
 
     store = Store(
-        client, prefix=prefix, mode=target.mode, display=target.display, cluster=target.mode == "cluster",
+        client, prefix=prefix, mode=mode, display=display, cluster=target.mode == "cluster",
         op_timeout=op_timeout, tracker_provider=provider if cache_wanted else None, cache_size=cache_size,
         **cache_bounds,
         data_address=data_address, monitor=monitor, on_close=on_close, **common,

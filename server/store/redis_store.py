@@ -177,7 +177,10 @@ class Store:
             cache["reason"] = "embedded store (in-process, no round trips to save)"
         else:
             cache["reason"] = "disabled by configuration"
-        return {"mode": self.mode, "url": self.display, "prefix": self.keys.prefix, **self.health.to_json(),
+        where: dict[str, Any] = {"mode": self.mode, "url": self.display}
+        if self.mode == "embedded":  # fakeredis: nothing survives the process (issue 16)
+            where = {"mode": "embedded", "url": "embedded", "persistent": False, "description": self.display}
+        return {**where, "prefix": self.keys.prefix, **self.health.to_json(),
                 "op_timeout": self.op_timeout, "cache": cache, "kv_round_trips": self.kv.round_trips}
 
     async def close(self) -> None:

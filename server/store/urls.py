@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 STORE_OPTIONS = {"timeout", "connect_timeout", "cache", "cache_size", "cache_mb", "cache_ns_mb", "cluster",
-                 "sentinel_password", "sentinel_username"}
+                 "sentinel_password", "sentinel_username", "embedded"}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 _INT_OPTS = {"health_check_interval", "max_connections", "db"}

@@ -1,0 +1,291 @@
+"""The HTTP server below the delegate: answers for requests Tornado refuses, and accepting
+connections when the process is out of file descriptors.
+
+Requests Tornado's HTTP/1 parser refuses never reach our handlers; Tornado answers them with
+a bare ``400 Bad Request`` and no body, which OpenIM reads as a failed call. ``Server``
+makes them well-formed answers instead (docs/storage-and-faults.md, "Bad input"):
+
+* a malformed message (garbage request line, control bytes in a header, a bad or
+  over-long chunked body, ``Content-Length`` together with ``Transfer-Encoding``,
+  a bad ``Content-Length``): Tornado raises ``HTTPInputError`` and writes its fixed
+  400 line on the stream; ``_Stream`` swaps that write for our reply;
+* a request line plus headers over ``max_header_size`` (64 KB): Tornado's IOStream gives up
+  the read (``UnsatisfiableReadError``) and closes the socket itself, without a word;
+  ``_IOStream.close`` answers first (what the client sent so far is drained, so the close
+  does not turn into a reset that would destroy the answer);
+* a body that does not complete within ``body_timeout`` of its headers: Tornado closes
+  silently; ``_Connection._read_body`` runs that timer itself and answers before closing.
+
+The reply is the callback path's (HTTP 200, the five common fields with the command's
+failure-policy answer when the path names a command, plus ``error``) unless the request
+line names an admin path (then HTTP 400 and ``{"error", "message"}``); the connection is
+closed after it, since the rest of the stream cannot be trusted. Headers that never
+complete (idle keep-alive, slowloris in the headers) get no reply: there is no request to
+answer, and the connection is closed after ``idle_connection_timeout``.
+
+Out of file descriptors (EMFILE/ENFILE at ``accept``), Tornado's accept handler raises from
+the event loop on every wake-up: one traceback per attempt, thousands per second, while
+pending connections wait anyway. ``_accept_handler`` instead stops watching the listening
+socket for a back-off (50 ms doubling to 1 s, reset by the next accepted connection),
+logs one line per ``FD_LOG_EVERY_S`` with the count, and resumes by itself: connections
+wait in the kernel's backlog until descriptors are free again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tornado import gen, httputil, iostream
+from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
+from tornado.httpserver import HTTPServer, _HTTPRequestContext
+from tornado.ioloop import IOLoop
+
+log = logging.getLogger("scriptgate.http")
+
+# Tornado's answer to a malformed message (http1connection.HTTP1Connection._read_message).
+TORNADO_400 = b"HTTP/1.1 400 Bad Request\r\n\r\n"
+# (start line or None, error code, message) -> a whole HTTP response.
+Rejecter = Callable[[httputil.RequestStartLine | None, str, str], bytes]
+OUT_OF_FDS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+FD_LOG_EVERY_S = 10.0
+BACKOFF_FIRST_S = 0.05
+BACKOFF_MAX_S = 1.0
+
+
+def response(status: int, reason: str, body: bytes) -> bytes:
+    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class _Stream:
+    """The connection's IOStream, except that Tornado's bare 400 becomes our answer."""
+
+    __slots__ = ("_conn", "_stream")
+
+    def __init__(self, stream: iostream.IOStream, conn: _Connection) -> None:
+        self._stream = stream
+        self._conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def write(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if data == TORNADO_400:
+            # Called from Tornado's `except HTTPInputError` block: the exception says why.
+            exc = sys.exception()
+            message = str(exc) if exc is not None else "malformed HTTP request"
+            data = self._conn.rejection("bad_http", f"malformed HTTP request: {message[:200]}")
+        return self._stream.write(data, *args, **kwargs)
+
+
+class _Connection(HTTP1Connection):
+    def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter) -> None:
+        super().__init__(_Stream(stream, self), False, params, context)  # type: ignore[arg-type]
+        self._reject = reject
+
+    def rejection(self, code: str, message: str) -> bytes:
+        return self._reject(getattr(self, "_request_start_line", None), code, message)
+
+    async def _answer_and_close(self, code: str, message: str) -> None:
+        stream = self.stream
+        if stream is None or stream.closed():
+            return
+        if not self._write_finished and self._response_start_line is None:
+            try:
+                await stream.write(self.rejection(code, message))
+            except iostream.StreamClosedError:
+                pass
+        stream.close()
+
+    def _read_body(self, code: int, headers: httputil.HTTPHeaders, delegate: httputil.HTTPMessageDelegate) -> Any:
+        body = super()._read_body(code, headers, delegate)
+        timeout = self._body_timeout
+        if body is None or timeout is None:
+            return body
+        self._body_timeout = None  # our timer, not Tornado's silent one
+        return self._body_within(body, timeout)
+
+    async def _body_within(self, body: Any, timeout: float) -> None:
+        try:
+            await gen.with_timeout(self.stream.io_loop.time() + timeout, body,
+                                   quiet_exceptions=iostream.StreamClosedError)
+        except TimeoutError:
+            log.info("request body from %s not complete after %gs: answered and closed", self.context, timeout)
+            await self._answer_and_close("body_timeout", f"request body not complete within {timeout:g} s")
+            raise iostream.StreamClosedError() from None
+
+
+class _IOStream(iostream.IOStream):
+    """Set as the class of each accepted connection's stream (handle_stream)."""
+
+    reject: Rejecter
+    max_header_size: int
+
+    def close(self, exc_info: Any = False) -> None:
+        if exc_info and not self.closed():
+            exc = sys.exception() if exc_info is True else exc_info[1] if isinstance(exc_info, tuple) else exc_info
+            if isinstance(exc, iostream.UnsatisfiableReadError):
+                self._answer_oversized_head()
+        super().close(exc_info)
+
+    def _answer_oversized_head(self) -> None:
+        body = self.reject(None, "headers_too_large",
+                           f"request line and headers are larger than {self.max_header_size} bytes")
+        sock = self.socket
+        try:
+            for _ in range(64):  # at most 4 MB, then close anyway
+                if not sock.recv(65536):
+                    break
+        except OSError:  # BlockingIOError: drained
+            pass
+        try:
+            sock.send(body)  # small: fits the socket's send buffer, sent before the close
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class _ServerConnection(HTTP1ServerConnection):
+    def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter) -> None:
+        super().__init__(stream, params, context)
+        self._reject = reject
+
+    async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
+        # Tornado's loop (tornado/http1connection.py), with our _Connection.
+        try:
+            while True:
+                conn = _Connection(self.stream, self.params, self.context, self._reject)
+                request_delegate = delegate.start_request(self, conn)
+                try:
+                    ret = await conn.read_response(request_delegate)
+                except (iostream.StreamClosedError, iostream.UnsatisfiableReadError, asyncio.CancelledError):
+                    return
+                except Exception:
+                    log.error("uncaught exception on a connection", exc_info=True)
+                    conn.close()
+                    return
+                if not ret:
+                    return
+                await asyncio.sleep(0)
+        finally:
+            delegate.on_close(self)
+
+
+class FdExhaustion:
+    """Counts accept failures for lack of descriptors; logs one line per FD_LOG_EVERY_S."""
+
+    def __init__(self, every_s: float = FD_LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self.total = 0
+        self.unlogged = 0
+        self.logged_at = -1e9
+        self.backoff = 0.0
+
+    def failed(self, exc: OSError) -> float:
+        """Note one failure; the back-off (seconds) before accepting again."""
+        self.total += 1
+        self.unlogged += 1
+        now = time.monotonic()
+        if now - self.logged_at >= self.every_s:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            log.error("out of file descriptors (%s, limit %s, %s open): pausing accept; %d failed accepts "
+                      "since the last such line (%d in all); connections wait in the listen backlog",
+                      errno.errorcode.get(exc.errno or 0, exc.errno), soft, _open_fds(), self.unlogged, self.total)
+            self.logged_at = now
+            self.unlogged = 0
+        self.backoff = min(BACKOFF_MAX_S, self.backoff * 2) if self.backoff else BACKOFF_FIRST_S
+        return self.backoff
+
+    def accepted(self) -> None:
+        if self.backoff:
+            self.backoff = 0.0
+            log.warning("accepting connections again (file descriptors available)")
+
+
+def _open_fds() -> int | str:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return "?"
+
+
+def add_accept_handler(sock: socket.socket, callback: Callable[[socket.socket, Any], None],
+                       fds: FdExhaustion) -> Callable[[], None]:
+    """tornado.netutil.add_accept_handler, with a back-off when descriptors run out."""
+    io_loop = IOLoop.current()
+    removed = False
+    paused: Any = None
+
+    def resume() -> None:
+        nonlocal paused
+        paused = None
+        if not removed:
+            io_loop.add_handler(sock, accept, IOLoop.READ)
+
+    def accept(fd: Any, events: int) -> None:
+        nonlocal paused
+        for _ in range(128):  # as Tornado: bounded, so one busy socket cannot starve the loop
+            if removed:
+                return
+            try:
+                connection, address = sock.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                if exc.errno not in OUT_OF_FDS:
+                    raise
+                delay = fds.failed(exc)
+                io_loop.remove_handler(sock)
+                paused = io_loop.call_later(delay, resume)
+                return
+            fds.accepted()
+            callback(connection, address)
+
+    def remove() -> None:
+        nonlocal removed
+        if paused is not None:
+            io_loop.remove_timeout(paused)
+        else:
+            io_loop.remove_handler(sock)
+        removed = True
+
+    io_loop.add_handler(sock, accept, IOLoop.READ)
+    return remove
+
+
+class Server(HTTPServer):
+    """Tornado's HTTPServer with the connection and accept behaviour described above.
+
+    ``reject`` builds the answer to a refused request (FastCallbacks.rejection)."""
+
+    def initialize(self, *args: Any, reject: Rejecter, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self._reject = reject
+        self.fds = FdExhaustion()
+
+    def add_sockets(self, sockets: Any) -> None:
+        for sock in sockets:
+            self._sockets[sock.fileno()] = sock
+            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection, self.fds)
+
+    def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
+        if type(stream) is iostream.IOStream:
+            stream.__class__ = _IOStream
+            stream.reject = self._reject  # type: ignore[attr-defined]
+            stream.max_header_size = self.conn_params.max_header_size  # type: ignore[attr-defined]
+        context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
+        conn = _ServerConnection(stream, self.conn_params, context, self._reject)
+        self._connections.add(conn)
+        conn.start_serving(self)
