@@ -100,6 +100,10 @@ def replied(state: AppState, cmd: Command, payload: dict[str, Any], operation_id
     recorder = state.recorder
     if recorder is not None:
         recorder.submit(cmd, payload, operation_id, outcome, elapsed)
+    calllogs = state.calllogs
+    if calllogs is not None:
+        oid = operation_id or payload.get("operationID")
+        calllogs.submit(cmd.name, oid[:128] if type(oid) is str else "", outcome, elapsed)
 
 
 @tornado.web.stream_request_body
