@@ -560,8 +560,8 @@ MAX_LOGS_LIMIT = 10_000
 
 def _log_filter(handler: AdminHandler, *, errors_flag: bool) -> calllogs.Filter:
     command = handler.get_query_argument("command", None) or None
-    if command is not None:
-        command = handler.command(command)
+    if command is not None and command not in handler.state.catalog:
+        raise HTTPFail(400, "bad_request", f"unknown callbackCommand {command[:80]!r}")
     operation_id = handler.get_query_argument("operationID", None) or None
     if operation_id is not None and len(operation_id) > 128:
         raise HTTPFail(400, "bad_request", "operationID is longer than 128 characters")
