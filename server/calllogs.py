@@ -232,10 +232,12 @@ class LiveHub:
             try:
                 pubsub = self.store.logs_subscription()
                 await pubsub.subscribe(self.store.keys.logs_live)
-                self.subscribed.set()
                 backoff = 0.1
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "subscribe":
+                        # Confirmed by the server: records published from now on reach us.
+                        self.subscribed.set()
                     if msg is None or msg.get("type") != "message":
                         continue
                     data = msg["data"]

@@ -643,7 +643,7 @@ class LogsStreamHandler(AdminHandler):
                     closed.cancel()
             except tornado.iostream.StreamClosedError:
                 return
-        if not self._finished:
+        if not self._finished and not self._closed.is_set():
             self.finish()
 
 

@@ -237,3 +237,37 @@ def test_submit_never_blocks_and_drops_when_the_queue_is_full() -> None:
     for _ in range(calllogs.QUEUE_LIMIT + 10):
         logs.submit(FRIEND, "op", outcome([]), 0.001)
     assert logs.queue.qsize() == calllogs.QUEUE_LIMIT and logs.dropped == 10
+
+
+@pytest.mark.parametrize("backend", ["redis_standalone", "redis_cluster"])
+def test_live_hub_and_search_on_each_backend(backend: str, request: pytest.FixtureRequest) -> None:
+    """A record written through one store object reaches a live reader of another (as
+    between instances), and is found by search, on a standalone Redis and on a Cluster."""
+    import asyncio
+
+    from server.calllogs import LiveHub
+    from server.store.connect import open_store
+
+    url = request.getfixturevalue(backend).url
+
+    async def main() -> None:
+        prefix = "hub" + uuid.uuid4().hex[:8]
+        writer_store = await open_store(url, prefix=prefix)
+        reader_store = await open_store(url, prefix=prefix)
+        hub = LiveHub(reader_store)
+        try:
+            async with hub.reader() as queue:
+                await asyncio.wait_for(hub.subscribed.wait(), FAR_S)
+                logs = CallLogs(SimpleNamespace(store=writer_store), LogSettings())
+                logs.submit(FRIEND, "op-live", outcome(["hello"]), 0.001)
+                await logs.flush()
+                got = orjson.loads(await asyncio.wait_for(queue.get(), FAR_S))
+                assert got["operationID"] == "op-live" and got["logs"] == ["hello"]
+            found = await search(reader_store, Filter(operation_id="op-live"), 0, 10)
+            assert [orjson.loads(r)["command"] for r in found] == [FRIEND]
+        finally:
+            await hub.close()
+            await writer_store.close()
+            await reader_store.close()
+
+    asyncio.run(main())
