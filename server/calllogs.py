@@ -99,6 +99,10 @@ class CallLogs:
         self.written = 0
         self._mean_size: dict[str, float] = {}
         self._drop_logged_at = 0.0
+        # The same counts on /metrics (scriptgate_callback_logs_total{outcome=...}), if the app has them.
+        counter = getattr(getattr(state, "metrics", None), "calllogs", None)
+        self._count_written = counter.labels("written").inc if counter is not None else None
+        self._count_dropped = counter.labels("dropped").inc if counter is not None else None
 
     @classmethod
     def create(cls, state: Any) -> CallLogs | None:
@@ -124,6 +128,8 @@ class CallLogs:
 
     def _drop(self) -> None:
         self.dropped += 1
+        if self._count_dropped is not None:
+            self._count_dropped()
         now = time.monotonic()
         if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
             log.warning("per-callback logs dropped: %d so far (the store is slow or unavailable)", self.dropped)
@@ -150,6 +156,8 @@ class CallLogs:
         try:
             await self.state.store.log_write(command, data, self.maxlen(command, len(data)), self.settings.max_age_s)
             self.written += 1
+            if self._count_written is not None:
+                self._count_written()
         except Exception as exc:  # a store outage must not stop logging for good
             log.debug("log record dropped: %s", exc)
             self._drop()

@@ -141,6 +141,8 @@ def test_logs_are_kept_searched_and_tailed_across_instances(pair: tuple[ServerPr
         r = a.request("GET", path + bad)
         assert r.status == 400 and r.json()["error"] == "bad_request", (bad, r.status, r.body)
 
+    assert 'scriptgate_callback_logs_total{outcome="written"} 2.0' in a.request("GET", "/metrics").body.decode()
+
     # JSON server logs: the script error's line carries the operationID as a field.
     line = a.wait_line(r'"operationID":"op-2"')
     record = orjson.loads(line.string)
