@@ -39,6 +39,8 @@ class AppState:
     dispatcher: Dispatcher
     tester: Tester
     recorder: Any = None
+    calllogs: Any = None  # server.calllogs.CallLogs, None when [logs] enabled = false
+    _live: Any = None
     callback_networks: list[Any] = field(default_factory=list)
     admin_networks: list[Any] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
@@ -50,6 +52,14 @@ class AppState:
             await self.table.refresh()
         except Exception:  # the watcher will catch up; the write itself succeeded
             log.warning("could not refresh live scripts after an admin write", exc_info=True)
+
+    def live_logs(self) -> Any:
+        """This process's live-log hub (made by the first tail)."""
+        if self._live is None:
+            from server.calllogs import LiveHub
+
+            self._live = LiveHub(self.store)
+        return self._live
 
     def lint(self, command: str, source: str) -> list[dict[str, Any]]:
         """Warnings for an upload (for the configured OpenIM line)."""
@@ -103,6 +113,7 @@ def kv_caller(store: Any) -> Any:
 
 async def build_state(config: Config, token: str, *, store: Any = None, pool: Any = None) -> AppState:
     from sandbox.pool import WorkerPool
+    from server.calllogs import CallLogs
     from server.recorder import Recorder
     from server.store.connect import open_store
 
@@ -135,6 +146,7 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
         admin_networks=config.networks(admin=True),
     )
     state.recorder = Recorder.create(state)
+    state.calllogs = CallLogs.create(state)
     return state
 
 
@@ -172,6 +184,8 @@ async def start_background(state: AppState) -> None:
     state.tasks.append(asyncio.create_task(state.table.watch(), name="scripts-watch"))
     if state.recorder is not None:
         state.tasks.append(asyncio.create_task(state.recorder.run(), name="recorder"))
+    if state.calllogs is not None:
+        state.tasks.append(asyncio.create_task(state.calllogs.run(), name="calllogs"))
     from server.memory import MemoryWatch
     state.tasks.append(asyncio.create_task(MemoryWatch(state).run(), name="memory-watch"))
 
@@ -187,6 +201,12 @@ async def stop(state: AppState) -> None:
     if state.recorder is not None:
         with contextlib.suppress(Exception):
             await state.recorder.flush()
+    if state.calllogs is not None:
+        with contextlib.suppress(Exception):
+            await state.calllogs.flush()
+    if state._live is not None:
+        with contextlib.suppress(Exception):
+            await state._live.close()
     with contextlib.suppress(Exception):
         await state.pool.close()
     with contextlib.suppress(Exception):

@@ -58,6 +58,19 @@ class CommandSettings:
     record: RecordSettings = field(default_factory=RecordSettings)
 
 
+@dataclass(frozen=True)
+class LogSettings:
+    """``[logs]``: per-callback logs (server/calllogs.py), one Redis stream per command."""
+
+    enabled: bool = True
+    max_records: int = 10_000  # per command (stream MAXLEN, approximate)
+    max_age_s: int = 3 * 24 * 3600  # records older than this are trimmed
+    max_bytes: int = 16 * 1024 * 1024  # per command, approximate (count cap from the mean record size)
+    max_record_bytes: int = 16_384  # one record's JSON; longer log lines are cut to fit
+    keepalive_s: float = 15.0  # GET /admin/logs/stream sends a comment line this often when idle
+
+
+LOG_FORMATS = ("text", "json")
 _COMMAND_KEYS = {f.name for f in fields(CommandSettings)}
 _RECORD_KEYS = {f.name for f in fields(RecordSettings)}
 
@@ -93,6 +106,8 @@ class Config:
     memory_soft_limit_mb: int = 300
     # [penalty_box] strikes, window, base_s, max_s, clean_reset (sandbox/fairness.py BoxSettings)
     penalty_box: dict[str, Any] = field(default_factory=dict)
+    logs: LogSettings = field(default_factory=LogSettings)
+    log_format: str = "text"  # text | json (server log lines; json carries operationID on callback lines)
     defaults: CommandSettings = field(default_factory=CommandSettings)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -176,7 +191,7 @@ _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim", "memory_soft_limit_mb",
-    "penalty_box", "body_timeout_s",
+    "penalty_box", "body_timeout_s", "logs", "log_format",
 }
 
 
@@ -198,7 +213,9 @@ def build(data: dict[str, Any], *, source_file: str | None = None, known_command
     if unknown:
         raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
     cfg = Config(source_file=source_file)
-    simple = {k: v for k, v in data.items() if k not in ("defaults", "commands", "record")}
+    simple = {k: v for k, v in data.items() if k not in ("defaults", "commands", "record", "logs")}
+    if "logs" in data:
+        cfg.logs = _logs(data["logs"])
     for key, value in simple.items():
         if key in ("allow_cidrs", "admin_allow_cidrs"):
             if not isinstance(value, list):
@@ -237,6 +254,9 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
     _check_penalty_box(cfg.penalty_box)
     if type(cfg.body_timeout_s) not in (int, float) or not 0.1 <= cfg.body_timeout_s <= 3600:
         raise ConfigError("body_timeout_s must be a number of seconds in 0.1..3600")
+    _check_logs(cfg.logs)
+    if cfg.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(map(repr, LOG_FORMATS))}")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if cfg.openim not in OPENIM_LINES:
@@ -264,6 +284,28 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         if known_commands is not None and command not in known_commands:
             raise ConfigError(f"record.commands.{command}: not an OpenIM callbackCommand")
         _check_command_settings(f"record.commands.{command}", _resolve(cfg, command))
+
+
+def _logs(table: Any) -> LogSettings:
+    if not isinstance(table, dict):
+        raise ConfigError("logs must be a table")
+    known = {f.name for f in fields(LogSettings)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"logs: unknown setting(s) {sorted(unknown)}")
+    return replace(LogSettings(), **table)
+
+
+def _check_logs(s: LogSettings) -> None:
+    if type(s.enabled) is not bool:
+        raise ConfigError("logs.enabled must be true or false")
+    for name in ("max_records", "max_age_s", "max_bytes"):
+        if type(getattr(s, name)) is not int or getattr(s, name) < 1:
+            raise ConfigError(f"logs.{name} must be a positive integer")
+    if type(s.max_record_bytes) is not int or not 1024 <= s.max_record_bytes <= s.max_bytes:
+        raise ConfigError("logs.max_record_bytes must be an integer in 1024..logs.max_bytes")
+    if type(s.keepalive_s) not in (int, float) or not 0.05 <= s.keepalive_s <= 300:
+        raise ConfigError("logs.keepalive_s must be a number of seconds in 0.05..300")
 
 
 def _check_penalty_box(table: Any) -> None:

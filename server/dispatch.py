@@ -35,6 +35,7 @@ from sandbox.api import (
 from server import reply
 from server.catalog import Catalog, Command
 from server.config import ERRCODE_MAX, ERRCODE_MIN, CommandSettings, Config
+from server.logfmt import callback_fields
 from server.scripts_table import ScriptTable
 
 log = logging.getLogger("scriptgate.dispatch")
@@ -213,11 +214,12 @@ class _RateLimitedLog:
     def error(self, command: str, version: int | None, error: ScriptError, operation_id: str = "") -> None:
         if self.allowed(command):
             log.warning("script error in %s v%s operationID=%s: %s: %s", command, version, operation_id or "-",
-                        error.kind, error.message)
+                        error.kind, error.message, extra=callback_fields(command, operation_id, version))
 
     def fix(self, command: str, version: int | None, message: str, operation_id: str = "") -> None:
         if self.allowed(command):
-            log.warning("reply changed in %s v%s operationID=%s: %s", command, version, operation_id or "-", message)
+            log.warning("reply changed in %s v%s operationID=%s: %s", command, version, operation_id or "-", message,
+                        extra=callback_fields(command, operation_id, version))
 
 
 class Dispatcher:
@@ -280,7 +282,8 @@ class Dispatcher:
         except TimeoutError:
             result = RunResult.failed(BUDGET, f"deadline exceeded: no reply within {settings.deadline_ms} ms")
         except Exception as exc:  # the pool must not fail a callback; log and apply policy
-            log.exception("sandbox failure on %s", command.name)
+            log.exception("sandbox failure on %s operationID=%s", command.name, request.operation_id() or "-",
+                          extra=callback_fields(command.name, request.operation_id(), active.version))
             result = RunResult.failed(UNAVAILABLE, f"sandbox failure: {type(exc).__name__}")
         if command.is_before:
             judged = judge(command, settings, result, request.data() if command.needs_request else None)

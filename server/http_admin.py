@@ -1,22 +1,27 @@
 """The admin API (``/admin/...``), ``/healthz`` and ``/metrics``.
 
 All ``/admin`` endpoints and ``/metrics`` (unless ``metrics_public``) need
-``Authorization: Bearer <token>``, compared in constant time. Errors are JSON
+``Authorization: Bearer <token>``: the configured admin token or a scoped token
+(server/tokens.py), compared in constant time. Each route declares, in the route table
+(``routes``), the scope every method needs; a token without it gets 403. Errors are JSON
 ``{"error": code, "message": text}``; store outages are 503 and never half-apply.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hashlib
-import hmac
 import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import tornado.iostream
 import tornado.web
 
+from server import calllogs, tokens
 from server.config import NAMESPACE_RE
 from server.http_common import BodyTooLarge, JSONErrorMixin, StreamedBody, client_allowed
 from server.memory import isolation_health
@@ -101,27 +106,52 @@ class AdminHandler(StreamedBody):
     # a misspelt ?limt=5 is not silently ignored. None: not checked (a handler that does
     # not declare its parameters).
     query: dict[str, frozenset[str]] | None = None
+    # What a scope limit applies to on this route: "command" (the path's first argument,
+    # for deploy tokens limited to commands) or "namespace" (the query's, for kv-write).
+    limited_by: str | None = None
 
-    def initialize(self, state: AppState) -> None:
+    def initialize(self, state: AppState, scopes: dict[str, str] | None = None) -> None:
         self.state = state
+        self.scopes = scopes or {}
+        self.token: tokens.Token | None = None
 
     def limit_for_request(self) -> int:
         cfg = self.state.config
         return cfg.max_body_bytes + cfg.max_script_bytes + 4096
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         state = self.state
         if not client_allowed(self.request.remote_ip, state.admin_networks):
             self.json_error(403, "forbidden", "client address is not in admin_allow_cidrs")
             return
-        if self.admin and not self._authorized():
-            self.json_error(
-                401,
-                "unauthorized",
-                "missing or wrong admin token (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": 'Bearer realm="scriptgate"'},
-            )
-            return
+        if self.admin:
+            try:
+                self.token = await self._authenticate()
+            except StoreUnavailable:
+                self.json_error(503, "store_unavailable",
+                                "the store (Redis) is unavailable: only the configured admin token works")
+                return
+            if self.token is None:
+                self.json_error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong admin token (Authorization: Bearer <token>)",
+                    headers={"WWW-Authenticate": 'Bearer realm="scriptgate"'},
+                )
+                return
+            # A method the route does not declare needs admin (and then answers 405).
+            scope = self.scopes.get(self.request.method or "", tokens.ADMIN)
+            command = namespace = None
+            if self.limited_by == "command" and self.path_args:
+                command = self.path_args[0]
+            elif self.limited_by == "namespace":
+                namespace = self.get_query_argument("namespace", "default")
+            if not self.token.allows(scope, command=command, namespace=namespace):
+                target = f" on {command}" if command else f" in namespace {namespace}" if namespace else ""
+                self.json_error(403, "insufficient_scope",
+                                f"token {self.token.name!r} lacks the {scope!r} scope{target[:100]}",
+                                required=scope)
+                return
         problem = self.query_problem()
         if problem:
             self.json_error(400, "bad_parameter", problem)
@@ -144,19 +174,23 @@ class AdminHandler(StreamedBody):
                 return f"query parameter {shown!r} is not valid UTF-8"
         return None
 
-    def _authorized(self) -> bool:
+    async def _authenticate(self) -> tokens.Token | None:
         header = self.request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        expected = self.state.token.encode()
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        # compare_digest on equal-length inputs is constant time; hash both so the
-        # comparison also hides the expected length.
-        return hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(expected).digest()) and bool(given)
+        scheme, _, given = header.partition(" ")
+        given = given.strip() if scheme.lower() == "bearer" else ""
+        if not given:
+            return None
+        found = tokens.match(given, self.state.token, {})
+        if found is not None:  # the configured token needs no store round trip
+            return found
+        return tokens.match(given, "", await self.state.store.tokens_all())
 
     def actor(self) -> str:
-        who = self.request.headers.get("X-ScriptGate-Actor", "")
-        who = ACTOR_RE.sub("", who)[:64] or "admin"
-        return f"{who}@{self.request.remote_ip}"
+        """Who acts, for the audit log: the token's name, then the client's own label
+        (``X-ScriptGate-Actor``, e.g. ``ci-cli``) if it sent one, then its address."""
+        name = self.token.name if self.token is not None else "anonymous"
+        who = ACTOR_RE.sub("", self.request.headers.get("X-ScriptGate-Actor", ""))[:64]
+        return f"{name}+{who}@{self.request.remote_ip}" if who else f"{name}@{self.request.remote_ip}"
 
     def send(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -212,6 +246,7 @@ class ScriptsHandler(AdminHandler):
 @tornado.web.stream_request_body
 class ScriptHandler(AdminHandler):
     query = {"GET": frozenset(), "PUT": frozenset({"activate"}), "DELETE": frozenset()}
+    limited_by = "command"
 
     def limit_for_request(self) -> int:
         if self.request.method == "PUT":
@@ -334,6 +369,7 @@ class VersionHandler(AdminHandler):
 @tornado.web.stream_request_body
 class ActivateHandler(AdminHandler):
     query = {"POST": frozenset()}
+    limited_by = "command"
 
     async def post(self, name: str) -> None:
         await self._call(self._post, name)
@@ -352,6 +388,7 @@ class ActivateHandler(AdminHandler):
 @tornado.web.stream_request_body
 class TestHandler(AdminHandler):
     query = {"POST": frozenset()}
+    limited_by = "command"
 
     async def post(self, name: str) -> None:
         await self._call(self._post, name)
@@ -437,6 +474,7 @@ def _kv_key(raw: str) -> str:
 @tornado.web.stream_request_body
 class KVKeyHandler(AdminHandler):
     query = {m: frozenset({"namespace"}) for m in ("GET", "PUT", "DELETE")}
+    limited_by = "namespace"
 
     async def get(self, raw: str) -> None:
         await self._call(self._get, raw)
@@ -502,6 +540,7 @@ def _check_kv_value(kind: str, value: Any) -> str | None:
 @tornado.web.stream_request_body
 class KVMembersHandler(AdminHandler):
     query = {"POST": frozenset({"namespace"})}
+    limited_by = "namespace"
 
     async def post(self, raw: str) -> None:
         await self._call(self._post, raw)
@@ -527,7 +566,7 @@ RECORDINGS_PAGE = 1000
 
 
 class RecordingsHandler(AdminHandler):
-    query = {"GET": frozenset({"since", "limit"})}
+    query = {"GET": frozenset({"since", "limit", "operationID"})}
 
     async def get(self, name: str) -> None:
         await self._call(self._get, name)
@@ -536,6 +575,10 @@ class RecordingsHandler(AdminHandler):
         command = self.command(name)
         limit = _int_arg(self.get_query_argument("limit", None), 1000, 1, 100_000, "limit")
         since = _since_arg(self.get_query_argument("since", None))
+        operation_id = self.get_query_argument("operationID", None)
+        if operation_id is not None:
+            await self._get_operation(command, operation_id, limit, since)
+            return
         # A page at a time (RECORDINGS_PAGE records), flushed as it goes: an export of 100,000
         # records holds one page in memory and callbacks are served between pages.
         store = self.state.store
@@ -561,6 +604,20 @@ class RecordingsHandler(AdminHandler):
         self.finish()
 
 
+    async def _get_operation(self, command: str, operation_id: str, limit: int, since: float | None) -> None:
+        """The last ``limit`` records of one operationID (from ``since``): the stream is read
+        a page at a time, keeping only the matches."""
+        store = self.state.store
+        start: str | None = await store.recordings_start(command, 1, since, RECORDINGS_PAGE) if since else "-"
+        kept: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+        while start is not None:
+            records, start = await store.recordings_page(command, start, RECORDINGS_PAGE)
+            kept.extend(r for r in records if r.get("operationID") == operation_id)
+            await asyncio.sleep(0)  # callbacks are served between pages
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.finish(b"".join(orjson.dumps(r) + b"\n" for r in kept))
+
+
 class AuditHandler(AdminHandler):
     query = {"GET": frozenset({"limit", "before"})}
 
@@ -573,6 +630,151 @@ class AuditHandler(AdminHandler):
                                "an audit entry id like 1700000000000-0") or None
         entries = await self.state.store.audit(limit, before)
         self.send({"entries": [e.to_json() for e in entries]})
+
+
+# --- per-callback logs (server/calllogs.py) ---------------------------------------------
+
+MAX_LOGS_LIMIT = 10_000
+
+
+def _log_filter(handler: AdminHandler, *, errors_flag: bool) -> calllogs.Filter:
+    command = handler.get_query_argument("command", None) or None
+    if command is not None and command not in handler.state.catalog:
+        raise HTTPFail(400, "bad_request", f"unknown callbackCommand {command[:80]!r}")
+    operation_id = handler.get_query_argument("operationID", None) or None
+    if operation_id is not None and len(operation_id) > 128:
+        raise HTTPFail(400, "bad_request", "operationID is longer than 128 characters")
+    if errors_flag:
+        level = "error" if _bool_arg(handler.get_query_argument("errors", None), False) else None
+    else:
+        level = handler.get_query_argument("level", None) or None
+        if level is not None and level not in calllogs.LEVELS:
+            raise HTTPFail(400, "bad_request", f"level must be one of {', '.join(calllogs.LEVELS)}")
+    return calllogs.Filter(command, operation_id, level)
+
+
+class LogsHandler(AdminHandler):
+    query = {"GET": frozenset({"command", "operationID", "level", "since", "limit"})}
+
+    async def get(self) -> None:
+        await self._call(self._get)
+
+    async def _get(self) -> None:
+        flt = _log_filter(self, errors_flag=False)
+        limit = _int_arg(self.get_query_argument("limit", None), 100, 1, MAX_LOGS_LIMIT, "limit")
+        since_arg = self.get_query_argument("since", None)
+        since_ms = 0
+        if since_arg:
+            try:
+                since_ms = calllogs.parse_since(since_arg)
+            except ValueError as exc:
+                raise HTTPFail(400, "bad_parameter", str(exc)) from None
+        records = await calllogs.search(self.state.store, flt, since_ms, limit)
+        self.set_header("Content-Type", "application/x-ndjson")
+        self.finish(b"".join(r + b"\n" for r in records))
+
+
+class LogsStreamHandler(AdminHandler):
+    """Server-sent events: ``data: <record JSON>`` per callback, a ``: keep-alive`` comment
+    when idle. Records come from every process and instance (pub/sub on the store)."""
+
+    query = {"GET": frozenset({"command", "operationID", "errors"})}
+
+    def on_connection_close(self) -> None:
+        self._closed.set()
+
+    async def get(self) -> None:
+        self._closed = asyncio.Event()
+        await self._call(self._get)
+
+    async def _get(self) -> None:
+        flt = _log_filter(self, errors_flag=True)
+        hub = self.state.live_logs()
+        keepalive = self.state.config.logs.keepalive_s
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # proxies must not hold events back
+        async with hub.reader() as queue:
+            try:
+                await asyncio.wait_for(hub.subscribed.wait(), 5.0)
+            except TimeoutError:
+                raise StoreUnavailable("live log subscription") from None
+            try:
+                self.write(b": connected\n\n")
+                await self.flush()
+                closed = asyncio.ensure_future(self._closed.wait())
+                try:
+                    while not self._closed.is_set():
+                        getter = asyncio.ensure_future(queue.get())
+                        done, _ = await asyncio.wait({getter, closed}, timeout=keepalive,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        if getter not in done:
+                            getter.cancel()
+                            if not self._closed.is_set():
+                                self.write(b": keep-alive\n\n")
+                                await self.flush()
+                            continue
+                        data = getter.result()
+                        try:
+                            record = orjson.loads(data)
+                        except orjson.JSONDecodeError:
+                            continue
+                        if flt.keeps(record):
+                            self.write(b"data: " + data + b"\n\n")
+                            await self.flush()
+                finally:
+                    closed.cancel()
+            except tornado.iostream.StreamClosedError:
+                return
+        if not self._finished and not self._closed.is_set():
+            self.finish()
+
+
+# --- tokens (server/tokens.py) ------------------------------------------------------------
+
+@tornado.web.stream_request_body
+class TokensHandler(AdminHandler):
+    query = {"GET": frozenset(), "POST": frozenset()}
+
+    async def get(self) -> None:
+        await self._call(self._get)
+
+    async def post(self) -> None:
+        await self._call(self._post)
+
+    async def _get(self) -> None:
+        stored = await self.state.store.tokens_all()
+        found = [t for t in (tokens.Token.load(i, raw) for i, raw in stored.items()) if t is not None]
+        found.sort(key=lambda t: (t.created_at, t.name))
+        self.send({"tokens": [t.to_json() for t in found]})
+
+    async def _post(self) -> None:
+        try:
+            token, secret = tokens.new_token(self.json_body(), self.state.catalog.commands, NAMESPACE_RE)
+        except tokens.TokenRequestError as exc:
+            raise HTTPFail(400, "bad_request", str(exc)) from None
+        if len(await self.state.store.tokens_all()) >= tokens.MAX_TOKENS:
+            raise HTTPFail(409, "too_many_tokens", f"at most {tokens.MAX_TOKENS} tokens; revoke some first")
+        detail = {"id": token.id, "scopes": list(token.scopes), "commands": list(token.commands),
+                  "namespaces": list(token.namespaces)}
+        await self.state.store.token_create(token.id, token.name, token.stored(), self.actor(), detail)
+        self.send({**token.to_json(), "token": secret}, 201)
+
+
+class TokenHandler(AdminHandler):
+    query = {"DELETE": frozenset()}
+
+    async def delete(self, token_id: str) -> None:
+        await self._call(self._delete, token_id)
+
+    async def _delete(self, token_id: str) -> None:
+        if not tokens.ID_RE.fullmatch(token_id):
+            raise HTTPFail(404, "no_token", "no such token")
+        raw = (await self.state.store.tokens_all()).get(token_id)
+        token = tokens.Token.load(token_id, raw) if raw is not None else None
+        if token is None or not await self.state.store.token_delete(token_id, token.name, self.actor()):
+            raise HTTPFail(404, "no_token", "no such token")
+        self.send({"id": token_id, "name": token.name, "revoked": True})
 
 
 class HealthHandler(JSONErrorMixin):
@@ -603,9 +805,9 @@ class HealthHandler(JSONErrorMixin):
 
 
 class MetricsHandler(AdminHandler):
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         self.admin = not self.state.config.metrics_public
-        super().prepare()
+        await super().prepare()
 
     def get(self) -> None:
         self.state.metrics.store_up.set(1 if self.state.store.healthy else 0)
@@ -614,21 +816,31 @@ class MetricsHandler(AdminHandler):
         self.finish(self.state.metrics.render())
 
 
+R, D, K, A = tokens.READ, tokens.DEPLOY, tokens.KV_WRITE, tokens.ADMIN
+
+
 def routes(state: AppState) -> list[tuple[str, type, dict[str, Any]]]:
-    kw = {"state": state}
+    """The admin route table: pattern, handler, and the scope each method needs (the one
+    definition of who may do what; tests/test_admin_auth.py checks every route x scope)."""
     cmd = r"([^/]+)"
-    return [
-        (r"/healthz", HealthHandler, kw),
-        (r"/metrics", MetricsHandler, kw),
-        (r"/admin/scripts/?", ScriptsHandler, kw),
-        (rf"/admin/scripts/{cmd}/versions/?", VersionsHandler, kw),
-        (rf"/admin/scripts/{cmd}/versions/([^/]+)", VersionHandler, kw),
-        (rf"/admin/scripts/{cmd}/activate", ActivateHandler, kw),
-        (rf"/admin/scripts/{cmd}/test", TestHandler, kw),
-        (rf"/admin/scripts/{cmd}", ScriptHandler, kw),
-        (r"/admin/kv/?", KVListHandler, kw),
-        (r"/admin/kv/(.+)/members", KVMembersHandler, kw),
-        (r"/admin/kv/(.+)", KVKeyHandler, kw),
-        (rf"/admin/recordings/{cmd}", RecordingsHandler, kw),
-        (r"/admin/audit/?", AuditHandler, kw),
+    table: list[tuple[str, type, dict[str, str] | None]] = [
+        (r"/healthz", HealthHandler, None),
+        (r"/metrics", MetricsHandler, {"GET": R}),
+        (r"/admin/scripts/?", ScriptsHandler, {"GET": R}),
+        (rf"/admin/scripts/{cmd}/versions/?", VersionsHandler, {"GET": R}),
+        (rf"/admin/scripts/{cmd}/versions/([^/]+)", VersionHandler, {"GET": R}),
+        (rf"/admin/scripts/{cmd}/activate", ActivateHandler, {"POST": D}),
+        (rf"/admin/scripts/{cmd}/test", TestHandler, {"POST": D}),
+        (rf"/admin/scripts/{cmd}", ScriptHandler, {"GET": R, "PUT": D, "DELETE": D}),
+        (r"/admin/kv/?", KVListHandler, {"GET": R}),
+        (r"/admin/kv/(.+)/members", KVMembersHandler, {"POST": K}),
+        (r"/admin/kv/(.+)", KVKeyHandler, {"GET": R, "PUT": K, "DELETE": K}),
+        (rf"/admin/recordings/{cmd}", RecordingsHandler, {"GET": R}),
+        (r"/admin/audit/?", AuditHandler, {"GET": R}),
+        (r"/admin/logs/stream", LogsStreamHandler, {"GET": R}),
+        (r"/admin/logs/?", LogsHandler, {"GET": R}),
+        (r"/admin/tokens/?", TokensHandler, {"GET": A, "POST": A}),
+        (r"/admin/tokens/([^/]+)", TokenHandler, {"DELETE": A}),
     ]
+    return [(p, h, {"state": state} if scopes is None else {"state": state, "scopes": scopes})
+            for p, h, scopes in table]

@@ -27,6 +27,7 @@ import tornado.web
 from server import reply
 from server.dispatch import policy_reply
 from server.http_common import StreamedBody, client_allowed
+from server.logfmt import callback_fields
 
 if TYPE_CHECKING:
     from server.app import AppState
@@ -78,9 +79,10 @@ def note_command_source(state: AppState, cmd: Command, source: str, payload: dic
         _mismatches += 1
         if _mismatches <= 10 or _mismatches % _MISMATCH_LOG_EVERY == 0:
             named = str(payload.get("callbackCommand"))[:80]
+            oid = str(payload.get("operationID", ""))[:128]
             log.warning("callback path names %s but the body's callbackCommand is %r: answered as %s "
                         "(operationID=%s; %d such callbacks so far)", cmd.name, named, cmd.name,
-                        str(payload.get("operationID", ""))[:128] or "-", _mismatches)
+                        oid or "-", _mismatches, extra=callback_fields(cmd.name, oid))
 
 
 def unknown_command_message(path_name: str, payload: Any) -> str:
@@ -103,6 +105,10 @@ def replied(state: AppState, cmd: Command, payload: dict[str, Any], operation_id
     recorder = state.recorder
     if recorder is not None:
         recorder.submit(cmd, payload, operation_id, outcome, elapsed)
+    calllogs = state.calllogs
+    if calllogs is not None:
+        oid = operation_id or payload.get("operationID")
+        calllogs.submit(cmd.name, oid[:128] if type(oid) is str else "", outcome, elapsed)
 
 
 @tornado.web.stream_request_body

@@ -47,6 +47,7 @@ from server.dispatch import policy_reply
 from server.http_callback import CallbackHandler, command_from_body, command_from_path, note_command_source, replied
 from server.http_common import client_allowed
 from server.http_common import log as http_log
+from server.logfmt import callback_fields
 
 if TYPE_CHECKING:
     from server.app import AppState
@@ -303,7 +304,9 @@ class _Request(httputil.HTTPMessageDelegate):
         try:
             replied(outer.state, cmd, payload, operation_id, outcome, started)
         except Exception:
-            http_log.error("after the reply to %s", self.start_line.path, exc_info=True)
+            oid = operation_id or str(payload.get("operationID") or "")[:128]
+            http_log.error("after the reply to %s operationID=%s", self.start_line.path, oid or "-", exc_info=True,
+                           extra=callback_fields(cmd.name, oid))
 
     def _internal_error(self, cmd: Command, exc: BaseException | None) -> None:
         if exc is not None:

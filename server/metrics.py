@@ -72,6 +72,12 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.calllogs = Counter(
+            "scriptgate_callback_logs_total",
+            "Per-callback log records: written to the store, or dropped (queue full, store slow or failing)",
+            ["outcome"],
+            registry=reg,
+        )
         self.reply_fixes = Counter(
             "scriptgate_reply_fixes_total",
             "Replies changed so that OpenIM does what the script meant: deny_errcode (errCode mapped to "

@@ -536,8 +536,10 @@ def supervise(workers: int, child_main: Any) -> int:
 
 
 def run(cfg: Config) -> int:
+    from server import logfmt
     from server.catalog import catalog
 
+    logfmt.apply(logfmt.chosen(cfg.log_format))
     token, generated = resolve_token(cfg)
     if generated:
         say(f"scriptgate: admin token (generated; set SCRIPTGATE_ADMIN_TOKEN to choose one): {token}")

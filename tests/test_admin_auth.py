@@ -53,7 +53,7 @@ PUBLIC = {
 
 # Path parameters by the handler method's argument name; with these the right-token
 # control request succeeds against the store prepared by ``prepare_store``.
-PATH_VALUES = {"name": INVITE, "number": "1", "raw": KEY}
+PATH_VALUES = {"name": INVITE, "number": "1", "raw": KEY, "token_id": "0123456789abcdef"}
 # Request bodies by (handler class, method) for the control to succeed.
 BODIES: dict[tuple[str, str], Any] = {
     ("ScriptHandler", "PUT"): "def handle(req):\n    return deny(5003, 'v3')\n",
@@ -61,7 +61,10 @@ BODIES: dict[tuple[str, str], Any] = {
     ("TestHandler", "POST"): {"payload": PAYLOAD, "source": "def handle(req):\n    return None\n"},
     ("KVKeyHandler", "PUT"): {"value": ["a", "b", "c"], "type": "set"},
     ("KVMembersHandler", "POST"): {"add": ["b"]},
+    ("TokensHandler", "POST"): {"name": "made-by-test", "scopes": ["read"]},
 }
+# Routes whose answer never ends (server-sent events): the control reads the first bytes.
+STREAMING = {"LogsStreamHandler"}
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 # Write-method routes that never write, with the reason.
 READ_ONLY = {("TestHandler", "POST"): "a dry run against a scratch store"}
@@ -89,6 +92,7 @@ class Case:
     pattern: str
     handler: type
     method: str
+    scopes: Any = None  # the route table's {method: scope}
 
     @property
     def id(self) -> str:
@@ -110,7 +114,7 @@ class Case:
 
 def admin_cases() -> list[Case]:
     table = admin_routes(None)  # type: ignore[arg-type]  # only the handlers' kwargs need the state
-    return [Case(p, h, m) for p, h, _ in table if p not in PUBLIC for m in served_methods(h)]
+    return [Case(p, h, m, kw.get("scopes")) for p, h, kw in table if p not in PUBLIC for m in served_methods(h)]
 
 
 CASES = admin_cases()
@@ -156,11 +160,48 @@ async def snapshot(store: Any) -> dict[str, Any]:
     return out
 
 
+# Scoped tokens made by ``prepare_store``, by name: (scopes, commands, namespaces).
+SCOPED: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "t-read": (("read",), (), ()),
+    "t-deploy": (("deploy",), (), ()),
+    "t-deploy-invite": (("deploy",), (INVITE,), ()),
+    "t-deploy-other": (("deploy",), ("callbackBeforeSendSingleMsgCommand",), ()),
+    "t-kv": (("kv-write",), (), ()),
+    "t-kv-default": (("kv-write",), (), ("default",)),
+    "t-kv-other": (("kv-write",), (), ("other",)),
+    "t-admin": (("admin",), (), ()),
+}
+
+
+def secret_of(name: str) -> str:
+    return f"sg_test_secret_for_{name}"
+
+
 async def prepare_store(store: Any) -> None:
-    """What the control requests act on: two versions (v2 live) and a set in the KV."""
+    """What the control requests act on: two versions (v2 live), a set in the KV, and the
+    scoped tokens of SCOPED (the first with the id in PATH_VALUES, for DELETE)."""
+    from server.tokens import Token, digest
+
     for source in (SOURCE_V1, SOURCE_V2):
         await store.put_version(INVITE, source, hashlib.sha256(source.encode()).hexdigest(), True, "setup")
     await store.kv_write("default", KEY, "set", ["a"], None, "setup")
+    for i, (name, (scopes, commands, namespaces)) in enumerate(SCOPED.items()):
+        token_id = PATH_VALUES["token_id"] if i == 0 else f"{i:016x}"
+        token = Token(token_id, name, scopes, commands, namespaces, 1.0, digest(secret_of(name)))
+        await store.token_create(token_id, name, token.stored(), "setup", {})
+
+
+def allowed(case: Case, name: str) -> bool:
+    """Whether the token ``name`` of SCOPED may make ``case``'s request (from the route
+    table's declared scope, and the token's limits against PATH_VALUES / namespace default)."""
+    from server.tokens import Token
+
+    scopes, commands, namespaces = SCOPED[name]
+    need = case.scopes[case.method]
+    token = Token("x", name, scopes, commands, namespaces)
+    command = PATH_VALUES["name"] if case.handler.limited_by == "command" else None
+    namespace = "default" if case.handler.limited_by == "namespace" else None
+    return token.allows(need, command=command, namespace=namespace)
 
 
 @dataclass
@@ -179,6 +220,27 @@ class Served:
 
     def right(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {TOKEN}"}
+
+    async def call(self, case: Case, headers: dict[str, str]) -> tuple[int, bytes]:
+        """``case``'s request: (status, body), or for a never-ending answer (STREAMING) the
+        status and the first bytes of the body."""
+        path, body = case.path(), case.body()
+        if case.handler.__name__ not in STREAMING:
+            r = await self.send(case.method, path, body, headers)
+            return r.code, r.body
+        host, port = self.base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            writer.write(f"{case.method} {path} HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+            await writer.drain()
+            status_line = await reader.readline()
+            rest = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"content-length:\s*(\d+)", rest.lower())
+            first = await reader.readexactly(int(length.group(1))) if length else await reader.read(4096)
+            return int(status_line.split()[1]), first
+        finally:
+            writer.close()
 
 
 def serve(test: Callable[[Served], Awaitable[None]], **config: Any) -> None:
@@ -229,14 +291,100 @@ def test_every_admin_route_and_method_needs_the_token(case: Case) -> None:
             assert await snapshot(srv.state.store) == before, f"{case.id} with {name} changed the store"
 
         # Control: the very same request with the right token goes through...
-        r = await srv.send(case.method, path, body, srv.right())
-        assert 200 <= r.code < 300, (
-            f"{case.id} with the right token answered {r.code} {r.body[:300]!r}: give the route a working "
+        code, answer = await srv.call(case, srv.right())
+        assert 200 <= code < 300, (
+            f"{case.id} with the right token answered {code} {answer[:300]!r}: give the route a working "
             "request in PATH_VALUES / BODIES so the refusals above are known to be refusals of a real request"
         )
         # ...and a write really writes, so "unchanged" above meant something.
         if case.method not in READ_METHODS and (case.handler.__name__, case.method) not in READ_ONLY:
             assert await snapshot(srv.state.store) != before, f"{case.id} with the right token changed nothing"
+
+    serve(scenario)
+
+
+def test_every_route_declares_a_known_scope_for_every_method() -> None:
+    from server.tokens import SCOPES
+
+    for case in CASES:
+        assert case.scopes and case.scopes.get(case.method) in SCOPES, f"{case.id}: no scope in the route table"
+        assert set(case.scopes) <= set(served_methods(case.handler)), case.id
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_every_route_and_method_against_every_scope(case: Case) -> None:
+    """Each scoped token is refused (403, store unchanged) where the route table's scope and
+    the token's limits say so; where they allow it, the request succeeds (and a write writes).
+    Refusals first on one store; each allowed token then gets a fresh store."""
+    denied = [n for n in SCOPED if not allowed(case, n)]
+    granted = [n for n in SCOPED if allowed(case, n)]
+    assert "t-admin" in granted
+
+    async def refusals(srv: Served) -> None:
+        before = await snapshot(srv.state.store)
+        for name in denied:
+            code, answer = await srv.call(case, {"Authorization": f"Bearer {secret_of(name)}"})
+            assert code == 403, f"{case.id} with {name}: {code} {answer[:200]!r}"
+            assert orjson.loads(answer)["error"] == "insufficient_scope"
+            assert await snapshot(srv.state.store) == before, f"{case.id} with {name} changed the store"
+
+    serve(refusals)
+    for name in granted:
+        async def control(srv: Served, name: str = name) -> None:
+            before = await snapshot(srv.state.store)
+            code, answer = await srv.call(case, {"Authorization": f"Bearer {secret_of(name)}"})
+            assert 200 <= code < 300, f"{case.id} with {name}: {code} {answer[:300]!r}"
+            if case.method not in READ_METHODS and (case.handler.__name__, case.method) not in READ_ONLY:
+                assert await snapshot(srv.state.store) != before, f"{case.id} with {name} changed nothing"
+
+        serve(control)
+
+
+def test_scope_matrix_is_not_trivial() -> None:
+    """Guards ``allowed``: every non-admin scope is refused somewhere and granted somewhere,
+    and the limits matter (a deploy token for another command, kv-write for another namespace)."""
+    for name in SCOPED:
+        if name == "t-admin":
+            continue
+        assert any(not allowed(c, name) for c in CASES), name
+    for name in ("t-read", "t-deploy", "t-deploy-invite", "t-kv", "t-kv-default"):
+        assert any(allowed(c, name) for c in CASES), name
+    put = next(c for c in CASES if c.id == "PUT /admin/scripts/([^/]+)")
+    assert allowed(put, "t-deploy-invite") and not allowed(put, "t-deploy-other")
+    kv = next(c for c in CASES if c.id == "PUT /admin/kv/(.+)")
+    assert allowed(kv, "t-kv-default") and not allowed(kv, "t-kv-other")
+
+
+def test_revoked_token_is_refused_and_audit_names_the_actor() -> None:
+    async def scenario(srv: Served) -> None:
+        r = await srv.send("POST", "/admin/tokens", orjson.dumps({"name": "ci", "scopes": ["deploy"],
+                                                                 "commands": [INVITE]}), srv.right())
+        assert r.code == 201, r.body
+        made = orjson.loads(r.body)
+        secret = made["token"]
+        assert secret.startswith("sg_") and made["commands"] == [INVITE] and made["scopes"] == ["deploy"]
+        mine = {"Authorization": f"Bearer {secret}", "X-ScriptGate-Actor": "ci-cli"}
+        r = await srv.send("PUT", f"/admin/scripts/{INVITE}", SOURCE_V1.encode(), mine)
+        assert r.code in (200, 201), r.body
+        listed = orjson.loads((await srv.send("GET", "/admin/tokens", headers=srv.right())).body)["tokens"]
+        assert {t["name"] for t in listed} >= {"ci", "t-read"}
+        assert all("token" not in t and "sha256" not in t for t in listed)
+        stored = await srv.state.store.tokens_all()
+        assert secret not in orjson.dumps(stored).decode() and hashlib.sha256(secret.encode()).hexdigest() in \
+            orjson.dumps(stored).decode()
+        r = await srv.send("DELETE", f"/admin/tokens/{made['id']}", headers=srv.right())
+        assert r.code == 200 and orjson.loads(r.body)["revoked"] is True
+        r = await srv.send("PUT", f"/admin/scripts/{INVITE}", SOURCE_V2.encode(), mine)
+        assert r.code == 401
+        r = await srv.send("POST", "/admin/tokens", orjson.dumps({"name": "ci", "scopes": ["nope"]}), srv.right())
+        assert r.code == 400
+        r = await srv.send("POST", "/admin/tokens", orjson.dumps({"name": "t-read", "scopes": ["read"]}),
+                           srv.right())
+        assert r.code == 409
+        entries = orjson.loads((await srv.send("GET", "/admin/audit", headers=srv.right())).body)["entries"]
+        actions = {(e["action"], e["actor"].split("@")[0]) for e in entries}
+        assert ("upload", "ci+ci-cli") in actions, actions
+        assert ("token_create", "admin") in actions and ("token_revoke", "admin") in actions, actions
 
     serve(scenario)
 

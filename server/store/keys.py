@@ -16,6 +16,12 @@ key                                type    what
 ``P:{s}:changes``                  pubsub  channel; the new generation after each change
 ``P:rec:<command>``                stream  recorded callbacks, capped by length and age
 ``P:{s}:rec_commands``             set     commands that have recordings
+``P:log:<command>``                stream  per-callback logs, capped by length, age, bytes
+``P:{s}:log_commands``             set     commands that have per-callback logs
+``P:logs:live``                    pubsub  channel; every per-callback log record (live tail)
+``P:{s}:tokens``                   hash    token id -> JSON (name, sha256 of the secret,
+                                           scopes, commands, namespaces, created_at)
+``P:{s}:token_names``              hash    token name -> id (names are unique)
 ``P:kv:<namespace>:<key>``         any     script KV data
 =================================  ======  ==================================================
 
@@ -87,6 +93,11 @@ class Keys:
         self._meta = reg + "meta:"
         self._version = reg + "v:"
         self._rec = f"{p}:rec:"
+        self._log = f"{p}:log:"
+        self.log_commands = reg + "log_commands"
+        self.logs_live = f"{p}:logs:live"
+        self.tokens = reg + "tokens"
+        self.token_names = reg + "token_names"
         self.kv_root = f"{p}:kv:"  # also the CLIENT TRACKING BCAST prefix
 
     def meta(self, command: str) -> str:
@@ -97,6 +108,9 @@ class Keys:
 
     def recordings(self, command: str) -> str:
         return self._rec + command
+
+    def logs(self, command: str) -> str:
+        return self._log + command
 
     def kv_ns_root(self, namespace: str) -> str:
         return f"{self.kv_root}{check_namespace(namespace)}:"

@@ -126,6 +126,7 @@ class Store:
         self._monitor = monitor
         self._monitor_task: asyncio.Task[None] | None = None
         self._rec_known: set[str] = set()
+        self._log_known: set[str] = set()
         self._closed = False
 
     async def start(self) -> None:
@@ -571,3 +572,91 @@ class Store:
     async def recording_commands(self) -> list[str]:
         client = await self._registry()
         return sorted(await client.smembers(self.keys.rec_commands))
+
+    # --- per-callback logs (server/calllogs.py) ---------------------------------------------------
+
+    @guarded
+    async def log_write(self, command: str, data: bytes, maxlen: int, max_age_s: int) -> None:
+        """Append one per-callback log record (its JSON) to the command's stream, trimmed by
+        length and age, and publish it for live tails in every process and instance."""
+        check_command(command)
+        key = self.keys.logs(command)
+        now_ms = int(time.time() * 1000)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"d": data}, maxlen=max(1, int(maxlen)), approximate=True)
+            pipe.xtrim(key, minid=f"{max(0, now_ms - int(max_age_s) * 1000)}", approximate=True)
+            pipe.expire(key, int(max_age_s))  # an idle stream disappears once all of it is too old
+            await pipe.execute()
+        # Best effort: the record is stored; a lost live message only misses a tail.
+        with contextlib.suppress(Exception):
+            await self.client.publish(self.keys.logs_live, data)
+        if command not in self._log_known:
+            client = await self._registry()
+            await client.sadd(self.keys.log_commands, command)
+            self._log_known.add(command)
+
+    @guarded
+    async def log_commands(self) -> list[str]:
+        client = await self._registry()
+        return sorted(await client.smembers(self.keys.log_commands))
+
+    @guarded
+    async def logs_before(self, command: str, top: str, bottom_ms: int, count: int) -> list[tuple[str, bytes]]:
+        """Up to ``count`` log records of ``command``, newest first, with ids below ``top``
+        (``+`` or ``(<id>``) and not older than ``bottom_ms``: (id, JSON)."""
+        check_command(command)
+        rows = await self.client.xrevrange(self.keys.logs(command), max=top, min=f"{max(0, bottom_ms)}-0",
+                                           count=max(1, int(count)))
+        out = []
+        for entry_id, fields in rows:
+            data = fields.get("d") if isinstance(fields, dict) else None
+            if data is None:
+                data = fields.get(b"d") if isinstance(fields, dict) else None
+            if data is not None:
+                out.append((_stream_id(entry_id), data.encode() if isinstance(data, str) else data))
+        return out
+
+    def logs_subscription(self) -> Any:
+        """A pub/sub object subscribed (by the caller) to ``keys.logs_live``."""
+        return self.client.pubsub()
+
+    # --- tokens (server/tokens.py) ---------------------------------------------------------------
+
+    @guarded
+    async def tokens_all(self) -> dict[str, str]:
+        """token id -> its stored JSON."""
+        client = await self._registry()
+        return await client.hgetall(self.keys.tokens)
+
+    @guarded
+    async def token_create(self, token_id: str, name: str, record: bytes, actor: str,
+                           detail: dict[str, Any]) -> None:
+        k = self.keys
+
+        async def body(pipe: Any) -> None:
+            if await pipe.hexists(k.token_names, name):
+                raise StoreError("token_exists", f"a token named {name!r} exists already", 409)
+            pipe.multi()
+            pipe.hset(k.token_names, name, token_id)
+            pipe.hset(k.tokens, token_id, record)
+            pipe.xadd(k.audit, audit.fields(actor, "token_create", name, detail=detail),
+                      maxlen=audit.AUDIT_MAXLEN, approximate=True)
+
+        await self.txn.run(k.gen, [k.token_names], body)
+
+    @guarded
+    async def token_delete(self, token_id: str, name: str, actor: str) -> bool:
+        k = self.keys
+
+        async def body(pipe: Any) -> bool:
+            if not await pipe.hexists(k.tokens, token_id):
+                return False
+            pipe.multi()
+            pipe.hdel(k.tokens, token_id)
+            pipe.hdel(k.token_names, name)
+            pipe.xadd(k.audit, audit.fields(actor, "token_revoke", name, detail={"id": token_id}),
+                      maxlen=audit.AUDIT_MAXLEN, approximate=True)
+            return True
+
+        existed, _ = await self.txn.run(k.gen, [k.tokens, k.token_names], body)
+        return existed

@@ -1,0 +1,300 @@
+"""Per-callback logs: what each callback did, kept in a bounded store and tailed live.
+
+``submit`` is called after the reply has been written (both HTTP paths, through
+``http_callback.replied``): it builds the record and puts it on a bounded in-memory queue,
+never blocking and never raising (when the store cannot keep up, records are dropped and
+counted). ``run`` drains the queue into one Redis stream per command (``P:log:<command>``),
+trimmed by count (``[logs] max_records``), age (``max_age_s``) and bytes (``max_bytes``:
+the count cap is lowered to ``max_bytes`` / the mean record size seen by this process, so
+it is approximate), and publishes each record on ``P:logs:live`` for live tails
+(``GET /admin/logs/stream``) in every HTTP process and instance sharing the store.
+
+A record (the contract of ``GET /admin/logs``)::
+
+    {"ts": ISO-8601, "command", "operationID", "version", "verdict", "error_kind", "error",
+     "logs": [str], "elapsed_ms", "level": "info" | "error"}
+
+``level`` is ``error`` when the script failed (verdict ``error``), else ``info``. A record
+longer than ``max_record_bytes`` has its log lines cut (the last line says how many).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from server.config import LogSettings
+from server.isotime import iso_utc
+
+log = logging.getLogger("scriptgate.calllogs")
+QUEUE_LIMIT = 10_000
+QUEUE_BYTES = 16 * 1024 * 1024
+WRITE_BATCH = 16
+DROP_LOG_INTERVAL_S = 60.0
+LEVELS = ("info", "error")
+# Records read from one command's stream per page while searching.
+PAGE = 500
+# A search reads at most this many records per command (operationID filters scan).
+SCAN_LIMIT = 100_000
+# Live subscribers' queues: a reader that falls this far behind loses records, not memory.
+LIVE_QUEUE = 1000
+
+
+def build_record(command: str, operation_id: str, outcome: Any, elapsed_s: float,
+                 max_bytes: int) -> bytes:
+    error = outcome.error
+    record = {
+        "ts": iso_utc(time.time()),
+        "command": command,
+        "operationID": operation_id,
+        "version": outcome.version,
+        "verdict": outcome.verdict,
+        "error_kind": error.kind if error else None,
+        "error": error.message if error else None,
+        "logs": [str(line) for line in outcome.logs],
+        "elapsed_ms": round(elapsed_s * 1000, 3),
+        "level": "error" if outcome.verdict == "error" else "info",
+    }
+    data = orjson.dumps(record)
+    if len(data) <= max_bytes:
+        return data
+    # Cut log lines (from the end) until the record fits; the note says what was cut.
+    lines = record["logs"]
+    total = len(lines)
+    budget = max_bytes - (len(data) - len(orjson.dumps(lines))) - 64
+    kept: list[str] = []
+    used = 2
+    for line in lines:
+        size = len(orjson.dumps(line)) + 1
+        if used + size > budget:
+            room = budget - used - 8
+            if room > 32:
+                kept.append(line[: room // 4])  # up to 4 UTF-8 bytes a character
+            break
+        kept.append(line)
+        used += size
+    kept.append(f"[{total - len(kept)} of {total} log lines cut: record over max_record_bytes]")
+    record["logs"] = kept
+    if record["error"] and len(record["error"]) > 1024:
+        record["error"] = record["error"][:1024]
+    return orjson.dumps(record)
+
+
+class CallLogs:
+    """The writer: one per HTTP process."""
+
+    def __init__(self, state: Any, settings: LogSettings) -> None:
+        self.state = state
+        self.settings = settings
+        self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
+        self.queued_bytes = 0
+        self.dropped = 0
+        self.written = 0
+        self._mean_size: dict[str, float] = {}
+        self._drop_logged_at = 0.0
+        # The same counts on /metrics (scriptgate_callback_logs_total{outcome=...}), if the app has them.
+        counter = getattr(getattr(state, "metrics", None), "calllogs", None)
+        self._count_written = counter.labels("written").inc if counter is not None else None
+        self._count_dropped = counter.labels("dropped").inc if counter is not None else None
+
+    @classmethod
+    def create(cls, state: Any) -> CallLogs | None:
+        settings = state.config.logs
+        return cls(state, settings) if settings.enabled else None
+
+    def submit(self, command: str, operation_id: str, outcome: Any, elapsed_s: float) -> None:
+        """Queue one record; never blocks and never raises into the request handler."""
+        if self.queue.full():
+            self._drop()
+            return
+        try:
+            data = build_record(command, operation_id, outcome, elapsed_s, self.settings.max_record_bytes)
+        except Exception:  # a record must never fail a callback
+            log.debug("log record not built", exc_info=True)
+            self._drop()
+            return
+        if self.queued_bytes + len(data) > QUEUE_BYTES:
+            self._drop()
+            return
+        self.queued_bytes += len(data)
+        self.queue.put_nowait((command, data))
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self._count_dropped is not None:
+            self._count_dropped()
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            log.warning("per-callback logs dropped: %d so far (the store is slow or unavailable)", self.dropped)
+            self._drop_logged_at = now
+
+    def maxlen(self, command: str, size: int) -> int:
+        """The stream's count cap: ``max_records``, lowered so that about ``max_bytes`` fit."""
+        mean = self._mean_size.get(command)
+        mean = size if mean is None else mean * 0.9 + size * 0.1
+        self._mean_size[command] = mean
+        s = self.settings
+        return max(1, min(s.max_records, int(s.max_bytes // max(mean, 64.0))))
+
+    async def run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < WRITE_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            for _, data in batch:
+                self.queued_bytes -= len(data)
+            await asyncio.gather(*(self._write(c, d) for c, d in batch))
+
+    async def _write(self, command: str, data: bytes) -> None:
+        try:
+            await self.state.store.log_write(command, data, self.maxlen(command, len(data)), self.settings.max_age_s)
+            self.written += 1
+            if self._count_written is not None:
+                self._count_written()
+        except Exception as exc:  # a store outage must not stop logging for good
+            log.debug("log record dropped: %s", exc)
+            self._drop()
+
+    async def flush(self) -> None:
+        while not self.queue.empty():
+            batch = []
+            while len(batch) < WRITE_BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            for _, data in batch:
+                self.queued_bytes -= len(data)
+            await asyncio.gather(*(self._write(c, d) for c, d in batch))
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a search or a live tail keeps."""
+
+    command: str | None = None
+    operation_id: str | None = None
+    level: str | None = None  # info | error
+
+    def keeps(self, record: dict[str, Any]) -> bool:
+        if self.command is not None and record.get("command") != self.command:
+            return False
+        if self.operation_id is not None and record.get("operationID") != self.operation_id:
+            return False
+        return self.level is None or record.get("level") == self.level
+
+
+async def search(store: Any, flt: Filter, since_ms: int, limit: int) -> list[bytes]:
+    """The newest ``limit`` records kept by ``flt`` not older than ``since_ms``, oldest first
+    (JSON, as stored). Each command's stream is read newest first, a page at a time."""
+    commands: Iterable[str] = [flt.command] if flt.command else await store.log_commands()
+    found: list[tuple[str, bytes]] = []
+    for command in commands:
+        top, scanned, kept = "+", 0, 0
+        while kept < limit and scanned < SCAN_LIMIT:
+            rows = await store.logs_before(command, top, since_ms, PAGE)
+            if not rows:
+                break
+            scanned += len(rows)
+            for entry_id, data in rows:
+                try:
+                    record = orjson.loads(data)
+                except orjson.JSONDecodeError:
+                    continue
+                if flt.keeps(record):
+                    found.append((entry_id, data))
+                    kept += 1
+                    if kept >= limit:
+                        break
+            top = "(" + rows[-1][0]
+            if len(rows) < PAGE:
+                break
+    found.sort(key=lambda row: tuple(int(part) for part in row[0].split("-")))
+    return [data for _, data in found[-limit:]]
+
+
+class LiveHub:
+    """One subscription to ``P:logs:live`` per HTTP process, fanned out to its tails.
+
+    Started by the first tail; the subscription is kept (and re-made after a store outage)
+    while the process runs."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.readers: set[asyncio.Queue[bytes]] = set()
+        self.subscribed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def _ensure(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="logs-live")
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = None
+            try:
+                pubsub = self.store.logs_subscription()
+                await pubsub.subscribe(self.store.keys.logs_live)
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=1.0)
+                    if msg is not None and msg.get("type") == "subscribe":
+                        # Confirmed by the server: records published from now on reach us.
+                        self.subscribed.set()
+                    if msg is None or msg.get("type") != "message":
+                        continue
+                    data = msg["data"]
+                    data = data.encode() if isinstance(data, str) else data
+                    for queue in list(self.readers):
+                        with contextlib.suppress(asyncio.QueueFull):  # a slow reader loses records
+                            queue.put_nowait(data)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.subscribed.clear()
+                log.debug("live log subscription lost: %s", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(pubsub.aclose(), 0.5)
+
+    @contextlib.asynccontextmanager
+    async def reader(self) -> AsyncIterator[asyncio.Queue[bytes]]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(LIVE_QUEUE)
+        self.readers.add(queue)
+        self._ensure()
+        try:
+            yield queue
+        finally:
+            self.readers.discard(queue)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.1)
+
+
+def parse_since(text: str) -> int:
+    """``since``: ISO-8601 (``2026-12-06T03:36:55Z``) or unix seconds, as milliseconds."""
+    from datetime import UTC, datetime
+
+    try:
+        return max(0, int(float(text) * 1000))
+    except (ValueError, OverflowError):  # OverflowError: inf; nan fails int() with ValueError
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise ValueError("since must be an ISO-8601 time (2026-12-06T03:36:55Z) or unix seconds") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0, int(when.timestamp() * 1000))
+
