@@ -640,16 +640,16 @@ MAX_LOGS_LIMIT = 10_000
 def _log_filter(handler: AdminHandler, *, errors_flag: bool) -> calllogs.Filter:
     command = handler.get_query_argument("command", None) or None
     if command is not None and command not in handler.state.catalog:
-        raise HTTPFail(400, "bad_request", f"unknown callbackCommand {command[:80]!r}")
+        raise bad_parameter(f"unknown callbackCommand {command[:80]!r}")
     operation_id = handler.get_query_argument("operationID", None) or None
     if operation_id is not None and len(operation_id) > 128:
-        raise HTTPFail(400, "bad_request", "operationID is longer than 128 characters")
+        raise bad_parameter("operationID is longer than 128 characters")
     if errors_flag:
-        level = "error" if _bool_arg(handler.get_query_argument("errors", None), False) else None
+        level = "error" if _bool_arg(handler.get_query_argument("errors", None), False, "errors") else None
     else:
         level = handler.get_query_argument("level", None) or None
         if level is not None and level not in calllogs.LEVELS:
-            raise HTTPFail(400, "bad_request", f"level must be one of {', '.join(calllogs.LEVELS)}")
+            raise bad_parameter(f"level must be one of {', '.join(calllogs.LEVELS)}")
     return calllogs.Filter(command, operation_id, level)
 
 

@@ -139,7 +139,7 @@ def test_logs_are_kept_searched_and_tailed_across_instances(pair: tuple[ServerPr
                 "operationID=" + "x" * 129):
         path = "/admin/logs/stream?" if bad.startswith("errors") else "/admin/logs?"
         r = a.request("GET", path + bad)
-        assert r.status == 400 and r.json()["error"] == "bad_request", (bad, r.status, r.body)
+        assert r.status == 400 and r.json()["error"] == "bad_parameter", (bad, r.status, r.body)
 
     assert 'scriptgate_callback_logs_total{outcome="written"} 2.0' in a.request("GET", "/metrics").body.decode()
 
