@@ -7,6 +7,7 @@ All ``/admin`` endpoints and ``/metrics`` (unless ``metrics_public``) need
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -201,19 +202,19 @@ class ScriptHandler(AdminHandler):
             )
         sha = hashlib.sha256(source.encode()).hexdigest()
         info, _before = await self.state.store.put_version(command, source, sha, activate, self.actor())
-        if activate:
-            await self.state.refresh_scripts()
+        synced = await self.state.refresh_scripts() if activate else True
         warnings = self.state.lint(command, source)
         self.send(
-            {"command": command, "version": info.version, "sha256": sha, "active": activate, "warnings": warnings},
+            {"command": command, "version": info.version, "sha256": sha, "active": activate, "warnings": warnings,
+             "synced": synced},
             201,
         )
 
     async def _delete(self, name: str) -> None:
         command = self.command(name)
         before = await self.state.store.deactivate(command, self.actor())
-        await self.state.refresh_scripts()
-        self.send({"command": command, "active": False, "previous_version": before})
+        synced = await self.state.refresh_scripts()
+        self.send({"command": command, "active": False, "previous_version": before, "synced": synced})
 
 
 def decode_source(raw: bytes) -> str:
@@ -276,8 +277,8 @@ class ActivateHandler(AdminHandler):
         if type(version) is not int or version < 1:
             raise HTTPFail(400, "bad_request", 'body must be {"version": <positive integer>}')
         before, after = await self.state.store.activate(command, version, self.actor())
-        await self.state.refresh_scripts()
-        self.send({"command": command, "active_version": after, "previous_version": before})
+        synced = await self.state.refresh_scripts()
+        self.send({"command": command, "active_version": after, "previous_version": before, "synced": synced})
 
 
 @tornado.web.stream_request_body
@@ -453,6 +454,8 @@ class RecordingsHandler(AdminHandler):
     async def _get(self, name: str) -> None:
         command = self.command(name)
         limit = _int_arg(self.get_query_argument("limit", None), 1000, 1, 100_000, "limit")
+        # Read-your-writes: every callback answered before this request is in the store.
+        await self.state.recordings_settled()
         since_arg = self.get_query_argument("since", None)
         since = None
         if since_arg:
@@ -496,16 +499,43 @@ class AuditHandler(AdminHandler):
         self.send({"entries": [e.to_json() for e in entries]})
 
 
+# /healthz tells the store's state as of at most this long ago: a store call answered
+# within it counts, otherwise a ping bounded by the same time is made.
+HEALTH_FRESH_S = 0.1
+
+
+async def store_answers(store: Any) -> bool:
+    """Does the store answer now (within HEALTH_FRESH_S)? A paused Redis keeps its
+    connections open, so the last call's outcome alone would say "ok" for seconds."""
+    last_ok = store.health.last_ok
+    if store.healthy and last_ok is not None and time.time() - last_ok < HEALTH_FRESH_S:
+        return True
+    try:
+        async with asyncio.timeout(HEALTH_FRESH_S):
+            return bool(await store.ping())
+    except TimeoutError:
+        return False
+
+
 class HealthHandler(JSONErrorMixin):
     def initialize(self, state: AppState) -> None:
         self.state = state
 
     async def get(self) -> None:
         state = self.state
-        store_ok = state.store.healthy
-        status = "ok" if store_ok and state.table.loaded else "degraded"
+        store_ok = await store_answers(state.store)
+        reasons = [] if store_ok else [f"store unavailable: {state.store.health.last_reason or 'no answer'}"]
+        if not state.table.loaded:
+            reasons.append("live scripts not loaded yet")
+        if (lost := state.table.problem()) is not None:
+            reasons.append(lost)
+        if state.draining:
+            reasons.append("draining: shutting down")
+        status = "degraded" if reasons else "ok"
         body = {
             "status": status,
+            "reasons": reasons,
+            "registry": state.table.describe(),
             "store": state.store.describe(),
             "scripts_loaded": state.table.loaded,
             "live_scripts": len(state.table.snapshot()),

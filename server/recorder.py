@@ -149,6 +149,9 @@ class Recorder:
         self.queued_bytes += size
         self._sizes.append(size)
         self.queue.put_nowait((command, record))
+        siblings = getattr(self.state, "siblings", None)
+        if siblings is not None:  # GET /admin/recordings waits for it (server/sync.py)
+            siblings.queued()
 
     def _dequeued(self) -> None:
         if self._sizes:
@@ -183,6 +186,10 @@ class Recorder:
         except Exception as exc:  # a store outage must not stop recording for good
             log.debug("recording dropped: %s", exc)
             self._drop()
+        finally:
+            siblings = getattr(self.state, "siblings", None)
+            if siblings is not None:
+                siblings.written()
 
     async def flush(self) -> None:
         """Write what is queued (at shutdown)."""

@@ -214,6 +214,7 @@ class Startup:
     sources: dict[str, str] | None = None
     loaded: Any = None
     first: bool = True
+    siblings: Any = None  # server/sync.py Siblings bound to this process
 
     async def run(self, state: Any) -> None:
         if not self.first:
@@ -357,7 +358,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
-    state = await build_state(cfg, token)
+    state = await build_state(cfg, token, siblings=startup.siblings)
     if selector is not None and hasattr(state.pool, "busy"):
         selector.busy = state.pool.busy
     app = make_app(state)
@@ -424,10 +425,46 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         f"{live} live script{'' if live == 1 else 's'})"
     )
     await stopped.wait()
+    await drain(state, server, cfg.drain_grace_s)
+    await stop(state)
+
+
+DRAIN_POLL_S = 0.01
+# After the last in-flight callback: how long no new one may start before the connections
+# are closed (a request on a connection accepted just before the stop can still be on its
+# way in).
+DRAIN_QUIET_S = 0.1
+
+
+async def drain(state: Any, server: Any, grace_s: float) -> None:
+    """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
+    load balancer's new connections go elsewhere), let every in-flight callback finish
+    within ``grace_s`` (each is bounded by its own deadline anyway), then close the
+    connections; ``stop`` then flushes the recordings."""
+    state.draining = True
+    if state.siblings is not None:
+        state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
     server.stop()
+    started = time.monotonic()
+    deadline = started + grace_s
+    dispatcher = state.dispatcher
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if dispatcher.inflight:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= DRAIN_QUIET_S:
+            break
+        await asyncio.sleep(DRAIN_POLL_S)
+    left = dispatcher.inflight
+    if left:
+        log.error("graceful stop: %d callback(s) still running after %gs; closing their connections", left, grace_s)
+    say(f"scriptgate: stopping (pid {os.getpid()}): drained in {time.monotonic() - started:.2f}s"
+        + (f", {left} callback(s) cut" if left else ""))
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), timeout=2)
-    await stop(state)
 
 
 _EMBEDDED_MAIN = """
@@ -463,7 +500,7 @@ def start_embedded_process() -> tuple[str, Any]:
     return url, stop
 
 
-def supervise(workers: int, child_main: Any) -> int:
+def supervise(workers: int, child_main: Any, gone: Callable[[int], None] | None = None) -> int:
     """Fork ``workers`` HTTP processes, restart any that dies, forward SIGTERM/SIGINT.
 
     Tornado's fork_processes does not pass signals on, which would leave orphans behind a
@@ -509,6 +546,8 @@ def supervise(workers: int, child_main: Any) -> int:
         except ChildProcessError:
             break
         task_id = children.pop(pid, None)
+        if task_id is not None and gone is not None:
+            gone(task_id)  # its slots must not hold up admin writes or recording reads
         if task_id is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
@@ -537,8 +576,10 @@ def run(cfg: Config) -> int:
     workers = cfg.workers or os.cpu_count() or 1
     # Checked before anything starts: a bad script stops the start with its lines.
     sources = read_scripts_dir(cfg.scripts_dir, catalog(), cfg.openim) if cfg.scripts_dir else None
+    from server.sync import Siblings
+
     if workers == 1:
-        run_process(cfg, token, False, Startup(cfg.scripts_dir, sources))
+        run_process(cfg, token, False, Startup(cfg.scripts_dir, sources, siblings=Siblings.create(1).bind(0)))
         return 0
     # Several processes, each with its own SO_REUSEPORT socket on one port, and one store.
     reserved = reserve_port(cfg.host, cfg.port)
@@ -546,12 +587,14 @@ def run(cfg: Config) -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="scriptgate-metrics-"))
     stop_embedded = None
     loaded = multiprocessing.get_context("fork").Event()
+    siblings = Siblings.create(workers)
 
     def child_main(task_id: int) -> None:
         for sock in reserved:  # the supervisor's; the process binds its own
             sock.close()
         first = task_id == 0
-        run_process(cfg, token, True, Startup(cfg.scripts_dir, sources if first else None, loaded, first))
+        run_process(cfg, token, True, Startup(cfg.scripts_dir, sources if first else None, loaded, first,
+                                              siblings.bind(task_id)))
 
     try:
         if cfg.redis is None:
@@ -559,7 +602,7 @@ def run(cfg: Config) -> int:
             # The embedded server has no CLIENT TRACKING: do not try (and log) it per process.
             cfg.redis = f"{cfg.redis}?cache=no"
             cfg.store_label = "embedded (shared by the HTTP processes, not persistent)"
-        return supervise(workers, child_main)
+        return supervise(workers, child_main, siblings.reset)
     finally:
         if stop_embedded is not None:
             stop_embedded()

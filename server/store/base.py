@@ -80,6 +80,16 @@ class ActiveScript:
 
 
 @dataclass
+class RegistrySnapshot:
+    """The script registry as read at one moment (Store.registry_snapshot)."""
+
+    generation: int | None  # None: the generation key is missing (flushed or never written)
+    commands: set[str]
+    table: dict[str, ActiveScript]
+    missing: set[str]  # live pointers whose version body is missing
+
+
+@dataclass
 class AuditEntry:
     id: str
     ts: float
