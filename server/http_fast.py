@@ -288,11 +288,11 @@ class _Request(httputil.HTTPMessageDelegate):
         except Exception as exc:
             self._internal_error(exc)
             return
-        self._write(OK, body)
-        try:
+        try:  # before the write: the record is queued before the client can read the reply
             replied(outer.state, cmd, payload, operation_id, outcome, started)
         except Exception:
             http_log.error("after the reply to %s", self.start_line.path, exc_info=True)
+        self._write(OK, body)
 
     def _internal_error(self, exc: BaseException | None) -> None:
         if exc is not None:

@@ -1,6 +1,7 @@
 """Recording of callbacks, off the reply's critical path.
 
-``submit`` is called after the reply has been written: it applies the command's sampling
+``submit`` is called once the reply is ready, just before it is written (so a record is
+queued before the client can read the reply: server/sync.py): it applies the command's sampling
 rate and redaction and puts the record on a bounded in-memory queue (dropping, and
 counting, when the store cannot keep up). The queue is bounded in records (``QUEUE_LIMIT``) and in bytes (``QUEUE_BYTES``, the
 records' JSON size). ``run`` drains the queue into the store (Redis

@@ -87,6 +87,12 @@ class ScriptTable:
         elif self.lost is not None:
             log.warning("script registry is back (generation %s)", snap.generation)
             self._set_lost(None)
+        if snap.restored_at is not None and (self.last_loss is None or snap.restored_at > self.last_loss):
+            # Written back by another process or instance: report it here too.
+            self.last_loss, self.restored = snap.restored_at, snap.restored
+            if self.loaded and why is None:
+                log.error("script registry was lost and written back by another process (%s)",
+                          ", ".join(snap.restored) or "nothing to write back")
         table = snap.table
         changed = {c for c in set(table) | set(self._scripts) if table.get(c) != self._scripts.get(c)}
         self._scripts = table

@@ -7,9 +7,11 @@ Start-up, in order (every line on stderr):
    ``scriptgate: --scripts DIR: nothing loaded (N invalid scripts)``, exit 1, nothing
    started or uploaded. A file not named after a callbackCommand is skipped with a line
    saying so; a missing DIR is an error line;
-2. the port is bound (a port in use is an error line, exit 1) and callbacks are answered
-   from then on: by the command's failure policy while the live scripts are not known
-   (``/healthz`` says "degraded"), as during any later store outage;
+2. the port is bound (a port in use is an error line, exit 1); connections are taken once
+   the live scripts are loaded (step 5) or the first attempt found the store unreachable,
+   and callbacks are answered from then on: by the command's failure policy while the
+   live scripts are not known (``/healthz`` says "degraded"), as during any later store
+   outage. (So a restarted process never answers "no script" for a command that has one.)
 3. the store is reached. While it does not answer, one error line per attempt:
    ``scriptgate: store redis://:***@h:6379 unreachable (Connection refused); retrying in
    1s (attempt 1)`` (then after 2 s, 4 s, and every 5 s), and once it answers
@@ -175,7 +177,8 @@ STORE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 STORE_RETRY_MAX_S = 5.0
 
 
-async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]]) -> T:
+async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]],
+                              failed: asyncio.Event | None = None) -> T:
     """Run ``step`` (it needs the store) once the store answers; until then print why it
     does not and retry, for ever (see the module docstring): after 1, 2, 4, then every 5 s."""
     from server.store.base import StoreError, StoreUnavailable
@@ -195,6 +198,8 @@ async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]]) -> T
         except StoreError as exc:  # the store answers but refuses: retrying would not help
             raise StartupError(f"scriptgate: store {store.display}: {exc.message}") from None
         delay = STORE_RETRY_DELAYS_S[attempt - 1] if attempt <= len(STORE_RETRY_DELAYS_S) else STORE_RETRY_MAX_S
+        if failed is not None:
+            failed.set()
         why = store.health.last_reason or "no answer"
         say(f"scriptgate: store {store.display} unreachable ({why}); retrying in {delay:g}s (attempt {attempt})")
         await asyncio.sleep(delay)
@@ -216,7 +221,8 @@ class Startup:
     first: bool = True
     siblings: Any = None  # server/sync.py Siblings bound to this process
 
-    async def run(self, state: Any) -> None:
+    async def run(self, state: Any, failed: asyncio.Event | None = None) -> None:
+        """``failed`` is set after the first attempt that found the store unreachable."""
         if not self.first:
             while not await asyncio.to_thread(self.loaded.wait, 0.5):
                 pass  # a bounded wait, so a stop is not held up by the thread
@@ -229,7 +235,7 @@ class Startup:
                 await upload_scripts(state.store, self.sources, load)
             await state.table.refresh()
 
-        await until_store_answers(state.store, step)
+        await until_store_answers(state.store, step, failed)
         if upload:
             say(load.summary())
         if self.loaded is not None and self.first:
@@ -369,23 +375,33 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         idle_connection_timeout=75,
         body_timeout=30,
     )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    # Connections are taken once the live scripts are loaded, or once the store was found
+    # unreachable: a process restarted in a rolling restart answers with its scripts from
+    # its first callback (its listening socket queues connections meanwhile; a SO_REUSEPORT
+    # process does not listen yet, so the kernel sends them to its siblings).
+    failed = asyncio.Event()
+    starting = asyncio.create_task(startup.run(state, failed), name="startup")
+    waiting = asyncio.create_task(stopped.wait())
+    unreachable = asyncio.create_task(failed.wait())
+    await asyncio.wait({starting, waiting, unreachable}, return_when=asyncio.FIRST_COMPLETED)
+    unreachable.cancel()
     if sockets is None:
         try:
             sockets = listen_sockets(cfg.host, cfg.port, reuse_port=True)
         except SystemExit as exc:
             say(exc.code)
+            starting.cancel()
+            await asyncio.wait({starting})
             await stop(state)
             raise SystemExit(EXIT_NO_RESTART) from None
     # Callbacks are answered from now on: by the failure policy until the live scripts are
     # known (dispatch.py), so OpenIM gets the answer the operator chose, not a network error.
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    starting = asyncio.create_task(startup.run(state), name="startup")
-    waiting = asyncio.create_task(stopped.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
     error = None
@@ -436,6 +452,27 @@ DRAIN_POLL_S = 0.01
 DRAIN_QUIET_S = 0.1
 
 
+def stop_accepting(server: Any) -> None:
+    """Close the listening sockets after accepting what the kernel has queued on them:
+    closing a socket resets the connections in its accept queue, which a client would see
+    as a failed callback (its request may be sent already)."""
+    sockets = getattr(server, "_sockets", None)
+    handlers = getattr(server, "_handlers", None)
+    if getattr(server, "_stopped", True) or not isinstance(sockets, dict) or not isinstance(handlers, dict):
+        server.stop()
+        return
+    server._stopped = True
+    for fd, sock in list(sockets.items()):
+        handlers.pop(fd)()  # no more accept callbacks from the loop
+        while True:
+            try:
+                conn, address = sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            server._handle_connection(conn, address)
+        sock.close()
+
+
 async def drain(state: Any, server: Any, grace_s: float) -> None:
     """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
     load balancer's new connections go elsewhere), let every in-flight callback finish
@@ -444,7 +481,7 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
     state.draining = True
     if state.siblings is not None:
         state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
-    server.stop()
+    stop_accepting(server)
     started = time.monotonic()
     deadline = started + grace_s
     dispatcher = state.dispatcher

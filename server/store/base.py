@@ -87,6 +87,8 @@ class RegistrySnapshot:
     commands: set[str]
     table: dict[str, ActiveScript]
     missing: set[str]  # live pointers whose version body is missing
+    restored_at: float | None = None  # the last write-back of a lost registry (unix time)
+    restored: list[str] = field(default_factory=list)  # the commands it wrote back
 
 
 @dataclass

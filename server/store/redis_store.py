@@ -389,7 +389,8 @@ class Store:
             pipe.get(self.keys.gen)
             pipe.smembers(self.keys.commands)
             pipe.hgetall(self.keys.active)
-            gen, commands, active = await pipe.execute()
+            pipe.hgetall(self.keys.restored)
+            gen, commands, active, restored = await pipe.execute()
         items = sorted((c, int(v)) for c, v in active.items())
         table: dict[str, ActiveScript] = {}
         missing: set[str] = set()
@@ -403,7 +404,9 @@ class Store:
                     missing.add(command)
                 else:
                     table[command] = ActiveScript(command, n, row[0], row[1])
-        return RegistrySnapshot(None if gen is None else int(gen), set(commands), table, missing)
+        return RegistrySnapshot(None if gen is None else int(gen), set(commands), table, missing,
+                                _f(restored.get("at")) or None,
+                                [c for c in restored.get("commands", "").split(",") if c])
 
     @guarded
     async def restore_registry(self, known: dict[str, ActiveScript], known_generation: int) -> list[str]:
@@ -436,6 +439,8 @@ class Store:
             new_gen = max(gen, known_generation) + 1
             pipe.multi()
             pipe.set(k.gen, new_gen)
+            # Every process and instance reports the loss, not only the one that wrote back.
+            pipe.hset(k.restored, mapping={"at": repr(now), "commands": ",".join(s.command for s in restore)})
             for s in restore:
                 size = len(s.source.encode("utf-8", "surrogatepass"))
                 pipe.hset(k.version(s.command, s.version), mapping={
