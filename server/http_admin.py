@@ -499,19 +499,21 @@ class AuditHandler(AdminHandler):
         self.send({"entries": [e.to_json() for e in entries]})
 
 
-# /healthz tells the store's state as of at most this long ago: a store call answered
-# within it counts, otherwise a ping bounded by the same time is made.
-HEALTH_FRESH_S = 0.1
+# /healthz tells the store's state as of at most HEALTH_FRESH_S ago: a store call answered
+# within it counts, otherwise a ping bounded by HEALTH_PING_S is made. Together at most
+# ~100 ms between the store stopping to answer and /healthz saying so.
+HEALTH_FRESH_S = 0.05
+HEALTH_PING_S = 0.05
 
 
 async def store_answers(store: Any) -> bool:
-    """Does the store answer now (within HEALTH_FRESH_S)? A paused Redis keeps its
-    connections open, so the last call's outcome alone would say "ok" for seconds."""
+    """Does the store answer now? A paused Redis keeps its connections open, so the last
+    call's outcome alone would say "ok" for seconds."""
     last_ok = store.health.last_ok
     if store.healthy and last_ok is not None and time.time() - last_ok < HEALTH_FRESH_S:
         return True
     try:
-        async with asyncio.timeout(HEALTH_FRESH_S):
+        async with asyncio.timeout(HEALTH_PING_S):
             return bool(await store.ping())
     except TimeoutError:
         return False

@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from tests.fault_load import Load
 from tests.gojson import go_encode, go_headers
 from tests.server_proc import ServerProc, launch_server, start_server
 from tests.timing import FAR_S, SLACK_S
@@ -155,59 +156,6 @@ def test_sigterm_answers_every_in_flight_callback(redis_standalone, tmp_path: Pa
         srv.stop()
 
 
-class Load:
-    """Callbacks from threads, each on a new connection, to two instances in turn; a
-    refused connection (nothing sent) goes to the other instance, as a load balancer
-    does. Anything else that is not the script's reply is a failed callback."""
-
-    def __init__(self, ports: list[int], expect: str) -> None:
-        self.ports = ports
-        self.expect = expect
-        self.ok = 0
-        self.failed: list[str] = []
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.latencies: list[float] = []
-
-    def one(self, first: int) -> None:
-        body = go_encode({"operationID": "load"})
-        for attempt in range(2 * len(self.ports)):
-            port = self.ports[(first + attempt) % len(self.ports)]
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=FAR_S)
-            try:
-                try:
-                    conn.connect()
-                except ConnectionRefusedError:
-                    continue
-                t0 = time.perf_counter()
-                conn.request("POST", f"/{FRIEND}", body=body, headers=go_headers())
-                r = conn.getresponse()
-                data = r.read()
-                took = time.perf_counter() - t0
-                reply = orjson.loads(data)
-                with self.lock:
-                    if r.status == 200 and reply.get("errMsg") == self.expect:
-                        self.ok += 1
-                        self.latencies.append(took)
-                    else:
-                        self.failed.append(f"{r.status} {data[:200]!r}")
-                return
-            except Exception as exc:
-                with self.lock:
-                    self.failed.append(repr(exc))
-                return
-            finally:
-                conn.close()
-        with self.lock:
-            self.failed.append("every instance refused the connection")
-
-    def run(self, index: int) -> None:
-        n = index
-        while not self.stop.is_set():
-            self.one(n)
-            n += 1
-
-
 def restart(srv: ServerProc, args: list[str]) -> ServerProc:
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(FAR_S) == 0
@@ -226,10 +174,7 @@ def test_rolling_restart_of_two_instances_under_load_fails_no_callback(redis_sta
     b = start_server(*args)
     try:
         assert a.upload(FRIEND, deny_src("rolling")).status == 201
-        load = Load([a.port, b.port], "rolling")
-        threads = [threading.Thread(target=load.run, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
+        load = Load([a.port, b.port], "rolling", timeout=FAR_S).start(4)
         try:
             wait_for(lambda: load.ok >= 100, FAR_S, "traffic before the restart")
             a = restart(a, args)
@@ -238,9 +183,7 @@ def test_rolling_restart_of_two_instances_under_load_fails_no_callback(redis_sta
             seen = load.ok
             wait_for(lambda: load.ok >= seen + 200, FAR_S, "traffic after the restarts")
         finally:
-            load.stop.set()
-            for t in threads:
-                t.join(FAR_S)
+            load.finish()
         assert load.failed == []
         assert load.ok >= 500
     finally:
@@ -272,10 +215,7 @@ def test_an_emptied_registry_never_unloads_scripts(redis_factory, tmp_path: Path
         srv.wait_line("ready on", FAR_S, count=2)
         for i in (1, 2):  # the live version is v2, so the write-back must keep that number
             assert srv.upload(FRIEND, deny_src(f"kept v{i}")).status == 201
-        load = Load([srv.port], "kept v2")
-        threads = [threading.Thread(target=load.run, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
+        load = Load([srv.port], "kept v2", timeout=FAR_S).start(3)
         try:
             wait_for(lambda: load.ok >= 50, FAR_S, "traffic before the loss")
             before = load.ok
@@ -293,9 +233,7 @@ def test_an_emptied_registry_never_unloads_scripts(redis_factory, tmp_path: Path
             assert any("script registry" in r for r in body["reasons"])
             assert _health(srv, strict=True)[0] == 503
         finally:
-            load.stop.set()
-            for t in threads:
-                t.join(FAR_S)
+            load.finish()
         # The closed-policy command ran its script all along: no "continue, no script",
         # no policy rejection.
         assert load.failed == []
