@@ -30,6 +30,7 @@ log = logging.getLogger("scriptgate.scripts")
 # /healthz stays "degraded" this long after a loss, even once the scripts are written
 # back: a probe polling every few seconds must see it (the log and metric stay too).
 LOSS_REPORT_S = 60.0
+SIBLINGS_WAIT_S = 2.0
 
 
 class ScriptTable:
@@ -119,6 +120,10 @@ class ScriptTable:
         restored = await self.store.restore_registry(self._scripts, self.generation)
         if restored:
             self.restored = restored
+            if self.siblings is not None:
+                # The sibling processes report the loss too before the line below says it
+                # is over (they read the write-back's marker with the new generation).
+                await self.siblings.wait_generation(self.store.last_generation, SIBLINGS_WAIT_S)
             log.error("script registry restored from the last known live scripts: %s", ", ".join(restored))
             if self.metrics is not None:
                 self.metrics.registry_restores.inc(len(restored))

@@ -66,7 +66,8 @@ class Siblings:
             self.rec_out[self.index] += 1
 
     def lagging(self, generation: int) -> list[int]:
-        return [i for i, g in enumerate(self.gen) if 0 <= g < generation]
+        """The other serving processes that do not serve ``generation`` yet."""
+        return [i for i, g in enumerate(self.gen) if 0 <= g < generation and i != self.index]
 
     async def wait_generation(self, generation: int, timeout: float) -> bool:
         """True once every serving process serves ``generation`` (or a later one)."""

@@ -123,10 +123,9 @@ def test_siblings_wait_for_every_serving_process():
         sib.serving(5)
         assert await waiter
         sib.serving(6)
+        assert not await me.wait_generation(7, 0.05)
         shared.reset(1)  # it died: no longer waited for
-        assert await me.wait_generation(7, 0.05) is False  # process 0 itself serves 5
-        me.serving(7)
-        assert await me.wait_generation(7, 0.05)
+        assert await me.wait_generation(7, 0.05)  # nor is the waiting process itself
         # recordings: queued by one process, written later
         sib.queued()
         assert not await me.wait_recordings(0.05)
