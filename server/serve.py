@@ -8,8 +8,8 @@ Start-up, in order (every line on stderr):
    started or uploaded. A file not named after a callbackCommand is skipped with a line
    saying so; a missing DIR is an error line;
 2. the port is bound (a port in use is an error line, exit 1); connections are taken once
-   the live scripts are loaded (step 5) or the first attempt found the store unreachable,
-   and callbacks are answered from then on: by the command's failure policy while the
+   the live scripts are loaded (step 5) or the store was found unreachable (two attempts,
+   1 s apart), and callbacks are answered from then on: by the command's failure policy while the
    live scripts are not known (``/healthz`` says "degraded"), as during any later store
    outage. (So a restarted process never answers "no script" for a command that has one.)
 3. the store is reached. While it does not answer, one error line per attempt:
@@ -175,6 +175,10 @@ class StartupError(Exception):
 
 STORE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 STORE_RETRY_MAX_S = 5.0
+# Failed attempts after which the store counts as unreachable at start (connections are then
+# taken and answered by the failure policy): two, one second apart, so one slow answer on a
+# busy machine does not open the port before the live scripts are loaded.
+UNREACHABLE_AFTER = 2
 
 
 async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]],
@@ -198,7 +202,7 @@ async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]],
         except StoreError as exc:  # the store answers but refuses: retrying would not help
             raise StartupError(f"scriptgate: store {store.display}: {exc.message}") from None
         delay = STORE_RETRY_DELAYS_S[attempt - 1] if attempt <= len(STORE_RETRY_DELAYS_S) else STORE_RETRY_MAX_S
-        if failed is not None:
+        if failed is not None and attempt >= UNREACHABLE_AFTER:
             failed.set()
         why = store.health.last_reason or "no answer"
         say(f"scriptgate: store {store.display} unreachable ({why}); retrying in {delay:g}s (attempt {attempt})")
@@ -222,7 +226,7 @@ class Startup:
     siblings: Any = None  # server/sync.py Siblings bound to this process
 
     async def run(self, state: Any, failed: asyncio.Event | None = None) -> None:
-        """``failed`` is set after the first attempt that found the store unreachable."""
+        """``failed`` is set once the store was found unreachable (UNREACHABLE_AFTER attempts)."""
         if not self.first:
             while not await asyncio.to_thread(self.loaded.wait, 0.5):
                 pass  # a bounded wait, so a stop is not held up by the thread
@@ -380,7 +384,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     # Connections are taken once the live scripts are loaded, or once the store was found
-    # unreachable: a process restarted in a rolling restart answers with its scripts from
+    # unreachable (UNREACHABLE_AFTER): a process restarted in a rolling restart answers with its scripts from
     # its first callback (its listening socket queues connections meanwhile; a SO_REUSEPORT
     # process does not listen yet, so the kernel sends them to its siblings).
     failed = asyncio.Event()
