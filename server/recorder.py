@@ -109,6 +109,7 @@ class Recorder:
         self._count_dropped = recordings.labels("dropped").inc if recordings is not None else None
         self._random = random.Random()
         self._drop_logged_at = 0.0
+        self.writing = 0  # records of the batch ``run`` is writing now
 
     @classmethod
     def create(cls, state: Any) -> Recorder | None:
@@ -175,7 +176,21 @@ class Recorder:
             while len(batch) < WRITE_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
                 self._dequeued()
-            await asyncio.gather(*(self._write(c, r) for c, r in batch))
+            self.writing = len(batch)
+            try:
+                await asyncio.gather(*(self._write(c, r) for c, r in batch))
+            finally:
+                self.writing = 0
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until everything queued is written or dropped, while
+        ``run`` keeps going: at a graceful stop, before ``run`` is cancelled."""
+        deadline = time.monotonic() + timeout
+        while not self.queue.empty() or self.writing:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _write(self, command: Command, record: dict[str, Any]) -> None:
         settings = self.settings[command.name]

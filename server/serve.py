@@ -454,6 +454,8 @@ DRAIN_POLL_S = 0.01
 # are closed (a request on a connection accepted just before the stop can still be on its
 # way in).
 DRAIN_QUIET_S = 0.1
+# How long the queued recordings get to reach the store at a graceful stop.
+RECORDER_SETTLE_S = 5.0
 
 
 def stop_accepting(server: Any) -> None:
@@ -506,6 +508,8 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
         + (f", {left} callback(s) cut" if left else ""))
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), timeout=2)
+    if state.recorder is not None:  # written by the recorder's own loop, before stop() ends it
+        await state.recorder.settle(RECORDER_SETTLE_S)
 
 
 _EMBEDDED_MAIN = """
