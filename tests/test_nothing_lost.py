@@ -102,7 +102,7 @@ steps = 100000000
 def slow_src(counter: str) -> str:
     # Says it started (the test waits for that), then works for a while.
     return (f"def handle(req):\n    kv.incr({counter!r}, 1, ttl=600)\n    n = 0\n"
-            "    for i in range(20000):\n        for j in range(1000):\n            n += 1\n    return deny(5001, 'slow done')\n")
+            "    for i in range(8000):\n        for j in range(1000):\n            n += 1\n    return deny(5001, 'slow done')\n")
 
 
 def _post(port: int, body: bytes, operation_id: str, timeout: float = FAR_S) -> tuple[int, bytes]:
