@@ -45,13 +45,36 @@ class AppState:
     admin_networks: list[Any] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    siblings: Any = None  # server/sync.py: this instance's HTTP processes (None: not served)
+    draining: bool = False  # SIGTERM/SIGINT came: no new connections, in-flight ones finish
 
-    async def refresh_scripts(self) -> None:
-        """After an admin write through this instance: serve the change at once."""
+    async def refresh_scripts(self) -> bool:
+        """After an admin write through this process: serve the change here at once, and
+        wait (up to ``sync_timeout_s``) until every HTTP process of this instance serves it.
+        False: some process did not confirm in time (the reply says so)."""
         try:
             await self.table.refresh()
         except Exception:  # the watcher will catch up; the write itself succeeded
             log.warning("could not refresh live scripts after an admin write", exc_info=True)
+            return False
+        if self.siblings is None:
+            return True
+        target = self.store.last_generation
+        if await self.siblings.wait_generation(target, self.config.sync_timeout_s):
+            return True
+        log.warning("admin write (generation %d) not confirmed by HTTP process(es) %s within %gs",
+                    target, self.siblings.lagging(target), self.config.sync_timeout_s)
+        return False
+
+    async def recordings_settled(self) -> bool:
+        """Before reading recordings: every record queued so far (by any HTTP process of
+        this instance) is in the store, or ``sync_timeout_s`` passed (False)."""
+        if self.siblings is None:
+            if self.recorder is not None:
+                with contextlib.suppress(Exception):
+                    await self.recorder.flush()
+            return True
+        return await self.siblings.wait_recordings(self.config.sync_timeout_s)
 
     def live_logs(self) -> Any:
         """This process's live-log hub (made by the first tail)."""
@@ -111,7 +134,8 @@ def kv_caller(store: Any) -> Any:
     return for_namespace
 
 
-async def build_state(config: Config, token: str, *, store: Any = None, pool: Any = None) -> AppState:
+async def build_state(config: Config, token: str, *, store: Any = None, pool: Any = None,
+                      siblings: Any = None) -> AppState:
     from sandbox.pool import WorkerPool
     from server.calllogs import CallLogs
     from server.recorder import Recorder
@@ -126,7 +150,8 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
         await pool.start()
     if getattr(store, "kv_keeps", False) is True and hasattr(pool, "invalidate"):
         store.kv_listen(pool.invalidate)  # workers keep KV answers only while told of changes
-    table = ScriptTable(store)
+    metrics = Metrics()
+    table = ScriptTable(store, metrics, siblings)
     dispatcher = Dispatcher(cat, config, table, pool, kv_caller(store))
 
     async def open_scratch() -> Any:
@@ -138,12 +163,13 @@ async def build_state(config: Config, token: str, *, store: Any = None, pool: An
         store=store,
         pool=pool,
         token=token,
-        metrics=Metrics(),
+        metrics=metrics,
         table=table,
         dispatcher=dispatcher,
         tester=Tester(dispatcher, store, open_scratch),
         callback_networks=config.networks(admin=False),
         admin_networks=config.networks(admin=True),
+        siblings=siblings,
     )
     state.recorder = Recorder.create(state)
     state.calllogs = CallLogs.create(state)

@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     cfg = config_mod.load(args.config, set(catalog().commands))
     for name in ("host", "port", "redis", "workers", "sandbox_workers", "sandbox_spin_us", "prefix", "path_prefix",
-                 "openim"):
+                 "openim", "drain_grace_s"):
         value = getattr(args, name)
         if value is not None:
             setattr(cfg, name, value)
@@ -51,6 +51,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sandbox-spin-us", type=int, metavar="US",
                    help="poll this long before sleeping while a script call is out (default 25; 0 = never)")
     p.add_argument("--scripts", metavar="DIR", help="load DIR/<callbackCommand>.py at start (uploaded when changed)")
+    p.add_argument("--drain-grace", dest="drain_grace_s", type=float, metavar="S",
+                   help="on SIGTERM/SIGINT, seconds in-flight callbacks get to finish (default 10)")
     p.add_argument("--record", action="store_true", help="record every callback (see the config file for sampling)")
     p.add_argument("--config", metavar="FILE", help="TOML config file")
     p.add_argument("--prefix", help="key prefix in Redis (default scriptgate)")

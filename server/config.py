@@ -108,6 +108,12 @@ class Config:
     penalty_box: dict[str, Any] = field(default_factory=dict)
     logs: LogSettings = field(default_factory=LogSettings)
     log_format: str = "text"  # text | json (server log lines; json carries operationID on callback lines)
+    # On SIGTERM/SIGINT: stop accepting, then give in-flight callbacks up to this long
+    # (each still within its own deadline) before recordings are flushed and we exit.
+    drain_grace_s: float = 10.0
+    # An admin write answers once every HTTP process of this instance serves it, or after
+    # this long (the reply then says "synced": false).
+    sync_timeout_s: float = 2.0
     defaults: CommandSettings = field(default_factory=CommandSettings)
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     record_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -191,7 +197,7 @@ _TOP_KEYS = {
     "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim", "memory_soft_limit_mb",
-    "penalty_box", "body_timeout_s", "logs", "log_format",
+    "penalty_box", "body_timeout_s", "logs", "log_format", "drain_grace_s", "sync_timeout_s",
 }
 
 
@@ -257,6 +263,10 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
     _check_logs(cfg.logs)
     if cfg.log_format not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(map(repr, LOG_FORMATS))}")
+    for key in ("drain_grace_s", "sync_timeout_s"):
+        value = getattr(cfg, key)
+        if type(value) not in (int, float) or not 0 <= value <= 3600:
+            raise ConfigError(f"{key} must be a number of seconds in 0..3600")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if cfg.openim not in OPENIM_LINES:

@@ -240,12 +240,17 @@ class Dispatcher:
             name: config.settings_for(name) for name in catalog.commands
         }
         self._errors = _RateLimitedLog()
+        self.inflight = 0
 
     async def dispatch(self, command: Command, payload_json: bytes, payload: dict[str, Any] | None = None,
                        operation_id: str | None = None) -> Outcome:
         """``operation_id``: for log lines (default: the body's operationID)."""
         request = _Request(payload_json, payload, operation_id)
-        outcome = await self._dispatch(command, request)
+        self.inflight += 1  # a graceful stop waits for these (serve.drain)
+        try:
+            outcome = await self._dispatch(command, request)
+        finally:
+            self.inflight -= 1
         if command.is_before and command.echo_fields:
             command.with_echo(request.data(), outcome.reply)
         return outcome

@@ -299,19 +299,19 @@ class ScriptHandler(AdminHandler):
             )
         sha = hashlib.sha256(source.encode()).hexdigest()
         info, _before = await self.state.store.put_version(command, source, sha, activate, self.actor())
-        if activate:
-            await self.state.refresh_scripts()
+        synced = await self.state.refresh_scripts() if activate else True
         warnings = self.state.lint(command, source)
         self.send(
-            {"command": command, "version": info.version, "sha256": sha, "active": activate, "warnings": warnings},
+            {"command": command, "version": info.version, "sha256": sha, "active": activate, "warnings": warnings,
+             "synced": synced},
             201,
         )
 
     async def _delete(self, name: str) -> None:
         command = self.command(name)
         before = await self.state.store.deactivate(command, self.actor())
-        await self.state.refresh_scripts()
-        self.send({"command": command, "active": False, "previous_version": before})
+        synced = await self.state.refresh_scripts()
+        self.send({"command": command, "active": False, "previous_version": before, "synced": synced})
 
 
 def decode_source(raw: bytes) -> str:
@@ -381,8 +381,8 @@ class ActivateHandler(AdminHandler):
         if type(version) is not int or version < 1:
             raise HTTPFail(400, "bad_request", 'body must be {"version": <positive integer>}')
         before, after = await self.state.store.activate(command, version, self.actor())
-        await self.state.refresh_scripts()
-        self.send({"command": command, "active_version": after, "previous_version": before})
+        synced = await self.state.refresh_scripts()
+        self.send({"command": command, "active_version": after, "previous_version": before, "synced": synced})
 
 
 @tornado.web.stream_request_body
@@ -574,6 +574,8 @@ class RecordingsHandler(AdminHandler):
     async def _get(self, name: str) -> None:
         command = self.command(name)
         limit = _int_arg(self.get_query_argument("limit", None), 1000, 1, 100_000, "limit")
+        # Read-your-writes: every callback answered before this request is in the store.
+        await self.state.recordings_settled()
         since = _since_arg(self.get_query_argument("since", None))
         operation_id = self.get_query_argument("operationID", None)
         if operation_id is not None:
@@ -777,16 +779,45 @@ class TokenHandler(AdminHandler):
         self.send({"id": token_id, "name": token.name, "revoked": True})
 
 
+# /healthz tells the store's state as of at most HEALTH_FRESH_S ago: a store call answered
+# within it counts, otherwise a ping bounded by HEALTH_PING_S is made. Together at most
+# ~100 ms between the store stopping to answer and /healthz saying so.
+HEALTH_FRESH_S = 0.05
+HEALTH_PING_S = 0.05
+
+
+async def store_answers(store: Any) -> bool:
+    """Does the store answer now? A paused Redis keeps its connections open, so the last
+    call's outcome alone would say "ok" for seconds."""
+    last_ok = store.health.last_ok
+    if store.healthy and last_ok is not None and time.time() - last_ok < HEALTH_FRESH_S:
+        return True
+    try:
+        async with asyncio.timeout(HEALTH_PING_S):
+            return bool(await store.ping())
+    except TimeoutError:
+        return False
+
+
 class HealthHandler(JSONErrorMixin):
     def initialize(self, state: AppState) -> None:
         self.state = state
 
     async def get(self) -> None:
         state = self.state
-        store_ok = state.store.healthy
-        status = "ok" if store_ok and state.table.loaded else "degraded"
+        store_ok = await store_answers(state.store)
+        reasons = [] if store_ok else [f"store unavailable: {state.store.health.last_reason or 'no answer'}"]
+        if not state.table.loaded:
+            reasons.append("live scripts not loaded yet")
+        if (lost := state.table.problem()) is not None:
+            reasons.append(lost)
+        if state.draining:
+            reasons.append("draining: shutting down")
+        status = "degraded" if reasons else "ok"
         body = {
             "status": status,
+            "reasons": reasons,
+            "registry": state.table.describe(),
             "store": state.store.describe(),
             "scripts_loaded": state.table.loaded,
             "live_scripts": len(state.table.snapshot()),

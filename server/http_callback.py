@@ -96,7 +96,8 @@ def unknown_command_message(path_name: str, payload: Any) -> str:
 
 def replied(state: AppState, cmd: Command, payload: dict[str, Any], operation_id: str, outcome: Outcome,
             started: float) -> None:
-    """After a callback's reply is written (both HTTP paths): metrics, then the recording."""
+    """Once a callback's reply is ready, just before it is written (both HTTP paths):
+    metrics, then the recording."""
     elapsed = time.perf_counter() - started
     metrics = state.metrics
     metrics.observe(cmd.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
@@ -209,8 +210,10 @@ class CallbackHandler(StreamedBody):
         operation_id = self.request.headers.get("operationID", "")
         outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload, operation_id or None)
         self.set_header("Content-Type", "application/json")
-        self.finish(reply.encode(outcome.reply))
+        body = reply.encode(outcome.reply)
+        # Before the write: the record is queued before the client can read the reply.
         replied(self.state, self.cmd, payload, operation_id, outcome, started)
+        self.finish(body)
 
     # Any other method on a callback path: answered in prepare(), never HTML.
     get = put = delete = patch = head = options = post  # type: ignore[assignment]

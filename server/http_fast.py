@@ -300,13 +300,13 @@ class _Request(httputil.HTTPMessageDelegate):
         except Exception as exc:
             self._internal_error(cmd, exc)
             return
-        self._write(OK, body)
-        try:
+        try:  # before the write: the record is queued before the client can read the reply
             replied(outer.state, cmd, payload, operation_id, outcome, started)
         except Exception:
             oid = operation_id or str(payload.get("operationID") or "")[:128]
             http_log.error("after the reply to %s operationID=%s", self.start_line.path, oid or "-", exc_info=True,
                            extra=callback_fields(cmd.name, oid))
+        self._write(OK, body)
 
     def _internal_error(self, cmd: Command, exc: BaseException | None) -> None:
         if exc is not None:

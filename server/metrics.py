@@ -66,6 +66,23 @@ class Metrics:
             registry=reg,
             multiprocess_mode="liveall",
         )
+        self.registry_losses = Counter(
+            "scriptgate_registry_losses_total",
+            "Times the script registry in the store was found emptied or reset (generation gone "
+            "backwards or missing, live versions missing); the last known scripts kept serving",
+            registry=reg,
+        )
+        self.registry_restores = Counter(
+            "scriptgate_registry_restores_total",
+            "Scripts written back to a store that had lost them, from the last known live scripts",
+            registry=reg,
+        )
+        self.registry_lost = Gauge(
+            "scriptgate_registry_lost",
+            "1 while this process serves its last known scripts because the store lost the registry",
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
         self.recordings = Counter(
             "scriptgate_recordings_total",
             "Recorded callbacks: written to the store, or dropped (queue full, store slow or failing)",

@@ -1,6 +1,7 @@
 """Recording of callbacks, off the reply's critical path.
 
-``submit`` is called after the reply has been written: it applies the command's sampling
+``submit`` is called once the reply is ready, just before it is written (so a record is
+queued before the client can read the reply: server/sync.py): it applies the command's sampling
 rate and redaction and puts the record on a bounded in-memory queue (dropping, and
 counting, when the store cannot keep up). The queue is bounded in records (``QUEUE_LIMIT``) and in bytes (``QUEUE_BYTES``, the
 records' JSON size). ``run`` drains the queue into the store (Redis
@@ -108,6 +109,7 @@ class Recorder:
         self._count_dropped = recordings.labels("dropped").inc if recordings is not None else None
         self._random = random.Random()
         self._drop_logged_at = 0.0
+        self.writing = 0  # records of the batch ``run`` is writing now
 
     @classmethod
     def create(cls, state: Any) -> Recorder | None:
@@ -149,6 +151,9 @@ class Recorder:
         self.queued_bytes += size
         self._sizes.append(size)
         self.queue.put_nowait((command, record))
+        siblings = getattr(self.state, "siblings", None)
+        if siblings is not None:  # GET /admin/recordings waits for it (server/sync.py)
+            siblings.queued()
 
     def _dequeued(self) -> None:
         if self._sizes:
@@ -171,7 +176,21 @@ class Recorder:
             while len(batch) < WRITE_BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
                 self._dequeued()
-            await asyncio.gather(*(self._write(c, r) for c, r in batch))
+            self.writing = len(batch)
+            try:
+                await asyncio.gather(*(self._write(c, r) for c, r in batch))
+            finally:
+                self.writing = 0
+
+    async def settle(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until everything queued is written or dropped, while
+        ``run`` keeps going: at a graceful stop, before ``run`` is cancelled."""
+        deadline = time.monotonic() + timeout
+        while not self.queue.empty() or self.writing:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def _write(self, command: Command, record: dict[str, Any]) -> None:
         settings = self.settings[command.name]
@@ -183,6 +202,10 @@ class Recorder:
         except Exception as exc:  # a store outage must not stop recording for good
             log.debug("recording dropped: %s", exc)
             self._drop()
+        finally:
+            siblings = getattr(self.state, "siblings", None)
+            if siblings is not None:
+                siblings.written()
 
     async def flush(self) -> None:
         """Write what is queued (at shutdown)."""

@@ -7,9 +7,11 @@ Start-up, in order (every line on stderr):
    ``scriptgate: --scripts DIR: nothing loaded (N invalid scripts)``, exit 1, nothing
    started or uploaded. A file not named after a callbackCommand is skipped with a line
    saying so; a missing DIR is an error line;
-2. the port is bound (a port in use is an error line, exit 1) and callbacks are answered
-   from then on: by the command's failure policy while the live scripts are not known
-   (``/healthz`` says "degraded"), as during any later store outage;
+2. the port is bound (a port in use is an error line, exit 1); connections are taken once
+   the live scripts are loaded (step 5) or the store was found unreachable (two attempts,
+   1 s apart), and callbacks are answered from then on: by the command's failure policy while the
+   live scripts are not known (``/healthz`` says "degraded"), as during any later store
+   outage. (So a restarted process never answers "no script" for a command that has one.)
 3. the store is reached. While it does not answer, one error line per attempt:
    ``scriptgate: store redis://:***@h:6379 unreachable (Connection refused); retrying in
    1s (attempt 1)`` (then after 2 s, 4 s, and every 5 s), and once it answers
@@ -173,9 +175,14 @@ class StartupError(Exception):
 
 STORE_RETRY_DELAYS_S = (1.0, 2.0, 4.0)
 STORE_RETRY_MAX_S = 5.0
+# Failed attempts after which the store counts as unreachable at start (connections are then
+# taken and answered by the failure policy): two, one second apart, so one slow answer on a
+# busy machine does not open the port before the live scripts are loaded.
+UNREACHABLE_AFTER = 2
 
 
-async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]]) -> T:
+async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]],
+                              failed: asyncio.Event | None = None) -> T:
     """Run ``step`` (it needs the store) once the store answers; until then print why it
     does not and retry, for ever (see the module docstring): after 1, 2, 4, then every 5 s."""
     from server.store.base import StoreError, StoreUnavailable
@@ -195,6 +202,8 @@ async def until_store_answers(store: Any, step: Callable[[], Awaitable[T]]) -> T
         except StoreError as exc:  # the store answers but refuses: retrying would not help
             raise StartupError(f"scriptgate: store {store.display}: {exc.message}") from None
         delay = STORE_RETRY_DELAYS_S[attempt - 1] if attempt <= len(STORE_RETRY_DELAYS_S) else STORE_RETRY_MAX_S
+        if failed is not None and attempt >= UNREACHABLE_AFTER:
+            failed.set()
         why = store.health.last_reason or "no answer"
         say(f"scriptgate: store {store.display} unreachable ({why}); retrying in {delay:g}s (attempt {attempt})")
         await asyncio.sleep(delay)
@@ -214,8 +223,10 @@ class Startup:
     sources: dict[str, str] | None = None
     loaded: Any = None
     first: bool = True
+    siblings: Any = None  # server/sync.py Siblings bound to this process
 
-    async def run(self, state: Any) -> None:
+    async def run(self, state: Any, failed: asyncio.Event | None = None) -> None:
+        """``failed`` is set once the store was found unreachable (UNREACHABLE_AFTER attempts)."""
         if not self.first:
             while not await asyncio.to_thread(self.loaded.wait, 0.5):
                 pass  # a bounded wait, so a stop is not held up by the thread
@@ -228,7 +239,7 @@ class Startup:
                 await upload_scripts(state.store, self.sources, load)
             await state.table.refresh()
 
-        await until_store_answers(state.store, step)
+        await until_store_answers(state.store, step, failed)
         if upload:
             say(load.summary())
         if self.loaded is not None and self.first:
@@ -356,7 +367,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
-    state = await build_state(cfg, token)
+    state = await build_state(cfg, token, siblings=startup.siblings)
     if selector is not None and hasattr(state.pool, "busy"):
         selector.busy = state.pool.busy
     app = make_app(state)
@@ -369,23 +380,33 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         body_timeout=cfg.body_timeout_s,
         reject=fast.rejection,
     )
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopped.set)
+    # Connections are taken once the live scripts are loaded, or once the store was found
+    # unreachable (UNREACHABLE_AFTER): a process restarted in a rolling restart answers with its scripts from
+    # its first callback (its listening socket queues connections meanwhile; a SO_REUSEPORT
+    # process does not listen yet, so the kernel sends them to its siblings).
+    failed = asyncio.Event()
+    starting = asyncio.create_task(startup.run(state, failed), name="startup")
+    waiting = asyncio.create_task(stopped.wait())
+    unreachable = asyncio.create_task(failed.wait())
+    await asyncio.wait({starting, waiting, unreachable}, return_when=asyncio.FIRST_COMPLETED)
+    unreachable.cancel()
     if sockets is None:
         try:
             sockets = listen_sockets(cfg.host, cfg.port, reuse_port=True)
         except SystemExit as exc:
             say(exc.code)
+            starting.cancel()
+            await asyncio.wait({starting})
             await stop(state)
             raise SystemExit(EXIT_NO_RESTART) from None
     # Callbacks are answered from now on: by the failure policy until the live scripts are
     # known (dispatch.py), so OpenIM gets the answer the operator chose, not a network error.
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
-    stopped = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopped.set)
-    starting = asyncio.create_task(startup.run(state), name="startup")
-    waiting = asyncio.create_task(stopped.wait())
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
     error = None
@@ -425,10 +446,71 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         f"{live} live script{'' if live == 1 else 's'})"
     )
     await stopped.wait()
-    server.stop()
+    await drain(state, server, cfg.drain_grace_s)
+    await stop(state)
+
+
+DRAIN_POLL_S = 0.01
+# After the last in-flight callback: how long no new one may start before the connections
+# are closed (a request on a connection accepted just before the stop can still be on its
+# way in).
+DRAIN_QUIET_S = 0.1
+# How long the queued recordings get to reach the store at a graceful stop.
+RECORDER_SETTLE_S = 5.0
+
+
+def stop_accepting(server: Any) -> None:
+    """Close the listening sockets after accepting what the kernel has queued on them:
+    closing a socket resets the connections in its accept queue, which a client would see
+    as a failed callback (its request may be sent already)."""
+    sockets = getattr(server, "_sockets", None)
+    handlers = getattr(server, "_handlers", None)
+    if getattr(server, "_stopped", True) or not isinstance(sockets, dict) or not isinstance(handlers, dict):
+        server.stop()
+        return
+    server._stopped = True
+    for fd, sock in list(sockets.items()):
+        handlers.pop(fd)()  # no more accept callbacks from the loop
+        while True:
+            try:
+                conn, address = sock.accept()
+            except OSError:  # BlockingIOError: the queue is empty
+                break
+            server._handle_connection(conn, address)
+        sock.close()
+
+
+async def drain(state: Any, server: Any, grace_s: float) -> None:
+    """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
+    load balancer's new connections go elsewhere), let every in-flight callback finish
+    within ``grace_s`` (each is bounded by its own deadline anyway), then close the
+    connections; ``stop`` then flushes the recordings."""
+    state.draining = True
+    if state.siblings is not None:
+        state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
+    stop_accepting(server)
+    started = time.monotonic()
+    deadline = started + grace_s
+    dispatcher = state.dispatcher
+    quiet_since: float | None = None
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        if dispatcher.inflight:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= DRAIN_QUIET_S:
+            break
+        await asyncio.sleep(DRAIN_POLL_S)
+    left = dispatcher.inflight
+    if left:
+        log.error("graceful stop: %d callback(s) still running after %gs; closing their connections", left, grace_s)
+    say(f"scriptgate: stopping (pid {os.getpid()}): drained in {time.monotonic() - started:.2f}s"
+        + (f", {left} callback(s) cut" if left else ""))
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), timeout=2)
-    await stop(state)
+    if state.recorder is not None:  # written by the recorder's own loop, before stop() ends it
+        await state.recorder.settle(RECORDER_SETTLE_S)
 
 
 _EMBEDDED_MAIN = """
@@ -470,7 +552,7 @@ def start_embedded_process() -> tuple[str, Any]:
     return url, stop
 
 
-def supervise(workers: int, child_main: Any) -> int:
+def supervise(workers: int, child_main: Any, gone: Callable[[int], None] | None = None) -> int:
     """Fork ``workers`` HTTP processes, restart any that dies, forward SIGTERM/SIGINT.
 
     Tornado's fork_processes does not pass signals on, which would leave orphans behind a
@@ -516,6 +598,8 @@ def supervise(workers: int, child_main: Any) -> int:
         except ChildProcessError:
             break
         task_id = children.pop(pid, None)
+        if task_id is not None and gone is not None:
+            gone(task_id)  # its slots must not hold up admin writes or recording reads
         if task_id is None or stopping:
             continue
         code = os.waitstatus_to_exitcode(status)
@@ -546,8 +630,10 @@ def run(cfg: Config) -> int:
     workers = cfg.workers or os.cpu_count() or 1
     # Checked before anything starts: a bad script stops the start with its lines.
     sources = read_scripts_dir(cfg.scripts_dir, catalog(), cfg.openim) if cfg.scripts_dir else None
+    from server.sync import Siblings
+
     if workers == 1:
-        run_process(cfg, token, False, Startup(cfg.scripts_dir, sources))
+        run_process(cfg, token, False, Startup(cfg.scripts_dir, sources, siblings=Siblings.create(1).bind(0)))
         return 0
     # Several processes, each with its own SO_REUSEPORT socket on one port, and one store.
     reserved = reserve_port(cfg.host, cfg.port)
@@ -555,19 +641,21 @@ def run(cfg: Config) -> int:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="scriptgate-metrics-"))
     stop_embedded = None
     loaded = multiprocessing.get_context("fork").Event()
+    siblings = Siblings.create(workers)
 
     def child_main(task_id: int) -> None:
         for sock in reserved:  # the supervisor's; the process binds its own
             sock.close()
         first = task_id == 0
-        run_process(cfg, token, True, Startup(cfg.scripts_dir, sources if first else None, loaded, first))
+        run_process(cfg, token, True, Startup(cfg.scripts_dir, sources if first else None, loaded, first,
+                                              siblings.bind(task_id)))
 
     try:
         if cfg.redis is None:
             # Its URL says cache=no: the embedded server has no CLIENT TRACKING.
             cfg.redis, stop_embedded = start_embedded_process()
             cfg.store_label = "embedded (shared by the HTTP processes, not persistent)"
-        return supervise(workers, child_main)
+        return supervise(workers, child_main, siblings.reset)
     finally:
         if stop_embedded is not None:
             stop_embedded()

@@ -80,6 +80,18 @@ class ActiveScript:
 
 
 @dataclass
+class RegistrySnapshot:
+    """The script registry as read at one moment (Store.registry_snapshot)."""
+
+    generation: int | None  # None: the generation key is missing (flushed or never written)
+    commands: set[str]
+    table: dict[str, ActiveScript]
+    missing: set[str]  # live pointers whose version body is missing
+    restored_at: float | None = None  # the last write-back of a lost registry (unix time)
+    restored: list[str] = field(default_factory=list)  # the commands it wrote back
+
+
+@dataclass
 class AuditEntry:
     id: str
     ts: float

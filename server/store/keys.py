@@ -13,6 +13,8 @@ key                                type    what
 ``P:{s}:v:<command>:<n>``          hash    immutable version n: source, sha256, size,
                                            created_at, author
 ``P:{s}:audit``                    stream  audit log, capped (XADD MAXLEN ~)
+``P:{s}:restored``                 hash    at, commands: the last write-back of a lost
+                                           registry (scripts_table.py)
 ``P:{s}:changes``                  pubsub  channel; the new generation after each change
 ``P:rec:<command>``                stream  recorded callbacks, capped by length and age
 ``P:{s}:rec_commands``             set     commands that have recordings
@@ -90,6 +92,7 @@ class Keys:
         self.audit = reg + "audit"
         self.changes = reg + "changes"
         self.rec_commands = reg + "rec_commands"
+        self.restored = reg + "restored"
         self._meta = reg + "meta:"
         self._version = reg + "v:"
         self._rec = f"{p}:rec:"

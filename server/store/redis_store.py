@@ -37,6 +37,7 @@ from server.store.base import (
     ActiveScript,
     AuditEntry,
     ChangeListener,
+    RegistrySnapshot,
     ScriptMeta,
     StoreError,
     StoreUnavailable,
@@ -128,6 +129,9 @@ class Store:
         self._rec_known: set[str] = set()
         self._log_known: set[str] = set()
         self._closed = False
+        # The highest generation an admin write through this object created: what the
+        # writer waits for its sibling processes to serve (server/sync.py).
+        self.last_generation = 0
 
     async def start(self) -> None:
         """Start background connections (cache invalidation). Never fails if Redis is down."""
@@ -209,6 +213,7 @@ class Store:
         return int(await self.client.get(self.keys.gen) or 0)
 
     async def _announce(self, generation: int) -> None:
+        self.last_generation = max(self.last_generation, generation)
         # Best effort: watchers also poll the generation, so a lost message only delays.
         with contextlib.suppress(Exception):
             await self.client.publish(self.keys.changes, str(generation))
@@ -378,6 +383,87 @@ class Store:
             rows = await pipe.execute()
         return {c: ActiveScript(c, n, row[0], row[1]) for (c, n), row in zip(items, rows, strict=True)
                 if row[1] is not None}
+
+    @guarded
+    async def registry_snapshot(self) -> RegistrySnapshot:
+        """The generation (None: the key is missing), the commands ever uploaded, and the
+        live table, read together; ``missing``: live pointers whose version body is gone."""
+        client = await self._registry()
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.get(self.keys.gen)
+            pipe.smembers(self.keys.commands)
+            pipe.hgetall(self.keys.active)
+            pipe.hgetall(self.keys.restored)
+            gen, commands, active, restored = await pipe.execute()
+        items = sorted((c, int(v)) for c, v in active.items())
+        table: dict[str, ActiveScript] = {}
+        missing: set[str] = set()
+        if items:
+            async with client.pipeline(transaction=False) as pipe:
+                for command, n in items:
+                    pipe.hmget(self.keys.version(command, n), ("sha256", "source"))
+                rows = await pipe.execute()
+            for (command, n), row in zip(items, rows, strict=True):
+                if row[1] is None:
+                    missing.add(command)
+                else:
+                    table[command] = ActiveScript(command, n, row[0], row[1])
+        return RegistrySnapshot(None if gen is None else int(gen), set(commands), table, missing,
+                                _f(restored.get("at")) or None,
+                                [c for c in restored.get("commands", "").split(",") if c])
+
+    @guarded
+    async def restore_registry(self, known: dict[str, ActiveScript], known_generation: int) -> list[str]:
+        """Write back the scripts the registry lost (see docs/storage-and-faults.md).
+
+        Only what is absent is written: a command the registry does not know at all (its
+        version, meta, live pointer), or a live pointer whose version body is gone while it
+        names the version we know. Nothing present is overwritten, so a deploy made after
+        the loss wins. The generation becomes higher than any this process has seen, so
+        every process notices the change and none mistakes it for a loss again. One
+        transaction, WATCHing the generation and the command set: of several processes
+        restoring at once, one writes and the others find nothing left to do."""
+        k = self.keys
+        now = time.time()
+
+        async def body(pipe: Any) -> tuple[list[str], int]:
+            gen_raw = await pipe.get(k.gen)
+            commands = set(await pipe.smembers(k.commands))
+            active = await pipe.hgetall(k.active)
+            restore: list[ActiveScript] = []
+            for command, script in sorted(known.items()):
+                if command not in commands:
+                    restore.append(script)
+                elif active.get(command) == str(script.version) and not await pipe.exists(
+                        k.version(command, script.version)):
+                    restore.append(script)
+            gen = int(gen_raw or 0)
+            if not restore and gen >= known_generation:
+                return [], gen
+            new_gen = max(gen, known_generation) + 1
+            pipe.multi()
+            pipe.set(k.gen, new_gen)
+            # Every process and instance reports the loss, not only the one that wrote back.
+            pipe.hset(k.restored, mapping={"at": repr(now), "commands": ",".join(s.command for s in restore)})
+            for s in restore:
+                size = len(s.source.encode("utf-8", "surrogatepass"))
+                pipe.hset(k.version(s.command, s.version), mapping={
+                    "source": s.source, "sha256": s.sha256, "size": size, "created_at": repr(now),
+                    "author": "registry-restore"})
+                pipe.hsetnx(k.meta(s.command), "latest", s.version)
+                pipe.hsetnx(k.meta(s.command), "created_at", repr(now))
+                pipe.hset(k.meta(s.command), "updated_at", repr(now))
+                pipe.sadd(k.commands, s.command)
+                pipe.hset(k.active, s.command, s.version)
+                pipe.xadd(k.audit, audit.fields("registry-restore", "restore", s.command, None, s.version,
+                                                {"version": s.version, "sha256": s.sha256}),
+                          maxlen=audit.AUDIT_MAXLEN, approximate=True)
+            return [s.command for s in restore], new_gen
+
+        (restored, new_gen), results = await self.txn.run(k.gen, [k.gen, k.commands], body)
+        if results is not None:
+            await self._announce(new_gen)
+        return restored
 
     # --- change propagation ----------------------------------------------------------------
 
