@@ -201,9 +201,14 @@ class ScriptHandler(AdminHandler):
             )
         sha = hashlib.sha256(source.encode()).hexdigest()
         info, _before = await self.state.store.put_version(command, source, sha, activate, self.actor())
+        warnings = self.state.lint(command, source)
+        if info.unchanged:
+            # The live version already has this source: no new version, and nothing to reload.
+            self.send({"command": command, "version": info.version, "sha256": sha, "active": True,
+                       "unchanged": True, "warnings": warnings})
+            return
         if activate:
             await self.state.refresh_scripts()
-        warnings = self.state.lint(command, source)
         self.send(
             {"command": command, "version": info.version, "sha256": sha, "active": activate, "warnings": warnings},
             201,
