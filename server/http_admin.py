@@ -7,10 +7,12 @@ All ``/admin`` endpoints and ``/metrics`` (unless ``metrics_public``) need
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -536,6 +538,25 @@ class MetricsHandler(AdminHandler):
         self.finish(self.state.metrics.render())
 
 
+OPENAPI_PATH = Path(__file__).with_name("data") / "openapi.json"
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    return OPENAPI_PATH.read_bytes()
+
+
+class OpenAPIHandler(AdminHandler):
+    # The description of the API is no secret (it ships with the code) and tools that render
+    # it rarely send a token; admin_allow_cidrs still applies, as to every admin route.
+    admin = False
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(openapi_document())
+
+
 def routes(state: AppState) -> list[tuple[str, type, dict[str, Any]]]:
     kw = {"state": state}
     cmd = r"([^/]+)"
@@ -553,4 +574,5 @@ def routes(state: AppState) -> list[tuple[str, type, dict[str, Any]]]:
         (r"/admin/kv/(.+)", KVKeyHandler, kw),
         (rf"/admin/recordings/{cmd}", RecordingsHandler, kw),
         (r"/admin/audit/?", AuditHandler, kw),
+        (r"/admin/openapi\.json", OpenAPIHandler, kw),
     ]
