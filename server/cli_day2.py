@@ -43,7 +43,7 @@ def _script_path(command: str, *rest: str) -> str:
 
 def _kv_path(key: str, *rest: str) -> str:
     # One key is one path segment, "/" included (the server decodes it once).
-    return "/".join(["/admin/kv", quote(key, safe=""), *rest])
+    return "/".join(["/admin/kv", quote(key, safe=":@"), *rest])
 
 
 # --- scripts -----------------------------------------------------------------------------------
