@@ -227,7 +227,7 @@ class Store:
             prev = int(prev_raw) if prev_raw else None
             # Versions are immutable and the live pointer is watched (meta_key is touched by
             # every change), so the live sha read here cannot go stale before EXEC.
-            if prev is not None and await pipe.hget(k.version(command, prev), "sha256") == sha256:
+            if prev is not None and await pipe.hmget(k.version(command, prev), ["sha256", "source"]) == [sha256, source]:
                 pipe.multi()
                 pipe.xadd(k.audit, audit.fields(actor, "upload", command, prev, prev,
                                                 {"version": prev, "sha256": sha256, "unchanged": True}),
