@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import click
 import orjson
 
 from sandbox.pool import WorkerStartError
 from server.admin_client import AdminClient, AdminError, connect
 from server.catalog import Catalog, catalog
+from server.cli_common import connection_options, raw
 from server.config import OPENIM_LINES, ConfigError
 from server.isotime import iso_utc
 from server.offline import OfflineError
@@ -587,26 +589,16 @@ def _runner(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
     return callback
 
 
-def _server_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    from server.cli_common import connection_options
-
-    return connection_options(f)
-
-
-def register(group: Any) -> None:
-    import click
-
-    from server.cli_common import raw
-
-    def command(name: str, func: Callable[[argparse.Namespace], int], **kw: Any) -> Callable[..., Any]:
-        def attach(f: Callable[..., Any]) -> Any:
-            return group.command(name, **kw)(f)
-        return lambda *decorators: attach(_apply(decorators, _runner(func)))
-
-    def _apply(decorators: tuple[Any, ...], f: Callable[..., Any]) -> Callable[..., Any]:
-        for d in reversed(decorators):
-            f = d(f)
-        return f
+def register(group: click.Group) -> None:
+    def command(name: str, func: Callable[[argparse.Namespace], int], **kw: Any) -> Callable[..., None]:
+        """``command(name, func, help=...)(option, option, ...)``: adds ``name`` to the group,
+        its options applied as if stacked as decorators, in the order given."""
+        def attach(*decorators: Callable[[Any], Any]) -> None:
+            f = _runner(func)
+            for decorator in reversed(decorators):
+                f = decorator(f)
+            group.command(name, **kw)(f)
+        return attach
 
     def run_checked(args: argparse.Namespace) -> int:
         if args.payload is not None and args.sample:
@@ -696,7 +688,7 @@ def register(group: Any) -> None:
         click.option("--draft", is_flag=True, help="store as drafts (?activate=false) instead of going live"),
         click.option("--strict", is_flag=True, help="treat warnings as errors"),
         click.option("--openim", type=click.Choice(OPENIM_LINES), default="main", help=OPENIM_HELP),
-        _server_options,
+        connection_options,
     )
 
     command(
@@ -709,7 +701,7 @@ def register(group: Any) -> None:
         click.option("-o", "--output", metavar="FILE", help="output file (default: stdout)"),
         click.option("--limit", type=int, default=10_000, help="records per command (default 10000, max 100000)"),
         click.option("--since", metavar="WHEN", help="unix timestamp, or a duration back from now (15m, 2h, 7d)"),
-        _server_options,
+        connection_options,
     )
 
     command(
@@ -721,5 +713,5 @@ def register(group: Any) -> None:
         click.option("-o", "--output", metavar="FILE", help="output file (default: stdout)"),
         click.option("--namespace", default="default", help="KV namespace (default: default)"),
         click.option("--prefix", default="", help="only keys starting with this"),
-        _server_options,
+        connection_options,
     )
