@@ -1,5 +1,6 @@
 """Offline and client subcommands of ``scriptgate``: run, sample, replay, check, push,
-export, kv-snapshot. ``server.cli`` calls ``register(sub)``.
+export, kv-snapshot. ``server.cli`` calls ``register(group)``; each click command hands its
+options to a ``cmd_*`` function as an ``argparse.Namespace`` (the commands predate click).
 
 Each command handles its own expected failures (one line on stderr, non-zero exit):
 ``server.cli`` may run as ``__main__``, in which case its exception classes are not the
@@ -20,11 +21,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import click
 import orjson
 
 from sandbox.pool import WorkerStartError
-from server.admin_client import DEFAULT_SERVER, TOKEN_ENV, AdminClient, AdminError
+from server.admin_client import AdminClient, AdminError, connect
 from server.catalog import Catalog, catalog
+from server.cli_common import connection_options, raw
 from server.config import OPENIM_LINES, ConfigError
 from server.isotime import iso_utc
 from server.offline import OfflineError
@@ -365,20 +368,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 # --- client commands ---------------------------------------------------------------------
 
 
-def _add_openim_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--openim", choices=OPENIM_LINES, default="main",
-                   help="the OpenIM line that calls the server: warn about commands it never sends and "
-                        "line-specific behaviour (default main; docs/openim.md)")
-
-
 def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(args.server, args.token or os.environ.get(TOKEN_ENV), timeout=args.timeout)
-
-
-def _add_server_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--server", default=DEFAULT_SERVER, metavar="URL", help=f"ScriptGate base URL (default {DEFAULT_SERVER})")
-    p.add_argument("--token", help=f"admin token (default: ${TOKEN_ENV})")
-    p.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per-request timeout in seconds (default 30)")
+    return connect(args.server, args.token, getattr(args, "profile", None), args.timeout)
 
 
 @_guard
@@ -417,6 +408,9 @@ def cmd_push(args: argparse.Namespace) -> int:
                 _err(f"{item.command}: refused by the server: {exc}")
                 continue
             raise
+        if body.get("unchanged"):  # uploaded by someone else meanwhile: the server kept the live version
+            print(f"{item.command}: unchanged (live v{body.get('version')})")
+            continue
         state = "live" if body.get("active") else "draft"
         print(f"{item.command}: uploaded v{body.get('version')} ({state}, sha256 {str(body.get('sha256'))[:12]})")
         for w in body.get("warnings") or []:
@@ -544,18 +538,18 @@ def cmd_kv_snapshot(args: argparse.Namespace) -> int:
 
 # --- registration ------------------------------------------------------------------------
 
-RAW = argparse.RawDescriptionHelpFormatter
-
 REPLAY_EPILOG = """\
 Per-record lines name each record by its operationID (or its line number):
   op-123  allow -> deny  (errCode 5001 "invitation refused")
   op-456  modify: invitedUserIDs ["a","b"] -> ["a"]
 then a summary table: unchanged / allow -> deny / deny -> allow / modify changes /
 deny changes / errors. "allow" includes "none" (no script was live when recorded);
-"allow -> deny" includes modify -> deny. For after callbacks only verdicts are compared
+"allow -> deny" includes modify -> deny (the table then names each transition, so the
+totals add up to the lines). For after callbacks only verdicts are compared
 (OpenIM ignores their replies). Fields are compared by their effect: returning the
 value the request already had is no change (except fields OpenIM applies even when
 absent, such as groupID in set-group-info); "[redacted]" values never count as changes.
+Lines come in record order, whatever --jobs is.
 
 Records of other commands are skipped and counted. The command is --command, else the
 script's file name (<callbackCommand>.py), else the records' command if they all agree.
@@ -584,117 +578,140 @@ Exit status: 0 no errors (warnings allowed unless --strict), 1 errors (or warnin
 --strict), 2 the path cannot be read.
 """
 
+OPENIM_HELP = ("the OpenIM line that calls the server: warn about commands it never sends and "
+               "line-specific behaviour (default main; docs/openim.md)")
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run a script once, offline, on one payload",
-        description="Run SCRIPT once on a callback payload, offline, in the same sandbox, budgets and "
+
+def _runner(func: Callable[[argparse.Namespace], int]) -> Callable[..., int]:
+    def callback(**kw: Any) -> int:
+        return func(argparse.Namespace(**kw))
+
+    return callback
+
+
+def register(group: click.Group) -> None:
+    def command(name: str, func: Callable[[argparse.Namespace], int], **kw: Any) -> Callable[..., None]:
+        """``command(name, func, help=...)(option, option, ...)``: adds ``name`` to the group,
+        its options applied as if stacked as decorators, in the order given."""
+        def attach(*decorators: Callable[[Any], Any]) -> None:
+            f = _runner(func)
+            for decorator in reversed(decorators):
+                f = decorator(f)
+            group.command(name, **kw)(f)
+        return attach
+
+    def run_checked(args: argparse.Namespace) -> int:
+        if args.payload is not None and args.sample:
+            raise click.UsageError("--payload FILE|-: not allowed with --sample")
+        if args.payload is None and not args.sample:
+            raise click.UsageError("give one of --payload FILE|- or --sample")
+        return cmd_run(args)
+
+    command(
+        "run", run_checked,
+        short_help="run a script once, offline, on one payload",
+        help="Run SCRIPT once on a callback payload, offline, in the same sandbox, budgets and "
         "reply logic as the server, and print the reply JSON (logs and errors go to stderr).",
         epilog="The payload may also be one recording line (its request is used). "
         "Exit status: 0 the script ran (allow, modify or deny), 2 script error or bad input.",
+    )(
+        click.argument("script", metavar="SCRIPT"),
+        click.option("--payload", metavar="FILE|-", help="callback request JSON (- for stdin)"),
+        click.option("--sample", is_flag=True,
+                     help="use the shipped sample request of the script's command (see `scriptgate sample`)"),
+        click.option("--command", help="callbackCommand (default: from the file name or the payload)"),
+        click.option("--kv", metavar="SNAPSHOT.json", help="seed the in-memory KV from a snapshot (see kv-snapshot)"),
+        click.option("--config", metavar="FILE", help="server config file for budgets, deadline and failure policy"),
+        click.option("--json", is_flag=True, help="print verdict, reply, error, logs and timing as one JSON document"),
     )
-    p.add_argument("script", metavar="SCRIPT", help="the script file (<callbackCommand>.py)")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--payload", metavar="FILE|-", help="callback request JSON (- for stdin)")
-    source.add_argument("--sample", action="store_true",
-                        help="use the shipped sample request of the script's command (see `scriptgate sample`)")
-    p.add_argument("--command", help="callbackCommand (default: from the file name or the payload)")
-    p.add_argument("--kv", metavar="SNAPSHOT.json", help="seed the in-memory KV from a snapshot (see kv-snapshot)")
-    p.add_argument("--config", metavar="FILE", help="server config file for budgets, deadline and failure policy")
-    p.add_argument("--json", action="store_true", help="print verdict, reply, error, logs and timing as one JSON document")
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
-        "sample",
-        help="print a sample callback request",
-        description="Print the sample request of a callbackCommand (realistic values, every field of the "
+    command(
+        "sample", cmd_sample,
+        short_help="print a sample callback request",
+        help="Print the sample request of a callbackCommand (realistic values, every field of the "
         "catalogue; OpenIM's documented example where it gives one) as JSON on stdout.",
-        epilog="Example: scriptgate sample callbackBeforeInviteJoinGroupCommand | "
-        "curl -s --data-binary @- localhost:10006/callbackExample/callbackBeforeInviteJoinGroupCommand",
+        epilog=raw("Example: scriptgate sample callbackBeforeInviteJoinGroupCommand | "
+                   "curl -s --data-binary @- localhost:10006/callbackExample/callbackBeforeInviteJoinGroupCommand"),
+    )(
+        click.argument("command", required=False, metavar="COMMAND"),
+        click.option("--list", "list", is_flag=True, help="list the commands that have a sample, one per line"),
     )
-    p.add_argument("command", nargs="?", metavar="COMMAND", help="callbackCommand")
-    p.add_argument("--list", action="store_true", help="list the commands that have a sample, one per line")
-    p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser(
-        "replay",
-        help="replay recorded callbacks through a script and report changed verdicts",
-        description="Run SCRIPT offline against recorded callbacks (NDJSON from `scriptgate export` or "
+    command(
+        "replay", cmd_replay,
+        short_help="replay recorded callbacks through a script and report changed verdicts",
+        help="Run SCRIPT offline against recorded callbacks (NDJSON from `scriptgate export` or "
         "GET /admin/recordings/{command}) and report, per record and in total, how each reply would change.",
-        epilog=REPLAY_EPILOG,
-        formatter_class=RAW,
+        epilog=raw(REPLAY_EPILOG),
+    )(
+        click.argument("script", metavar="SCRIPT"),
+        click.option("--recordings", required=True, metavar="FILE|-", help="NDJSON recordings (- for stdin)"),
+        click.option("--kv", metavar="SNAPSHOT.json", help="seed the in-memory KV from a snapshot"),
+        click.option("--command", help="callbackCommand of the script"),
+        click.option("--config", metavar="FILE", help="server config file for budgets, deadline and failure policy"),
+        click.option("--json", is_flag=True, help="print one JSON document (per-record changes + summary)"),
+        click.option("--quiet", "-q", is_flag=True, help="only the summary, no per-record lines"),
+        click.option("--workers", type=int, metavar="N", help="sandbox worker processes (default: one per core, max 8)"),
+        click.option("--jobs", type=int, metavar="N",
+                     help="records in flight (default: 2 x --workers; 1 = strict file order)"),
+        click.option("--progress/--no-progress", default=None,
+                     help="progress bar on stderr (default: when stderr is a terminal)"),
     )
-    p.add_argument("script", metavar="SCRIPT")
-    p.add_argument("--recordings", required=True, metavar="FILE|-", help="NDJSON recordings (- for stdin)")
-    p.add_argument("--kv", metavar="SNAPSHOT.json", help="seed the in-memory KV from a snapshot")
-    p.add_argument("--command", help="callbackCommand of the script")
-    p.add_argument("--config", metavar="FILE", help="server config file for budgets, deadline and failure policy")
-    p.add_argument("--json", action="store_true", help="print one JSON document (per-record changes + summary)")
-    p.add_argument("--quiet", "-q", action="store_true", help="only the summary, no per-record lines")
-    p.add_argument("--workers", type=int, metavar="N", help="sandbox worker processes (default: one per core, max 8)")
-    p.add_argument("--jobs", type=int, metavar="N", help="records in flight (default: 2 x --workers; 1 = strict file order)")
-    p.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-    p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser(
-        "check",
-        help="validate scripts offline",
-        description="Validate FILE or every DIR/<callbackCommand>.py offline: policy errors with line/col; "
+    command(
+        "check", cmd_check,
+        short_help="validate scripts offline",
+        help="Validate FILE or every DIR/<callbackCommand>.py offline: policy errors with line/col; "
         "errors for literal results OpenIM cannot use (fields the command cannot change, wrong JSON types, "
         "nil-pointer traps, unusable deny() codes: the server refuses such uploads); warnings for known OpenIM "
         "surprises and for commands the --openim line never sends (docs/openim.md).",
-        epilog=CHECK_EPILOG,
-        formatter_class=RAW,
+        epilog=raw(CHECK_EPILOG),
+    )(
+        click.argument("target", metavar="FILE|DIR"),
+        click.option("--command", help="callbackCommand for a FILE not named <callbackCommand>.py"),
+        click.option("--strict", is_flag=True, help="fail on warnings too"),
+        click.option("--json", is_flag=True, help="print one JSON document"),
+        click.option("--openim", type=click.Choice(OPENIM_LINES), default="main", help=OPENIM_HELP),
     )
-    p.add_argument("target", metavar="FILE|DIR")
-    p.add_argument("--command", help="callbackCommand for a FILE not named <callbackCommand>.py")
-    p.add_argument("--strict", action="store_true", help="fail on warnings too")
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    _add_openim_arg(p)
-    p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser(
-        "push",
-        help="upload scripts to a running server",
-        description="Check FILE or every DIR/<callbackCommand>.py offline, then upload each one whose sha256 "
+    command(
+        "push", cmd_push,
+        short_help="upload scripts to a running server",
+        help="Check FILE or every DIR/<callbackCommand>.py offline, then upload each one whose sha256 "
         "differs from the live version (one step for CI). Nothing is uploaded if any script has errors.",
         epilog="Exit status: 0 done (or nothing to do), 1 a script was refused (offline or by the server), "
         "2 the server could not be reached, the token was refused, or bad arguments.",
+    )(
+        click.argument("target", metavar="FILE|DIR"),
+        click.option("--command", help="callbackCommand for a FILE not named <callbackCommand>.py"),
+        click.option("--dry-run", is_flag=True, help="check and compare with the server, upload nothing"),
+        click.option("--draft", is_flag=True, help="store as drafts (?activate=false) instead of going live"),
+        click.option("--strict", is_flag=True, help="treat warnings as errors"),
+        click.option("--openim", type=click.Choice(OPENIM_LINES), default="main", help=OPENIM_HELP),
+        connection_options,
     )
-    p.add_argument("target", metavar="FILE|DIR")
-    p.add_argument("--command", help="callbackCommand for a FILE not named <callbackCommand>.py")
-    p.add_argument("--dry-run", action="store_true", help="check and compare with the server, upload nothing")
-    p.add_argument("--draft", action="store_true", help="store as drafts (?activate=false) instead of going live")
-    p.add_argument("--strict", action="store_true", help="treat warnings as errors")
-    _add_openim_arg(p)
-    _add_server_args(p)
-    p.set_defaults(func=cmd_push)
 
-    p = sub.add_parser(
-        "export",
-        help="download recorded callbacks as NDJSON",
-        description="Write recorded callbacks from a running server (GET /admin/recordings/{command}) "
+    command(
+        "export", cmd_export,
+        short_help="download recorded callbacks as NDJSON",
+        help="Write recorded callbacks from a running server (GET /admin/recordings/{command}) "
         "as NDJSON, oldest first per command, ready for `scriptgate replay`.",
+    )(
+        click.argument("commands", nargs=-1, metavar="[COMMAND]..."),
+        click.option("-o", "--output", metavar="FILE", help="output file (default: stdout)"),
+        click.option("--limit", type=int, default=10_000, help="records per command (default 10000, max 100000)"),
+        click.option("--since", metavar="WHEN", help="unix timestamp, or a duration back from now (15m, 2h, 7d)"),
+        connection_options,
     )
-    p.add_argument("commands", nargs="*", metavar="COMMAND", help="callbackCommand(s) (default: all)")
-    p.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
-    p.add_argument("--limit", type=int, default=10_000, help="records per command (default 10000, max 100000)")
-    p.add_argument("--since", metavar="WHEN", help="unix timestamp, or a duration back from now (15m, 2h, 7d)")
-    _add_server_args(p)
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "kv-snapshot",
-        help="save a namespace of the KV store as a JSON snapshot",
-        description="Save the keys of one KV namespace from a running server as "
+    command(
+        "kv-snapshot", cmd_kv_snapshot,
+        short_help="save a namespace of the KV store as a JSON snapshot",
+        help="Save the keys of one KV namespace from a running server as "
         '{"namespace", "keys": [{key, type, value, ttl}]}, for `run`/`replay --kv`.',
+    )(
+        click.option("-o", "--output", metavar="FILE", help="output file (default: stdout)"),
+        click.option("--namespace", default="default", help="KV namespace (default: default)"),
+        click.option("--prefix", default="", help="only keys starting with this"),
+        connection_options,
     )
-    p.add_argument("-o", "--output", metavar="FILE", help="output file (default: stdout)")
-    p.add_argument("--namespace", default="default", help="KV namespace (default: default)")
-    p.add_argument("--prefix", default="", help="only keys starting with this")
-    _add_server_args(p)
-    p.set_defaults(func=cmd_kv_snapshot)

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import math
 import re
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -299,8 +301,13 @@ class ScriptHandler(AdminHandler):
             )
         sha = hashlib.sha256(source.encode()).hexdigest()
         info, _before = await self.state.store.put_version(command, source, sha, activate, self.actor())
-        synced = await self.state.refresh_scripts() if activate else True
         warnings = self.state.lint(command, source)
+        if info.unchanged:
+            # The live version already has this source: no new version, and nothing to reload.
+            self.send({"command": command, "version": info.version, "sha256": sha, "active": True,
+                       "unchanged": True, "warnings": warnings})
+            return
+        synced = await self.state.refresh_scripts() if activate else True
         self.send(
             {"command": command, "version": info.version, "sha256": sha, "active": activate, "warnings": warnings,
              "synced": synced},
@@ -847,6 +854,26 @@ class MetricsHandler(AdminHandler):
         self.finish(self.state.metrics.render())
 
 
+OPENAPI_PATH = Path(__file__).with_name("data") / "openapi.json"
+
+
+@functools.cache
+def openapi_document() -> bytes:
+    return OPENAPI_PATH.read_bytes()
+
+
+class OpenAPIHandler(AdminHandler):
+    # The description of the API is no secret (it ships with the code) and tools that render
+    # it rarely send a token; admin_allow_cidrs still applies, as to every admin route.
+    admin = False
+    query = {"GET": frozenset()}
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-cache")
+        self.finish(openapi_document())
+
+
 R, D, K, A = tokens.READ, tokens.DEPLOY, tokens.KV_WRITE, tokens.ADMIN
 
 
@@ -872,6 +899,7 @@ def routes(state: AppState) -> list[tuple[str, type, dict[str, Any]]]:
         (r"/admin/logs/?", LogsHandler, {"GET": R}),
         (r"/admin/tokens/?", TokensHandler, {"GET": A, "POST": A}),
         (r"/admin/tokens/([^/]+)", TokenHandler, {"DELETE": A}),
+        (r"/admin/openapi\.json", OpenAPIHandler, None),
     ]
     return [(p, h, {"state": state} if scopes is None else {"state": state, "scopes": scopes})
             for p, h, scopes in table]

@@ -402,6 +402,10 @@ class Summary:
     skipped: Counter[str] = field(default_factory=Counter)  # other commands -> count
     versions: Counter[int] = field(default_factory=Counter)  # recorded script version -> count
     counts: Counter[str] = field(default_factory=Counter)  # category -> count
+    # "old -> new" as the per-record lines print it, for the records of TO_DENY and TO_ALLOW:
+    # those categories group several transitions (modify -> deny is an "allow -> deny"), and
+    # the summary names them so its totals add up to the lines above it.
+    arrows: Counter[str] = field(default_factory=Counter)
     times_new: list[float] = field(default_factory=list)
     times_old: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -423,11 +427,23 @@ class Summary:
             "redacted_records": self.redacted,
             "recorded_versions": {str(v): n for v, n in sorted(self.versions.items())},
             "categories": {c: self.counts[c] for c in CATEGORIES},
+            "transitions": dict(sorted(self.arrows.items())),
             "changed": self.changed,
             "ms_per_callback": {"new": _stats(self.times_new), "recorded": _stats(self.times_old)},
             "seconds": round(self.seconds, 3),
             "records_per_second": round(self.rate, 1),
         }
+
+
+def _arrows(category: str, arrows: Counter[str]) -> str:
+    """The transitions a TO_DENY / TO_ALLOW total is made of, when it is more than its label."""
+    if category not in (TO_DENY, TO_ALLOW):
+        return ""
+    target = category.rsplit(" ", 1)[1]
+    mine = {a: n for a, n in arrows.items() if (a.endswith(" -> deny")) == (target == "deny")}
+    if not mine or set(mine) == {category}:
+        return ""
+    return "(" + ", ".join(f"{a}: {n}" for a, n in sorted(mine.items())) + ")"
 
 
 def _versions(versions: Counter[int]) -> str:
@@ -494,7 +510,7 @@ class ReplayReport:
         rows.append(("", "", ""))
         for cat in CATEGORIES:
             if cat in (UNCHANGED, TO_DENY, TO_ALLOW, MODIFY_CHANGED, NEW_ERROR) or s.counts[cat]:
-                rows.append((cat, s.counts[cat], ""))
+                rows.append((cat, s.counts[cat], _arrows(cat, s.arrows)))
         width = max(len(r[0]) for r in rows) + 2
         for label, value, note in rows:
             out.append(f"  {label:<{width}}{value:>8}  {note}".rstrip() if label else "")
@@ -586,6 +602,8 @@ async def replay(
     for change in results:
         assert change is not None
         summary.counts[change.category] += 1
+        if change.category in (TO_DENY, TO_ALLOW) and change.old is not None:
+            summary.arrows[f"{change.old.verdict} -> {change.new.verdict}"] += 1
         if change.category != UNCHANGED:
             changes.append(change)
     return summary, changes

@@ -47,6 +47,8 @@ PAYLOAD = {"callbackCommand": INVITE, "groupID": "g1", "invitedUserIDs": ["u1"],
 # Routes anyone may call, each with the reason. Everything else needs the token.
 PUBLIC = {
     r"/healthz": "load balancers and orchestrators probe it without credentials; it reads nothing secret",
+    r"/admin/openapi\.json": "the API description ships with the code; API tools fetch it without a token "
+                             "(admin_allow_cidrs still applies)",
     r"/admin(/.*)?": "answers 404 to every method and touches nothing",
     r"/(.*)": "OpenIM's callbacks; guarded by allow_cidrs and the secret path_prefix instead",
 }
@@ -425,6 +427,20 @@ def test_healthz_is_public_on_purpose_and_read_only() -> None:
             assert r.code == 200 and orjson.loads(r.body)["status"] == "ok"
         for method in ("PUT", "POST", "DELETE"):
             r = await srv.send(method, "/healthz", b"{}")
+            assert r.code == 405
+        assert await snapshot(srv.state.store) == before
+
+    serve(scenario)
+
+
+def test_the_openapi_document_is_public_on_purpose_and_read_only() -> None:
+    async def scenario(srv: Served) -> None:
+        before = await snapshot(srv.state.store)
+        for headers in BAD_AUTH.values():
+            r = await srv.send("GET", "/admin/openapi.json", headers=headers)
+            assert r.code == 200 and orjson.loads(r.body)["openapi"].startswith("3.1")
+        for method in ("PUT", "POST", "DELETE"):
+            r = await srv.send(method, "/admin/openapi.json", b"{}", srv.right())
             assert r.code == 405
         assert await snapshot(srv.state.store) == before
 

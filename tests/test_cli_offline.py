@@ -441,3 +441,26 @@ def test_export_kv_snapshot_and_replay_gate(capsys, tmp_path, server):
     code, out, _ = cli(capsys, "replay", str(candidate), "--recordings", str(fresh), "--kv", str(snap))
     assert code == 0, out
 
+
+
+def test_replay_lines_in_record_order_and_totals_that_add_up(capsys, tmp_path, script, snapshot):
+    """Issue 18: per-record lines in record order whatever --jobs, and the "allow -> deny" total
+    names the transitions its lines show (modify -> deny counts there too)."""
+    rows = []
+    for i in range(40):
+        if i % 2:
+            rows.append(rec(["a", "evil"], f"op-{i:02d}", "modify", {**ACK, "invitedUserIDs": ["a", "evil"]}))
+        else:
+            rows.append(rec(["evil"], f"op-{i:02d}"))
+    f = write_recordings(tmp_path / "r.ndjson", rows)
+    code, out, _ = cli(capsys, "replay", str(script), "--recordings", str(f), "--kv", str(snapshot),
+                       "--jobs", "8", "--workers", "2")
+    assert code == 1, out
+    lines = [line for line in out.splitlines() if line.startswith("op-")]
+    assert [line.split()[0] for line in lines] == [f"op-{i:02d}" for i in range(40)]
+    arrows = [" ".join(line.split()[1:4]) for line in lines]
+    assert arrows.count("allow -> deny") == 20 and arrows.count("modify -> deny") == 20
+    total = next(line for line in out.splitlines() if line.strip().startswith("allow -> deny") and "(" in line)
+    assert total.split()[3:] == ["40", "(allow", "->", "deny:", "20,", "modify", "->", "deny:", "20)"]
+    doc = orjson.loads(cli(capsys, "replay", str(script), "--recordings", str(f), "--kv", str(snapshot), "--json")[1])
+    assert doc["summary"]["transitions"] == {"allow -> deny": 20, "modify -> deny": 20}

@@ -181,6 +181,23 @@ def test_change_propagates_to_other_instance(backend: str | None, store_prefix: 
     run(scenario())
 
 
+def test_reupload_of_the_live_source_makes_no_version(backend: str | None, store_prefix: str) -> None:
+    async def scenario() -> None:
+        async with opened(backend, store_prefix) as s:
+            first, _ = await s.put_version("cbU", "src", "h1", True, "u")
+            again, before = await s.put_version("cbU", "src", "h1", True, "u2")
+            assert again.unchanged and again.version == first.version == before == 1
+            draft, _ = await s.put_version("cbU", "src", "h1", False, "u3")  # a draft of the live source too
+            assert draft.unchanged and draft.version == 1
+            assert (await s.get_meta("cbU")).latest_version == 1
+            entry = (await s.audit(1))[0]
+            assert (entry.action, entry.before, entry.after, entry.detail["unchanged"]) == ("upload", 1, 1, True)
+            other, _ = await s.put_version("cbU", "other", "h1", True, "u")  # same claimed sha, other source
+            assert not other.unchanged and other.version == 2
+
+    run(scenario())
+
+
 # --- KV ops -----------------------------------------------------------------------------------
 
 def test_kv_strings(backend: str | None, store_prefix: str) -> None:

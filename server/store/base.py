@@ -38,6 +38,9 @@ class VersionInfo:
     created_at: float  # unix seconds
     author: str
     source: str | None = None  # omitted in listings
+    # Set by put_version when the source is the live version's: no version was created
+    # and ``version`` is the live one. Not part of the JSON: the API answers it separately.
+    unchanged: bool = False
 
     def to_json(self, with_source: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {

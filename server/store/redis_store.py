@@ -229,11 +229,19 @@ class Store:
         now = time.time()
         size = len(source.encode("utf-8", "surrogatepass"))
 
-        async def body(pipe: Any) -> tuple[int, int | None]:
+        async def body(pipe: Any) -> tuple[int, int | None, bool]:
             latest = await pipe.hget(meta_key, "latest")
             prev_raw = await pipe.hget(k.active, command)
             n = int(latest or 0) + 1
             prev = int(prev_raw) if prev_raw else None
+            # Versions are immutable and the live pointer is watched (meta_key is touched by
+            # every change), so the live sha read here cannot go stale before EXEC.
+            if prev is not None and await pipe.hmget(k.version(command, prev), ["sha256", "source"]) == [sha256, source]:
+                pipe.multi()
+                pipe.xadd(k.audit, audit.fields(actor, "upload", command, prev, prev,
+                                                {"version": prev, "sha256": sha256, "unchanged": True}),
+                          maxlen=audit.AUDIT_MAXLEN, approximate=True)
+                return prev, prev, True
             pipe.multi()
             pipe.incr(k.gen)
             pipe.hset(k.version(command, n), mapping={
@@ -247,10 +255,12 @@ class Store:
             pipe.xadd(k.audit, audit.fields(actor, "upload", command, prev, n if activate else prev,
                                             {"version": n, "sha256": sha256, "activated": activate}),
                       maxlen=audit.AUDIT_MAXLEN, approximate=True)
-            return n, prev
+            return n, prev, False
 
-        (n, prev), results = await self.txn.run(meta_key, [meta_key], body)
+        (n, prev, unchanged), results = await self.txn.run(meta_key, [meta_key], body)
         assert results is not None
+        if unchanged:
+            return VersionInfo(command, n, sha256, size, now, actor, source, unchanged=True), prev
         await self._announce(int(results[0]))
         return VersionInfo(command, n, sha256, size, now, actor, source), prev
 
