@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from server.cli import main
 from server.cli_day2 import format_record, sse_events
 from tests.ports import free_port
 from tests.server_proc import ROOT, ServerProc, start_server
+from tests.timing import FAR_S, SLACK_S
 
 FRIEND = "callbackBeforeAddFriendCommand"
 ALLOW = "def handle(req):\n    return allow()\n"
@@ -124,7 +126,7 @@ def test_scripts_ls_versions_show_diff_activate_rollback_delete(server: ServerPr
     code, out, _ = sg(capsys, "scripts", "rollback", FRIEND, *r)
     assert code == 0 and out.strip() == f"{FRIEND}: v{v1} is live (was v{v2})"
     code, out, _ = sg(capsys, "scripts", "activate", FRIEND, str(v2), "--json", *r)
-    assert orjson.loads(out) == {"command": FRIEND, "active_version": v2, "previous_version": v1}
+    assert orjson.loads(out) == {"command": FRIEND, "active_version": v2, "previous_version": v1, "synced": True}
     code, _, err = sg(capsys, "scripts", "rollback", FRIEND, "--to", "99", *r)
     assert code == 2 and "no version 99" in err
 
@@ -300,9 +302,26 @@ def test_tail_prints_callbacks_and_filters(contract: str, capsys) -> None:
     assert code == 3 and len(out.splitlines()) == 4 and "ended the log stream" in err
 
 
-def test_tail_against_a_server_without_the_stream(server: ServerProc, capsys) -> None:
-    code, _, err = sg(capsys, "tail", *remote(server))
-    assert code == 2 and "HTTP 404" in err
+def test_tail_follows_the_live_server(server: ServerProc) -> None:
+    """`scriptgate tail` against the real stream: callbacks are sent until the tail has seen
+    one (the subscription's start is not observable from here, so no single send could be
+    timed to it), then its NDJSON line is the callback's record."""
+    upload(server, FRIEND, "def handle(req):\n    log('tail me')\n    return deny(5003, 'no')\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "tail", FRIEND, "--max", "1", "--json",
+                             *remote(server)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        deadline = time.monotonic() + FAR_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            server.callback(FRIEND, {"fromUserID": "u1", "toUserID": "u2"}, headers={"operationID": "tail-op"})
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=SLACK_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    record = orjson.loads(out.splitlines()[0])
+    assert record["command"] == FRIEND and record["verdict"] == "deny" and record["logs"] == ["tail me"]
 
 
 def test_sse_parsing_follows_the_eventsource_rules() -> None:
