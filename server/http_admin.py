@@ -281,24 +281,13 @@ class ScriptHandler(AdminHandler):
         command = self.command(name)
         activate = _bool_arg(self.get_query_argument("activate", None), True, "activate")
         source = decode_source(self.body)
+        # The sandbox policy first, then what the command's reply can carry (server/lint.py).
         issues = await self.state.pool.check(source)
         if issues:
-            first = issues[0]
-            raise HTTPFail(
-                422,
-                "invalid_script",
-                f"line {first.line}, col {first.col}: {first.message}",
-                details=[i.to_wire() for i in issues],
-            )
+            raise invalid_script(issues[0], [i.to_wire() for i in issues])
         errors = self.state.lint_errors(command, source)
         if errors:
-            first = errors[0]
-            raise HTTPFail(
-                422,
-                "invalid_script",
-                f"line {first.line}, col {first.col}: {first.message}",
-                details=[e.to_json() for e in errors],
-            )
+            raise invalid_script(errors[0], [e.to_json() for e in errors])
         sha = hashlib.sha256(source.encode()).hexdigest()
         info, _before = await self.state.store.put_version(command, source, sha, activate, self.actor())
         warnings = self.state.lint(command, source)
@@ -319,6 +308,11 @@ class ScriptHandler(AdminHandler):
         before = await self.state.store.deactivate(command, self.actor())
         synced = await self.state.refresh_scripts()
         self.send({"command": command, "active": False, "previous_version": before, "synced": synced})
+
+
+def invalid_script(first: Any, details: list[dict[str, Any]]) -> HTTPFail:
+    """422 for a refused upload: the first problem in the message, every one in details."""
+    return HTTPFail(422, "invalid_script", f"line {first.line}, col {first.col}: {first.message}", details=details)
 
 
 def decode_source(raw: bytes) -> str:
