@@ -358,3 +358,20 @@ def test_completion_completes_subcommands() -> None:
     done = subprocess.run([sys.executable, "-m", "server.cli"], env=env, capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
     assert "plain,rollback" in done.stdout.split("\n"), done.stdout + done.stderr
+
+
+def test_tokens_create_ls_revoke_on_the_live_server(server: ServerProc, capsys) -> None:
+    """The tokens commands against the real /admin/tokens: the created secret works with its
+    scope only, the list never shows it, and a revoked token is refused."""
+    code, out, err = sg(capsys, "tokens", "create", "cli-live", "--scope", "read", *remote(server))
+    assert code == 0 and "shown only now" in err
+    secret = out.strip()
+    reader = ["--server", f"http://127.0.0.1:{server.port}", "--token", secret]
+    assert sg(capsys, "scripts", "ls", *reader)[0] == 0  # read scope: allowed
+    code, _, err = sg(capsys, "kv", "set", "from-reader", "x", *reader)
+    assert code == 3 and "lacks the 'kv-write' scope" in err  # kv-write: refused
+    listed = orjson.loads(sg(capsys, "tokens", "ls", "--json", *remote(server))[1])["tokens"]
+    mine = [t for t in listed if t["name"] == "cli-live"]
+    assert len(mine) == 1 and secret not in orjson.dumps(listed).decode()
+    assert sg(capsys, "tokens", "revoke", mine[0]["id"], *remote(server))[0] == 0
+    assert sg(capsys, "scripts", "ls", *reader)[0] == 3  # the token is refused now
