@@ -31,13 +31,13 @@ from typing import Any
 import orjson
 
 from server.config import LogSettings
+from server.drops import Drops
 from server.isotime import iso_utc
 
 log = logging.getLogger("scriptgate.calllogs")
 QUEUE_LIMIT = 10_000
 QUEUE_BYTES = 16 * 1024 * 1024
 WRITE_BATCH = 16
-DROP_LOG_INTERVAL_S = 60.0
 LEVELS = ("info", "error")
 # Records read from one command's stream per page while searching.
 PAGE = 500
@@ -95,14 +95,12 @@ class CallLogs:
         self.settings = settings
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(QUEUE_LIMIT)
         self.queued_bytes = 0
-        self.dropped = 0
         self.written = 0
         self._mean_size: dict[str, float] = {}
-        self._drop_logged_at = 0.0
         # The same counts on /metrics (scriptgate_callback_logs_total{outcome=...}), if the app has them.
         counter = getattr(getattr(state, "metrics", None), "calllogs", None)
         self._count_written = counter.labels("written").inc if counter is not None else None
-        self._count_dropped = counter.labels("dropped").inc if counter is not None else None
+        self._drops = Drops("per-callback logs", log, counter.labels("dropped").inc if counter is not None else None)
 
     @classmethod
     def create(cls, state: Any) -> CallLogs | None:
@@ -127,13 +125,11 @@ class CallLogs:
         self.queue.put_nowait((command, data))
 
     def _drop(self) -> None:
-        self.dropped += 1
-        if self._count_dropped is not None:
-            self._count_dropped()
-        now = time.monotonic()
-        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-            log.warning("per-callback logs dropped: %d so far (the store is slow or unavailable)", self.dropped)
-            self._drop_logged_at = now
+        self._drops.drop()
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.count
 
     def maxlen(self, command: str, size: int) -> int:
         """The stream's count cap: ``max_records``, lowered so that about ``max_bytes`` fit."""

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from server.catalog import Command
+from server.drops import Drops
 
 log = logging.getLogger("scriptgate.recorder")
 REDACTED = "[redacted]"
@@ -44,7 +45,6 @@ QUEUE_BYTES = 32 * 1024 * 1024
 # Writes in flight at once: enough to hide a Redis round trip, few enough that a burst
 # does not open a connection per record.
 WRITE_BATCH = 16
-DROP_LOG_INTERVAL_S = 60.0
 
 # A compiled redaction: field -> True (replace the value) or a nested redaction.
 Redaction = dict[str, Any]
@@ -100,15 +100,14 @@ class Recorder:
         self.queue_bytes_limit = QUEUE_BYTES
         self.queued_bytes = 0
         self._sizes: collections.deque[int] = collections.deque()  # JSON size of each queued record
-        self.dropped = 0  # queue full or the store refused/failed the write
         self.written = 0
         # The same counts on /metrics (scriptgate_recordings_total{outcome=...}), if the app has them.
         metrics = getattr(state, "metrics", None)
         recordings = getattr(metrics, "recordings", None)
         self._count_written = recordings.labels("written").inc if recordings is not None else None
-        self._count_dropped = recordings.labels("dropped").inc if recordings is not None else None
+        # Queue full, or the store refused or failed the write.
+        self._drops = Drops("recordings", log, recordings.labels("dropped").inc if recordings is not None else None)
         self._random = random.Random()
-        self._drop_logged_at = 0.0
         self.writing = 0  # records of the batch ``run`` is writing now
 
     @classmethod
@@ -160,13 +159,11 @@ class Recorder:
             self.queued_bytes -= self._sizes.popleft()
 
     def _drop(self) -> None:
-        self.dropped += 1
-        if self._count_dropped is not None:
-            self._count_dropped()
-        now = time.monotonic()
-        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
-            log.warning("recordings dropped: %d so far (the store is slow or unavailable)", self.dropped)
-            self._drop_logged_at = now
+        self._drops.drop()
+
+    @property
+    def dropped(self) -> int:
+        return self._drops.count
 
     async def run(self) -> None:
         queue = self.queue
