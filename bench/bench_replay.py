@@ -28,9 +28,9 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from server import replay as rp
 from server.catalog import catalog
-from server.offline import default_workers, open_env
+from server.offline import replay as rp
+from server.offline.env import default_workers, open_env
 
 COMMAND = "callbackBeforeInviteJoinGroupCommand"
 ACK = {"actionCode": 0, "errCode": 0, "errMsg": "", "errDlt": "", "nextCode": 0}

@@ -8,15 +8,15 @@ Every variant does the whole job of a receiver for one callback: request body by
 reply JSON bytes out (``orjson.loads`` of the body, the handler, ``orjson.dumps`` of the
 reply fields), so the ratios compare the handler's execution, not who parses JSON.
 * native: the same logic as a plain Python function with a dict-backed kv;
-* in-process: ``sandbox.runtime.execute`` (RestrictedPython guards, budgets, fresh
+* in-process: ``sandbox.worker.runtime.execute`` (RestrictedPython guards, budgets, fresh
   globals, result conversion) with a KVPort backed by the same dict;
 * worker: ``WorkerPool.run`` (sequential calls): IPC framing, the worker's execute, and
   the KV reads answered by the host (an async kv over the same dict); "kept" is the
   production path with Redis and its client-side cache, where the host lets workers keep
-  answers it will invalidate (sandbox/readcache.py), so repeated reads stay in the worker.
+  answers it will invalidate (sandbox/worker/readcache.py), so repeated reads stay in the worker.
 
 The last lines time a recycle: from a worker's kill until its replacement is ready, forked
-from the pool's template process (sandbox/template.py) and started as a fresh interpreter.
+from the pool's template process (sandbox/worker/template.py) and started as a fresh interpreter.
 
 Targets (issue #3): in-process < 3x native; a worker round trip adds < 150 µs at the median.
 ``--instructions`` counts CPU instructions per call (native vs in-process) under valgrind
@@ -46,9 +46,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox.api import Budgets
-from sandbox.pool import WorkerPool
-from sandbox.runtime import compile_script, execute
-from sandbox.spin import loop_factory
+from sandbox.host.pool import WorkerPool
+from sandbox.host.spin import loop_factory
+from sandbox.worker.runtime import compile_script, execute
 from server.config import Config
 
 SOURCE = '''\
@@ -129,7 +129,7 @@ TRIVIAL = "def handle(req):\n    return None\n"
 
 class KeptKV:
     """The production KV with Redis's client-side cache on (server.app.NamespaceKV): the
-    host answers from its cache and lets the worker keep the answer (sandbox/readcache.py)."""
+    host answers from its cache and lets the worker keep the answer (sandbox/worker/readcache.py)."""
 
     scope = "bench:ns"
 

@@ -144,13 +144,13 @@ class KVDeadline(Exception):
 class KVPort(Protocol):
     """How the sandbox's ``kv`` facade reaches the store. Injected; never a Redis client.
 
-    ``call`` performs one already-validated operation (see ``sandbox.kvapi.OPS``) in the
+    ``call`` performs one already-validated operation (see ``sandbox.worker.kvapi.OPS``) in the
     caller's namespace and returns plain JSON data. It raises ``KVError`` when the store
     refuses the operation and ``KVUnavailable`` when the store cannot be reached.
 
     The sandbox reads the clock only now and then (an op counts as a loop tick), so a port
     that can wait must check the call's deadline itself after waiting and raise
-    ``KVDeadline`` when it has passed (``sandbox.worker.IpcKV`` does). It runs at the
+    ``KVDeadline`` when it has passed (``sandbox.worker.main.IpcKV`` does). It runs at the
     script's stack depth: a script at the interpreter's stack limit can make RecursionError
     (or MemoryError) fire inside ``call``, and a port with state must then stay consistent
     or refuse further use.

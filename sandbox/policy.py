@@ -9,7 +9,7 @@ attributes, exec/eval calls, async, ``except*``...) this policy refuses whole fe
 only serve attacks in a webhook handler (imports, ``with``, bare ``except``, star-unpacking
 in displays, ``return``/``break``/``continue`` in ``finally``, ``finally`` in generator
 functions, special methods in classes other than ``CLASS_DUNDERS``)
-and injects the accounting calls the runtime needs (see ``sandbox.guards`` for the names):
+and injects the accounting calls the runtime needs (see ``sandbox.worker.guards`` for the names):
 
 - ``_step_()`` at the top of every ``while`` body, and in every lambda;
 - ``_enter_()`` / ``try: ... finally: _leave_()`` around every function body;
@@ -88,10 +88,10 @@ _BINOP_HOOKS: dict[type[ast.operator], str] = {
 
 
 # The builtins name each KV op is called through when the script calls it on the global
-# `kv` (see ScriptPolicy.visit_Call; sandbox.runtime binds them to the facade's methods).
+# `kv` (see ScriptPolicy.visit_Call; sandbox.worker.runtime binds them to the facade's methods).
 KV_DIRECT: dict[str, str] = {name: f"_kv_{name}_" for name in KV_OPS}
 # ...and, when the key is a constant that is a valid key shape (non-empty printable ASCII),
-# to a method that only checks the key's length (sandbox.kvapi.CONST_KEY_METHODS).
+# to a method that only checks the key's length (sandbox.worker.kvapi.CONST_KEY_METHODS).
 KV_CONST_KEY: dict[str, str] = {
     name: f"_kv_{name}_k_" for name, op in KV_OPS.items() if op.args in ((KV_KEY,), (KV_KEY, KV_VALUE))
 }
@@ -517,7 +517,7 @@ def _direct_kv_method(func: ast.expr) -> ast.expr:
 
 def _const_key_kv_method(node: ast.Call) -> None:
     """``_kv_<op>_("constant key", ...)`` -> ``_kv_<op>_k_(...)`` when the constant is a valid
-    key shape (the checks ``sandbox.kvapi`` would make on every call; the length limit is a
+    key shape (the checks ``sandbox.worker.kvapi`` would make on every call; the length limit is a
     budget, so it is still checked when the op runs)."""
     func = node.func
     if not (isinstance(func, ast.Name) and func.id in _DIRECT_TO_CONST_KEY and node.args):

@@ -1,4 +1,4 @@
-"""Framing and messages between the host (``sandbox.pool``) and a worker (``sandbox.worker``).
+"""Framing and messages between the host (``sandbox.host.pool``) and a worker (``sandbox.worker.main``).
 
 Wire format, both directions, over a SOCK_STREAM socketpair::
 

@@ -16,13 +16,13 @@ import tornado.web
 from server import lint
 from server.catalog import Catalog, catalog
 from server.config import Config, penalty_box_settings
-from server.dispatch import Dispatcher
-from server.http_admin import routes as admin_routes
-from server.http_callback import CallbackHandler
-from server.http_common import NotFoundHandler
+from server.http.admin import routes as admin_routes
+from server.http.callback import CallbackHandler
+from server.http.common import NotFoundHandler
 from server.metrics import Metrics
 from server.scripts_table import ScriptTable
-from server.tester import Tester
+from server.service.callbacks import Dispatcher
+from server.service.tester import Tester
 
 log = logging.getLogger("scriptgate.app")
 
@@ -99,7 +99,7 @@ class NamespaceKV:
     """The store's KV entry point bound to one namespace, as the sandbox pool calls it.
 
     With the store's client-side cache on, it also lets workers keep answers (the
-    ``scope``/``ready``/``peek`` protocol in sandbox/pool.py); the scope names this store
+    ``scope``/``ready``/``peek`` protocol in sandbox/host/pool.py); the scope names this store
     object and the namespace, so answers never cross stores or namespaces."""
 
     __slots__ = ("_keeps", "_ns", "_store", "scope")
@@ -136,7 +136,7 @@ def kv_caller(store: Any) -> Any:
 
 async def build_state(config: Config, token: str, *, store: Any = None, pool: Any = None,
                       siblings: Any = None) -> AppState:
-    from sandbox.pool import WorkerPool
+    from sandbox.host.pool import WorkerPool
     from server.calllogs import CallLogs
     from server.recorder import Recorder
     from server.store.connect import open_store

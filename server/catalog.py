@@ -5,7 +5,7 @@ Each entry also has a ``scriptgate`` object, ScriptGate's own data that the shar
 lacks: ``openim_lines`` (the OpenIM lines that send the command: ``main``, ``v3.8``),
 ``line_notes`` (line-specific behaviour, per line), ``reply_traps`` (reply fields OpenIM
 dereferences through a pointer that may be nil: ``when`` = ``request_null`` or
-``always``), ``content_json_object``, ``invite_narrowing`` (see server/dispatch.py) and
+``always``), ``content_json_object``, ``invite_narrowing`` (see server/service/callbacks.py) and
 ``notes`` (ScriptGate's own notes, for people).
 
 The JSON describes types as Go-ish strings with free-text notes, for example
@@ -285,7 +285,7 @@ class Command:
     line_notes: dict[str, str] = field(default_factory=dict)
     traps: tuple[Trap, ...] = ()
     content_json_object: bool = False  # beforeMsgModify: a reply content must be a JSON object text
-    invite_narrowing: bool = False  # beforeInviteJoinGroup: invitedUserIDs narrowing (server/dispatch.py)
+    invite_narrowing: bool = False  # beforeInviteJoinGroup: invitedUserIDs narrowing (server/service/callbacks.py)
 
     @property
     def needs_request(self) -> bool:

@@ -44,7 +44,7 @@ class CommandSettings:
     reject_errmsg: str = "request refused by the callback server"
     reject_errdlt: str = ""
     # deny() with an errCode OpenIM cannot use (outside 100..2^31-1, or not an integer) is
-    # still a deny, with this code (server/dispatch.py).
+    # still a deny, with this code (server/service/callbacks.py).
     deny_errcode_fallback: int = 5000
     # beforeInviteJoinGroup: OpenIM ignores invitedUserIDs in the reply, so a script that
     # narrows the list is answered with a rejection naming the removed users ("reject",
@@ -84,7 +84,7 @@ class Config:
     workers: int = 0  # HTTP processes sharing the port; 0 = one per core
     sandbox_workers: int = 4  # script worker processes per HTTP process
     # Poll this long before sleeping while a worker call is out (host and workers): waking
-    # a halted vCPU costs more than the whole round trip (sandbox/spin.py). 0 = never.
+    # a halted vCPU costs more than the whole round trip (sandbox/host/spin.py). 0 = never.
     sandbox_spin_us: int = 25
     openim: str = "main"  # the OpenIM line that calls this server: main | v3.8 (catalog.OPENIM_LINES)
     store_label: str = ""  # how "ready on" names the store (not a file setting)
@@ -96,7 +96,7 @@ class Config:
     max_body_bytes: int = 1_048_576
     max_script_bytes: int = 65_536
     # A request body not complete this long after its headers is answered (five fields,
-    # error "body_timeout") and its connection closed (server/http_conn.py).
+    # error "body_timeout") and its connection closed (server/http/conn.py).
     body_timeout_s: float = 30.0
     admin_token: str | None = None
     metrics_public: bool = False  # /metrics without the admin token
@@ -104,7 +104,7 @@ class Config:
     # Resident memory of one HTTP process above which it warns and drops its KV cache
     # (server/memory.py); soft: nothing is refused.
     memory_soft_limit_mb: int = 300
-    # [penalty_box] strikes, window, base_s, max_s, clean_reset (sandbox/fairness.py BoxSettings)
+    # [penalty_box] strikes, window, base_s, max_s, clean_reset (sandbox/host/fairness.py BoxSettings)
     penalty_box: dict[str, Any] = field(default_factory=dict)
     logs: LogSettings = field(default_factory=LogSettings)
     log_format: str = "text"  # text | json (server log lines; json carries operationID on callback lines)
@@ -319,7 +319,7 @@ def _check_logs(s: LogSettings) -> None:
 
 
 def _check_penalty_box(table: Any) -> None:
-    from sandbox.fairness import BoxSettings
+    from sandbox.host.fairness import BoxSettings
 
     if not isinstance(table, dict):
         raise ConfigError("penalty_box must be a table")
@@ -333,7 +333,7 @@ def _check_penalty_box(table: Any) -> None:
 
 
 def penalty_box_settings(cfg: Config) -> Any:
-    from sandbox.fairness import BoxSettings
+    from sandbox.host.fairness import BoxSettings
 
     return BoxSettings(**cfg.penalty_box)
 

@@ -122,8 +122,8 @@ def read_scripts_dir(directory: str, commands: Any, openim: str = "main") -> dic
     so a bad deploy fails loudly at start and uploads nothing. The files are the
     operator's own, so they are checked here rather than in a sandbox worker."""
     from sandbox.policy import check_source
-    from server.cli_offline import read_source
-    from server.offline import OfflineError
+    from server.offline.cli import read_source
+    from server.offline.env import OfflineError
 
     root = Path(directory)
     if not root.is_dir():
@@ -349,8 +349,8 @@ def _check_joinable(reserved: socket.socket, host: str) -> None:
 
 def run_process(cfg: Config, token: str, reuse_port: bool, startup: Startup) -> None:
     """Run one HTTP process on an event loop whose selector polls briefly while a sandbox
-    call is out (``sandbox_spin_us``; see sandbox/spin.py)."""
-    from sandbox.spin import loop_factory
+    call is out (``sandbox_spin_us``; see sandbox/host/spin.py)."""
+    from sandbox.host.spin import loop_factory
 
     factory, selector = loop_factory(cfg.sandbox_spin_us)
     with asyncio.Runner(loop_factory=factory) as runner:
@@ -362,8 +362,8 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
     answer, so the kernel only sends it connections it can answer at once."""
     from server.app import build_state, make_app, start_background, stop
-    from server.http_conn import Server
-    from server.http_fast import FastCallbacks
+    from server.http.conn import Server
+    from server.http.fast import FastCallbacks
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
@@ -372,7 +372,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         selector.busy = state.pool.busy
     app = make_app(state)
     fast = FastCallbacks(app, state)  # well-formed callbacks without RequestHandler; the rest: app
-    server = Server(  # Tornado's, answering what its parser refuses (server/http_conn.py)
+    server = Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
         fast,
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,

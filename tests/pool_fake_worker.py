@@ -1,4 +1,4 @@
-"""A hostile (or merely broken) stand-in for ``sandbox.worker``, for tests/test_pool_hostile.py.
+"""A hostile (or merely broken) stand-in for ``sandbox.worker.main``, for tests/test_pool_hostile.py.
 
     python tests/pool_fake_worker.py MODE --fd N --memory-mb M --parent PID
 
@@ -116,7 +116,7 @@ def main() -> None:
             chan.send({"t": "done", "id": call_id, "r": {"verdict": "error", "fields": {}, "error": None}})
         elif mode in HOSTILE_RESULTS:
             # Well-formed messages carrying results a real worker never sends: the host's
-            # re-check (server/dispatch.py judge) must still send OpenIM a valid reply.
+            # re-check (server/service/callbacks.py judge) must still send OpenIM a valid reply.
             verdict, fields = HOSTILE_RESULTS[mode]
             chan.send({"t": "done", "id": call_id, "r": {"verdict": verdict, "fields": fields, "error": None,
                                                          "logs": []}})

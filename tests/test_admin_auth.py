@@ -1,6 +1,6 @@
 """Authentication on every admin route, generated from the route table.
 
-For every route of ``server.http_admin.routes`` and every HTTP method its handler serves,
+For every route of ``server.http.admin.routes`` and every HTTP method its handler serves,
 the same request is sent with no token and with several wrong ones (each must be 401 and
 leave the store byte for byte unchanged) and then with the right token (which must
 succeed and, for a write method, change the store: this proves the refused requests were
@@ -33,8 +33,8 @@ import tornado.web
 from sandbox.api import ALLOW, RunResult
 from server.app import build_state, make_app
 from server.config import Config
-from server.http_admin import routes as admin_routes
-from server.http_fast import FastCallbacks
+from server.http.admin import routes as admin_routes
+from server.http.fast import FastCallbacks
 from server.store.connect import open_store
 
 TOKEN = "the-right-admin-token-" + "z" * 16
@@ -399,7 +399,7 @@ def test_every_application_route_is_covered() -> None:
         for rule in srv.app.wildcard_router.rules:
             pattern = rule.matcher.regex.pattern.removesuffix("$")
             assert pattern in covered or pattern in PUBLIC, (
-                f"route {pattern} ({rule.target.__name__}) is neither in server.http_admin.routes nor public on purpose"
+                f"route {pattern} ({rule.target.__name__}) is neither in server.http.admin.routes nor public on purpose"
             )
             if pattern not in PUBLIC:
                 assert served_methods(rule.target), f"{pattern} serves no method"

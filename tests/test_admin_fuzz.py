@@ -1,6 +1,6 @@
 """Query-parameter validation and a fuzz run over the admin API.
 
-The fuzz run is generated from the route table (``server.http_admin.routes``, through
+The fuzz run is generated from the route table (``server.http.admin.routes``, through
 test_admin_auth's enumeration): random methods, paths, query strings, bodies and headers
 from a seeded generator (reproducible: the seed and the request are in every failure
 message). For every answer: never a 5xx, never traceback text, errors are JSON

@@ -1,5 +1,5 @@
 """Every request on the callback path gets HTTP 200 with the five common fields and an
-``error`` object, including the ones Tornado's parser refuses (server/http_conn.py), over
+``error`` object, including the ones Tornado's parser refuses (server/http/conn.py), over
 raw sockets so that nothing is normalised on the way."""
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def post(path: str, body: bytes, headers: str = "", method: str = "POST") -> byt
             f"Content-Length: {len(body)}\r\n{headers}\r\n").encode() + body
 
 
-# Cases that reach our handler (server/http_callback.py).
+# Cases that reach our handler (server/http/callback.py).
 HANDLER_CASES = [
     ("bad JSON", post(f"/{INVITE}", b"{nope"), "invalid_json"),
     ("empty body", post(f"/{INVITE}", b""), "invalid_json"),
@@ -116,7 +116,7 @@ def chunked(path: str, chunks: bytes, extra: str = "") -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{extra}\r\n").encode() + chunks
 
 
-# Cases Tornado's parser refuses before any handler runs (server/http_conn.py).
+# Cases Tornado's parser refuses before any handler runs (server/http/conn.py).
 PARSER_CASES = [
     ("garbage request line", b"\x01\x02 hello there\r\n\r\n", "bad_http"),
     ("request line without version", b"POST /x\r\nHost: x\r\n\r\n", "bad_http"),

@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import pytest
 
-from server.cli import main
-from server.cli_day2 import format_record, sse_events
+from server.cli.day2 import format_record, sse_events
+from server.cli.main import main
 from tests.ports import free_port
 from tests.server_proc import ROOT, ServerProc, start_server
 from tests.timing import FAR_S, SLACK_S

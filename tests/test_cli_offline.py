@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from server.cli import main
-from server.offline import load_snapshot
+from server.cli.main import main
+from server.offline.env import load_snapshot
 from tests.gojson import go_headers
 from tests.server_proc import ROOT, free_port, start_server
 from tests.timing import FAR_S
@@ -286,7 +286,7 @@ def test_help_documents_exit_codes(capsys):
 
 
 def test_entry_point_as_main_module(tmp_path):
-    """``python -m server.cli`` (server.cli is __main__): errors are still one line."""
+    """``python -m server.cli`` (server.cli.main is __main__): errors are still one line."""
     r = subprocess.run([sys.executable, "-m", "server.cli", "check", str(tmp_path / "nope")], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().startswith("scriptgate: ") and r.stderr.count("\n") == 1
@@ -364,7 +364,7 @@ def test_client_errors_are_one_line(capsys, tmp_path, server, monkeypatch):
 
 
 def test_kv_snapshot_pages_and_reports_unreadable_keys(capsys, server, monkeypatch):
-    import server.cli_offline as co
+    import server.offline.cli as co
 
     ns = "snappages"
     for i in range(7):

@@ -1,7 +1,7 @@
 """What OpenIM receives when a sandbox worker lies, breaks the protocol or never answers.
 
-The host re-checks every worker result (``server.dispatch.verdict_reply`` after
-``sandbox.pool``'s shape checks): anything but a valid allow/modify/deny for the command
+The host re-checks every worker result (``server.service.callbacks.verdict_reply`` after
+``sandbox.host.pool``'s shape checks): anything but a valid allow/modify/deny for the command
 becomes the command's failure-policy reply, and a call with no answer is cut off at the
 command's deadline with that same reply. These tests drive the production HTTP path
 (``make_app`` behind ``FastCallbacks``) with a real ``WorkerPool`` whose workers are
@@ -29,12 +29,12 @@ import tornado.httpserver
 import tornado.netutil
 
 from sandbox.api import BUDGET, DENY, ERROR, INVALID_RESULT, Budgets, RunResult
-from sandbox.pool import WorkerPool
+from sandbox.host.pool import WorkerPool
 from server import reply
 from server.app import build_state, make_app
 from server.config import CommandSettings, Config
-from server.dispatch import MAX_REJECT_TEXT, REPLY_MARGIN_S, Outcome
-from server.http_fast import FastCallbacks
+from server.http.fast import FastCallbacks
+from server.service.callbacks import MAX_REJECT_TEXT, REPLY_MARGIN_S, Outcome
 from server.store.base import ActiveScript
 from server.store.connect import open_store
 from tests.timing import FAR_S, SLACK_S

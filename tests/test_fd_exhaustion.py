@@ -1,5 +1,5 @@
 """At the file-descriptor limit: no traceback flood, accept backs off, service resumes
-(server/http_conn.py). The server runs with a lowered RLIMIT_NOFILE (prlimit on the
+(server/http/conn.py). The server runs with a lowered RLIMIT_NOFILE (prlimit on the
 running process, a few descriptors above what it already uses)."""
 
 from __future__ import annotations

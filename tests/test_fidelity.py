@@ -2,7 +2,7 @@
 
 M1 invite narrowing, M2 a deny is always a deny, M3 invalid results are visible and field
 names match case-insensitively, M4/M6 nil-pointer traps, M5 msgModify content. Scripts
-run in the real sandbox runtime; replies go through ``server.dispatch.judge`` (the
+run in the real sandbox runtime; replies go through ``server.service.callbacks.judge`` (the
 function both HTTP paths, the test endpoint and the offline tools use)."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import orjson
 import pytest
 
 from sandbox.api import DENY, Budgets, RunResult
-from sandbox.pool import WorkerPool
-from sandbox.runtime import compile_script, execute
+from sandbox.host.pool import WorkerPool
+from sandbox.worker.runtime import compile_script, execute
 from server import reply
 from server.catalog import catalog
 from server.config import CommandSettings, Config, ConfigError, build
-from server.dispatch import MAX_REJECT_TEXT, Dispatcher, judge
 from server.scripts_table import ScriptTable
+from server.service.callbacks import MAX_REJECT_TEXT, Dispatcher, judge
 from server.store.base import ActiveScript
 from tests.fakekv import FakeKV
 

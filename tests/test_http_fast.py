@@ -1,4 +1,4 @@
-"""The callback fast path (server/http_fast.py) answers byte for byte like the Tornado
+"""The callback fast path (server/http/fast.py) answers byte for byte like the Tornado
 application it stands in front of.
 
 Every test runs two in-process servers on free ports, one with the fast path and one
@@ -22,7 +22,7 @@ import tornado.netutil
 from sandbox.api import ALLOW, DENY, MODIFY, RunResult
 from server.app import build_state, make_app
 from server.config import Config
-from server.http_fast import FastCallbacks, _Request
+from server.http.fast import FastCallbacks, _Request
 from server.serve import TORNADO_MAX_BODY
 from server.store.base import ActiveScript
 

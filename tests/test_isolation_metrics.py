@@ -6,7 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from sandbox.fairness import BoxSettings, FairQueue, PenaltyBox
+from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
 from server.config import Config
 from server.memory import MemoryWatch, host_memory, isolation_health, rss_bytes
 from server.metrics import Metrics

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.api import Budgets
-from sandbox.runtime import compile_script, execute
+from sandbox.worker.runtime import compile_script, execute
 from tests.fakekv import FakeKV
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

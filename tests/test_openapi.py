@@ -23,7 +23,7 @@ from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate as validate_spec
 
 from server import __version__
-from server.http_admin import OPENAPI_PATH, routes
+from server.http.admin import OPENAPI_PATH, routes
 from server.samples import sample
 from tests.server_proc import ServerProc, start_server
 from tests.timing import FAR_S

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from sandbox.api import BUDGET, EXCEPTION, UNAVAILABLE, Budgets, KVError, KVUnavailable, RunResult
-from sandbox.pool import WorkerPool
+from sandbox.host.pool import WorkerPool
 from tests.timing import FAR_S, SLACK_S
 
 
@@ -514,7 +514,7 @@ def handle(req):
 def test_confined_worker_behaves_like_in_process(pool: WorkerPool, loop: asyncio.AbstractEventLoop) -> None:
     # Confinement (no files, no lazy imports after warm-up) must not change what a script
     # sees: the same call in-process and in a worker gives the same result.
-    from sandbox.runtime import compile_script, execute
+    from sandbox.worker.runtime import compile_script, execute
 
     payload = {"text": "Alpha beta=2 gamma=30 alpha Été"}
 

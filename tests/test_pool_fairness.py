@@ -1,5 +1,5 @@
 """Sharing the sandbox between commands: per-command shares and queues, the penalty box,
-extra workers while calls wait on a stalled KV store (sandbox/fairness.py, sandbox/pool.py).
+extra workers while calls wait on a stalled KV store (sandbox/host/fairness.py, sandbox/host/pool.py).
 
 No timing luck: blocked calls wait on a Gate (a KV call the test releases), and every
 wait is for an event or a state the pool reaches by itself."""
@@ -16,8 +16,8 @@ import orjson
 import pytest
 
 from sandbox.api import BUDGET, Budgets, RunResult
-from sandbox.fairness import BoxSettings, FairQueue, PenaltyBox
-from sandbox.pool import WorkerPool
+from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
+from sandbox.host.pool import WorkerPool
 
 ECHO = "def handle(req):\n    return allow(i=req['i'])\n"
 GATED = "def handle(req):\n    kv.get('gate')\n    return allow(passed=True)\n"

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from sandbox.api import BUDGET, INVALID_RESULT, Budgets
-from sandbox.pool import WorkerPool, WorkerStartError
+from sandbox.host.pool import WorkerPool, WorkerStartError
 from tests.timing import FAR_S, SLACK_S
 
 FAKE = str(Path(__file__).resolve().parent / "pool_fake_worker.py")

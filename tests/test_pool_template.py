@@ -1,4 +1,4 @@
-"""Workers forked from the template process (sandbox/template.py, sandbox/forker.py).
+"""Workers forked from the template process (sandbox/worker/template.py, sandbox/host/forker.py).
 
 Recycling a worker must not cost a new interpreter: the pool forks workers from one
 warmed-up template. These tests pin that workers really come from it, stay confined like
@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from sandbox import forker as forker_mod
-from sandbox.confine import seccomp_supported
-from sandbox.pool import WorkerPool
+from sandbox.host import forker as forker_mod
+from sandbox.host.pool import WorkerPool
+from sandbox.worker.confine import seccomp_supported
 from tests.test_pool import call, until
 
 ROOT = os.geteuid() == 0
@@ -81,7 +81,7 @@ def test_recycled_workers_come_from_the_same_template() -> None:
 
 
 def test_forked_workers_do_not_share_random_state() -> None:
-    # The collision check samples keys at random (sandbox/containers.py); a script must not
+    # The collision check samples keys at random (sandbox/worker/containers.py); a script must not
     # learn the sample in one worker and find the same one in the next.
     async def main() -> None:
         async with WorkerPool(size=1, test_hooks=True) as pool:

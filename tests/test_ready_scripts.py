@@ -9,10 +9,10 @@ import pytest
 
 from sandbox.api import Budgets
 from sandbox.policy import check_source
-from sandbox.runtime import compile_script, execute
+from sandbox.worker.runtime import compile_script, execute
 from server.catalog import catalog
 from server.config import CommandSettings
-from server.dispatch import verdict_reply
+from server.service.callbacks import verdict_reply
 from tests.fakekv import FakeKV
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

@@ -17,7 +17,7 @@ from sandbox.api import ScriptError
 from server import recorder as rec
 from server.catalog import catalog
 from server.config import CommandSettings, RecordSettings
-from server.dispatch import Outcome
+from server.service.callbacks import Outcome
 from tests.gojson import go_headers
 
 CAT = catalog()

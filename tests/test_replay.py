@@ -1,6 +1,6 @@
-"""The replay engine (``server.replay``): reading NDJSON, comparing old and new replies the
+"""The replay engine (``server.offline.replay``): reading NDJSON, comparing old and new replies the
 way OpenIM sees them, the report and exit codes; then replays through the real sandbox
-(``server.offline``): thousands of records, KV snapshots, budgets, failure policy."""
+(``server.offline.env``): thousands of records, KV snapshots, budgets, failure policy."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import orjson
 import pytest
 
 from sandbox.api import ScriptError
-from server import replay as rp
 from server.catalog import catalog
-from server.dispatch import Outcome
-from server.offline import OfflineError, open_env, parse_snapshot
+from server.offline import replay as rp
+from server.offline.env import OfflineError, open_env, parse_snapshot
 from server.reply import continue_with, reject
+from server.service.callbacks import Outcome
 
 CAT = catalog()
 INVITE = "callbackBeforeInviteJoinGroupCommand"
@@ -404,7 +404,7 @@ def test_budget_errors_and_closed_failure_policy_from_config(tmp_path):
 
 
 def test_snapshot_in_another_namespace_is_noted(tmp_path):
-    from server.offline import namespace_note
+    from server.offline.env import namespace_note
 
     snap = write_snapshot(tmp_path, [{"key": "k", "type": "string", "value": "v", "ttl": 30}], namespace="mod")
 

@@ -9,11 +9,12 @@ import pytest
 from attacks.cases import H
 from attacks.fakeport import DictKV, run
 
-from sandbox import kvops, runtime
+from sandbox import kvops
 from sandbox.api import Budgets
 from sandbox.api import KVError as PortKVError
-from sandbox.kvapi import KVError
-from sandbox.runtime import compile_script, execute
+from sandbox.worker import runtime
+from sandbox.worker.kvapi import KVError
+from sandbox.worker.runtime import compile_script, execute
 from tests.timing import FAR_S
 
 ASCII = [chr(i) for i in range(128)]

@@ -12,10 +12,10 @@ import pytest
 from attacks.cases import H
 from attacks.fakeport import DictKV, run
 
-from sandbox import runtime
 from sandbox.api import Budgets
-from sandbox.budget import Stop
-from sandbox.runtime import compile_script, execute
+from sandbox.worker import runtime
+from sandbox.worker.budget import Stop
+from sandbox.worker.runtime import compile_script, execute
 
 
 def _snapshot() -> tuple[dict[str, int], dict[str, int]]:

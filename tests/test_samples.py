@@ -14,7 +14,7 @@ import pytest
 
 from server import samples
 from server.catalog import catalog
-from server.cli import main
+from server.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 INVITE = "callbackBeforeInviteJoinGroupCommand"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from sandbox import kvapi
 from sandbox.api import Budgets
-from sandbox.budget import CLOCK_EVERY, BackendUnavailable, BudgetExceeded, RunState
-from sandbox.convert import plain_copy
+from sandbox.worker import kvapi
+from sandbox.worker.budget import CLOCK_EVERY, BackendUnavailable, BudgetExceeded, RunState
+from sandbox.worker.convert import plain_copy
 
 
 def _slow_plain_copy(v: Any, st: RunState) -> tuple[Any, int, int]:

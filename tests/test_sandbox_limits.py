@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 
 from sandbox.api import ALLOW, BUDGET, ERROR, MODIFY, Budgets
-from sandbox.budget import ALARM, CLOCK_EVERY, BudgetExceeded, RunState
-from sandbox.convert import ascii_length, repr_length
-from sandbox.formatting import parse_percent, percent_args, percent_bound
-from sandbox.runtime import compile_script, execute
+from sandbox.worker.budget import ALARM, CLOCK_EVERY, BudgetExceeded, RunState
+from sandbox.worker.convert import ascii_length, repr_length
+from sandbox.worker.formatting import parse_percent, percent_args, percent_bound
+from sandbox.worker.runtime import compile_script, execute
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "attacks"))
 from fakeport import DictKV
@@ -185,7 +185,7 @@ def test_caught_memory_error_stops_the_script() -> None:
         import resource, sys
         sys.path.insert(0, sys.argv[1])
         from sandbox.api import Budgets
-        from sandbox.runtime import compile_script, execute
+        from sandbox.worker.runtime import compile_script, execute
         sys.path.insert(0, sys.argv[1] + "/tests/attacks")
         from fakeport import DictKV
         src = '''

@@ -8,7 +8,7 @@ import pytest
 
 from sandbox.api import CompileIssue
 from sandbox.policy import MAX_AST_DEPTH, MAX_ISSUES, MAX_SOURCE_BYTES, check_source
-from sandbox.runtime import CompiledScript, PolicyRefused, compile_script
+from sandbox.worker.runtime import CompiledScript, PolicyRefused, compile_script
 from tests.timing import SLACK_S
 
 # Well under a second when idle; anything quadratic in 64 KiB of source takes minutes.

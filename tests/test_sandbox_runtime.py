@@ -11,7 +11,7 @@ from attacks.cases import H
 from attacks.fakeport import DictKV, run
 
 from sandbox.api import ALLOW, DENY, ERROR, MODIFY, Budgets, KVError, RunResult
-from sandbox.runtime import compile_script, execute
+from sandbox.worker.runtime import compile_script, execute
 from tests.timing import FAR_S
 
 SPEC_EXAMPLE = '''

@@ -19,13 +19,13 @@ from typing import Any
 import orjson
 import pytest
 
-from sandbox import kvapi
 from sandbox.api import ERROR, Budgets
-from sandbox.budget import BudgetExceeded, RunState
-from sandbox.convert import InvalidResult, plain_copy
-from sandbox.helpers import Verdict
 from sandbox.policy import KV_DIRECT, ScriptPolicy, _bound_names
-from sandbox.runtime import _verdict, compile_script, execute
+from sandbox.worker import kvapi
+from sandbox.worker.budget import BudgetExceeded, RunState
+from sandbox.worker.convert import InvalidResult, plain_copy
+from sandbox.worker.helpers import Verdict
+from sandbox.worker.runtime import _verdict, compile_script, execute
 from tests.attacks.fakeport import DictKV
 
 

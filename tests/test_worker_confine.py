@@ -1,5 +1,5 @@
 """Kernel confinement of real workers, tested from plain Python inside a confined worker
-(``sandbox._probes``, enabled only by ``WorkerPool(test_hooks=True)``): what an escaped
+(``sandbox.worker._probes``, enabled only by ``WorkerPool(test_hooks=True)``): what an escaped
 script would try first must fail."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from sandbox.confine import ALLOW_PLAIN, NR, build_filter, seccomp_supported
-from sandbox.pool import WorkerPool
+from sandbox.host.pool import WorkerPool
+from sandbox.worker.confine import ALLOW_PLAIN, NR, build_filter, seccomp_supported
 from tests.timing import FAR_S
 
 ROOT = os.geteuid() == 0
@@ -130,7 +130,7 @@ def test_workers_die_with_their_host(tmp_path: object) -> None:
         """
         import asyncio, sys, signal
         sys.path.insert(0, sys.argv[1])
-        from sandbox.pool import WorkerPool
+        from sandbox.host.pool import WorkerPool
         async def main():
             pool = WorkerPool(size=2)
             await pool.start()

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from sandbox import protocol
-from sandbox.pool import describe_exit
+from sandbox.host.pool import describe_exit
 from sandbox.protocol import FrameDecoder, ProtocolError
 
 
@@ -83,7 +83,7 @@ def test_blocking_channel_eof() -> None:
 def test_warm_up_covers_its_scripts() -> None:
     # The worker can import nothing after confinement, so the warm-up must run for real:
     # every warm-up script compiles under the current policy and none is blocked.
-    from sandbox import worker
+    from sandbox.worker import main as worker
 
     assert worker.warm_up() == []
 

@@ -1,4 +1,4 @@
-"""KV answers kept by sandbox workers (sandbox/readcache.py) and their invalidation.
+"""KV answers kept by sandbox workers (sandbox/worker/readcache.py) and their invalidation.
 
 The contract: a call sees every write that completed before it started, its own writes at
 once, nothing from another scope (store + namespace); kept answers cost no host round trip.
@@ -15,8 +15,8 @@ from typing import Any
 import orjson
 
 from sandbox.api import Budgets
-from sandbox.pool import WorkerPool
-from sandbox.readcache import MAX_ENTRIES, MISS, ReadCache
+from sandbox.host.pool import WorkerPool
+from sandbox.worker.readcache import MAX_ENTRIES, MISS, ReadCache
 from server.app import kv_caller
 from server.store.connect import open_store
 from tests.timing import FAR_S, SLACK_S

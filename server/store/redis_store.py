@@ -555,7 +555,7 @@ class Store:
         """One script KV operation (see sandbox/kvops.py); KVError / KVUnavailable on failure."""
         return await self.kv.call(namespace, op, args)
 
-    # Answers sandbox workers may keep (sandbox/readcache.py); only with the client-side cache.
+    # Answers sandbox workers may keep (sandbox/worker/readcache.py); only with the client-side cache.
 
     @property
     def kv_keeps(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sandbox.api import Budgets, KVError, KVUnavailable, RunResult
-from sandbox.runtime import compile_script, execute
+from sandbox.worker.runtime import compile_script, execute
 
 
 class DictKV:

@@ -9,7 +9,7 @@ from fakeport import DictKV
 
 from sandbox.api import ERROR, Budgets
 from sandbox.policy import check_source
-from sandbox.runtime import PolicyRefused, compile_script, execute
+from sandbox.worker.runtime import PolicyRefused, compile_script, execute
 
 # Host details no error message may carry.
 LEAKS = ("0x7f", "/root", "/work", "site-packages", ".py\"", "<locals>", "Traceback", "File \"", "secret")

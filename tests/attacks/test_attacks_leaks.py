@@ -11,7 +11,7 @@ from cases import H
 from fakeport import DictKV, run
 
 from sandbox.api import ERROR, Budgets
-from sandbox.runtime import compile_script, execute
+from sandbox.worker.runtime import compile_script, execute
 
 ADDRESS = re.compile(r"0x[0-9a-f]{6,}")
 HOST_WORDS = ("/root", "/work", "site-packages", "<locals>", "sandbox.", "RunState", "Traceback", "secret")

@@ -1,0 +1,1 @@
+"""HTTP front end: the callback connection path and the admin API handlers (Tornado)."""
