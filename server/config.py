@@ -8,18 +8,15 @@ at start into ``CommandSettings`` so the hot path only does a dict lookup.
 from __future__ import annotations
 
 import ipaddress
-import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sandbox.api import Budgets
+from sandbox.api import ERRCODE_MAX, ERRCODE_MIN, Budgets
+from server.store.keys import NAMESPACE_RULE, PREFIX_RULE, is_namespace, is_prefix
 
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_PORT = 10006
-ERRCODE_MIN, ERRCODE_MAX = 100, 2**31 - 1
 INVITE_NARROWING = ("reject", "refused_members")
 OPENIM_LINES = ("main", "v3.8")  # the same as server.catalog.OPENIM_LINES (config loads without the catalogue)
 
@@ -141,8 +138,8 @@ def _check_command_settings(where: str, s: CommandSettings) -> None:
             raise ConfigError(f"{where}.{name} must be a string")
     if type(s.deadline_ms) is not int or not 50 <= s.deadline_ms <= 14_000:
         raise ConfigError(f"{where}.deadline_ms must be an integer in 50..14000 (OpenIM caps at 15 s)")
-    if not NAMESPACE_RE.match(str(s.namespace)):
-        raise ConfigError(f"{where}.namespace must match [A-Za-z0-9_-]{{1,64}}")
+    if not is_namespace(s.namespace):
+        raise ConfigError(f"{where}.namespace must match {NAMESPACE_RULE}")
     if s.budgets.wall_ms >= s.deadline_ms:
         raise ConfigError(f"{where}: budgets.wall_ms must be below deadline_ms")
     r = s.record
@@ -271,8 +268,8 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
     if cfg.openim not in OPENIM_LINES:
         raise ConfigError(f"openim must be one of {', '.join(map(repr, OPENIM_LINES))} (the OpenIM line that calls this server)")
-    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cfg.prefix):
-        raise ConfigError("prefix must match [A-Za-z0-9_.-]{1,64}")
+    if not is_prefix(cfg.prefix):
+        raise ConfigError(f"prefix must match {PREFIX_RULE}")
     if cfg.path_prefix:
         cfg.path_prefix = "/" + cfg.path_prefix.strip("/")
         if "//" in cfg.path_prefix or len(cfg.path_prefix) < 2:
@@ -336,10 +333,6 @@ def penalty_box_settings(cfg: Config) -> Any:
     from sandbox.host.fairness import BoxSettings
 
     return BoxSettings(**cfg.penalty_box)
-
-
-def admin_token_from_env(cfg: Config) -> str | None:
-    return os.environ.get("SCRIPTGATE_ADMIN_TOKEN") or cfg.admin_token or None
 
 
 def load(path: str | None, known_commands: set[str] | None = None) -> Config:

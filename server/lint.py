@@ -22,8 +22,8 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandbox.api import ERRCODE_MAX, ERRCODE_MIN
 from server.catalog import COMMON_REPLY_FIELDS, Command, TypeSpec, content_problem, fold
-from server.config import ERRCODE_MAX, ERRCODE_MIN
 
 ERROR, WARNING = "error", "warning"
 TEXT = 101  # OpenIM contentType of a text message
@@ -32,11 +32,6 @@ SET_GROUP_INFO = "callbackBeforeSetGroupInfoCommand"
 SET_GROUP_INFO_EX = "callbackBeforeSetGroupInfoExCommand"
 MSG_MODIFY = "callbackBeforeMsgModifyCommand"
 
-# beforeSetGroupInfoEx applies every one of these from the reply: a missing one (null)
-# means "don't update", so the user's change to it is silently dropped.
-SET_GROUP_INFO_EX_FIELDS = (
-    "groupName", "introduction", "faceURL", "ex", "needVerification", "lookMemberInfo", "applyMemberFriend",
-)
 # Reply names that differ from the request's, per command (PROTOCOL.md §9.6).
 RENAMED = {MSG_MODIFY: {"faceURL": "senderFaceURL", "atUserList": "atUserIDList"}}
 INVITE_NARROWING = (

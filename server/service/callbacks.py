@@ -24,6 +24,8 @@ from sandbox.api import (
     ALLOW,
     BUDGET,
     DENY,
+    ERRCODE_MAX,
+    ERRCODE_MIN,
     ERROR,
     INVALID_RESULT,
     MODIFY,
@@ -34,7 +36,7 @@ from sandbox.api import (
 )
 from server import reply
 from server.catalog import Catalog, Command
-from server.config import ERRCODE_MAX, ERRCODE_MIN, CommandSettings, Config
+from server.config import CommandSettings, Config
 from server.logfmt import callback_fields
 from server.scripts_table import ScriptTable
 
