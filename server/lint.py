@@ -322,7 +322,7 @@ def _check_value(spec: TypeSpec, node: ast.expr, path: str) -> list[Found]:
         return []
     if isinstance(value, tuple):
         value = list(value)
-    err = spec.check(value, path, strict_fields=True, lists_nullable=True)
+    err = spec.check(value, path)
     if err:
         return [(node, f"{err}: OpenIM cannot decode it (the server refuses the reply as invalid_result)", ERROR)]
     return []
@@ -372,7 +372,7 @@ def _check_fields(command: Command, site: Site, guarded: set[str]) -> list[Found
         out.extend(_check_value(spec, value, field_name))
         if command.invite_narrowing and field_name == "invitedUserIDs" and not _is_request_field(value, field_name):
             out.append((value, INVITE_NARROWING, WARNING))
-        if ("if non-empty" in spec.note or "'' = no change" in spec.note) and _empty_literal(value):
+        if field_name in command.empty_unchanged and _empty_literal(value):
             out.append((value, f"{field_name}: an empty value leaves it unchanged in OpenIM ({spec.note})", WARNING))
         for trap in command.traps:
             if trap.field != field_name or _is_none(value):

@@ -235,13 +235,13 @@ class Comparer:
 
     A changed field counts by its effect: a reply that leaves ``invitedUserIDs`` out and
     one that echoes the request's list are the same to OpenIM. Fields OpenIM applies
-    even when absent ("always applied" in callbacks.json, e.g. groupID in set-group-info)
+    even when absent (``echoed`` in callbacks.json, e.g. groupID in set-group-info)
     are compared literally, because there leaving one out does change the outcome.
     """
 
     def __init__(self, command: Command) -> None:
         self.command = command
-        self.literal = {name for name, spec in command.mutable.items() if "always applied" in spec.note.lower()}
+        self.literal = set(command.echoed)
         # Reply field -> request field, where OpenIM names them differently.
         self.request_name = {reply: req for req, reply in RENAMED.get(command.name, {}).items()}
 

@@ -253,7 +253,7 @@ class Dispatcher:
             outcome = await self._dispatch(command, request)
         finally:
             self.inflight -= 1
-        if command.is_before and command.echo_fields:
+        if command.is_before and command.echoed:
             command.with_echo(request.data(), outcome.reply)
         return outcome
 
