@@ -29,9 +29,7 @@ from importlib import resources
 from typing import Any
 
 from server.config import OPENIM_LINES  # main = 7848d7c, v3.8 = the v3.8.3-patch.N release line
-
-# The five fields every reply carries; a script cannot set them as fields.
-COMMON_REPLY_FIELDS = ("actionCode", "errCode", "errMsg", "errDlt", "nextCode")
+from server.reply import COMMON_REPLY_FIELDS
 
 # The JSON Schema keywords the catalogue uses. Anything else is refused at load (deny by
 # default): a keyword this module does not enforce must not look enforced.

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.api import ERRCODE_MAX, ERRCODE_MIN
-from server.catalog import COMMON_REPLY_FIELDS, Command, TypeSpec, content_problem, fold
+from server.catalog import Command, TypeSpec, content_problem, fold
+from server.reply import COMMON_REPLY_FIELDS
 
 ERROR, WARNING = "error", "warning"
 TEXT = 101  # OpenIM contentType of a text message

@@ -56,6 +56,7 @@ from sandbox.api import (
     ERRCODE_MIN,
     EXCEPTION,
     INVALID_RESULT,
+    MAX_REJECT_TEXT,
     MODIFY,
     POLICY,
     Budgets,
@@ -80,8 +81,6 @@ from sandbox.worker.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintC
 from sandbox.worker.kvapi import CONST_KEY_METHODS, KV
 from sandbox.worker.methods import build_attrs
 from sandbox.worker.safe_builtins import SafeType, make_builtins
-
-MAX_ERR_TEXT = 4096
 
 _ATTRS = build_attrs([*FACADE_CLASSES, KV, SafeType])
 _SUBSCRIPTABLE = frozenset({*SUBSCRIPTABLE, *SUBSCRIPTABLE_FACADES})
@@ -198,8 +197,8 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
                 if type(text) is not str:
                     text = None  # the host sends "" and says so
                 else:
-                    if len(text) > MAX_ERR_TEXT:
-                        text = text[: MAX_ERR_TEXT + 1]  # the host sees it was too long and cuts it
+                    if len(text) > MAX_REJECT_TEXT:
+                        text = text[: MAX_REJECT_TEXT + 1]  # the host sees it was too long and cuts it
                     text = utf8_clean(text)
                 texts.append(text)
             return DENY, {"errCode": code, "errMsg": texts[0], "errDlt": texts[1]}, None

@@ -28,6 +28,7 @@ from sandbox.api import (
     ERRCODE_MIN,
     ERROR,
     INVALID_RESULT,
+    MAX_REJECT_TEXT,
     MODIFY,
     UNAVAILABLE,
     RunResult,
@@ -45,7 +46,6 @@ log = logging.getLogger("scriptgate.dispatch")
 NO_SCRIPT = "none"  # verdict label when no script is live for the command
 # Time kept back from the command deadline for encoding and writing the reply.
 REPLY_MARGIN_S = 0.02
-MAX_REJECT_TEXT = 4096
 
 KVCall = Callable[[str, list[Any]], Awaitable[Any]]
 
