@@ -13,6 +13,8 @@ machine-read data:
 - ``echoed``: reply fields OpenIM applies even when the reply leaves them out; every
   continue reply carries them, defaulting to the request's values (``Command.with_echo``).
 - ``empty_unchanged``: reply fields where an empty value means "no change" (a lint hint).
+- ``reply_names``: request field -> the reply field that sets it, where OpenIM names them
+  differently (beforeMsgModify: ``faceURL`` -> ``senderFaceURL``; PROTOCOL.md section 9.6).
 - ``openim_lines`` (the OpenIM lines that send the command: ``main``, ``v3.8``),
   ``line_notes`` (line-specific behaviour, per line), ``reply_traps`` (reply fields OpenIM
   dereferences through a pointer that may be nil: ``when`` = ``request_null`` or
@@ -261,6 +263,7 @@ class Command:
     # must carry them, so they default to the request's values.
     echoed: tuple[str, ...] = ()
     empty_unchanged: frozenset[str] = frozenset()  # reply fields where '' / [] means "no change"
+    reply_names: dict[str, str] = field(default_factory=dict)  # request name -> reply name, where they differ
 
     @property
     def needs_request(self) -> bool:
@@ -398,8 +401,9 @@ def load_command(name: str, entry: dict[str, Any]) -> Command:
             raise ValueError(f"{name}: bad reply trap {trap}")
     echoed = tuple(own.get("echoed") or ())
     empty_unchanged = frozenset(own.get("empty_unchanged") or ())
-    if not set(echoed) | empty_unchanged <= set(mutable):
-        raise ValueError(f"{name}: echoed / empty_unchanged name a field the reply cannot set")
+    reply_names = dict(own.get("reply_names") or {})
+    if not set(echoed) | empty_unchanged | set(reply_names.values()) <= set(mutable):
+        raise ValueError(f"{name}: echoed / empty_unchanged / reply_names name a field the reply cannot set")
     return Command(
         name=name,
         kind=kind,
@@ -414,6 +418,7 @@ def load_command(name: str, entry: dict[str, Any]) -> Command:
         invite_narrowing=bool(own.get("invite_narrowing")),
         echoed=echoed,
         empty_unchanged=empty_unchanged,
+        reply_names=reply_names,
     )
 
 

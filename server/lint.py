@@ -29,12 +29,8 @@ from server.reply import COMMON_REPLY_FIELDS
 ERROR, WARNING = "error", "warning"
 TEXT = 101  # OpenIM contentType of a text message
 
-SET_GROUP_INFO = "callbackBeforeSetGroupInfoCommand"
-SET_GROUP_INFO_EX = "callbackBeforeSetGroupInfoExCommand"
 MSG_MODIFY = "callbackBeforeMsgModifyCommand"
 
-# Reply names that differ from the request's, per command (PROTOCOL.md §9.6).
-RENAMED = {MSG_MODIFY: {"faceURL": "senderFaceURL", "atUserList": "atUserIDList"}}
 INVITE_NARROWING = (
     "OpenIM (main and v3.8) ignores invitedUserIDs in this reply: a list narrower than the request's is "
     "answered with a rejection of the whole invitation naming the removed users (config invite_narrowing = "
@@ -352,7 +348,7 @@ def _check_fields(command: Command, site: Site, guarded: set[str]) -> list[Found
     for given, value in site.fields.items():
         field_name = given if given in command.mutable else folded.get(fold(given))
         if field_name is None:
-            hint = RENAMED.get(name, {}).get(given)
+            hint = command.reply_names.get(given)
             if given in COMMON_REPLY_FIELDS or fold(given) in {fold(c) for c in COMMON_REPLY_FIELDS}:
                 out.append((value, f"{given!r} cannot be returned as a field: deny(errCode, errMsg, errDlt) rejects, "
                                    "allow() continues (the server refuses this reply as invalid_result)", ERROR))
@@ -471,7 +467,7 @@ def check(command: Command, source: str, openim: str = "main") -> list[Finding]:
             found.extend(_check_deny(site))
         elif site.kind == "allow":
             found.extend(_check_fields(command, site, guarded))
-        if command.name in (SET_GROUP_INFO, SET_GROUP_INFO_EX):
+        if "groupID" in command.echoed:  # set-group-info and its Ex variant
             found.extend(_check_group_info(command, site))
     seen: set[tuple[int, int, str]] = set()
     out: list[Finding] = []

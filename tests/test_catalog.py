@@ -26,7 +26,7 @@ def test_packaged_copy_matches_shared_catalogue():
     for entry in packaged.values():
         assert set(entry.pop("scriptgate")) <= {
             "openim_lines", "line_notes", "reply_traps", "content_json_object", "invite_narrowing", "notes",
-            "echoed", "empty_unchanged", "request_schema", "reply_schema"}
+            "echoed", "empty_unchanged", "reply_names", "request_schema", "reply_schema"}
     assert json.loads(SHARED.read_text()) == packaged
 
 
@@ -119,6 +119,9 @@ def test_echoed_fields_are_explicit_data():
         "groupName": "new", "groupID": "g", "introduction": "i", "faceURL": "f"}
     assert cmd.with_echo(request, {"nextCode": 1}) == {"nextCode": 1}  # a stop is not applied
     assert cmd.empty_unchanged == {"groupName", "introduction", "faceURL"}
+    modify = cat.get("callbackBeforeMsgModifyCommand")
+    assert modify.reply_names == {"faceURL": "senderFaceURL", "atUserList": "atUserIDList"}
+    assert [n for n, c in cat.commands.items() if c.reply_names] == ["callbackBeforeMsgModifyCommand"]
 
 
 def test_schema_and_described_fields_cannot_drift():

@@ -27,7 +27,6 @@ import orjson
 
 from sandbox.api import ALLOW, DENY, ERROR, MODIFY
 from server.catalog import Catalog, Command
-from server.lint import RENAMED
 from server.recorder import REDACTED
 from server.service.callbacks import NO_SCRIPT, Outcome
 
@@ -243,7 +242,7 @@ class Comparer:
         self.command = command
         self.literal = set(command.echoed)
         # Reply field -> request field, where OpenIM names them differently.
-        self.request_name = {reply: req for req, reply in RENAMED.get(command.name, {}).items()}
+        self.request_name = {reply: req for req, reply in command.reply_names.items()}
 
     def _effective(self, name: str, fields: dict[str, Any], request: dict[str, Any]) -> Any:
         if name in fields:
