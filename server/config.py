@@ -18,7 +18,7 @@ from server.store.keys import NAMESPACE_RULE, PREFIX_RULE, is_namespace, is_pref
 
 DEFAULT_PORT = 10006
 INVITE_NARROWING = ("reject", "refused_members")
-OPENIM_LINES = ("main", "v3.8")  # the same as server.catalog.OPENIM_LINES (config loads without the catalogue)
+OPENIM_LINES = ("main", "v3.8")  # the OpenIM lines ScriptGate knows; server/catalog.py uses these
 
 
 class ConfigError(ValueError):
@@ -248,6 +248,13 @@ def build(data: dict[str, Any], *, source_file: str | None = None, known_command
 
 
 def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
+    """Raise ConfigError naming the first wrong value (checked in the order below)."""
+    _check_sizes_and_times(cfg)
+    _check_addresses(cfg)
+    _check_commands(cfg, known_commands)
+
+
+def _check_sizes_and_times(cfg: Config) -> None:
     if type(cfg.port) is not int or not 0 <= cfg.port <= 65535:
         raise ConfigError("port must be an integer in 0..65535")
     for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes", "memory_soft_limit_mb"):
@@ -266,6 +273,11 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
             raise ConfigError(f"{key} must be a number of seconds in 0..3600")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
+
+
+def _check_addresses(cfg: Config) -> None:
+    """The OpenIM line, the store prefix, the callback path prefix and the allowed networks;
+    normalises ``path_prefix`` to ``/name``."""
     if cfg.openim not in OPENIM_LINES:
         raise ConfigError(f"openim must be one of {', '.join(map(repr, OPENIM_LINES))} (the OpenIM line that calls this server)")
     if not is_prefix(cfg.prefix):
@@ -280,6 +292,9 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}: {cidr!r} is not a valid network (e.g. 10.0.0.0/8)") from None
+
+
+def _check_commands(cfg: Config, known_commands: set[str] | None) -> None:
     _check_command_settings("defaults", cfg.defaults)
     for command in cfg.overrides:
         if known_commands is not None and command not in known_commands:

@@ -221,7 +221,7 @@ def _guarded_names(tree: ast.AST) -> set[str]:
 def _check_deny(site: Site) -> list[tuple[ast.AST, str, str]]:
     code = site.args[0] if site.args else site.fields.get("errCode")
     if code is None:
-        return [] if site.opaque else [(site.node, "deny() needs an errCode (an integer in 100..2147483647)", ERROR)]
+        return [] if site.opaque else [(site.node, f"deny() needs an errCode (an integer in {ERRCODE_MIN}..{ERRCODE_MAX})", ERROR)]
     known, value = _fold_const(code)
     if not known:
         return []
@@ -293,27 +293,7 @@ def _check_value(spec: TypeSpec, node: ast.expr, path: str) -> list[Found]:
     if spec.kind == "object" and spec.fields:
         entries = _object_entries(node)
         if entries is not None:
-            items, complete = entries
-            out = []
-            seen: set[str] = set()
-            names = list(spec.fields)
-            folded = {fold(n): n for n in names}
-            for key, value in items:
-                name = key if key in spec.fields else folded.get(fold(key))
-                if name is None:
-                    out.append((value, f"{path}.{key} is not a field of {path}{_suggest(key, names)}", ERROR))
-                    continue
-                if name != key:
-                    out.append((value, f"{path}.{key}: did you mean {name}? (OpenIM matches keys case-insensitively, "
-                                       f"so it is sent as {name})", WARNING))
-                seen.add(name)
-                out.extend(_check_value(spec.fields[name], value, f"{path}.{name}"))
-            if complete:
-                for name, field_spec in spec.fields.items():
-                    if field_spec.required and name not in seen:
-                        out.append((node, f"{path} needs {name}: OpenIM matches entries by {name} and a missing one "
-                                          "panics (500)", ERROR))
-            return out
+            return _check_object(spec, node, path, *entries)
     known, value = _fold_const(node)
     if not known:
         return []
@@ -323,6 +303,31 @@ def _check_value(spec: TypeSpec, node: ast.expr, path: str) -> list[Found]:
     if err:
         return [(node, f"{err}: OpenIM cannot decode it (the server refuses the reply as invalid_result)", ERROR)]
     return []
+
+
+def _check_object(spec: TypeSpec, node: ast.expr, path: str, items: list[tuple[str, ast.expr]],
+                  complete: bool) -> list[Found]:
+    """The literal entries of an object value (a dict display or dict(...)) against ``spec``'s fields."""
+    out: list[Found] = []
+    seen: set[str] = set()
+    names = list(spec.fields)
+    folded = {fold(n): n for n in names}
+    for key, value in items:
+        name = key if key in spec.fields else folded.get(fold(key))
+        if name is None:
+            out.append((value, f"{path}.{key} is not a field of {path}{_suggest(key, names)}", ERROR))
+            continue
+        if name != key:
+            out.append((value, f"{path}.{key}: did you mean {name}? (OpenIM matches keys case-insensitively, "
+                               f"so it is sent as {name})", WARNING))
+        seen.add(name)
+        out.extend(_check_value(spec.fields[name], value, f"{path}.{name}"))
+    if complete:
+        for name, field_spec in spec.fields.items():
+            if field_spec.required and name not in seen:
+                out.append((node, f"{path} needs {name}: OpenIM matches entries by {name} and a missing one "
+                                  "panics (500)", ERROR))
+    return out
 
 
 def _empty_literal(value: ast.expr) -> bool:
