@@ -294,10 +294,6 @@ class Command:
                     return err
         return None
 
-    def check_reply_fields(self, changed: dict[str, Any]) -> str | None:
-        """Check fields a script wants to change: each must be mutable and well-typed."""
-        return self.canonical_reply(changed)[1]
-
     def canonical_reply(self, changed: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
         """(fields spelled as the catalogue spells them, None), or (changed, reason) when
         they cannot go into OpenIM's reply: a field the command cannot change, a common
