@@ -24,6 +24,14 @@ MODIFY = "modify"
 DENY = "deny"
 ERROR = "error"
 
+# The errCode range of a rejection (deny): OpenIM treats a callback errCode below 100 as
+# "no error" or as one of its own codes, and the field is an int32 on the Go side. The one
+# definition: the worker, the reply encoder, the config check and the linter all use it.
+ERRCODE_MIN, ERRCODE_MAX = 100, 2**31 - 1
+# A deny's errMsg / errDlt longer than this is cut by the host (the worker passes one more
+# character so the host sees it was too long and says so).
+MAX_REJECT_TEXT = 4096
+
 MAX_ERROR_MESSAGE = 512
 
 

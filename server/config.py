@@ -8,20 +8,17 @@ at start into ``CommandSettings`` so the hot path only does a dict lookup.
 from __future__ import annotations
 
 import ipaddress
-import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sandbox.api import Budgets
+from sandbox.api import ERRCODE_MAX, ERRCODE_MIN, Budgets
+from server.store.keys import NAMESPACE_RULE, PREFIX_RULE, is_namespace, is_prefix
 
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_PORT = 10006
-ERRCODE_MIN, ERRCODE_MAX = 100, 2**31 - 1
 INVITE_NARROWING = ("reject", "refused_members")
-OPENIM_LINES = ("main", "v3.8")  # the same as server.catalog.OPENIM_LINES (config loads without the catalogue)
+OPENIM_LINES = ("main", "v3.8")  # the OpenIM lines ScriptGate knows; server/catalog.py uses these
 
 
 class ConfigError(ValueError):
@@ -141,8 +138,8 @@ def _check_command_settings(where: str, s: CommandSettings) -> None:
             raise ConfigError(f"{where}.{name} must be a string")
     if type(s.deadline_ms) is not int or not 50 <= s.deadline_ms <= 14_000:
         raise ConfigError(f"{where}.deadline_ms must be an integer in 50..14000 (OpenIM caps at 15 s)")
-    if not NAMESPACE_RE.match(str(s.namespace)):
-        raise ConfigError(f"{where}.namespace must match [A-Za-z0-9_-]{{1,64}}")
+    if not is_namespace(s.namespace):
+        raise ConfigError(f"{where}.namespace must match {NAMESPACE_RULE}")
     if s.budgets.wall_ms >= s.deadline_ms:
         raise ConfigError(f"{where}: budgets.wall_ms must be below deadline_ms")
     r = s.record
@@ -251,6 +248,13 @@ def build(data: dict[str, Any], *, source_file: str | None = None, known_command
 
 
 def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
+    """Raise ConfigError naming the first wrong value (checked in the order below)."""
+    _check_sizes_and_times(cfg)
+    _check_addresses(cfg)
+    _check_commands(cfg, known_commands)
+
+
+def _check_sizes_and_times(cfg: Config) -> None:
     if type(cfg.port) is not int or not 0 <= cfg.port <= 65535:
         raise ConfigError("port must be an integer in 0..65535")
     for key in ("workers", "sandbox_workers", "max_body_bytes", "max_script_bytes", "memory_soft_limit_mb"):
@@ -269,10 +273,15 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
             raise ConfigError(f"{key} must be a number of seconds in 0..3600")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
+
+
+def _check_addresses(cfg: Config) -> None:
+    """The OpenIM line, the store prefix, the callback path prefix and the allowed networks;
+    normalises ``path_prefix`` to ``/name``."""
     if cfg.openim not in OPENIM_LINES:
         raise ConfigError(f"openim must be one of {', '.join(map(repr, OPENIM_LINES))} (the OpenIM line that calls this server)")
-    if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", cfg.prefix):
-        raise ConfigError("prefix must match [A-Za-z0-9_.-]{1,64}")
+    if not is_prefix(cfg.prefix):
+        raise ConfigError(f"prefix must match {PREFIX_RULE}")
     if cfg.path_prefix:
         cfg.path_prefix = "/" + cfg.path_prefix.strip("/")
         if "//" in cfg.path_prefix or len(cfg.path_prefix) < 2:
@@ -283,6 +292,9 @@ def validate(cfg: Config, known_commands: set[str] | None = None) -> None:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise ConfigError(f"{key}: {cidr!r} is not a valid network (e.g. 10.0.0.0/8)") from None
+
+
+def _check_commands(cfg: Config, known_commands: set[str] | None) -> None:
     _check_command_settings("defaults", cfg.defaults)
     for command in cfg.overrides:
         if known_commands is not None and command not in known_commands:
@@ -336,10 +348,6 @@ def penalty_box_settings(cfg: Config) -> Any:
     from sandbox.host.fairness import BoxSettings
 
     return BoxSettings(**cfg.penalty_box)
-
-
-def admin_token_from_env(cfg: Config) -> str | None:
-    return os.environ.get("SCRIPTGATE_ADMIN_TOKEN") or cfg.admin_token or None
 
 
 def load(path: str | None, known_commands: set[str] | None = None) -> Config:

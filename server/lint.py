@@ -22,23 +22,15 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.catalog import COMMON_REPLY_FIELDS, Command, TypeSpec, content_problem, fold
-from server.config import ERRCODE_MAX, ERRCODE_MIN
+from sandbox.api import ERRCODE_MAX, ERRCODE_MIN
+from server.catalog import Command, TypeSpec, content_problem, fold
+from server.reply import COMMON_REPLY_FIELDS
 
 ERROR, WARNING = "error", "warning"
 TEXT = 101  # OpenIM contentType of a text message
 
-SET_GROUP_INFO = "callbackBeforeSetGroupInfoCommand"
-SET_GROUP_INFO_EX = "callbackBeforeSetGroupInfoExCommand"
 MSG_MODIFY = "callbackBeforeMsgModifyCommand"
 
-# beforeSetGroupInfoEx applies every one of these from the reply: a missing one (null)
-# means "don't update", so the user's change to it is silently dropped.
-SET_GROUP_INFO_EX_FIELDS = (
-    "groupName", "introduction", "faceURL", "ex", "needVerification", "lookMemberInfo", "applyMemberFriend",
-)
-# Reply names that differ from the request's, per command (PROTOCOL.md §9.6).
-RENAMED = {MSG_MODIFY: {"faceURL": "senderFaceURL", "atUserList": "atUserIDList"}}
 INVITE_NARROWING = (
     "OpenIM (main and v3.8) ignores invitedUserIDs in this reply: a list narrower than the request's is "
     "answered with a rejection of the whole invitation naming the removed users (config invite_narrowing = "
@@ -229,7 +221,7 @@ def _guarded_names(tree: ast.AST) -> set[str]:
 def _check_deny(site: Site) -> list[tuple[ast.AST, str, str]]:
     code = site.args[0] if site.args else site.fields.get("errCode")
     if code is None:
-        return [] if site.opaque else [(site.node, "deny() needs an errCode (an integer in 100..2147483647)", ERROR)]
+        return [] if site.opaque else [(site.node, f"deny() needs an errCode (an integer in {ERRCODE_MIN}..{ERRCODE_MAX})", ERROR)]
     known, value = _fold_const(code)
     if not known:
         return []
@@ -301,36 +293,41 @@ def _check_value(spec: TypeSpec, node: ast.expr, path: str) -> list[Found]:
     if spec.kind == "object" and spec.fields:
         entries = _object_entries(node)
         if entries is not None:
-            items, complete = entries
-            out = []
-            seen: set[str] = set()
-            names = list(spec.fields)
-            folded = {fold(n): n for n in names}
-            for key, value in items:
-                name = key if key in spec.fields else folded.get(fold(key))
-                if name is None:
-                    out.append((value, f"{path}.{key} is not a field of {path}{_suggest(key, names)}", ERROR))
-                    continue
-                if name != key:
-                    out.append((value, f"{path}.{key}: did you mean {name}? (OpenIM matches keys case-insensitively, "
-                                       f"so it is sent as {name})", WARNING))
-                seen.add(name)
-                out.extend(_check_value(spec.fields[name], value, f"{path}.{name}"))
-            if complete:
-                for name, field_spec in spec.fields.items():
-                    if field_spec.required and name not in seen:
-                        out.append((node, f"{path} needs {name}: OpenIM matches entries by {name} and a missing one "
-                                          "panics (500)", ERROR))
-            return out
+            return _check_object(spec, node, path, *entries)
     known, value = _fold_const(node)
     if not known:
         return []
     if isinstance(value, tuple):
         value = list(value)
-    err = spec.check(value, path, strict_fields=True, lists_nullable=True)
+    err = spec.check(value, path)
     if err:
         return [(node, f"{err}: OpenIM cannot decode it (the server refuses the reply as invalid_result)", ERROR)]
     return []
+
+
+def _check_object(spec: TypeSpec, node: ast.expr, path: str, items: list[tuple[str, ast.expr]],
+                  complete: bool) -> list[Found]:
+    """The literal entries of an object value (a dict display or dict(...)) against ``spec``'s fields."""
+    out: list[Found] = []
+    seen: set[str] = set()
+    names = list(spec.fields)
+    folded = {fold(n): n for n in names}
+    for key, value in items:
+        name = key if key in spec.fields else folded.get(fold(key))
+        if name is None:
+            out.append((value, f"{path}.{key} is not a field of {path}{_suggest(key, names)}", ERROR))
+            continue
+        if name != key:
+            out.append((value, f"{path}.{key}: did you mean {name}? (OpenIM matches keys case-insensitively, "
+                               f"so it is sent as {name})", WARNING))
+        seen.add(name)
+        out.extend(_check_value(spec.fields[name], value, f"{path}.{name}"))
+    if complete:
+        for name, field_spec in spec.fields.items():
+            if field_spec.required and name not in seen:
+                out.append((node, f"{path} needs {name}: OpenIM matches entries by {name} and a missing one "
+                                  "panics (500)", ERROR))
+    return out
 
 
 def _empty_literal(value: ast.expr) -> bool:
@@ -356,7 +353,7 @@ def _check_fields(command: Command, site: Site, guarded: set[str]) -> list[Found
     for given, value in site.fields.items():
         field_name = given if given in command.mutable else folded.get(fold(given))
         if field_name is None:
-            hint = RENAMED.get(name, {}).get(given)
+            hint = command.reply_names.get(given)
             if given in COMMON_REPLY_FIELDS or fold(given) in {fold(c) for c in COMMON_REPLY_FIELDS}:
                 out.append((value, f"{given!r} cannot be returned as a field: deny(errCode, errMsg, errDlt) rejects, "
                                    "allow() continues (the server refuses this reply as invalid_result)", ERROR))
@@ -377,7 +374,7 @@ def _check_fields(command: Command, site: Site, guarded: set[str]) -> list[Found
         out.extend(_check_value(spec, value, field_name))
         if command.invite_narrowing and field_name == "invitedUserIDs" and not _is_request_field(value, field_name):
             out.append((value, INVITE_NARROWING, WARNING))
-        if ("if non-empty" in spec.note or "'' = no change" in spec.note) and _empty_literal(value):
+        if field_name in command.empty_unchanged and _empty_literal(value):
             out.append((value, f"{field_name}: an empty value leaves it unchanged in OpenIM ({spec.note})", WARNING))
         for trap in command.traps:
             if trap.field != field_name or _is_none(value):
@@ -475,7 +472,7 @@ def check(command: Command, source: str, openim: str = "main") -> list[Finding]:
             found.extend(_check_deny(site))
         elif site.kind == "allow":
             found.extend(_check_fields(command, site, guarded))
-        if command.name in (SET_GROUP_INFO, SET_GROUP_INFO_EX):
+        if "groupID" in command.echoed:  # set-group-info and its Ex variant
             found.extend(_check_group_info(command, site))
     seen: set[tuple[int, int, str]] = set()
     out: list[Finding] = []

@@ -12,6 +12,9 @@ from typing import Any
 
 import orjson
 
+# The five fields every reply carries (a script cannot set them as fields: server/catalog.py).
+COMMON_REPLY_FIELDS = ("actionCode", "errCode", "errMsg", "errDlt", "nextCode")
+_COMMON_KEYS = frozenset(COMMON_REPLY_FIELDS)
 ACK = b'{"actionCode":0,"errCode":0,"errMsg":"","errDlt":"","nextCode":0}'
 
 
@@ -37,7 +40,7 @@ def reject(code: int, msg: str, dlt: str) -> dict[str, Any]:
 
 
 def encode(body: dict[str, Any]) -> bytes:
-    if body.keys() == {"actionCode", "errCode", "errMsg", "errDlt", "nextCode"} and not body["errCode"]:
+    if body.keys() == _COMMON_KEYS and not body["errCode"]:
         if not body["nextCode"] and not body["errMsg"] and not body["errDlt"]:
             return ACK
     return orjson.dumps(body)

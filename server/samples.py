@@ -215,7 +215,7 @@ def field_value(command: Command, name: str, spec: TypeSpec) -> Any:
         value = BY_NAME[name]
         if callable(value):
             value = value(is_group(command))
-        if spec.check(value, name, strict_fields=True, lists_nullable=False) is None:
+        if spec.check(value, name) is None:
             return value
     return neutral(spec)
 

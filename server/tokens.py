@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from server.isotime import iso_utc
+from server.store.keys import is_namespace
 
 READ, DEPLOY, KV_WRITE, ADMIN = "read", "deploy", "kv-write", "admin"
 SCOPES = (READ, DEPLOY, KV_WRITE, ADMIN)
@@ -86,7 +87,7 @@ class TokenRequestError(ValueError):
     pass
 
 
-def new_token(body: Any, commands: Any, namespace_re: re.Pattern[str]) -> tuple[Token, str]:
+def new_token(body: Any, commands: Any) -> tuple[Token, str]:
     """A token from a ``POST /admin/tokens`` body, and its secret (shown once)."""
     if not isinstance(body, dict):
         raise TokenRequestError('body must be {"name": str, "scopes": [...], "commands"?: [...], "namespaces"?: [...]}')
@@ -103,7 +104,7 @@ def new_token(body: Any, commands: Any, namespace_re: re.Pattern[str]) -> tuple[
         raise TokenRequestError(f"scopes must be a non-empty list of {', '.join(SCOPES)}")
     limits: dict[str, tuple[str, ...]] = {}
     for key, scope, valid, what in (("commands", DEPLOY, lambda c: c in commands, "a callbackCommand"),
-                                    ("namespaces", KV_WRITE, lambda n: bool(namespace_re.match(n)), "a namespace")):
+                                    ("namespaces", KV_WRITE, is_namespace, "a namespace")):
         value = body.get(key) or []
         if type(value) is not list or not all(type(v) is str for v in value) or len(value) > 1000:
             raise TokenRequestError(f"{key} must be a list of strings")

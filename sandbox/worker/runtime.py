@@ -52,8 +52,11 @@ from sandbox.api import (
     ALLOW,
     BUDGET,
     DENY,
+    ERRCODE_MAX,
+    ERRCODE_MIN,
     EXCEPTION,
     INVALID_RESULT,
+    MAX_REJECT_TEXT,
     MODIFY,
     POLICY,
     Budgets,
@@ -78,9 +81,6 @@ from sandbox.worker.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintC
 from sandbox.worker.kvapi import CONST_KEY_METHODS, KV
 from sandbox.worker.methods import build_attrs
 from sandbox.worker.safe_builtins import SafeType, make_builtins
-
-ERR_CODE_MIN, ERR_CODE_MAX = 100, 2_147_483_647
-MAX_ERR_TEXT = 4096
 
 _ATTRS = build_attrs([*FACADE_CLASSES, KV, SafeType])
 _SUBSCRIPTABLE = frozenset({*SUBSCRIPTABLE, *SUBSCRIPTABLE_FACADES})
@@ -185,7 +185,7 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
             # A deny is always a deny: values OpenIM cannot use are passed on marked, and
             # the host maps them (server/service/callbacks.py deny_reply) instead of continuing.
             code, msg, dlt = rv.fields
-            if type(code) is not int or not ERR_CODE_MIN <= code <= ERR_CODE_MAX:
+            if type(code) is not int or not ERRCODE_MIN <= code <= ERRCODE_MAX:
                 # Only plain data crosses to the host: no repr() of script objects (it
                 # would run script code), no str() of a huge int.
                 if type(code) is not int:
@@ -197,8 +197,8 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
                 if type(text) is not str:
                     text = None  # the host sends "" and says so
                 else:
-                    if len(text) > MAX_ERR_TEXT:
-                        text = text[: MAX_ERR_TEXT + 1]  # the host sees it was too long and cuts it
+                    if len(text) > MAX_REJECT_TEXT:
+                        text = text[: MAX_REJECT_TEXT + 1]  # the host sees it was too long and cuts it
                     text = utf8_clean(text)
                 texts.append(text)
             return DENY, {"errCode": code, "errMsg": texts[0], "errDlt": texts[1]}, None

@@ -24,11 +24,11 @@ import tornado.iostream
 import tornado.web
 
 from server import calllogs, tokens
-from server.config import NAMESPACE_RE
 from server.http.common import BodyTooLarge, JSONErrorMixin, StreamedBody, client_allowed
 from server.memory import isolation_health
 from server.samples import sample
 from server.store.base import StoreError, StoreUnavailable
+from server.store.keys import NAMESPACE_RULE, is_namespace
 
 if TYPE_CHECKING:
     from server.app import AppState
@@ -215,8 +215,8 @@ class AdminHandler(StreamedBody):
 
     def namespace(self) -> str:
         ns = self.get_query_argument("namespace", "default")
-        if not NAMESPACE_RE.match(ns):
-            raise bad_parameter("namespace must match [A-Za-z0-9_-]{1,64}")
+        if not is_namespace(ns):
+            raise bad_parameter(f"namespace must match {NAMESPACE_RULE}")
         return ns
 
     async def _call(self, method: Any, *args: Any) -> None:
@@ -753,7 +753,7 @@ class TokensHandler(AdminHandler):
 
     async def _post(self) -> None:
         try:
-            token, secret = tokens.new_token(self.json_body(), self.state.catalog.commands, NAMESPACE_RE)
+            token, secret = tokens.new_token(self.json_body(), self.state.catalog.commands)
         except tokens.TokenRequestError as exc:
             raise HTTPFail(400, "bad_request", str(exc)) from None
         if len(await self.state.store.tokens_all()) >= tokens.MAX_TOKENS:

@@ -31,10 +31,11 @@ import orjson
 
 from sandbox.api import BUDGET, CompileIssue
 from server.catalog import Catalog, Command, catalog
-from server.config import NAMESPACE_RE, CommandSettings, Config
+from server.config import CommandSettings, Config
 from server.config import load as load_config
 from server.service.callbacks import Dispatcher, Outcome
 from server.store.base import ActiveScript
+from server.store.keys import NAMESPACE_RULE, is_namespace
 
 KV_TYPES = ("string", "set", "hash", "list")
 # The pool reports this when no worker was free before the deadline. Offline, that is an
@@ -82,8 +83,8 @@ def parse_snapshot(data: Any, name: str = "snapshot") -> Snapshot:
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise OfflineError(f'{name}: expected {{"namespace": ..., "keys": [{{key, type, value, ttl}}, ...]}}')
     namespace = data.get("namespace", "default")
-    if type(namespace) is not str or not NAMESPACE_RE.match(namespace):
-        raise OfflineError(f"{name}: namespace must match [A-Za-z0-9_-]{{1,64}}")
+    if not is_namespace(namespace):
+        raise OfflineError(f"{name}: namespace must match {NAMESPACE_RULE}")
     keys = [_check_entry(f"{name}: keys[{i}]", e) for i, e in enumerate(data["keys"])]
     return Snapshot(namespace, keys)
 

@@ -27,7 +27,6 @@ import orjson
 
 from sandbox.api import ALLOW, DENY, ERROR, MODIFY
 from server.catalog import Catalog, Command
-from server.lint import RENAMED
 from server.recorder import REDACTED
 from server.service.callbacks import NO_SCRIPT, Outcome
 
@@ -235,15 +234,15 @@ class Comparer:
 
     A changed field counts by its effect: a reply that leaves ``invitedUserIDs`` out and
     one that echoes the request's list are the same to OpenIM. Fields OpenIM applies
-    even when absent ("always applied" in callbacks.json, e.g. groupID in set-group-info)
+    even when absent (``echoed`` in callbacks.json, e.g. groupID in set-group-info)
     are compared literally, because there leaving one out does change the outcome.
     """
 
     def __init__(self, command: Command) -> None:
         self.command = command
-        self.literal = {name for name, spec in command.mutable.items() if "always applied" in spec.note.lower()}
+        self.literal = set(command.echoed)
         # Reply field -> request field, where OpenIM names them differently.
-        self.request_name = {reply: req for req, reply in RENAMED.get(command.name, {}).items()}
+        self.request_name = {reply: req for req, reply in command.reply_names.items()}
 
     def _effective(self, name: str, fields: dict[str, Any], request: dict[str, Any]) -> Any:
         if name in fields:

@@ -24,8 +24,11 @@ from sandbox.api import (
     ALLOW,
     BUDGET,
     DENY,
+    ERRCODE_MAX,
+    ERRCODE_MIN,
     ERROR,
     INVALID_RESULT,
+    MAX_REJECT_TEXT,
     MODIFY,
     UNAVAILABLE,
     RunResult,
@@ -34,7 +37,7 @@ from sandbox.api import (
 )
 from server import reply
 from server.catalog import Catalog, Command
-from server.config import ERRCODE_MAX, ERRCODE_MIN, CommandSettings, Config
+from server.config import CommandSettings, Config
 from server.logfmt import callback_fields
 from server.scripts_table import ScriptTable
 
@@ -43,7 +46,6 @@ log = logging.getLogger("scriptgate.dispatch")
 NO_SCRIPT = "none"  # verdict label when no script is live for the command
 # Time kept back from the command deadline for encoding and writing the reply.
 REPLY_MARGIN_S = 0.02
-MAX_REJECT_TEXT = 4096
 
 KVCall = Callable[[str, list[Any]], Awaitable[Any]]
 
@@ -251,7 +253,7 @@ class Dispatcher:
             outcome = await self._dispatch(command, request)
         finally:
             self.inflight -= 1
-        if command.is_before and command.echo_fields:
+        if command.is_before and command.echoed:
             command.with_echo(request.data(), outcome.reply)
         return outcome
 

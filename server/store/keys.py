@@ -49,29 +49,46 @@ import re
 
 from server.store.base import StoreError
 
-PREFIX_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-NAMESPACE_RE = re.compile(r"[A-Za-z0-9_\-]{1,64}")
-COMMAND_RE = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+# The one definition of each name rule. Anchored with \A...\Z (not ^...$, whose $ also
+# matches before a trailing newline), so ``.match``, ``.fullmatch`` and the is_* helpers agree.
+PREFIX_RULE = "[A-Za-z0-9_.-]{1,64}"
+NAMESPACE_RULE = "[A-Za-z0-9_-]{1,64}"
+COMMAND_RULE = "[A-Za-z0-9_.-]{1,128}"
+PREFIX_RE = re.compile(rf"\A{PREFIX_RULE}\Z")
+NAMESPACE_RE = re.compile(rf"\A{NAMESPACE_RULE}\Z")
+COMMAND_RE = re.compile(rf"\A{COMMAND_RULE}\Z")
 
 # Characters that SCAN MATCH treats as glob syntax; escaped so a listing prefix is literal.
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
+def is_prefix(value: object) -> bool:
+    return type(value) is str and PREFIX_RE.match(value) is not None
+
+
+def is_namespace(value: object) -> bool:
+    return type(value) is str and NAMESPACE_RE.match(value) is not None
+
+
+def is_command(value: object) -> bool:
+    return type(value) is str and COMMAND_RE.match(value) is not None
+
+
 def check_prefix(prefix: str) -> str:
-    if type(prefix) is not str or not PREFIX_RE.fullmatch(prefix):
-        raise ValueError("store prefix must match [A-Za-z0-9_.-]{1,64}")
+    if not is_prefix(prefix):
+        raise ValueError(f"store prefix must match {PREFIX_RULE}")
     return prefix
 
 
 def check_namespace(namespace: str) -> str:
-    if type(namespace) is not str or not NAMESPACE_RE.fullmatch(namespace):
-        raise StoreError("invalid_namespace", "namespace must match [A-Za-z0-9_-]{1,64}", 400)
+    if not is_namespace(namespace):
+        raise StoreError("invalid_namespace", f"namespace must match {NAMESPACE_RULE}", 400)
     return namespace
 
 
 def check_command(command: str) -> str:
-    if type(command) is not str or not COMMAND_RE.fullmatch(command):
-        raise StoreError("invalid_command", "command must match [A-Za-z0-9_.-]{1,128}", 400)
+    if not is_command(command):
+        raise StoreError("invalid_command", f"command must match {COMMAND_RULE}", 400)
     return command
 
 
