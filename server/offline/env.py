@@ -20,7 +20,6 @@ and are discarded at exit.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from sandbox.api import BUDGET, CompileIssue
+from sandbox.api import BUDGET, CompileIssue, script_sha
 from server.catalog import Catalog, Command, catalog
 from server.config import NAMESPACE_RE, CommandSettings, Config
 from server.config import load as load_config
@@ -122,8 +121,7 @@ class StaticTable:
         self._scripts: dict[str, ActiveScript] = {}
 
     def set(self, command: str, source: str, version: int = 0) -> ActiveScript:
-        sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
-        script = ActiveScript(command, version, sha, source)
+        script = ActiveScript(command, version, script_sha(source), source)
         self._scripts[command] = script
         return script
 

@@ -17,7 +17,7 @@ the admin API answers with (``{"error": code, "message": ..., "details"?: [...]}
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -197,19 +197,19 @@ async def upload(state: AppState, command: str, source: str, *, activate: bool, 
     return Uploaded(command, info.version, sha, activate, warnings, synced=synced)
 
 
-async def deploy(store: Store, sources: Mapping[str, str], actor: str) -> list[str]:
-    """Make each checked ``{command: source}`` live unless the live version already has it;
-    the commands that got a new version. StoreUnavailable propagates (callers retry)."""
+async def deploy(store: Store, sources: Mapping[str, str], actor: str, uploaded: set[str]) -> None:
+    """Make each checked ``{command: source}`` live unless the live version already has it,
+    adding each command that got a new version to ``uploaded`` as it goes (so a store
+    outage part-way keeps count of what went in before it; StoreUnavailable propagates and
+    callers retry)."""
     active = await store.active_table()
-    uploaded = []
     for command, source in sources.items():
         sha = script_sha(source)
         live = active.get(command)
         if live is not None and live.sha256 == sha:
             continue
         await store.put_version(command, source, sha, True, actor)
-        uploaded.append(command)
-    return uploaded
+        uploaded.add(command)
 
 
 async def activate(state: AppState, command: str, version: int, actor: str) -> JSON:
@@ -394,9 +394,13 @@ async def load_offline(env: OfflineRunner, command: Command, source: str) -> Non
     env.load(command, source)
 
 
-async def run_offline(env: OfflineRunner, command: Command, source: str, payload: JSON) -> Outcome:
-    """One callback through the server's dispatch path, offline."""
+async def run_offline(env: OfflineRunner, command: Command, source: str, payload: JSON,
+                      loaded: Callable[[], None] | None = None) -> Outcome:
+    """One callback through the server's dispatch path, offline; ``loaded`` is called once
+    the script passed its check, before it runs."""
     await load_offline(env, command, source)
+    if loaded is not None:
+        loaded()
     return await env.run(command, orjson.dumps(payload))
 
 
