@@ -225,3 +225,15 @@ def test_dry_run_in_a_real_sandbox_leaves_the_store_alone(store_prefix: str) -> 
                 scripts.test_payload(command, {"payload": {"groupID": 5}})
 
     asyncio.run(main())
+
+
+def test_handlers_and_service_do_not_import_the_app() -> None:
+    """server/app.py imports the handlers; the handlers and the service never import it back."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import server.http.admin, server.http.callback, server.service.scripts, server.service.state\n"
+            "assert 'server.app' not in sys.modules, sorted(m for m in sys.modules if m.startswith('server.'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -24,7 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -34,6 +34,9 @@ from server.config import NAMESPACE_RE, CommandSettings, Config
 from server.config import load as load_config
 from server.service.callbacks import Dispatcher, Outcome
 from server.store.base import ActiveScript
+
+if TYPE_CHECKING:
+    from server.service.state import Pool, Store
 
 KV_TYPES = ("string", "set", "hash", "list")
 # The pool reports this when no worker was free before the deadline. Offline, that is an
@@ -133,8 +136,8 @@ class StaticTable:
 class OfflineEnv:
     config: Config
     catalog: Catalog
-    pool: Any
-    store: Any
+    pool: Pool
+    store: Store
     table: StaticTable
     dispatcher: Dispatcher
     snapshot_namespace: str | None = None  # where the KV snapshot was seeded, if any

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from sandbox.api import Budgets, CompileIssue, RunResult
-from server import lint
 from server.catalog import Catalog, catalog
 from server.config import Config, penalty_box_settings
 from server.metrics import Metrics
@@ -161,16 +160,6 @@ class AppState:
 
             self._live = LiveHub(self.store)
         return self._live
-
-    def lint(self, command: str, source: str) -> list[dict[str, JSONValue]]:
-        """Warnings for an upload (for the configured OpenIM line)."""
-        cmd = self.catalog.get(command)
-        return [w.to_json() for w in lint.warnings(cmd, source, self.config.openim)] if cmd else []
-
-    def lint_errors(self, command: str, source: str) -> list[lint.Finding]:
-        """Findings that refuse an upload (server/lint.py)."""
-        cmd = self.catalog.get(command)
-        return lint.errors(cmd, source, self.config.openim) if cmd else []
 
 
 class NamespaceKV:
