@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,5 +236,6 @@ def test_handlers_and_service_do_not_import_the_app() -> None:
     code = ("import sys\n"
             "import server.http.admin, server.http.callback, server.service.scripts, server.service.state\n"
             "assert 'server.app' not in sys.modules, sorted(m for m in sys.modules if m.startswith('server.'))\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
     assert done.returncode == 0, done.stderr
