@@ -7,6 +7,7 @@ host never receives a live object from script code: only JSON data it re-validat
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Protocol
 
@@ -165,3 +166,10 @@ class KVPort(Protocol):
     """
 
     def call(self, op: str, args: list[Any]) -> Any: ...
+
+
+def script_sha(source: str) -> str:
+    """A script's identity: the hex sha256 of its UTF-8 text (``surrogatepass`` so a lone
+    surrogate hashes instead of raising; every other text hashes as plain UTF-8). The one
+    definition: the host's upload, offline tools and the worker's compile cache all call it."""
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()

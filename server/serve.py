@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import errno
 import gc
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -61,7 +60,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from server import lint
 from server.config import Config
 
 log = logging.getLogger("scriptgate.serve")
@@ -121,9 +119,9 @@ def read_scripts_dir(directory: str, commands: Any, openim: str = "main") -> dic
     Raises SystemExit with one line per problem (every bad script, not just the first),
     so a bad deploy fails loudly at start and uploads nothing. The files are the
     operator's own, so they are checked here rather than in a sandbox worker."""
-    from sandbox.policy import check_source
-    from server.offline.cli import read_source
     from server.offline.env import OfflineError
+    from server.offline.files import read_source
+    from server.service.scripts import local_problems
 
     root = Path(directory)
     if not root.is_dir():
@@ -141,9 +139,8 @@ def read_scripts_dir(directory: str, commands: Any, openim: str = "main") -> dic
             problems.append(f"scriptgate: {exc}")
             bad.add(path)
             continue
-        # The sandbox policy first, then what the command's reply can carry (server/lint.py),
-        # the same two checks an upload through the admin API makes.
-        issues = check_source(source) or lint.errors(commands.get(path.stem), source, openim)
+        # The same two checks an upload through the admin API makes (server/service/scripts.py).
+        issues = local_problems(commands.get(path.stem), source, openim)
         if issues:
             problems += [f"scriptgate: {path}:{i.line}:{i.col}: {i.message}" for i in issues]
             bad.add(path)
@@ -158,15 +155,10 @@ def read_scripts_dir(directory: str, commands: Any, openim: str = "main") -> dic
 async def upload_scripts(store: Any, sources: dict[str, str], load: ScriptsLoad) -> None:
     """Upload each script whose content differs from the live version (StoreUnavailable
     propagates: the caller retries)."""
+    from server.service.scripts import deploy
+
     load.files = len(sources)
-    active = await store.active_table()
-    for command, source in sources.items():
-        sha = hashlib.sha256(source.encode()).hexdigest()
-        live = active.get(command)
-        if live is not None and live.sha256 == sha:
-            continue
-        await store.put_version(command, source, sha, True, "scripts-dir")
-        load.uploaded.add(command)
+    await deploy(store, sources, "scripts-dir", load.uploaded)
 
 
 class StartupError(Exception):

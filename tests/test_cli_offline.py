@@ -364,7 +364,7 @@ def test_client_errors_are_one_line(capsys, tmp_path, server, monkeypatch):
 
 
 def test_kv_snapshot_pages_and_reports_unreadable_keys(capsys, server, monkeypatch):
-    import server.offline.cli as co
+    import server.offline.remote as co
 
     ns = "snappages"
     for i in range(7):

@@ -17,7 +17,7 @@ import tornado.netutil
 from server.app import build_state, make_app
 from server.cli.admin_client import AdminClient, AdminError
 from server.config import Config
-from server.http import admin as http_admin
+from server.http import admin_records as http_admin
 from server.store.base import StoreUnavailable
 from server.store.connect import open_store
 

@@ -39,7 +39,6 @@ interrupts a call at a bad moment.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import types
@@ -64,6 +63,7 @@ from sandbox.api import (
     KVPort,
     RunResult,
     bounded,
+    script_sha,
 )
 from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, transform_module
 from sandbox.worker.budget import CLOCK_EVERY, IDLE, RunState, Stop, utf8_clean
@@ -108,7 +108,7 @@ def compile_script(source: str) -> CompiledScript:
     code, issues, only = transform_module(source)
     if issues or not isinstance(code, types.CodeType):
         raise PolicyRefused(issues or [CompileIssue(1, 0, "source cannot be compiled")])
-    digest = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    digest = script_sha(source)
     return CompiledScript(code, digest, only)
 
 

@@ -179,15 +179,14 @@ def scripts_activate(command: str, version: int, as_json: bool, **conn: Any) -> 
 @day2
 def scripts_rollback(command: str, to: int | None, as_json: bool, **conn: Any) -> int:
     """Make the version before the live one live again (the live number minus one, or --to N)."""
+    from server.service.scripts import NothingToRollBack, rollback_target
+
     client = client_from(conn)
     body = client.request("GET", _script_path(command, "versions"))
-    live = body.get("active_version")
-    if to is None:
-        if live is None:
-            fail(f"{command} has no live version to roll back from (use `scriptgate scripts activate`)")
-        if live <= 1:
-            fail(f"{command}: v{live} is the first version; nothing to roll back to")
-        to = live - 1
+    try:
+        to = rollback_target(command, body.get("active_version"), to)
+    except NothingToRollBack as exc:
+        fail(exc.message)
     return _activate(client, command, to, as_json)
 
 

@@ -20,22 +20,24 @@ and are discarded at exit.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from sandbox.api import BUDGET, CompileIssue
+from sandbox.api import BUDGET, CompileIssue, script_sha
 from server.catalog import Catalog, Command, catalog
 from server.config import CommandSettings, Config
 from server.config import load as load_config
 from server.service.callbacks import Dispatcher, Outcome
 from server.store.base import ActiveScript
 from server.store.keys import NAMESPACE_RULE, is_namespace
+
+if TYPE_CHECKING:
+    from server.service.state import Pool, Store
 
 KV_TYPES = ("string", "set", "hash", "list")
 # The pool reports this when no worker was free before the deadline. Offline, that is an
@@ -123,8 +125,7 @@ class StaticTable:
         self._scripts: dict[str, ActiveScript] = {}
 
     def set(self, command: str, source: str, version: int = 0) -> ActiveScript:
-        sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
-        script = ActiveScript(command, version, sha, source)
+        script = ActiveScript(command, version, script_sha(source), source)
         self._scripts[command] = script
         return script
 
@@ -136,8 +137,8 @@ class StaticTable:
 class OfflineEnv:
     config: Config
     catalog: Catalog
-    pool: Any
-    store: Any
+    pool: Pool
+    store: Store
     table: StaticTable
     dispatcher: Dispatcher
     snapshot_namespace: str | None = None  # where the KV snapshot was seeded, if any
