@@ -361,24 +361,24 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
     answer, so the kernel only sends it connections it can answer at once."""
-    from server.app import build_state, make_app, start_background, stop
+    from server.app import app_paths, build_state, make_app, start_background, stop
+    from server.http.callback import CallbackServer
     from server.http.conn import Server
-    from server.http.fast import FastCallbacks
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
     state = await build_state(cfg, token, siblings=startup.siblings)
     if selector is not None and hasattr(state.pool, "busy"):
         selector.busy = state.pool.busy
-    app = make_app(state)
-    fast = FastCallbacks(app, state)  # well-formed callbacks without RequestHandler; the rest: app
+    # Callbacks are answered by CallbackServer's own delegate; the admin API by the application.
+    delegate = CallbackServer(make_app(state), state, app_paths(state))
     server = Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
-        fast,
+        delegate,
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,
         idle_connection_timeout=75,
         body_timeout=cfg.body_timeout_s,
-        reject=fast.rejection,
+        reject=delegate.rejection,
     )
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
