@@ -459,27 +459,6 @@ DRAIN_QUIET_S = 0.1
 RECORDER_SETTLE_S = 5.0
 
 
-def stop_accepting(server: Any) -> None:
-    """Close the listening sockets after accepting what the kernel has queued on them:
-    closing a socket resets the connections in its accept queue, which a client would see
-    as a failed callback (its request may be sent already)."""
-    sockets = getattr(server, "_sockets", None)
-    handlers = getattr(server, "_handlers", None)
-    if getattr(server, "_stopped", True) or not isinstance(sockets, dict) or not isinstance(handlers, dict):
-        server.stop()
-        return
-    server._stopped = True
-    for fd, sock in list(sockets.items()):
-        handlers.pop(fd)()  # no more accept callbacks from the loop
-        while True:
-            try:
-                conn, address = sock.accept()
-            except OSError:  # BlockingIOError: the queue is empty
-                break
-            server._handle_connection(conn, address)
-        sock.close()
-
-
 async def drain(state: Any, server: Any, grace_s: float) -> None:
     """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
     load balancer's new connections go elsewhere), let every in-flight callback finish
@@ -488,7 +467,7 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
     state.draining = True
     if state.siblings is not None:
         state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
-    stop_accepting(server)
+    server.stop_accepting()  # queued connections are taken first (server/http/conn.py)
     started = time.monotonic()
     deadline = started + grace_s
     dispatcher = state.dispatcher
