@@ -357,22 +357,16 @@ def run_process(cfg: Config, token: str, reuse_port: bool, startup: Startup) -> 
         runner.run(serve_process(cfg, token, reuse_port, startup, selector))
 
 
-async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Startup, selector: Any = None) -> None:
-    """One HTTP process. With ``reuse_port`` (several processes) it binds its own
-    SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
-    answer, so the kernel only sends it connections it can answer at once."""
-    from server.app import app_paths, build_state, make_app, start_background, stop
+def http_server(state: Any) -> Any:
+    """The process's HTTP server: callbacks answered by CallbackServer's own delegate
+    (server/http/callback.py), the admin API, /healthz and /metrics by the application."""
+    from server.app import app_paths, make_app
     from server.http.callback import CallbackServer
     from server.http.conn import Server
 
-    # One process binds before starting anything, to fail fast if the port is taken.
-    sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
-    state = await build_state(cfg, token, siblings=startup.siblings)
-    if selector is not None and hasattr(state.pool, "busy"):
-        selector.busy = state.pool.busy
-    # Callbacks are answered by CallbackServer's own delegate; the admin API by the application.
+    cfg = state.config
     delegate = CallbackServer(make_app(state), state, app_paths(state))
-    server = Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
+    return Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
         delegate,
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,
@@ -380,6 +374,20 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
         body_timeout=cfg.body_timeout_s,
         reject=delegate.rejection,
     )
+
+
+async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Startup, selector: Any = None) -> None:
+    """One HTTP process. With ``reuse_port`` (several processes) it binds its own
+    SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
+    answer, so the kernel only sends it connections it can answer at once."""
+    from server.app import build_state, start_background, stop
+
+    # One process binds before starting anything, to fail fast if the port is taken.
+    sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
+    state = await build_state(cfg, token, siblings=startup.siblings)
+    if selector is not None and hasattr(state.pool, "busy"):
+        selector.busy = state.pool.busy
+    server = http_server(state)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

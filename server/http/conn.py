@@ -29,6 +29,15 @@ pending connections wait anyway. ``_accept_handler`` instead stops watching the 
 socket for a back-off (50 ms doubling to 1 s, reset by the next accepted connection),
 logs one line per ``FD_LOG_EVERY_S`` with the count, and resumes by itself: connections
 wait in the kernel's backlog until descriptors are free again.
+
+This is the one module that reaches below Tornado's public API, because Tornado has no hook
+for the three refusals above: ``_Connection`` overrides ``HTTP1Connection._read_body`` and
+reads ``_body_timeout``, ``_request_start_line``, ``_write_finished`` and
+``_response_start_line``; ``_ServerConnection`` replaces ``HTTP1ServerConnection._server_request_loop``
+to use ``_Connection``; ``Server.handle_stream`` builds the ``_HTTPRequestContext`` that
+``HTTPServer`` would (the client address, ``xheaders``). tests/test_bad_input.py and
+tests/test_callback_bytes.py pin what they answer; re-check them on a Tornado upgrade.
+The listening sockets and connections are kept by ``Server`` itself.
 """
 
 from __future__ import annotations
