@@ -412,7 +412,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
             await stop(state)
             raise SystemExit(EXIT_NO_RESTART) from None
     # Callbacks are answered from now on: by the failure policy until the live scripts are
-    # known (dispatch.py), so OpenIM gets the answer the operator chose, not a network error.
+    # known (server/service/callbacks.py), so OpenIM gets the answer the operator chose, not a network error.
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)

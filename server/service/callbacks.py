@@ -183,7 +183,8 @@ def judge(command: Command, settings: CommandSettings, result: RunResult, reques
 
 
 def failed(settings: CommandSettings, error: ScriptError) -> Judged:
-    """The failure policy's reply; for an invalid result it also says why in ``error``."""
+    """A *before* callback whose script's meaning is unknown (``error``): the failure policy's
+    reply (``policy_reply``); for an invalid result it also says why in ``error``."""
     body = policy_reply(settings)
     if error.kind == INVALID_RESULT:
         # Never silent: OpenIM's decoder ignores the extra key; people reading replies see it.
@@ -270,8 +271,7 @@ class Dispatcher:
             # The store has never been reachable since start: we cannot know which
             # script is live, so the failure policy decides.
             err = ScriptError(UNAVAILABLE, "script registry not loaded yet: store unreachable")
-            return self._finish(command, settings, Judged(policy_reply(settings), ERROR, err), None, None, started,
-                                request)
+            return self._finish(command, settings, failed(settings, err), None, None, started, request)
         active = self.table.get(command.name)
         if active is None:
             return Outcome(reply.continue_with(), NO_SCRIPT)
