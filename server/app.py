@@ -12,7 +12,6 @@ from typing import Any
 import tornado.web
 
 from server.http.admin import routes as admin_routes
-from server.http.callback import CallbackHandler
 from server.http.common import NotFoundHandler
 from server.service.state import AppState, build_state, kv_caller, start_background, stop
 
@@ -32,10 +31,18 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
                          1000 * handler.request.request_time())
 
 
+ADMIN_NOT_FOUND = r"/admin(/.*)?"
+
+
+def app_paths(state: AppState) -> list[str]:
+    """The paths the application answers (every other path is a callback: server/http/callback.py)."""
+    return [pattern for pattern, *_ in admin_routes(state)] + [ADMIN_NOT_FOUND]
+
+
 def make_app(state: AppState) -> tornado.web.Application:
+    """The admin API, /healthz and /metrics (callbacks never reach it: server/http/callback.py)."""
     handlers: list[Any] = list(admin_routes(state))
-    handlers.append((r"/admin(/.*)?", NotFoundHandler))
-    handlers.append((r"/(.*)", CallbackHandler, {"state": state}))
+    handlers.append((ADMIN_NOT_FOUND, NotFoundHandler))
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,

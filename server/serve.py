@@ -349,29 +349,37 @@ def run_process(cfg: Config, token: str, reuse_port: bool, startup: Startup) -> 
         runner.run(serve_process(cfg, token, reuse_port, startup, selector))
 
 
+def http_server(state: Any) -> Any:
+    """The process's HTTP server: callbacks answered by CallbackServer's own delegate
+    (server/http/callback.py), the admin API, /healthz and /metrics by the application."""
+    from server.app import app_paths, make_app
+    from server.http.callback import CallbackServer
+    from server.http.conn import Server
+
+    cfg = state.config
+    delegate = CallbackServer(make_app(state), state, app_paths(state))
+    return Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
+        delegate,
+        xheaders=cfg.trust_proxy,
+        max_body_size=TORNADO_MAX_BODY,
+        idle_connection_timeout=75,
+        body_timeout=cfg.body_timeout_s,
+        reject=delegate.rejection,
+    )
+
+
 async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Startup, selector: Any = None) -> None:
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
     answer, so the kernel only sends it connections it can answer at once."""
-    from server.app import build_state, make_app, start_background, stop
-    from server.http.conn import Server
-    from server.http.fast import FastCallbacks
+    from server.app import build_state, start_background, stop
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)
     state = await build_state(cfg, token, siblings=startup.siblings)
     if selector is not None and hasattr(state.pool, "busy"):
         selector.busy = state.pool.busy
-    app = make_app(state)
-    fast = FastCallbacks(app, state)  # well-formed callbacks without RequestHandler; the rest: app
-    server = Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
-        fast,
-        xheaders=cfg.trust_proxy,
-        max_body_size=TORNADO_MAX_BODY,
-        idle_connection_timeout=75,
-        body_timeout=cfg.body_timeout_s,
-        reject=fast.rejection,
-    )
+    server = http_server(state)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -396,7 +404,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
             await stop(state)
             raise SystemExit(EXIT_NO_RESTART) from None
     # Callbacks are answered from now on: by the failure policy until the live scripts are
-    # known (dispatch.py), so OpenIM gets the answer the operator chose, not a network error.
+    # known (server/service/callbacks.py), so OpenIM gets the answer the operator chose, not a network error.
     server.add_sockets(sockets)
     port = sockets[0].getsockname()[1]
     await asyncio.wait({starting, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -451,27 +459,6 @@ DRAIN_QUIET_S = 0.1
 RECORDER_SETTLE_S = 5.0
 
 
-def stop_accepting(server: Any) -> None:
-    """Close the listening sockets after accepting what the kernel has queued on them:
-    closing a socket resets the connections in its accept queue, which a client would see
-    as a failed callback (its request may be sent already)."""
-    sockets = getattr(server, "_sockets", None)
-    handlers = getattr(server, "_handlers", None)
-    if getattr(server, "_stopped", True) or not isinstance(sockets, dict) or not isinstance(handlers, dict):
-        server.stop()
-        return
-    server._stopped = True
-    for fd, sock in list(sockets.items()):
-        handlers.pop(fd)()  # no more accept callbacks from the loop
-        while True:
-            try:
-                conn, address = sock.accept()
-            except OSError:  # BlockingIOError: the queue is empty
-                break
-            server._handle_connection(conn, address)
-        sock.close()
-
-
 async def drain(state: Any, server: Any, grace_s: float) -> None:
     """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
     load balancer's new connections go elsewhere), let every in-flight callback finish
@@ -480,7 +467,7 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
     state.draining = True
     if state.siblings is not None:
         state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
-    stop_accepting(server)
+    server.stop_accepting()  # queued connections are taken first (server/http/conn.py)
     started = time.monotonic()
     deadline = started + grace_s
     dispatcher = state.dispatcher

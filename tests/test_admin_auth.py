@@ -9,7 +9,7 @@ this file; one whose request cannot be guessed fails the control and asks for an
 below. ``test_every_application_route_is_covered`` checks that nothing reaches the
 application outside this table except the routes that are public on purpose.
 
-Served in process with the production assembly (``make_app`` behind ``FastCallbacks``),
+Served in process with the production assembly (``make_app`` behind ``CallbackServer``),
 a private embedded store and a stand-in sandbox pool.
 """
 
@@ -31,10 +31,10 @@ import tornado.netutil
 import tornado.web
 
 from sandbox.api import ALLOW, RunResult
-from server.app import build_state, make_app
+from server.app import app_paths, build_state, make_app
 from server.config import Config
 from server.http.admin import routes as admin_routes
-from server.http.fast import FastCallbacks
+from server.http.callback import CallbackServer
 from server.store.connect import open_store
 
 TOKEN = "the-right-admin-token-" + "z" * 16
@@ -252,7 +252,7 @@ def serve(test: Callable[[Served], Awaitable[None]], **config: Any) -> None:
         state = await build_state(Config(**config), TOKEN, store=store, pool=StubPool())
         await state.table.refresh()
         app = make_app(state)
-        http = tornado.httpserver.HTTPServer(FastCallbacks(app, state))
+        http = tornado.httpserver.HTTPServer(CallbackServer(app, state, app_paths(state)))
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         http.add_sockets(sockets)
         client = tornado.httpclient.AsyncHTTPClient(force_instance=True)

@@ -4,7 +4,7 @@ The host re-checks every worker result (``server.service.callbacks.verdict_reply
 ``sandbox.host.pool``'s shape checks): anything but a valid allow/modify/deny for the command
 becomes the command's failure-policy reply, and a call with no answer is cut off at the
 command's deadline with that same reply. These tests drive the production HTTP path
-(``make_app`` behind ``FastCallbacks``) with a real ``WorkerPool`` whose workers are
+(``make_app`` behind ``CallbackServer``) with a real ``WorkerPool`` whose workers are
 ``tests/pool_fake_worker.py scripted``: each request tells the fake worker what to send back.
 
 The policy is ``closed`` with its own errCode/errMsg/errDlt unless said otherwise, so a
@@ -31,9 +31,9 @@ import tornado.netutil
 from sandbox.api import BUDGET, DENY, ERROR, INVALID_RESULT, Budgets, RunResult
 from sandbox.host.pool import WorkerPool
 from server import reply
-from server.app import build_state, make_app
+from server.app import app_paths, build_state, make_app
 from server.config import CommandSettings, Config
-from server.http.fast import FastCallbacks
+from server.http.callback import CallbackServer
 from server.service.callbacks import MAX_REJECT_TEXT, REPLY_MARGIN_S, Outcome
 from server.store.base import ActiveScript
 from server.store.connect import open_store
@@ -92,7 +92,7 @@ def serve(test: Callable[[Served], Awaitable[None]], settings: CommandSettings, 
 
         state.dispatcher.dispatch = spy  # type: ignore[method-assign]
         app = make_app(state)
-        http = tornado.httpserver.HTTPServer(FastCallbacks(app, state))
+        http = tornado.httpserver.HTTPServer(CallbackServer(app, state, app_paths(state)))
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         http.add_sockets(sockets)
         client = tornado.httpclient.AsyncHTTPClient(force_instance=True)

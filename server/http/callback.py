@@ -1,4 +1,14 @@
-"""The endpoint OpenIM calls: ``POST [/{base/path}]/{callbackCommand}``.
+"""The endpoint OpenIM calls: ``POST [/{base/path}]/{callbackCommand}``, and the HTTP server's
+delegate that sends every other request to the Tornado application.
+
+``CallbackServer`` is the ``HTTPServer``'s delegate (Tornado's public extension point,
+``httputil.HTTPServerConnectionDelegate``). For each request it starts a ``CallbackExchange``
+(an ``httputil.HTTPMessageDelegate``), which looks at the start line: a path of the admin
+API, ``/healthz`` or ``/metrics`` goes to the application (``Application.start_request``),
+untouched; any other path is a callback and is answered here, without ``RequestHandler``
+(whose machinery costs more CPU per callback than everything else in the HTTP process).
+Tornado's ``HTTP1Connection`` is below both: request parsing, ``Expect: 100-continue``,
+keep-alive, pipelining and ``Connection`` headers are Tornado's.
 
 The command is the last path segment (OpenIM builds ``url + "/" + command``); the query
 string is ignored. When the path names no known command, it comes from the body's
@@ -6,33 +16,65 @@ string is ignored. When the path names no known command, it comes from the body'
 OpenIM posts to ``/callbackExample?contenttype=json/callbackXxxCommand``, which puts the
 command into the query string. When path and body name different known commands, the
 path wins (it is where OpenIM said it posts) and a warning is logged and counted.
+
 Every answer is HTTP 200 with JSON carrying the five common reply fields, errors too
-(plus an ``error`` object: ``{"code", "message"}``), because OpenIM ignores the status
-code and fails the user's action on a body it cannot decode: a wrong method, an unknown
-command, a body that is not JSON or too large, a client outside ``allow_cidrs``, a wrong
-secret prefix. Requests Tornado refuses before this handler runs are answered the same
-way where Tornado allows it (server/http/conn.py).
+(plus an ``error`` object: ``{"code", "message"}``, and the command's failure-policy answer
+when the path names a command), because OpenIM ignores the status code and fails the user's
+action on a body it cannot decode: a wrong method, an unknown command, a body that is not
+JSON or too large, a client outside ``allow_cidrs``, a wrong secret prefix. What can be
+refused from the start line and headers is answered before the body is read (the connection
+is then closed, as the body was not read); a body over ``max_body_bytes`` is read and
+discarded (up to ``DISCARD_LIMIT`` more bytes) and then answered, so the client reads the
+answer rather than a broken pipe. Requests Tornado refuses before a delegate sees them are
+answered the same way where Tornado allows it (``CallbackServer.rejection``, server/http/conn.py).
+
+The reply's headers are the ones ``RequestHandler`` sent, in its order (``Server``,
+``Content-Type``, ``Date``, ``Etag`` for GET and HEAD, ``Content-Length``): byte for byte the
+same response as before this path replaced the handler (tests/test_callback_bytes.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import logging
+import re
 import time
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import tornado.web
+import tornado
+from tornado import httputil
 
 from server import reply
-from server.http.common import StreamedBody, client_allowed
+from server.catalog import Catalog, Command
+from server.http import conn as http_conn
+from server.http.common import client_allowed
 from server.logfmt import callback_fields
-from server.service.callbacks import policy_reply
+from server.service.callbacks import answer, policy_reply
 
 if TYPE_CHECKING:
+    import tornado.web
+
     from server.app import AppState
-    from server.catalog import Catalog, Command
-    from server.service.callbacks import Outcome
+
+log = logging.getLogger("scriptgate.http")
+access_log = logging.getLogger("scriptgate.access")
+
+SERVER = f"TornadoServer/{tornado.version}"
+# RequestHandler wrote its start line with an empty version; HTTP1Connection writes HTTP/1.1.
+OK = httputil.ResponseStartLine("", 200, httputil.responses[200])
+# The methods RequestHandler served; any other one was refused before any other check.
+HANDLER_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"})
+POST_ONLY = "callbacks are sent with POST"
+INTERNAL_MESSAGE = "internal error (see the server log)"
+# An oversized body is read and thrown away up to this many bytes past the limit, then answered.
+DISCARD_LIMIT = 16 << 20
+PATH_CACHE_LIMIT = 4096
+_MISMATCH_LOG_EVERY = 1000  # after the first 10, one line per this many mismatches
+_mismatches = 0
 
 
 def command_from_path(path: str, prefix: str) -> str | None:
@@ -51,15 +93,10 @@ def command_from_path(path: str, prefix: str) -> str | None:
     return ""
 
 
-log = logging.getLogger("scriptgate.http")
-_MISMATCH_LOG_EVERY = 1000  # after the first 10, one line per this many mismatches
-_mismatches = 0
-
-
 def command_from_body(catalog: Catalog, path_cmd: Command | None, payload: dict[str, Any]) -> tuple[Command | None, str]:
     """(the command a callback is for, where it came from: path | body | mismatch), given
     the path's command (None if the path names no known command) and the parsed body;
-    (None, "") when neither names one. Both HTTP paths use this rule."""
+    (None, "") when neither names one."""
     named = payload.get("callbackCommand")
     if path_cmd is not None:
         if type(named) is str and named and named != path_cmd.name:
@@ -94,126 +131,295 @@ def unknown_command_message(path_name: str, payload: Any) -> str:
     return f"unknown callbackCommand {shown!r}"
 
 
-def replied(state: AppState, cmd: Command, payload: dict[str, Any], operation_id: str, outcome: Outcome,
-            started: float) -> None:
-    """Once a callback's reply is ready, just before it is written (both HTTP paths):
-    metrics, then the recording."""
-    elapsed = time.perf_counter() - started
-    metrics = state.metrics
-    metrics.observe(cmd.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
-    for fix in outcome.fixes:
-        metrics.reply_fixes.labels(cmd.name, fix).inc()
-    recorder = state.recorder
-    if recorder is not None:
-        recorder.submit(cmd, payload, operation_id, outcome, elapsed)
-    calllogs = state.calllogs
-    if calllogs is not None:
-        oid = operation_id or payload.get("operationID")
-        calllogs.submit(cmd.name, oid[:128] if type(oid) is str else "", outcome, elapsed)
+class _DateCache:
+    """``Date`` as ``RequestHandler`` formatted it, computed once per second."""
+
+    __slots__ = ("second", "text")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+
+    def now(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.text = httputil.format_timestamp(now)
+            self.second = second
+        return self.text
 
 
-@tornado.web.stream_request_body
-class CallbackHandler(StreamedBody):
-    state: AppState
+class CallbackServer(httputil.HTTPServerConnectionDelegate):
+    """The ``HTTPServer``'s delegate: callbacks are answered by ``CallbackExchange``, every
+    other request by ``app``, whose routes are ``app_paths`` (regular expressions of whole paths)."""
 
-    def initialize(self, state: AppState) -> None:
+    def __init__(self, app: tornado.web.Application, state: AppState, app_paths: Iterable[str]) -> None:
+        self.app = app
         self.state = state
-        self.cmd: Command | None = None
-        self.path_cmd: Command | None = None
-        self.path_name = ""
+        self.app_path = re.compile("|".join(f"(?:{pattern})" for pattern in app_paths))
+        self.max_body = state.config.max_body_bytes
+        self.prefix = state.config.path_prefix
+        self.catalog = state.catalog
+        self.dispatcher = state.dispatcher
+        self.dates = _DateCache()
+        self.tasks: set[asyncio.Task[None]] = set()  # callbacks being answered (strong references)
+        # path -> (command name, command or None), for callback paths whose prefix matched
+        # (misses are recomputed each time: command_from_path compares the secret prefix in
+        # constant time).
+        self._paths: dict[str, tuple[str, Command | None]] = {}
 
-    def limit_for_request(self) -> int:
-        return self.state.config.max_body_bytes
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return CallbackExchange(self, server_conn, request_conn)
 
-    def callback_error(self, code: str, message: str) -> None:
-        if self._finished:
-            return
-        base = policy_reply(self.state.dispatcher.settings[self.cmd.name]) if self.cmd else None
-        self.state.metrics.bad_requests.labels(code).inc()
-        self.clear()
-        self.set_status(200)  # OpenIM ignores the status; the body says what went wrong
-        self.set_header("Content-Type", "application/json")
-        self.finish(reply.error_body(code, message, base))
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
 
-    def too_large(self, limit: int) -> None:
-        self.callback_error("payload_too_large", f"request body is larger than {limit} bytes")
-
-    def json_error(self, status: int, code: str, message: str, headers: Any = None, **extra: Any) -> None:
-        self.callback_error(code, message)
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        # Tornado's own refusals (a method outside SUPPORTED_METHODS: TRACE, CONNECT, a made-up
-        # one) and unhandled exceptions: still a five-field answer, never HTML or a traceback.
-        exc = kwargs.get("exc_info")
-        if exc and not isinstance(exc[1], tornado.web.HTTPError):
-            log.error("unhandled error on %s %s", self.request.method, self.request.path, exc_info=exc)
-        if status_code == 405:
-            code, message = "method_not_allowed", "callbacks are sent with POST"
-        elif status_code >= 500:
-            code, message = "internal_error", "internal error (see the server log)"
-        else:
-            code, message = "bad_request", self._reason
-        self.callback_error(code, message)
-
-    def prepare(self) -> None:
-        state = self.state
-        if not client_allowed(self.request.remote_ip, state.callback_networks):
-            self.callback_error("forbidden", "client address is not in allow_cidrs")
-            return
-        name = command_from_path(self.request.path, state.config.path_prefix)
+    def callback_path(self, path: str) -> tuple[str, Command | None] | None:
+        """(the command name, the command if known) a callback path names; None when the
+        secret prefix does not match."""
+        named = self._paths.get(path)
+        if named is not None:
+            return named
+        name = command_from_path(path, self.prefix)
         if name is None:
-            self.callback_error("not_found", "no such endpoint")
-            return
-        self.path_name = name
-        self.path_cmd = self.cmd = state.catalog.get(name)
-        if self.cmd is None and self.request.method != "POST":
-            self.callback_error("unknown_command", unknown_command_message(name, None))
-            return
-        if self.request.method != "POST":
-            self.callback_error("method_not_allowed", "callbacks are sent with POST")
-            return
-        super().prepare()
+            return None
+        named = (name, self.catalog.get(name))
+        if len(self._paths) < PATH_CACHE_LIMIT:
+            self._paths[path] = named
+        return named
 
-    async def post(self, *_: Any) -> None:
-        started = time.perf_counter()
-        if self._too_large:
-            self.too_large(self._limit)
+    def is_app_path(self, path: str) -> bool:
+        return path not in self._paths and self.app_path.fullmatch(path) is not None
+
+    def rejection(self, start_line: httputil.RequestStartLine | None, code: str, message: str) -> bytes:
+        """The answer to a request Tornado refused (server/http/conn.py): an admin path gets
+        400 with ``{"error", "message"}``; anything else is treated as a callback: 200 with
+        the five fields (the command's failure-policy answer when the path names one)."""
+        path = start_line.path.partition("?")[0] if start_line is not None else ""
+        if path.startswith("/admin") or path in ("/healthz", "/metrics"):
+            return http_conn.response(400, "Bad Request", orjson.dumps({"error": code, "message": message}))
+        named = self.callback_path(path) if path else None
+        cmd = named[1] if named is not None else None
+        base = policy_reply(self.dispatcher.settings[cmd.name]) if cmd is not None else None
+        self.state.metrics.bad_requests.labels(code).inc()
+        return http_conn.response(200, "OK", reply.error_body(code, message, base))
+
+    def headers(self, body: bytes, method: str) -> httputil.HTTPHeaders:
+        headers = httputil.HTTPHeaders()
+        headers["Server"] = SERVER
+        headers["Content-Type"] = "application/json"
+        headers["Date"] = self.dates.now()
+        if method == "GET" or method == "HEAD":  # RequestHandler's Etag on a 200 to GET or HEAD
+            headers["Etag"] = f'"{hashlib.sha1(body).hexdigest()}"'
+        headers["Content-Length"] = str(len(body))
+        return headers
+
+
+class CallbackExchange(httputil.HTTPMessageDelegate):
+    """One request on a connection: a callback answered here, or a request passed on to the
+    application (``app_delegate``)."""
+
+    __slots__ = (
+        "answered",
+        "app_delegate",
+        "chunks",
+        "closed",
+        "cmd",
+        "conn",
+        "limit",
+        "method",
+        "name",
+        "path",
+        "request_headers",
+        "server",
+        "server_conn",
+        "size",
+        "t0",
+        "too_large",
+    )
+
+    def __init__(self, server: CallbackServer, server_conn: object, conn: Any) -> None:
+        self.server = server
+        self.server_conn = server_conn
+        self.conn = conn
+        self.app_delegate: httputil.HTTPMessageDelegate | None = None
+        self.cmd: Command | None = None  # the path's command; the body's once it is known
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+        self.answered = False
+        self.closed = False
+
+    # -- the start line and headers: the application's request, or checks that need no body --
+
+    def headers_received(self, start_line: Any, headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        path = start_line.path.partition("?")[0]
+        server = self.server
+        if server.is_app_path(path):
+            self.app_delegate = delegate = server.app.start_request(self.server_conn, self.conn)
+            return delegate.headers_received(start_line, headers)
+        self.t0 = time.time()
+        self.method = start_line.method
+        self.path = path
+        self.request_headers = headers
+        self.name = ""
+        self.limit = server.max_body
+        self.check_head(headers)
+        return None
+
+    def check_head(self, headers: httputil.HTTPHeaders) -> None:
+        """Refuse what the start line and headers already tell (in the order RequestHandler checked)."""
+        method = self.method
+        if method not in HANDLER_METHODS:
+            self.refuse("method_not_allowed", POST_ONLY)
             return
-        raw = self.body
+        server = self.server
+        networks = server.state.callback_networks
+        if networks and not client_allowed(getattr(self.conn.context, "remote_ip", None), networks):
+            self.refuse("forbidden", "client address is not in allow_cidrs")
+            return
+        named = server.callback_path(self.path)
+        if named is None:
+            self.refuse("not_found", "no such endpoint")
+            return
+        self.name, self.cmd = named
+        if method != "POST":
+            if self.cmd is None:
+                self.refuse("unknown_command", unknown_command_message(self.name, None))
+            else:
+                self.refuse("method_not_allowed", POST_ONLY)
+            return
+        length = headers.get("Content-Length")
+        if length is not None:
+            try:
+                declared = int(length)
+            except ValueError:
+                self.refuse("bad_request", "invalid Content-Length")
+                return
+            if declared > self.limit + DISCARD_LIMIT:
+                self.refuse_too_large()
+            elif declared > self.limit:
+                self.too_large = True
+
+    # -- the body --------------------------------------------------------------------------
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.app_delegate is not None:
+            return self.app_delegate.data_received(chunk)
+        if self.answered:
+            return None
+        self.size += len(chunk)
+        if self.too_large or self.size > self.limit:
+            self.too_large = True
+            self.chunks = []
+            if self.size > self.limit + DISCARD_LIMIT:
+                self.refuse_too_large()
+            return None
+        self.chunks.append(chunk)
+        return None
+
+    def on_connection_close(self) -> None:
+        # Called instead of finish(): the client went away (or the request was malformed).
+        if self.app_delegate is not None:
+            self.app_delegate.on_connection_close()
+            return
+        self.closed = True
+        self.chunks = []
+
+    def finish(self) -> None:
+        if self.app_delegate is not None:
+            self.app_delegate.finish()
+            return
+        if self.answered:
+            return
+        started = time.perf_counter()
+        if self.too_large:
+            self.refuse_too_large()
+            return
+        chunks = self.chunks
+        self.chunks = []
+        raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        payload = self.checked(raw)
+        if payload is None:
+            return
+        cmd = self.cmd
+        assert cmd is not None  # checked() refused the request otherwise
+        self.conn.set_close_callback(self.on_close)
+        tasks = self.server.tasks
+        task = asyncio.ensure_future(self.respond(cmd, raw, payload, started))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def checked(self, raw: bytes) -> dict[str, Any] | None:
+        """The body as a JSON object for a known command (``self.cmd`` set to it) that passes
+        the command's request checks; None when it was refused instead."""
         try:
             payload = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            if self.cmd is None:
-                self.callback_error("unknown_command", unknown_command_message(self.path_name, None))
-                return
             text = str(exc)
-            if "UTF-8" in text or "utf-8" in text:
-                self.callback_error("invalid_utf8", "request body is not valid UTF-8")
+            if self.cmd is None:
+                self.refuse("unknown_command", unknown_command_message(self.name, None))
+            elif "UTF-8" in text or "utf-8" in text:
+                self.refuse("invalid_utf8", "request body is not valid UTF-8")
             else:
-                self.callback_error("invalid_json", f"request body is not valid JSON: {text[:200]}")
-            return
+                self.refuse("invalid_json", f"request body is not valid JSON: {text[:200]}")
+            return None
         if type(payload) is not dict:
             if self.cmd is None:
-                self.callback_error("unknown_command", unknown_command_message(self.path_name, None))
-                return
-            self.callback_error("invalid_body", "request body must be a JSON object")
-            return
-        self.cmd, source = command_from_body(self.state.catalog, self.path_cmd, payload)
-        if self.cmd is None:
-            self.callback_error("unknown_command", unknown_command_message(self.path_name, payload))
-            return
-        note_command_source(self.state, self.cmd, source, payload)
-        problem = self.cmd.check_request(payload)
+                self.refuse("unknown_command", unknown_command_message(self.name, None))
+            else:
+                self.refuse("invalid_body", "request body must be a JSON object")
+            return None
+        cmd, source = command_from_body(self.server.catalog, self.cmd, payload)
+        if cmd is None:
+            self.refuse("unknown_command", unknown_command_message(self.name, payload))
+            return None
+        self.cmd = cmd
+        note_command_source(self.server.state, cmd, source, payload)
+        problem = cmd.check_request(payload)
         if problem:
-            self.callback_error("invalid_field", problem)
-            return
-        operation_id = self.request.headers.get("operationID", "")
-        outcome = await self.state.dispatcher.dispatch(self.cmd, raw, payload, operation_id or None)
-        self.set_header("Content-Type", "application/json")
-        body = reply.encode(outcome.reply)
-        # Before the write: the record is queued before the client can read the reply.
-        replied(self.state, self.cmd, payload, operation_id, outcome, started)
-        self.finish(body)
+            self.refuse("invalid_field", problem)
+            return None
+        return payload
 
-    # Any other method on a callback path: answered in prepare(), never HTML.
-    get = put = delete = patch = head = options = post  # type: ignore[assignment]
+    def on_close(self) -> None:
+        self.closed = True
+
+    # -- answers ---------------------------------------------------------------------------
+
+    async def respond(self, cmd: Command, raw: bytes, payload: dict[str, Any], started: float) -> None:
+        operation_id = self.request_headers.get("operationID", "")
+        try:
+            body, _ = await answer(self.server.state, cmd, raw, payload, operation_id, started)
+        except asyncio.CancelledError:
+            self.refuse("internal_error", INTERNAL_MESSAGE)
+            raise
+        except Exception as exc:
+            log.error("unhandled error on %s %s", self.method, self.path, exc_info=exc)
+            self.refuse("internal_error", INTERNAL_MESSAGE)
+            return
+        self.write(body)
+
+    def refuse_too_large(self) -> None:
+        self.refuse("payload_too_large", f"request body is larger than {self.limit} bytes")
+
+    def refuse(self, code: str, message: str) -> None:
+        """An error answer: HTTP 200 (OpenIM ignores the status), the five fields (the failure
+        policy's answer when the command is known) and ``error``."""
+        if self.answered:
+            return
+        cmd = self.cmd
+        base = policy_reply(self.server.dispatcher.settings[cmd.name]) if cmd is not None else None
+        self.server.state.metrics.bad_requests.labels(code).inc()
+        self.write(reply.error_body(code, message, base))
+
+    def write(self, body: bytes) -> None:
+        self.answered = True
+        conn = self.conn
+        conn.set_close_callback(None)
+        if not self.closed:
+            method = self.method
+            conn.write_headers(OK, self.server.headers(body, method), b"" if method == "HEAD" else body)
+            conn.finish()
+        if access_log.isEnabledFor(logging.DEBUG):
+            access_log.debug("%d %s %s %.2fms", 200, self.method, self.path, 1000 * (time.time() - self.t0))

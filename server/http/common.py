@@ -1,6 +1,6 @@
-"""What every HTTP handler shares: JSON errors (never HTML, never a stack trace), request
-bodies read as a stream with a size limit (413 before the body is buffered), and the
-client-network allow-list."""
+"""What the admin handlers share: JSON errors (never HTML, never a stack trace), request
+bodies read as a stream with a size limit (413 before the body is buffered); and the
+client-network allow-list, which the callback path (server/http/callback.py) applies too."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import tornado.web
+from tornado import httputil
 
 log = logging.getLogger("scriptgate.http")
 
@@ -17,10 +18,17 @@ log = logging.getLogger("scriptgate.http")
 class JSONErrorMixin(tornado.web.RequestHandler):
     """Every error this server sends is a JSON object with ``error`` and ``message``."""
 
+    # True once finish() was called: Tornado keeps that in a private attribute.
+    answered = False
+
+    def finish(self, chunk: str | bytes | dict[str, Any] | None = None) -> Any:
+        self.answered = True
+        return super().finish(chunk)
+
     def json_error(
         self, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
     ) -> None:
-        if self._finished:
+        if self.answered:
             return
         self.clear()
         self.set_status(status)
@@ -37,9 +45,22 @@ class JSONErrorMixin(tornado.web.RequestHandler):
         reason = {
             400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
         }.get(status_code, "internal_error" if status_code >= 500 else "error")
-        message = self._reason if status_code < 500 else "internal error (see the server log)"
+        if status_code >= 500:
+            message = "internal error (see the server log)"
+        else:
+            message = reason_phrase(status_code, kwargs.get("reason"), exc[1] if exc else None)
         self.set_header("Content-Type", "application/json")
         self.finish(orjson.dumps({"error": reason, "message": message}))
+
+
+def reason_phrase(status_code: int, reason: str | None, exc: BaseException | None) -> str:
+    """The reason phrase Tornado's send_error sets: the one it was given, the HTTPError's own,
+    else the standard one."""
+    if reason:
+        return reason
+    if isinstance(exc, tornado.web.HTTPError) and exc.reason:
+        return exc.reason
+    return httputil.responses.get(status_code, "Unknown")
 
 
 class BodyTooLarge(Exception):
@@ -81,7 +102,7 @@ class StreamedBody(JSONErrorMixin):
                 self._too_large = True
 
     def data_received(self, chunk: bytes) -> None:
-        if self._finished:
+        if self.answered:
             return
         self._size += len(chunk)
         if self._too_large or self._size > self._limit:

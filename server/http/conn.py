@@ -29,6 +29,15 @@ pending connections wait anyway. ``_accept_handler`` instead stops watching the 
 socket for a back-off (50 ms doubling to 1 s, reset by the next accepted connection),
 logs one line per ``FD_LOG_EVERY_S`` with the count, and resumes by itself: connections
 wait in the kernel's backlog until descriptors are free again.
+
+This is the one module that reaches below Tornado's public API, because Tornado has no hook
+for the three refusals above: ``_Connection`` overrides ``HTTP1Connection._read_body`` and
+reads ``_body_timeout``, ``_request_start_line``, ``_write_finished`` and
+``_response_start_line``; ``_ServerConnection`` replaces ``HTTP1ServerConnection._server_request_loop``
+to use ``_Connection``; ``Server.handle_stream`` builds the ``_HTTPRequestContext`` that
+``HTTPServer`` would (the client address, ``xheaders``). tests/test_bad_input.py and
+tests/test_callback_bytes.py pin what they answer; re-check them on a Tornado upgrade.
+The listening sockets and connections are kept by ``Server`` itself.
 """
 
 from __future__ import annotations
@@ -91,10 +100,10 @@ class _Stream:
 class _Connection(HTTP1Connection):
     def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter) -> None:
         super().__init__(_Stream(stream, self), False, params, context)  # type: ignore[arg-type]
-        self._reject = reject
+        self.rejecter = reject
 
     def rejection(self, code: str, message: str) -> bytes:
-        return self._reject(getattr(self, "_request_start_line", None), code, message)
+        return self.rejecter(getattr(self, "_request_start_line", None), code, message)
 
     async def _answer_and_close(self, code: str, message: str) -> None:
         stream = self.stream
@@ -158,13 +167,13 @@ class _IOStream(iostream.IOStream):
 class _ServerConnection(HTTP1ServerConnection):
     def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter) -> None:
         super().__init__(stream, params, context)
-        self._reject = reject
+        self.rejecter = reject
 
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         # Tornado's loop (tornado/http1connection.py), with our _Connection.
         try:
             while True:
-                conn = _Connection(self.stream, self.params, self.context, self._reject)
+                conn = _Connection(self.stream, self.params, self.context, self.rejecter)
                 request_delegate = delegate.start_request(self, conn)
                 try:
                     ret = await conn.read_response(request_delegate)
@@ -268,24 +277,63 @@ def add_accept_handler(sock: socket.socket, callback: Callable[[socket.socket, A
 class Server(HTTPServer):
     """Tornado's HTTPServer with the connection and accept behaviour described above.
 
-    ``reject`` builds the answer to a refused request (FastCallbacks.rejection)."""
+    ``reject`` builds the answer to a refused request (CallbackServer.rejection). The
+    listening sockets and the open connections are kept here (``listening``,
+    ``connections``) rather than in TCPServer's and HTTPServer's private fields, so that
+    ``stop_accepting`` can take what the kernel has queued before closing them."""
 
     def initialize(self, *args: Any, reject: Rejecter, **kwargs: Any) -> None:  # type: ignore[override]
         super().initialize(*args, **kwargs)
-        self._reject = reject
+        self.reject = reject
         self.fds = FdExhaustion()
+        # fd -> (listening socket, the function that stops watching it)
+        self.listening: dict[int, tuple[socket.socket, Callable[[], None]]] = {}
+        self.connections: set[_ServerConnection] = set()
 
     def add_sockets(self, sockets: Any) -> None:
         for sock in sockets:
-            self._sockets[sock.fileno()] = sock
-            self._handlers[sock.fileno()] = add_accept_handler(sock, self._handle_connection, self.fds)
+            self.listening[sock.fileno()] = (sock, add_accept_handler(sock, self.accepted, self.fds))
+
+    def accepted(self, connection: socket.socket, address: Any) -> None:
+        """A connection accepted on a listening socket (TCPServer's, without TLS: this server has none)."""
+        try:
+            stream = _IOStream(connection, max_buffer_size=self.max_buffer_size, read_chunk_size=self.read_chunk_size)
+            stream.reject = self.reject
+            stream.max_header_size = self.conn_params.max_header_size
+            self.handle_stream(stream, address)
+        except Exception:
+            log.error("error in connection callback", exc_info=True)
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
-        if type(stream) is iostream.IOStream:
-            stream.__class__ = _IOStream
-            stream.reject = self._reject  # type: ignore[attr-defined]
-            stream.max_header_size = self.conn_params.max_header_size  # type: ignore[attr-defined]
         context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
-        conn = _ServerConnection(stream, self.conn_params, context, self._reject)
-        self._connections.add(conn)
+        conn = _ServerConnection(stream, self.conn_params, context, self.reject)
+        self.connections.add(conn)
         conn.start_serving(self)
+
+    def on_close(self, server_conn: object) -> None:
+        self.connections.discard(server_conn)  # type: ignore[arg-type]
+
+    async def close_all_connections(self) -> None:
+        while self.connections:
+            await next(iter(self.connections)).close()
+
+    def stop(self) -> None:
+        for sock, remove in self.listening.values():
+            remove()
+            sock.close()
+        self.listening.clear()
+
+    def stop_accepting(self) -> None:
+        """Close the listening sockets after accepting what the kernel has queued on them:
+        closing a socket resets the connections in its accept queue, which a client would see
+        as a failed callback (its request may be sent already)."""
+        for sock, remove in self.listening.values():
+            remove()  # no more accept callbacks from the loop
+            while True:
+                try:
+                    connection, address = sock.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                self.accepted(connection, address)
+            sock.close()
+        self.listening.clear()

@@ -1,9 +1,10 @@
-"""Dispatch: one callback in, one OpenIM reply out.
+"""Answer a callback: one callback in, one OpenIM reply out (``answer``).
 
-HTTP → ``Dispatcher.dispatch`` → sandbox worker pool → ``judge`` (what the script returned,
-checked against what OpenIM does with the reply: docs/openim.md) → reply encoder. Any
-failure (script error, budget, invalid result, KV outage, overload, deadline) becomes
-the command's failure-policy reply; the deadline is always met. ``judge`` also keeps the
+HTTP (server/http/callback.py) → ``answer`` → ``Dispatcher.dispatch`` → sandbox worker pool → ``judge`` (what the script returned,
+checked against what OpenIM does with the reply: docs/openim.md) → reply encoder →
+``record_outcome`` (metrics, recording, per-callback log). Any failure (script error, budget,
+invalid result, KV outage, overload, deadline) becomes the command's failure-policy reply
+(``policy_reply``, the one statement of the failure policy); the deadline is always met. ``judge`` also keeps the
 script's meaning where OpenIM would lose it: a deny with an unusable errCode is still a
 deny (M2), a narrowed invitation is refused (M1), field names are matched the way Go's
 decoder matches them, and an invalid result says why in the reply (M3).
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -42,6 +43,7 @@ from server.logfmt import callback_fields
 from server.scripts_table import ScriptTable
 
 log = logging.getLogger("scriptgate.dispatch")
+http_log = logging.getLogger("scriptgate.http")
 
 NO_SCRIPT = "none"  # verdict label when no script is live for the command
 # Time kept back from the command deadline for encoding and writing the reply.
@@ -63,6 +65,9 @@ class Outcome:
 
 
 def policy_reply(settings: CommandSettings) -> dict[str, Any]:
+    """The failure policy: what OpenIM is told when ScriptGate cannot say what the script
+    means (script error, budget, deadline, unreachable store, a refused request, an internal
+    error). ``open``: continue unchanged; ``closed``: reject with the configured code and texts."""
     if settings.failure_policy == "closed":
         return reply.reject(settings.reject_errcode, settings.reject_errmsg, settings.reject_errdlt)
     return reply.continue_with()
@@ -180,7 +185,8 @@ def judge(command: Command, settings: CommandSettings, result: RunResult, reques
 
 
 def failed(settings: CommandSettings, error: ScriptError) -> Judged:
-    """The failure policy's reply; for an invalid result it also says why in ``error``."""
+    """A *before* callback whose script's meaning is unknown (``error``): the failure policy's
+    reply (``policy_reply``); for an invalid result it also says why in ``error``."""
     body = policy_reply(settings)
     if error.kind == INVALID_RESULT:
         # Never silent: OpenIM's decoder ignores the extra key; people reading replies see it.
@@ -267,8 +273,7 @@ class Dispatcher:
             # The store has never been reachable since start: we cannot know which
             # script is live, so the failure policy decides.
             err = ScriptError(UNAVAILABLE, "script registry not loaded yet: store unreachable")
-            return self._finish(command, settings, Judged(policy_reply(settings), ERROR, err), None, None, started,
-                                request)
+            return self._finish(command, settings, failed(settings, err), None, None, started, request)
         active = self.table.get(command.name)
         if active is None:
             return Outcome(reply.continue_with(), NO_SCRIPT)
@@ -351,3 +356,49 @@ class _Request:
             value = self.data().get("operationID")
             self._operation_id = value if type(value) is str else ""
         return self._operation_id[:128]
+
+
+class AnswerContext(Protocol):
+    """What answering a callback needs of the process (server.app.AppState has it)."""
+
+    dispatcher: Dispatcher
+    metrics: Any  # server.metrics.Metrics
+    recorder: Any  # server.recorder.Recorder | None
+    calllogs: Any  # server.calllogs.CallLogs | None
+
+
+async def answer(ctx: AnswerContext, command: Command, raw: bytes, payload: dict[str, Any], operation_id: str,
+                 started: float) -> tuple[bytes, Outcome]:
+    """The use case "answer a callback": run the command's live script on the request (``raw``,
+    already parsed as ``payload`` and checked), encode the reply, record the outcome, and
+    return the reply bytes with the outcome. ``operation_id``: the request's header (or "");
+    ``started``: ``time.perf_counter()`` when the request was complete.
+
+    The outcome is recorded before the reply is returned, so it is queued before the client
+    can read the reply; a failure to record is logged and never costs the reply."""
+    outcome = await ctx.dispatcher.dispatch(command, raw, payload, operation_id or None)
+    body = reply.encode(outcome.reply)
+    try:
+        record_outcome(ctx, command, payload, operation_id, outcome, started)
+    except Exception:
+        oid = operation_id or str(payload.get("operationID") or "")[:128]
+        http_log.error("after the reply to %s operationID=%s", command.name, oid or "-", exc_info=True,
+                       extra=callback_fields(command.name, oid))
+    return body, outcome
+
+
+def record_outcome(ctx: AnswerContext, command: Command, payload: dict[str, Any], operation_id: str,
+                   outcome: Outcome, started: float) -> None:
+    """Once a callback's reply is ready: its metrics, its recording and its per-callback log line."""
+    elapsed = time.perf_counter() - started
+    metrics = ctx.metrics
+    metrics.observe(command.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
+    for fix in outcome.fixes:
+        metrics.reply_fixes.labels(command.name, fix).inc()
+    recorder = ctx.recorder
+    if recorder is not None:
+        recorder.submit(command, payload, operation_id, outcome, elapsed)
+    calllogs = ctx.calllogs
+    if calllogs is not None:
+        oid = operation_id or payload.get("operationID")
+        calllogs.submit(command.name, oid[:128] if type(oid) is str else "", outcome, elapsed)
