@@ -13,10 +13,9 @@ import tornado.web
 
 from server.http.admin import routes as admin_routes
 from server.http.common import NotFoundHandler
-from server.service.state import AppState, build_state, kv_caller, start_background, stop
+from server.service.state import AppState
 
-__all__ = ["AppState", "access_log", "build_state", "kv_caller", "log_request", "make_app", "start_background",
-           "stop"]
+__all__ = ["access_log", "app_paths", "log_request", "make_app"]
 
 access_log = logging.getLogger("scriptgate.access")
 

@@ -1,7 +1,7 @@
 """Per-callback logs: what each callback did, kept in a bounded store and tailed live.
 
-``submit`` is called after the reply has been written (both HTTP paths, through
-``http_callback.replied``): it builds the record and puts it on a bounded in-memory queue,
+``submit`` is called after the reply has been written (through
+``server.service.callbacks.record_outcome``): it builds the record and puts it on a bounded in-memory queue,
 never blocking and never raising (when the store cannot keep up, records are dropped and
 counted). ``run`` drains the queue into one Redis stream per command (``P:log:<command>``),
 trimmed by count (``[logs] max_records``), age (``max_age_s``) and bytes (``max_bytes``:

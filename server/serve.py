@@ -372,7 +372,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     """One HTTP process. With ``reuse_port`` (several processes) it binds its own
     SO_REUSEPORT socket to ``cfg.port``, which the supervisor has made concrete, once it can
     answer, so the kernel only sends it connections it can answer at once."""
-    from server.app import build_state, start_background, stop
+    from server.service.state import build_state, start_background, stop
 
     # One process binds before starting anything, to fail fast if the port is taken.
     sockets = None if reuse_port else listen_sockets(cfg.host, cfg.port)

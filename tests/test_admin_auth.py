@@ -31,10 +31,11 @@ import tornado.netutil
 import tornado.web
 
 from sandbox.api import ALLOW, RunResult
-from server.app import app_paths, build_state, make_app
+from server.app import app_paths, make_app
 from server.config import Config
 from server.http.admin import routes as admin_routes
 from server.http.callback import CallbackServer
+from server.service.state import build_state
 from server.store.connect import open_store
 
 TOKEN = "the-right-admin-token-" + "z" * 16

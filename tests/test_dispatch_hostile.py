@@ -31,10 +31,11 @@ import tornado.netutil
 from sandbox.api import BUDGET, DENY, ERROR, INVALID_RESULT, Budgets, RunResult
 from sandbox.host.pool import WorkerPool
 from server import reply
-from server.app import app_paths, build_state, make_app
+from server.app import app_paths, make_app
 from server.config import CommandSettings, Config
 from server.http.callback import CallbackServer
 from server.service.callbacks import MAX_REJECT_TEXT, REPLY_MARGIN_S, Outcome
+from server.service.state import build_state
 from server.store.base import ActiveScript
 from server.store.connect import open_store
 from tests.timing import FAR_S, SLACK_S

@@ -21,10 +21,11 @@ import tornado.httpserver
 import tornado.netutil
 
 from sandbox.api import ALLOW, DENY, MODIFY, RunResult
-from server.app import app_paths, build_state, make_app
+from server.app import app_paths, make_app
 from server.config import Config
 from server.http.callback import CallbackExchange, CallbackServer
 from server.serve import TORNADO_MAX_BODY
+from server.service.state import build_state
 from server.store.base import ActiveScript
 
 CMD = "callbackBeforeInviteJoinGroupCommand"

@@ -14,10 +14,11 @@ import tornado.httpclient
 import tornado.httpserver
 import tornado.netutil
 
-from server.app import build_state, make_app
+from server.app import make_app
 from server.cli.admin_client import AdminClient, AdminError
 from server.config import Config
 from server.http import admin_records as http_admin
+from server.service.state import build_state
 from server.store.base import StoreUnavailable
 from server.store.connect import open_store
 

@@ -17,7 +17,7 @@ import orjson
 from sandbox.api import Budgets
 from sandbox.host.pool import WorkerPool
 from sandbox.worker.readcache import MAX_ENTRIES, MISS, ReadCache
-from server.app import kv_caller
+from server.service.state import kv_caller
 from server.store.connect import open_store
 from tests.timing import FAR_S, SLACK_S
 

@@ -58,7 +58,7 @@ from server.service.callbacks import answer, policy_reply
 if TYPE_CHECKING:
     import tornado.web
 
-    from server.app import AppState
+    from server.service.state import AppState
 
 log = logging.getLogger("scriptgate.http")
 access_log = logging.getLogger("scriptgate.access")
