@@ -10,7 +10,7 @@ import pytest
 from attacks.cases import H
 from attacks.fakeport import DictKV, run
 
-from sandbox.api import ALLOW, DENY, ERROR, MODIFY, Budgets, KVError, RunResult
+from sandbox.api import ALLOW, DENY, ERROR, MODIFY, Budgets, KVRefused, RunResult
 from sandbox.worker.runtime import compile_script, execute
 from tests.timing import FAR_S
 
@@ -379,7 +379,7 @@ def test_port_crash_is_unavailable_without_details() -> None:
 
 class RefusingKV:
     def call(self, op: str, args: list[Any]) -> Any:
-        raise KVError("quota exceeded")
+        raise KVRefused("quota exceeded")
 
 
 def test_store_refusal_is_a_catchable_kv_error() -> None:

@@ -50,7 +50,7 @@ from sandbox.api import (
     UNAVAILABLE,
     Budgets,
     CompileIssue,
-    KVError,
+    KVRefused,
     KVUnavailable,
     RunResult,
     ScriptError,
@@ -1027,7 +1027,7 @@ class WorkerPool:
         try:
             # The worker checked this too, but it is untrusted: check again before the store.
             op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
-        except KVError as exc:
+        except KVRefused as exc:
             return error(protocol.KV_ERR, str(exc))
         if keeper is not None and len(keeper.kept) < _MAX_KEPT and keeper.kept_bytes < _MAX_KEPT_BYTES:
             # Synchronous: no invalidation can run between the hit and recording the key.
@@ -1044,7 +1044,7 @@ class WorkerPool:
                     keeper.kept_bytes -= len(rkey) + _KEPT_OVERHEAD
         try:
             value = await kv(op.name, args)
-        except KVError as exc:
+        except KVRefused as exc:
             return error(protocol.KV_ERR, str(exc))
         except KVUnavailable as exc:
             return error(protocol.KV_UNAVAILABLE, str(exc) or "KV store unavailable")

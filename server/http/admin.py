@@ -461,7 +461,7 @@ class KVListHandler(AdminHandler):
 
 
 def _kv_key(raw: str) -> str:
-    from sandbox.api import KVError
+    from sandbox.api import KVRefused as KVError
     from sandbox.kvops import check_key
 
     # Tornado has already percent-decoded the path argument; decoding again would turn
