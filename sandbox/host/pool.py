@@ -58,7 +58,6 @@ from sandbox.api import (
 )
 from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
 from sandbox.host.forker import ForkedProc, Forker, ForkError
-from sandbox.worker.confine import LIFETIME_CPU_S
 
 log = logging.getLogger("scriptgate.sandbox")
 
@@ -77,14 +76,11 @@ _INV_ALL = protocol.encode({"t": protocol.INV, "all": True})
 
 _STARTING, _IDLE, _BUSY, _DEAD = "starting", "idle", "busy", "dead"
 _VERDICTS = (ALLOW, MODIFY, DENY, ERROR)
-# Worker exit codes (sandbox.worker.main); duplicated here so the host never imports the
-# worker module (which pulls in the runtime and RestrictedPython).
-_EXIT_OOM, _EXIT_PROTOCOL, _EXIT_FATAL = 71, 72, 73
 _MAX_ISSUES = 100
 _MAX_LOG_LINES = 10_000
 # A worker that reports this much CPU used is replaced before its hard RLIMIT_CPU
-# (LIFETIME_CPU_S) could cut a legitimate call short.
-_CPU_RECYCLE_S = LIFETIME_CPU_S / 2
+# (protocol.LIFETIME_CPU_S) could cut a legitimate call short.
+_CPU_RECYCLE_S = protocol.LIFETIME_CPU_S / 2
 
 
 # Callers that name no command (tests, tools) share one key; admin checks have their own.
@@ -376,7 +372,7 @@ class WorkerPool:
         max_queue: int | None = None,
         grace_ms: int = 100,
         start_timeout: float = 15.0,
-        script_cache: int = 64,
+        script_cache: int = protocol.SCRIPT_CACHE_SIZE,
         worker_stderr: bool = False,
         spin_us: int = 0,
         recycles_per_s: float | None = None,
@@ -1248,7 +1244,7 @@ def describe_exit(rc: int, memory_mb: int) -> str:
         return "budget exceeded: cpu time (worker stopped by the kernel CPU limit)"
     if rc == -signal.SIGKILL:
         return f"budget exceeded: memory (worker killed by the kernel; limit {memory_mb} MiB)"
-    if rc == _EXIT_OOM:
+    if rc == protocol.EXIT_OOM:
         return f"budget exceeded: memory (limit {memory_mb} MiB)"
     if rc < 0:
         try:

@@ -37,10 +37,9 @@ import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 
+from sandbox.protocol import LIFETIME_CPU_S
+
 NOBODY = 65534
-# Lifetime CPU cap of one worker (hard RLIMIT_CPU): a per-call soft limit can never be
-# raised past it once root is gone. The host recycles workers long before they reach it.
-LIFETIME_CPU_S = 3600
 CPU_MARGIN_S = 1  # slack on top of the wall budget for the per-call soft CPU limit
 
 # prctl options

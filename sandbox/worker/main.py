@@ -33,16 +33,10 @@ import orjson
 from sandbox import api, kvops, protocol
 from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVDeadline, KVRefused, KVUnavailable, RunResult
 from sandbox.policy import check_source
+from sandbox.protocol import EXIT_FATAL, EXIT_OOM, EXIT_PROTOCOL, SCRIPT_CACHE_SIZE
 from sandbox.worker import confine, containers, template
 from sandbox.worker.readcache import MISS, ReadCache
 from sandbox.worker.runtime import CompiledScript, PolicyRefused, compile_script, execute
-
-# Exit codes the host uses to classify a death it did not cause.
-EXIT_OOM = 71  # MemoryError outside a script (e.g. the result did not fit)
-EXIT_PROTOCOL = 72  # the host sent something unexpected
-EXIT_FATAL = 73  # startup failed
-
-SCRIPT_CACHE_SIZE = 64  # compiled scripts kept per worker (host mirrors this)
 
 
 class IpcKV:
