@@ -145,59 +145,61 @@ def _checked_value(op: Op, value: Any, limit: int) -> str:
         raise KVError(str(e)) from None
 
 
-# The ops shaped (key) or (key, value), the most used, check inline (one frame, no call per
-# argument: about 5% of a typical script's cost). The fast tests accept only what
-# check_key / check_scalar return unchanged (an exact, non-empty, printable ASCII key within
-# the limit; an exact ASCII str value within the limit); anything else takes those checks.
-# The tick comes first: it is also the stop check, which must come before the port.
+# The ops shaped (key) or (key, value), the most used, check inline and call the port
+# themselves (_send written out: one frame per op, about 3% of a typical script's cost).
+# The fast tests accept only what check_key / check_scalar return unchanged (an exact,
+# non-empty, printable ASCII key within the limit; an exact ASCII str value within the
+# limit); anything else takes those checks. ``const``: the key is a constant the policy
+# already found non-empty printable ASCII (sandbox.policy.KV_CONST_KEY), so only the per-call
+# length limit is left to check. The tick comes first: it is also the stop check, which must
+# come before the port.
 
 
-def _key_op(st: RunState, op: Op, key: Any) -> Any:
+def _key_op(st: RunState, op: Op, const: bool, key: Any) -> Any:
     st.ticks_left -= 1
     if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
         st.check_clock()
     limit = st.kv_key_bytes
-    if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+    if const:
+        if len(key) > limit:
+            key = _checked_key(key, limit)
+    elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
         key = _checked_key(key, limit)
-    return _send(st, op, [key])
+    if st.kv_ops >= st.kv_ops_max:
+        st.exceeded("kv_ops", st.kv_ops_max)
+    st.kv_ops += 1
+    try:
+        result = st.port.call(op.name, [key])
+    except Exception as e:
+        _port_failed(st, op.name, e)
+    if (result is True or result is False) and op.answer is kvops.BOOL:
+        return result
+    return _answer(st, op, result)
 
 
-def _key_value_op(st: RunState, op: Op, key: Any, value: Any) -> Any:
+def _key_value_op(st: RunState, op: Op, const: bool, key: Any, value: Any) -> Any:
     st.ticks_left -= 1
     if st.ticks_left <= 0:
         st.check_clock()
     limit = st.kv_key_bytes
-    if not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+    if const:
+        if len(key) > limit:
+            key = _checked_key(key, limit)
+    elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
         key = _checked_key(key, limit)
     limit = st.kv_value_bytes
     if not (type(value) is str and len(value) <= limit and value.isascii()):
         value = _checked_value(op, value, limit)
-    return _send(st, op, [key, value])
-
-
-# A constant key the policy already found non-empty printable ASCII (sandbox.policy.KV_CONST_KEY):
-# only the per-call length limit is left to check.
-
-
-def _const_key_op(st: RunState, op: Op, key: str) -> Any:
-    st.ticks_left -= 1
-    if st.ticks_left <= 0:
-        st.check_clock()
-    if len(key) > st.kv_key_bytes:
-        key = _checked_key(key, st.kv_key_bytes)
-    return _send(st, op, [key])
-
-
-def _const_key_value_op(st: RunState, op: Op, key: str, value: Any) -> Any:
-    st.ticks_left -= 1
-    if st.ticks_left <= 0:
-        st.check_clock()
-    if len(key) > st.kv_key_bytes:
-        key = _checked_key(key, st.kv_key_bytes)
-    limit = st.kv_value_bytes
-    if not (type(value) is str and len(value) <= limit and value.isascii()):
-        value = _checked_value(op, value, limit)
-    return _send(st, op, [key, value])
+    if st.kv_ops >= st.kv_ops_max:
+        st.exceeded("kv_ops", st.kv_ops_max)
+    st.kv_ops += 1
+    try:
+        result = st.port.call(op.name, [key, value])
+    except Exception as e:
+        _port_failed(st, op.name, e)
+    if (result is True or result is False) and op.answer is kvops.BOOL:
+        return result
+    return _answer(st, op, result)
 
 
 def _validated_op(st: RunState, op: Op, args: list[Any]) -> Any:
@@ -250,9 +252,8 @@ def _method(op: Op, const_key: bool = False) -> Callable[..., Any]:
     params = [p.strip() for p in op.params.split(",")]
     names = [p.lstrip("*").split("=")[0] for p in params]
     if op.key_shaped:
-        impl: Callable[..., Any] = (_const_key_op, _const_key_value_op)[len(names) - 1] if const_key else \
-            (_key_op, _key_value_op)[len(names) - 1]
-        passed = ", ".join(names)
+        impl: Callable[..., Any] = _key_op if len(names) == 1 else _key_value_op
+        passed = ", ".join([str(const_key), *names])
     elif op.convention == kvops.MEMBER_LIST:
         impl, passed = _member_list_op, ", ".join(names)
     elif op.convention == kvops.FIELD_OR_MAPPING:
