@@ -652,70 +652,15 @@ class WorkerPool:
 
     async def _call(self, worker: Worker, key: str, source: str, sha256: str, payload_json: bytes,
                     budgets: Budgets, kv: KVCall, deadline: float) -> RunResult:
+        """One call on ``worker``: always a result, by ``min(deadline, wall budget + grace)``."""
         loop = self._loop
-        # A command that hit its budgets lately runs at a lower CPU priority from the start,
-        # any other call once it has run for `demote_after` (see _demote_tick), so long calls
-        # take CPU from nobody's short calls (needs the privilege to restore it: root).
-        worker.lowered = self._base_nice is not None and self.box.suspect(key)
-        if worker.lowered:
-            self._set_priority(worker.pid, starting=True, by=self.demote_nice)
-        start = loop.time()
-        worker.call_started = start
-        if self._base_nice is not None and self._demote_timer is None:
-            self._demote_timer = loop.call_later(self.demote_after, self._demote_tick)
+        start = self._begin_call(worker, key)
         wall_limit = start + budgets.wall_ms / 1000 + self.grace
         limit = min(deadline, wall_limit)
-        call_id = next(self._ids)
-        head: dict[str, Any] = {"t": protocol.RUN, "id": call_id, "sha": sha256, "b": self._wire(budgets)}
-        if sha256 not in worker.known:
-            head["src"] = source
-        scope = self._keep_scope(worker, kv)
-        if scope is not None:
-            head["cs"] = scope
-        worker.calls += 1
-        self.calls += 1
-        kv_ops = 0
-        result: RunResult | None = None
         cut = False
         try:
             async with asyncio.timeout_at(limit):
-                fut = worker.expect()
-                worker.send(protocol.encode(head, payload_json))
-                while True:
-                    msg = await fut
-                    if msg is None:
-                        raise WorkerGone()
-                    kind = msg["t"]
-                    if msg.get("id") != call_id:
-                        raise Violation("message for another call")
-                    if kind == protocol.DONE:
-                        result = parse_done(worker, msg, sha256, self.script_cache)
-                        break
-                    if kind == protocol.KV:
-                        kv_ops += 1
-                        if kv_ops > budgets.kv_ops:
-                            raise Violation(
-                                "kv flood",
-                                RunResult.failed(BUDGET, f"budget exceeded: kv operations (limit {budgets.kv_ops})"),
-                            )
-                        worker.kv_task = asyncio.current_task()
-                        worker.kv_since = loop.time()
-                        self._kv_waiting += 1
-                        try:
-                            reply = await kv_reply(msg, call_id, budgets, kv,
-                                                         worker if scope is not None else None)
-                        finally:
-                            worker.kv_task = None
-                            worker.kv_since = 0.0
-                            self._kv_waiting -= 1
-                        fut = worker.expect()
-                        worker.send(reply)
-                    elif kind == protocol.NEED and "src" not in head:
-                        head["src"] = source
-                        fut = worker.expect()
-                        worker.send(protocol.encode(head, payload_json))
-                    else:
-                        raise Violation(f"unexpected {bounded(kind, 20)!r} message during a call")
+                result = await self._exchange(worker, source, sha256, payload_json, budgets, kv)
         except TimeoutError:
             worker.kill("call exceeded its time limit")
             if limit == wall_limit:
@@ -741,6 +686,82 @@ class WorkerPool:
         except BaseException:
             worker.kill("call failed in the host")
             raise
+        self._end_call(worker, key, result, cut)
+        # Answers a worker kept never reach us: take its count, capped by the budget.
+        result.kv_ops = max(worker.call_kv_ops, min(result.kv_ops, budgets.kv_ops))
+        result.elapsed_ms = round((loop.time() - start) * 1000, 3)
+        return result
+
+    def _begin_call(self, worker: Worker, key: str) -> float:
+        """Count the call and set its CPU priority; returns its start (loop time)."""
+        # A command that hit its budgets lately runs at a lower CPU priority from the start,
+        # any other call once it has run for `demote_after` (see _demote_tick), so long calls
+        # take CPU from nobody's short calls (needs the privilege to restore it: root).
+        worker.lowered = self._base_nice is not None and self.box.suspect(key)
+        if worker.lowered:
+            self._set_priority(worker.pid, starting=True, by=self.demote_nice)
+        start = worker.call_started = self._loop.time()
+        if self._base_nice is not None and self._demote_timer is None:
+            self._demote_timer = self._loop.call_later(self.demote_after, self._demote_tick)
+        worker.calls += 1
+        worker.call_kv_ops = 0
+        self.calls += 1
+        return start
+
+    async def _exchange(self, worker: Worker, source: str, sha256: str, payload_json: bytes,
+                        budgets: Budgets, kv: KVCall) -> RunResult:
+        """Send the run frame, serve the worker's kv frames and resends until its ``done``.
+        Raises WorkerGone or Violation (a message out of turn, for another call, a flood)."""
+        call_id = next(self._ids)
+        head: dict[str, Any] = {"t": protocol.RUN, "id": call_id, "sha": sha256, "b": self._wire(budgets)}
+        if sha256 not in worker.known:
+            head["src"] = source
+        scope = self._keep_scope(worker, kv)
+        if scope is not None:
+            head["cs"] = scope
+        fut = worker.expect()
+        worker.send(protocol.encode(head, payload_json))
+        while True:
+            msg = await fut
+            if msg is None:
+                raise WorkerGone()
+            kind = msg["t"]
+            if msg.get("id") != call_id:
+                raise Violation("message for another call")
+            if kind == protocol.DONE:
+                return parse_done(worker, msg, sha256, self.script_cache)
+            if kind == protocol.KV:
+                reply = await self._serve_kv(worker, msg, call_id, budgets, kv, scope)
+            elif kind == protocol.NEED and "src" not in head:
+                head["src"] = source
+                reply = protocol.encode(head, payload_json)
+            else:
+                raise Violation(f"unexpected {bounded(kind, 20)!r} message during a call")
+            fut = worker.expect()
+            worker.send(reply)
+
+    async def _serve_kv(self, worker: Worker, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall,
+                        scope: str | None) -> bytes:
+        """One kv frame: counted against the budget (a worker sending more is flooding), its
+        wait on the store visible to the stall watch and cancellable if the worker dies."""
+        worker.call_kv_ops += 1
+        if worker.call_kv_ops > budgets.kv_ops:
+            raise Violation(
+                "kv flood",
+                RunResult.failed(BUDGET, f"budget exceeded: kv operations (limit {budgets.kv_ops})"),
+            )
+        worker.kv_task = asyncio.current_task()
+        worker.kv_since = self._loop.time()
+        self._kv_waiting += 1
+        try:
+            return await kv_reply(msg, call_id, budgets, kv, worker if scope is not None else None)
+        finally:
+            worker.kv_task = None
+            worker.kv_since = 0.0
+            self._kv_waiting -= 1
+
+    def _end_call(self, worker: Worker, key: str, result: RunResult, cut: bool) -> None:
+        """Restore the worker's priority, release or retire it, tell the penalty box."""
         worker.call_started = 0.0
         if worker.lowered and worker.alive:
             self._set_priority(worker.pid, starting=False)
@@ -752,10 +773,6 @@ class WorkerPool:
         self._finish(worker, result)
         if not worker.alive:
             self._dispatch()
-        # Answers a worker kept never reach us: take its count, capped by the budget.
-        result.kv_ops = max(kv_ops, min(result.kv_ops, budgets.kv_ops))
-        result.elapsed_ms = round((loop.time() - start) * 1000, 3)
-        return result
 
     def _wire(self, budgets: Budgets) -> dict[str, int]:
         wire = self._budget_wire.get(budgets)

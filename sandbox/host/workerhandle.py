@@ -104,6 +104,7 @@ class Worker:
         self.exited: asyncio.Future[int] = self.loop.create_future()
         self.waiter: asyncio.Future[dict[str, Any] | None] | None = None
         self.calls = 0
+        self.call_kv_ops = 0  # kv frames of its current call
         # Its own call limit, between half and all of the pool's: workers that started
         # together and share the load evenly would otherwise all be recycled at once (cheap
         # when forked from the template, ~5 ms; ~0.15-0.3 s of CPU each when started directly).
