@@ -83,17 +83,23 @@ class Op:
         call with a constant key to a variant that skips the key's shape check."""
         return self.args in ((KEY,), (KEY, VALUE)) and self.convention is None
 
+    @property
+    def cached_per_member(self) -> bool:
+        """A cached read answering one entry per member (smismember), not one answer."""
+        return self.cache is not None and self.args[-1] == VALUES
+
+    def cache_sub(self, args: list[Any]) -> tuple[str, ...]:
+        """The cache entry of one answer (validated wire args of a cached single-answer read):
+        (tag,) for a key's own answer, (tag, member or field) for one inside it."""
+        if self.cache is None or self.cached_per_member:
+            raise ValueError(f"kv.{self.name} has no single cached answer")
+        return (self.cache,) if len(self.args) == 1 else (self.cache, args[1])
+
     def cache_subs(self, args: list[Any]) -> list[tuple[str, ...]]:
-        """The cache entries one call's answer is made of (validated wire args; ``cache`` set):
-        one per member for smismember, else one."""
-        tag = self.cache
-        if tag is None:
-            raise ValueError(f"kv.{self.name} is not cached")
-        if self.args == (KEY,):
-            return [(tag,)]
-        if self.args[1] == VALUES:
-            return [(tag, m) for m in args[1]]
-        return [(tag, args[1])]
+        """The cache entries one call's answer is made of: one per member for smismember."""
+        if self.cached_per_member:
+            return [(self.cache, m) for m in args[1]]  # type: ignore[misc]
+        return [self.cache_sub(args)]
 
 
 OPS: dict[str, Op] = {

@@ -20,7 +20,7 @@ from sandbox.policy import KV_CONST_KEY, KV_DIRECT
 from sandbox.worker import kvapi, runtime
 from sandbox.worker.budget import BackendUnavailable, RunState
 from sandbox.worker.kvapi import KVError
-from sandbox.worker.readcache import ReadCache
+from sandbox.worker.readcache import MISS, ReadCache
 from sandbox.worker.runtime import compile_script, execute
 from server.store.kv import KVEngine
 
@@ -95,7 +95,10 @@ def test_worker_read_cache_keeps_only_the_tables_cached_ops() -> None:
         answer = [True] if op.answer == kvops.BOOLS else "v"
         cache.store(name, args, answer, "tag:" + name)
         kept = cache.lookup(name, args)
-        assert (kept is not kvops.OPS and kept == answer) if op.cache else len(cache) == 0 or kept is not answer
+        if op.cache:
+            assert kept == answer, name
+        else:
+            assert kept is MISS and len(cache) == 0, name
         cache.clear()
 
 

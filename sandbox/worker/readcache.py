@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox.kvops import OPS, VALUES, Op
+from sandbox.kvops import OPS, Op
 
 MISS = object()
 MAX_ENTRIES = 50_000
@@ -59,7 +59,7 @@ class ReadCache:
         subs = self._entries.get(args[0])
         if subs is None:
             return MISS
-        if op.args[-1] == VALUES:  # smismember: one entry per member
+        if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
             if type(members) is not list:
                 return MISS
@@ -82,7 +82,7 @@ class ReadCache:
         if op is None or op.cache is None or type(tag) is not str or not args or type(args[0]) is not str:
             return
         key = args[0]
-        if op.args[-1] == VALUES:  # smismember: one entry per member
+        if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
             if type(members) is not list or type(value) is not list or len(value) != len(members):
                 return
@@ -118,12 +118,11 @@ class ReadCache:
 
 
 def _sub(op: Op, args: list[Any]) -> tuple[Any, ...] | None:
-    """How one answer is keyed under its KV key: (tag,) or (tag, member/field)."""
-    if len(op.args) == 1:
-        return (op.cache,)
-    if len(args) != 2 or type(args[1]) is not str:
+    """How one answer is keyed under its KV key (``Op.cache_sub``), or None for arguments of
+    another shape (a key alone, or a key and one str)."""
+    if len(op.args) == 2 and (len(args) != 2 or type(args[1]) is not str):
         return None
-    return (op.cache, args[1])
+    return op.cache_sub(args)
 
 
 def _scalar(value: Any) -> bool:

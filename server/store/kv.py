@@ -74,9 +74,9 @@ class KVEngine:
     async def call(self, namespace: str, op_name: str, args: list[Any]) -> Any:
         op, a = kvops.validate(op_name, args, self.key_bytes, self.value_bytes)
         key = self._name(namespace, a[0])
-        if op.cache is not None and op.answer != kvops.BOOLS and self.cache is not None and self.cache_usable():
+        if op.cache is not None and not op.cached_per_member and self.cache is not None and self.cache_usable():
             # Hot path: answered from memory, no timeout scope or task switch needed.
-            value = self.cache.peek(key, op.cache_subs(a)[0])
+            value = self.cache.peek(key, op.cache_sub(a))
             if value is not MISS:
                 return bool(value) if op.answer == kvops.BOOL else value
         try:
@@ -122,7 +122,7 @@ class KVEngine:
             if v is MISS:
                 return None
             values.append(v)
-        if op.answer == kvops.BOOLS:
+        if op.cached_per_member:
             return [bool(v) for v in values], key
         return (bool(values[0]) if op.answer == kvops.BOOL else values[0]), key
 
@@ -173,16 +173,16 @@ class KVEngine:
             self.cache.finish(key, epoch, items, expires)
 
     async def _op_get(self, key: str, a: list[Any]) -> Any:
-        return await self._cached(key, OPS["get"].cache_subs(a)[0], lambda p: p.get(key))
+        return await self._cached(key, OPS["get"].cache_sub(a), lambda p: p.get(key))
 
     async def _op_exists(self, key: str, a: list[Any]) -> bool:
-        return bool(await self._cached(key, OPS["exists"].cache_subs(a)[0], lambda p: p.exists(key)))
+        return bool(await self._cached(key, OPS["exists"].cache_sub(a), lambda p: p.exists(key)))
 
     async def _op_hget(self, key: str, a: list[Any]) -> Any:
-        return await self._cached(key, OPS["hget"].cache_subs(a)[0], lambda p: p.hget(key, a[1]))
+        return await self._cached(key, OPS["hget"].cache_sub(a), lambda p: p.hget(key, a[1]))
 
     async def _op_sismember(self, key: str, a: list[Any]) -> bool:
-        return bool(await self._cached(key, OPS["sismember"].cache_subs(a)[0], lambda p: p.sismember(key, a[1])))
+        return bool(await self._cached(key, OPS["sismember"].cache_sub(a), lambda p: p.sismember(key, a[1])))
 
     async def _op_smismember(self, key: str, a: list[Any]) -> list[bool]:
         members: list[str] = a[1]
