@@ -488,3 +488,10 @@ return {'top': [w for w, n in top], 'n': len(words), 'tag': '%s-%d' % (req['id']
     ratio = min(sandbox_times) / min(native_times)
     print(f"micro-op heavy handler: sandbox is {ratio:.2f}x native")
     assert ratio < 12, f"sandbox is {ratio:.1f}x native"
+
+
+def test_star_calls_pass_any_keyword_through_the_apply_hook() -> None:
+    # `f(*a, **k)` runs through the _apply_ hook: the script's keywords reach f unchanged,
+    # including one named like the hook's own parameters.
+    src = "def f(*a, **k):\n    return sorted(k)\ndef handle(req):\n    return {'r': f(*[1], self=2, x=3)}\n"
+    assert execute(compile_script(src), {}, DictKV(), Budgets()).fields == {"r": ["self", "x"]}

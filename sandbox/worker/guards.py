@@ -232,7 +232,8 @@ class Hooks:
             return obj
         st.refuse(f"{describe(obj)} cannot be modified")
 
-    def apply_(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+    def apply_(self, /, func: Any, *args: Any, **kwargs: Any) -> Any:
+        # `self` positional-only: a script's own keyword named "self" passes through, as before
         st = self.st
         for key in kwargs:
             if key.startswith("_"):
