@@ -138,8 +138,10 @@ class CompileIssue:
         return {"line": self.line, "col": self.col, "message": self.message}
 
 
-class KVError(Exception):
-    """A KV operation was refused (bad arguments, wrong type of key, over a limit)."""
+class KVRefused(Exception):
+    """The wire-level refusal of one KV operation (bad arguments, wrong type of key, over a
+    limit), raised by validation, the store and the port. The worker turns it into the
+    script-visible ``KVError`` (``sandbox.worker.kvapi``)."""
 
 
 class KVUnavailable(Exception):
@@ -153,8 +155,8 @@ class KVDeadline(Exception):
 class KVPort(Protocol):
     """How the sandbox's ``kv`` facade reaches the store. Injected; never a Redis client.
 
-    ``call`` performs one already-validated operation (see ``sandbox.worker.kvapi.OPS``) in the
-    caller's namespace and returns plain JSON data. It raises ``KVError`` when the store
+    ``call`` performs one already-validated operation (see ``sandbox.kvops.OPS``) in the
+    caller's namespace and returns plain JSON data. It raises ``KVRefused`` when the store
     refuses the operation and ``KVUnavailable`` when the store cannot be reached.
 
     The sandbox reads the clock only now and then (an op counts as a loop tick), so a port

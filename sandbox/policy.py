@@ -38,9 +38,7 @@ from collections.abc import Iterator
 from RestrictedPython.transformer import ALLOWED_FUNC_NAMES, RestrictingNodeTransformer, copy_locations
 
 from sandbox.api import CompileIssue
-from sandbox.kvops import KEY as KV_KEY
 from sandbox.kvops import OPS as KV_OPS
-from sandbox.kvops import VALUE as KV_VALUE
 
 SCRIPT_FILENAME = "<script>"
 MAX_SOURCE_BYTES = 64 * 1024
@@ -93,7 +91,7 @@ KV_DIRECT: dict[str, str] = {name: f"_kv_{name}_" for name in KV_OPS}
 # ...and, when the key is a constant that is a valid key shape (non-empty printable ASCII),
 # to a method that only checks the key's length (sandbox.worker.kvapi.CONST_KEY_METHODS).
 KV_CONST_KEY: dict[str, str] = {
-    name: f"_kv_{name}_k_" for name, op in KV_OPS.items() if op.args in ((KV_KEY,), (KV_KEY, KV_VALUE))
+    name: f"_kv_{name}_k_" for name, op in KV_OPS.items() if op.key_shaped
 }
 _DIRECT_TO_CONST_KEY = {KV_DIRECT[name]: direct for name, direct in KV_CONST_KEY.items()}
 

@@ -61,6 +61,20 @@ READY, FATAL, NEED, KV, DONE, CHECKED, PROBED = "ready", "fatal", "need", "kv", 
 # KV error classes carried in "kvr" frames
 KV_ERR, KV_UNAVAILABLE = "kv", "unavailable"
 
+# Exit codes a worker uses so the host can classify a death it did not cause.
+EXIT_OOM = 71  # MemoryError outside a script (e.g. the result did not fit)
+EXIT_PROTOCOL = 72  # the host sent something unexpected
+EXIT_FATAL = 73  # startup failed
+
+# Lifetime CPU cap of one worker (hard RLIMIT_CPU, set by sandbox.worker.confine): a per-call
+# soft limit can never be raised past it once root is gone. The host recycles a worker at
+# half of it (sandbox.host.pool), long before it could cut a legitimate call short.
+LIFETIME_CPU_S = 3600
+
+# Compiled scripts a worker keeps (least recently used first out); the host's record of what
+# a worker knows follows the same rule, so it resends a source only when the worker lacks it.
+SCRIPT_CACHE_SIZE = 64
+
 
 class ProtocolError(Exception):
     """The peer sent something that is not a well-formed frame or message."""

@@ -7,7 +7,7 @@ what                        bound                                      default
 ==========================  =========================================  ==============
 client-side KV cache        ``cache_mb`` / ``cache_ns_mb`` (store URL)  64 / 16 MiB
 recording queue             ``recorder.QUEUE_BYTES``                    32 MiB
-workers' kept KV answers    ``pool._MAX_KEPT_BYTES`` per worker         4 MiB
+workers' kept KV answers    ``kvrelay.MAX_KEPT_BYTES`` per worker       4 MiB
 a reply, its logs           the worker's budgets, and the frame limit  8 MiB a frame
                             (``protocol.MAX_FROM_WORKER``) per call
 queued calls                ``max_queue`` per command                  64 x workers

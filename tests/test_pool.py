@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sandbox.api import BUDGET, EXCEPTION, UNAVAILABLE, Budgets, KVError, KVUnavailable, RunResult
+from sandbox.api import BUDGET, EXCEPTION, UNAVAILABLE, Budgets, KVRefused, KVUnavailable, RunResult
 from sandbox.host.pool import WorkerPool
 from tests.timing import FAR_S, SLACK_S
 
@@ -47,7 +47,7 @@ class DictKV:
             return args[1] in self.sets.get(args[0], set())
         if op == "smembers":
             return self.sets.get(args[0], set())  # a set: the pool must encode it
-        raise KVError(f"fake kv has no {op}")
+        raise KVRefused(f"fake kv has no {op}")
 
 
 class Gate:
@@ -176,7 +176,7 @@ def handle(req):
 
 def test_kv_error_reaches_the_script(pool: WorkerPool, loop: asyncio.AbstractEventLoop) -> None:
     async def refusing(op: str, args: list) -> Any:
-        raise KVError("WRONGTYPE value is not a set")
+        raise KVRefused("WRONGTYPE value is not a set")
 
     caught = """\
 def handle(req):

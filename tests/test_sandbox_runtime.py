@@ -10,7 +10,7 @@ import pytest
 from attacks.cases import H
 from attacks.fakeport import DictKV, run
 
-from sandbox.api import ALLOW, DENY, ERROR, MODIFY, Budgets, KVError, RunResult
+from sandbox.api import ALLOW, DENY, ERROR, MODIFY, Budgets, KVRefused, RunResult
 from sandbox.worker.runtime import compile_script, execute
 from tests.timing import FAR_S
 
@@ -379,7 +379,7 @@ def test_port_crash_is_unavailable_without_details() -> None:
 
 class RefusingKV:
     def call(self, op: str, args: list[Any]) -> Any:
-        raise KVError("quota exceeded")
+        raise KVRefused("quota exceeded")
 
 
 def test_store_refusal_is_a_catchable_kv_error() -> None:
@@ -488,3 +488,10 @@ return {'top': [w for w, n in top], 'n': len(words), 'tag': '%s-%d' % (req['id']
     ratio = min(sandbox_times) / min(native_times)
     print(f"micro-op heavy handler: sandbox is {ratio:.2f}x native")
     assert ratio < 12, f"sandbox is {ratio:.1f}x native"
+
+
+def test_star_calls_pass_any_keyword_through_the_apply_hook() -> None:
+    # `f(*a, **k)` runs through the _apply_ hook: the script's keywords reach f unchanged,
+    # including one named like the hook's own parameters.
+    src = "def f(*a, **k):\n    return sorted(k)\ndef handle(req):\n    return {'r': f(*[1], self=2, x=3)}\n"
+    assert execute(compile_script(src), {}, DictKV(), Budgets()).fields == {"r": ["self", "x"]}

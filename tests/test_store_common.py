@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sandbox import kvops
-from sandbox.api import KVError
+from sandbox.api import KVRefused
 from server.store.base import StoreError
 from server.store.connect import open_store
 from server.store.redis_store import Store
@@ -230,10 +230,10 @@ def test_kv_strings(backend: str | None, store_prefix: str) -> None:
             assert await kv("ns", "incr", ["c", 1, 20]) == 2  # existing key without TTL gets one
             assert 19 <= await kv("ns", "ttl", ["c"]) <= 20
             await kv("ns", "set", ["s", "abc", None])
-            with pytest.raises(KVError, match="not an integer"):
+            with pytest.raises(KVRefused, match="not an integer"):
                 await kv("ns", "incr", ["s", 1, None])
             await kv("ns", "set", ["big", str(2**63 - 1), None])
-            with pytest.raises(KVError, match="overflow"):
+            with pytest.raises(KVRefused, match="overflow"):
                 await kv("ns", "incr", ["big", 1, None])
 
     run(scenario())
@@ -267,11 +267,11 @@ def test_kv_sets_hashes_lists(backend: str | None, store_prefix: str) -> None:
             assert await kv("ns", "lrange", ["l", 0, 2**62]) == ["z", "a", "b"]
             assert await kv("ns", "ltrim", ["l", 0, 1]) is True
             assert await kv("ns", "llen", ["l"]) == 2
-            # wrong types give a clear KVError naming only the script-level key
+            # wrong types give a clear KVRefused naming only the script-level key
             for op, args in [("sismember", ["h", "x"]), ("get", ["bl"]), ("hget", ["l", "x"]),
                              ("lpush", ["bl", ["x"]]), ("incr", ["h", 1, None]), ("smismember", ["h", ["x"]]),
                              ("smembers", ["h"]), ("hgetall", ["bl"]), ("lrange", ["h", 0, 1])]:
-                with pytest.raises(KVError) as err:
+                with pytest.raises(KVRefused) as err:
                     await kv("ns", op, args)
                 assert store_prefix not in str(err.value) and "holds another type" in str(err.value)
 
@@ -286,11 +286,11 @@ def test_kv_collection_caps(backend: str | None, store_prefix: str) -> None:
             await s.kv_write("ns", "big", "set", [str(i) for i in range(cap + 1)], None, "t")
             await s.kv_write("ns", "bigh", "hash", {str(i): "v" for i in range(cap + 1)}, None, "t")
             await s.kv_write("ns", "bigl", "list", [str(i) for i in range(cap + 5)], None, "t")
-            with pytest.raises(KVError, match="more than"):
+            with pytest.raises(KVRefused, match="more than"):
                 await s.kv_call("ns", "smembers", ["big"])
-            with pytest.raises(KVError, match="more than"):
+            with pytest.raises(KVRefused, match="more than"):
                 await s.kv_call("ns", "hgetall", ["bigh"])
-            with pytest.raises(KVError, match="at most"):
+            with pytest.raises(KVRefused, match="at most"):
                 await s.kv_call("ns", "lrange", ["bigl", 0, -1])
             assert len(await s.kv_call("ns", "lrange", ["bigl", 0, cap - 1])) == cap
             assert len(await s.kv_call("ns", "lrange", ["bigl", 5, 10**9])) == cap
@@ -309,10 +309,10 @@ def test_kv_validation_is_redone_on_the_host(backend: str | None, store_prefix: 
                 ("get", ["\ud800"]), ("incr", ["k", "1", None]),
             ]
             for op, args in bad:
-                with pytest.raises(KVError):
+                with pytest.raises(KVRefused):
                     await s.kv_call("ns", op, args)
             for ns in ("", "a:b", "a b", "ns{x}", "n" * 65, "é"):
-                with pytest.raises(KVError):
+                with pytest.raises(KVRefused):
                     await s.kv_call(ns, "get", ["k"])
 
     run(scenario())

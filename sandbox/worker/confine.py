@@ -37,10 +37,9 @@ import struct
 import tempfile
 from dataclasses import asdict, dataclass, field
 
+from sandbox.protocol import LIFETIME_CPU_S
+
 NOBODY = 65534
-# Lifetime CPU cap of one worker (hard RLIMIT_CPU): a per-call soft limit can never be
-# raised past it once root is gone. The host recycles workers long before they reach it.
-LIFETIME_CPU_S = 3600
 CPU_MARGIN_S = 1  # slack on top of the wall budget for the per-call soft CPU limit
 
 # prctl options
@@ -149,7 +148,9 @@ def build_filter(pid: int) -> list[tuple[int, int, int, int]]:
     def guarded(name: str, block: list[tuple[int, int, int, int]]) -> None:
         # jeq nr: fall into ``block`` (which always ends in a return), else skip it.
         # The accumulator holds an argument afterwards, so every block must return.
-        assert block[-1][0] == BPF_RET_K and len(block) < 256
+        # A real check, not an assert: under ``python -O`` a wrong block must still stop the build.
+        if block[-1][0] != BPF_RET_K or len(block) >= 256:
+            raise ValueError(f"seccomp block for {name} must end in a return and fit a jump offset")
         prog.append((BPF_JEQ_K, 0, len(block), NR[name]))
         prog.extend(block)
 

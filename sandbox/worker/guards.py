@@ -1,8 +1,9 @@
 """The guard functions RestrictedPython's rewritten code calls, written for this sandbox.
 
-``make_hooks(st)`` returns the hook table. ``sandbox.worker.runtime`` builds it once per process,
-bound to the process's one ``RunState`` (reset at the start of every call), so the hooks
-read budgets from ``st`` at call time, never from values captured when they were made.
+``make_hooks(st, ...)`` returns the hook table: ``sandbox.worker.runtime`` builds it once per
+process, bound to the process's one ``RunState`` (reset at the start of every call), so the
+hooks read budgets from ``st`` at call time, never from values captured when they were made.
+Each hook is one method of ``Hooks``, named after the builtin it is installed as.
 Principles:
 
 - Attribute access is an allow-list per *exact* type (``sandbox.worker.methods``). Methods that
@@ -55,31 +56,83 @@ _CONVERSION_CHARS = {-1: None, 115: "s", 114: "r", 97: "a"}
 # -- the hooks ---------------------------------------------------------------------------------
 
 
-def make_hooks(
-    st: RunState,
-    attrs: dict[type, dict[str, Factory | None]],
-    subscriptable: frozenset[type],
-    print_collector: Callable[[RunState], Any],
-) -> dict[str, Any]:
-    # Nothing budget-dependent may be captured here: these closures outlive one call.
-    missing = object()
+class Hooks:
+    """The guard hooks of one ``RunState``: one method per name the policy's rewritten code
+    calls (``getattr_`` is installed as ``_getattr_``), in the spirit of RestrictedPython's
+    one visitor per node. Each method reads ``st`` once into a local (the reads after that
+    cost what a closure cell read cost). Nothing budget-dependent is kept: the hooks read
+    budgets from ``st`` at call time, since they outlive one call."""
 
-    no_attrs: dict[str, Factory | None] = {}
+    __slots__ = ("attrs", "print_collector", "st", "subscriptable")
 
-    def getattr_(obj: Any, name: str) -> Any:
+    def __init__(
+        self,
+        st: RunState,
+        attrs: dict[type, dict[str, Factory | None]],
+        subscriptable: frozenset[type],
+        print_collector: Callable[[RunState], Any],
+    ) -> None:
+        self.st = st
+        self.attrs = attrs
+        self.subscriptable = subscriptable
+        self.print_collector = print_collector
+
+    def table(self) -> dict[str, Any]:
+        """builtins name -> hook."""
+        st = self.st
+        return {
+            "_getattr_": self.getattr_,
+            "_getitem_": self.getitem_,
+            "_getiter_": self.getiter_,
+            "_getiter_item_": self.getiter_item_,
+            "_iter_unpack_sequence_": self.iter_unpack_sequence_,
+            "_unpack_sequence_": self.unpack_sequence_,
+            "_write_": self.write_,
+            "_apply_": self.apply_,
+            "_inplacevar_": self.inplacevar_,
+            "_print_": self.print_,
+            "_sized_": self.sized_,
+            "_nest_": self.nest_,
+            "_add_": self.add_,
+            "_iadd_": self.iadd_,
+            "_imul_": self.imul_,
+            "_mul_": self.mul_,
+            "_pow_": self.pow_,
+            "_lshift_": self.lshift_,
+            "_mod_": self.mod_,
+            "_floordiv_": self.floordiv_,
+            "_fmt_": self.fmt_,
+            "_caught_": self.caught_,
+            "_sub_": self.set_algebra(operator.sub),
+            "_or_": self.set_algebra(operator.or_),
+            "_and_": self.set_algebra(operator.and_),
+            "_xor_": self.set_algebra(operator.xor),
+            "_isub_": self.set_algebra(operator.isub),  # in place for sets, like native `-=`
+            "_ior_": self.set_algebra(operator.ior),
+            "_iand_": self.set_algebra(operator.iand),
+            "_ixor_": self.set_algebra(operator.ixor),
+            "_step_": st.step,
+            "_tick_": st.tick,
+            "_enter_": st.enter,
+            "_leave_": st.leave,
+        }
+
+    def getattr_(self, obj: Any, name: str) -> Any:
+        st = self.st
         # Hot path first: an allowed plain method of an allowed type, script not stopped.
         # (RestrictedPython only ever passes constant str names; a script cannot call this.)
-        how = attrs.get(type(obj), no_attrs).get(name, missing)
+        how = self.attrs.get(type(obj), _NO_ATTRS).get(name, _MISSING)
         if how is None and st.dead is None:
             st.ticks_left -= 1  # counts as a loop tick (see policy._TICKING_GUARDS)
             if st.ticks_left <= 0:
                 st.check_clock()
             return getattr(obj, name)
-        return getattr_slow(obj, name, how)
+        return self.getattr_slow(obj, name, how)
 
-    def getattr_slow(obj: Any, name: Any, how: Any) -> Any:
+    def getattr_slow(self, obj: Any, name: Any, how: Any) -> Any:
+        st = self.st
         st.tick()
-        if how is not missing:
+        if how is not _MISSING:
             return how(st, obj)
         t = type(obj)
         if isinstance(obj, BaseException) and name == "args":
@@ -91,15 +144,17 @@ def make_hooks(
             raise AttributeError(f"'{t.__name__}' object has no attribute '{name}'")
         st.refuse(f"attribute '{name}' of {describe(obj)} is not available")
 
-    def getitem_(obj: Any, key: Any) -> Any:
+    def getitem_(self, obj: Any, key: Any) -> Any:
+        st = self.st
         st.ticks_left -= 1
         if st.ticks_left <= 0:  # or stopped (budget.STOPPED_TICKS)
             st.check_clock()
-        if type(obj) in subscriptable:
+        if type(obj) in self.subscriptable:
             return obj[key]
         st.refuse(f"{describe(obj)} cannot be indexed")
 
-    def getiter_(obj: Any, ticks_here: bool = False) -> Any:
+    def getiter_(self, obj: Any, ticks_here: bool = False) -> Any:
+        st = self.st
         # ticks_here: the policy found that the loop runs no call per item (no guard, no
         # function: nothing can change the container or do unbounded work but C-level
         # operators), so it put no _tick_() in it: the loop's ticks are taken here.
@@ -107,40 +162,43 @@ def make_hooks(
         if t in SIZED:
             n = len(obj)
             st.charge(n)
-            return chunked(obj, n) if ticks_here else obj
+            return self.chunked(obj, n) if ticks_here else obj
         if t in LAZY:
             st.alive()
             return obj
         not_iterable(st, obj)
 
-    def chunked(obj: Any, n: int) -> Any:
+    def chunked(self, obj: Any, n: int) -> Any:
         """A call-free loop's ticks: up to CLOCK_EVERY items at once, now; beyond that one
         clock check per CLOCK_EVERY items, called from C between chunks (nothing can change
         the container while such a loop runs, so its length is known)."""
+        st = self.st
         if n < CLOCK_EVERY:
             st.ticks_left -= n
             if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
                 st.check_clock()
             return obj
         # (both callers have checked for a stop; the first chunk reads the clock)
-        return _chain(_map(next_chunk, _repeat(iter(obj), -(-n // CLOCK_EVERY))))
+        return _chain(_map(self.next_chunk, _repeat(iter(obj), -(-n // CLOCK_EVERY))))
 
-    def next_chunk(it: Any) -> Any:
+    def next_chunk(self, it: Any) -> Any:
+        st = self.st
         st.check_clock()
         return _islice(it, CLOCK_EVERY)
 
-    def getiter_item_(obj: Any, key: Any, ticks_here: bool = False) -> Any:
-        # getiter_(getitem_(obj, key), ticks_here) in one call (`for x in req["items"]`),
+    def getiter_item_(self, obj: Any, key: Any, ticks_here: bool = False) -> Any:
+        st = self.st
+        # self.getiter_(self.getitem_(obj, key), ticks_here) in one call (`for x in req["items"]`),
         # written out: this is the hot path. Its ticks (getitem_'s, getiter_'s, and with
         # ticks_here the loop's) are counted once, after the steps.
         if st.dead is not None:
             st.reraise()
-        if type(obj) not in subscriptable:
+        if type(obj) not in self.subscriptable:
             st.refuse(f"{describe(obj)} cannot be indexed")
         value = obj[key]
         if type(value) not in SIZED:
             st.tick()  # getitem_'s
-            return getiter_(value, ticks_here)
+            return self.getiter_(value, ticks_here)
         n = len(value)
         st.steps_left -= n
         if ticks_here:
@@ -148,7 +206,7 @@ def make_hooks(
                 st.ticks_left -= 2
                 if st.ticks_left <= 0 or st.steps_left < 0 or n >= 1024:
                     st._slow_step()
-                return chunked(value, n)  # a clock check per chunk
+                return self.chunked(value, n)  # a clock check per chunk
             st.ticks_left -= n + 2
         else:
             st.ticks_left -= 2
@@ -157,15 +215,16 @@ def make_hooks(
             st._slow_step()
         return value
 
-    def unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
+    def unpack_sequence_(self, it: Any, spec: Any, _getiter: Any) -> Any:
         # Native unpacking stops after len(targets)+1 items (or collects a starred target
         # from a sized / self-charging iterable), so no list() of the whole thing here.
-        return getiter_(it)
+        return self.getiter_(it)
 
-    def iter_unpack_sequence_(it: Any, spec: Any, _getiter: Any) -> Any:
-        return getiter_(it)
+    def iter_unpack_sequence_(self, it: Any, spec: Any, _getiter: Any) -> Any:
+        return self.getiter_(it)
 
-    def write_(obj: Any) -> Any:
+    def write_(self, obj: Any) -> Any:
+        st = self.st
         st.ticks_left -= 1
         if st.ticks_left <= 0:  # or stopped (budget.STOPPED_TICKS)
             st.check_clock()
@@ -173,24 +232,29 @@ def make_hooks(
             return obj
         st.refuse(f"{describe(obj)} cannot be modified")
 
-    def apply_(func: Any, *args: Any, **kwargs: Any) -> Any:
+    def apply_(self, /, func: Any, *args: Any, **kwargs: Any) -> Any:
+        # `self` positional-only: a script's own keyword named "self" passes through, as before
+        st = self.st
         for key in kwargs:
             if key.startswith("_"):
                 st.refuse(f'keyword argument "{key}" is not allowed')
         st.charge(len(args) + len(kwargs))
         return func(*args, **kwargs)
 
-    def nest_(t: tuple[Any, ...]) -> tuple[Any, ...]:
+    def nest_(self, t: tuple[Any, ...]) -> tuple[Any, ...]:
+        st = self.st
         return check_tuple_depth(st, t)
 
-    def sized_(container: Any) -> Any:
+    def sized_(self, container: Any) -> Any:
+        st = self.st
         if len(container) > st.max_items:
             st.check_items(len(container))
         return container
 
     # -- growth operators: check before allocating --
 
-    def add_(a: Any, b: Any) -> Any:
+    def add_(self, a: Any, b: Any) -> Any:
+        st = self.st
         ta = type(a)
         if ta is int and type(b) is int:
             r = a + b
@@ -209,7 +273,8 @@ def make_hooks(
             st.check_bytes(len(a) + len(b))
         return a + b
 
-    def mul_(a: Any, b: Any) -> Any:
+    def mul_(self, a: Any, b: Any) -> Any:
+        st = self.st
         ta, tb = type(a), type(b)
         if ta in INTLIKE and tb in INTLIKE:
             if a and b and a.bit_length() + b.bit_length() > st.max_bits:
@@ -233,18 +298,21 @@ def make_hooks(
                 st.charge(size)
         return a * b
 
-    def pow_(a: Any, b: Any) -> Any:
+    def pow_(self, a: Any, b: Any) -> Any:
+        st = self.st
         if type(a) in INTLIKE and type(b) in INTLIKE and b > 1 and (a > 1 or a < -1):
             # |a| >= 2, so the result has at least b bits: compare b first (no float overflow).
             st.check_bits(b if b > st.max_bits else math.log2(abs(a)) * b)
         return a**b
 
-    def lshift_(a: Any, b: Any) -> Any:
+    def lshift_(self, a: Any, b: Any) -> Any:
+        st = self.st
         if type(a) in INTLIKE and type(b) in INTLIKE and a and b > 0:
             st.check_bits(a.bit_length() + b)
         return a << b
 
-    def mod_(a: Any, b: Any) -> Any:
+    def mod_(self, a: Any, b: Any) -> Any:
+        st = self.st
         ta = type(a)
         if ta is str:
             return percent_format(st, a, b)
@@ -254,16 +322,19 @@ def make_hooks(
             check_division(st, a, b)
         return a % b
 
-    def floordiv_(a: Any, b: Any) -> Any:
+    def floordiv_(self, a: Any, b: Any) -> Any:
+        st = self.st
         if type(a) in INTLIKE and type(b) in INTLIKE:
             check_division(st, a, b)
         return a // b
 
-    def fmt_(value: Any, conversion: int, spec: Any) -> str:
+    def fmt_(self, value: Any, conversion: int, spec: Any) -> str:
+        st = self.st
         # An f-string field: conversion is -1 (none) or ord('s'/'r'/'a').
         return format_field(st, value, _CONVERSION_CHARS[conversion], spec, text_of)
 
-    def iadd_(x: Any, y: Any) -> Any:
+    def iadd_(self, x: Any, y: Any) -> Any:
+        st = self.st
         if type(x) is int and type(y) is int:  # the loop-counter case, inlined
             r = x + y
             if st.neg_int_limit < r < st.int_limit:
@@ -275,30 +346,32 @@ def make_hooks(
             st.check_items(len(x) + len(items))
             x += items
             return x
-        return add_(x, y)
+        return self.add_(x, y)
 
-    def imul_(x: Any, y: Any) -> Any:
+    def imul_(self, x: Any, y: Any) -> Any:
+        st = self.st
         if type(x) is list and type(y) in INTLIKE:
             st.check_items(len(x) * max(y, 0))
             st.charge(len(x) * max(y, 0))
             x *= y
             return x
-        return mul_(x, y)
+        return self.mul_(x, y)
 
-    def inplacevar_(op: str, x: Any, y: Any) -> Any:
+    def inplacevar_(self, op: str, x: Any, y: Any) -> Any:
+        st = self.st
         # Only reached if the policy left an augmented assignment to RestrictedPython.
         if op == "+=":
-            return iadd_(x, y)
+            return self.iadd_(x, y)
         if op == "*=":
-            return imul_(x, y)
+            return self.imul_(x, y)
         if op == "**=":
-            return pow_(x, y)
+            return self.pow_(x, y)
         if op == "<<=":
-            return lshift_(x, y)
+            return self.lshift_(x, y)
         if op == "%=":
-            return mod_(x, y)
+            return self.mod_(x, y)
         if op == "//=":
-            return floordiv_(x, y)
+            return self.floordiv_(x, y)
         if op in _SET_INPLACE:
             if type(x) in HASHED and type(y) in HASHED:
                 check_collisions(st, x, y)
@@ -307,7 +380,10 @@ def make_hooks(
             st.refuse(f"operator {op} is not supported")
         return fallback(x, y)
 
-    def set_algebra(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    def set_algebra(self, op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        """The hook of one set-algebra operator: the collision check first."""
+        st = self.st
+
         def hook(a: Any, b: Any) -> Any:
             if type(a) in HASHED and type(b) in HASHED:
                 check_collisions(st, a, b)
@@ -315,52 +391,31 @@ def make_hooks(
 
         return hook
 
-    def caught_() -> None:
+    def caught_(self) -> None:
+        st = self.st
         # First statement of every `except` block: the exception being handled.
         if st.dead is not None:
             st.reraise()  # a `finally:` replaced a stop with an ordinary exception
         if type(_exception()) is MemoryError:
             st.stop(BudgetExceeded("budget exceeded: memory (the script allocated too much)"))
 
-    def print_(_getattr: Any) -> Any:
-        return print_collector(st)
+    def print_(self, _getattr: Any) -> Any:
+        st = self.st
+        return self.print_collector(st)
 
-    return {
-        "_getattr_": getattr_,
-        "_getitem_": getitem_,
-        "_getiter_": getiter_,
-        "_getiter_item_": getiter_item_,
-        "_iter_unpack_sequence_": iter_unpack_sequence_,
-        "_unpack_sequence_": unpack_sequence_,
-        "_write_": write_,
-        "_apply_": apply_,
-        "_inplacevar_": inplacevar_,
-        "_print_": print_,
-        "_step_": st.step,
-        "_tick_": st.tick,
-        "_enter_": st.enter,
-        "_leave_": st.leave,
-        "_sized_": sized_,
-        "_nest_": nest_,
-        "_add_": add_,
-        "_iadd_": iadd_,
-        "_imul_": imul_,
-        "_mul_": mul_,
-        "_pow_": pow_,
-        "_lshift_": lshift_,
-        "_mod_": mod_,
-        "_floordiv_": floordiv_,
-        "_fmt_": fmt_,
-        "_caught_": caught_,
-        "_sub_": set_algebra(operator.sub),
-        "_or_": set_algebra(operator.or_),
-        "_and_": set_algebra(operator.and_),
-        "_xor_": set_algebra(operator.xor),
-        "_isub_": set_algebra(operator.isub),  # in place for sets, like native `-=`
-        "_ior_": set_algebra(operator.ior),
-        "_iand_": set_algebra(operator.iand),
-        "_ixor_": set_algebra(operator.ixor),
-    }
+
+def make_hooks(
+    st: RunState,
+    attrs: dict[type, dict[str, Factory | None]],
+    subscriptable: frozenset[type],
+    print_collector: Callable[[RunState], Any],
+) -> dict[str, Any]:
+    """The hook table for ``st`` (``sandbox.worker.runtime`` builds one per thread)."""
+    return Hooks(st, attrs, subscriptable, print_collector).table()
+
+
+_MISSING = object()
+_NO_ATTRS: dict[str, Factory | None] = {}
 
 
 _SET_INPLACE = frozenset({"-=", "|=", "&=", "^="})

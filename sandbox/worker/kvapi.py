@@ -1,17 +1,19 @@
 """The script's ``kv`` object: exactly the operations in ``sandbox.kvops.OPS``, nothing else.
 
-Each method packs its arguments into the wire form, checks them with ``kvops.validate``
-(so a bad key fails at the script's own line with a clear message), counts the op against
-``budgets.kv_ops``, calls ``port.call`` and converts the plain JSON answer into what the
-script expects (``smembers`` -> set, ``smismember`` -> list of bool...). Ops taking just a
-key, or a key and one value, call ``validate``'s own per-argument checks directly
-(same checks, same order, same messages, without the generic dispatch).
+Every method is built from its ``kvops.Op`` (``_method``): it takes the documented parameters
+(``op.params``), checks them as the host will (so a bad key fails at the script's own line
+with a clear message), counts the op against ``budgets.kv_ops``, calls ``port.call`` and
+checks and converts the plain JSON answer by its kind (``op.answer``: a set for
+``smembers``, a list of bool for ``smismember``...). The ops shaped (key) or (key, value)
+(``op.key_shaped``), the most used ones, check their arguments inline (``_key_op``,
+``_key_value_op``: the same checks, order and messages as ``kvops.validate``, which handles
+everything else and every argument those fast tests do not accept unchanged).
 
 There is one ``KV`` per process (``sandbox.worker.runtime``): it reads the call's port from the
 ``RunState``, which holds it only while a call runs.
 
 Failures:
-- a refused operation (validation or the store's ``KVError``) raises the script-visible
+- a refused operation (validation or the store's ``KVRefused``) raises the script-visible
   ``KVError`` (an ``Exception``: scripts may catch it, e.g. for a wrong key type);
 - ``KVUnavailable`` (or anything unexpected from the port) stops the script for good with
   error kind ``unavailable``: a script must not carry on as if it had an answer;
@@ -22,11 +24,12 @@ Failures:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from sandbox import kvops
-from sandbox.api import KVDeadline, KVUnavailable, bounded
-from sandbox.api import KVError as PortKVError
+from sandbox.api import KVDeadline, KVRefused, KVUnavailable, bounded
+from sandbox.kvops import Op
 from sandbox.worker.budget import BackendUnavailable, RunState
 from sandbox.worker.convert import scrub
 
@@ -35,12 +38,10 @@ class KVError(Exception):
     """Script-visible: a KV operation was refused (bad key/value, wrong type, limits)."""
 
 
-def _str_or_none(v: Any) -> bool:
-    return v is None or type(v) is str
-
-
-def _is_int(v: Any) -> bool:
-    return type(v) is int
+# -- answers ---------------------------------------------------------------------------------
+# What an answer of each kind (kvops.Op.answer) must look like, and how it is handed to the
+# script (None: as it is). The host is trusted less than it seems: a malformed answer stops
+# the script (BackendUnavailable) instead of reaching it.
 
 
 def _is_bool(v: Any) -> bool:
@@ -51,93 +52,70 @@ def _str_list(v: Any) -> bool:
     return type(v) is list and all(type(x) is str for x in v)
 
 
-# What each op's answer must look like, and how it is handed to the script.
-_RESULTS: dict[str, tuple[Any, Any]] = {
-    "get": (_str_or_none, None),
-    "set": (lambda v: True, lambda v: True),
-    "delete": (_is_int, None),
-    "exists": (_is_bool, bool),
-    "incr": (_is_int, None),
-    "expire": (_is_bool, bool),
-    "ttl": (_is_int, None),
-    "sadd": (_is_int, None),
-    "srem": (_is_int, None),
-    "sismember": (_is_bool, bool),
-    "smismember": (lambda v: type(v) is list and all(_is_bool(x) for x in v), lambda v: [bool(x) for x in v]),
-    "smembers": (_str_list, set),
-    "scard": (_is_int, None),
-    "hget": (_str_or_none, None),
-    "hset": (_is_int, None),
-    "hdel": (_is_int, None),
-    "hgetall": (lambda v: type(v) is dict and all(type(k) is str and type(x) is str for k, x in v.items()), dict),
-    "hincrby": (_is_int, None),
-    "lpush": (_is_int, None),
-    "rpush": (_is_int, None),
-    "lrange": (_str_list, list),
-    "ltrim": (lambda v: True, lambda v: True),
-    "llen": (_is_int, None),
+def _str_map(v: Any) -> bool:
+    return type(v) is dict and all(type(k) is str and type(x) is str for k, x in v.items())
+
+
+def _any(v: Any) -> bool:
+    return True
+
+
+def _true(v: Any) -> bool:
+    return True
+
+
+_ANSWERS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any] | None]] = {
+    kvops.OPT_STR: (lambda v: v is None or type(v) is str, None),
+    kvops.NUM: (lambda v: type(v) is int, None),
+    kvops.BOOL: (_is_bool, bool),
+    kvops.TRUE: (_any, _true),
+    kvops.STRS: (_str_list, list),
+    kvops.STR_SET: (_str_list, set),
+    kvops.BOOLS: (lambda v: type(v) is list and all(_is_bool(x) for x in v), lambda v: [bool(x) for x in v]),
+    kvops.STR_MAP: (_str_map, dict),
 }
-assert set(_RESULTS) == set(kvops.OPS), "every KV op needs a result check"
-# Ops whose answer is checked by ``_is_bool``: a True/False answer is returned as it is.
-_BOOL_OPS = frozenset(name for name, (check, _convert) in _RESULTS.items() if check is _is_bool)
-assert {"sismember", "exists", "expire"} == _BOOL_OPS
 
 
-def _values(args: tuple[Any, ...]) -> list[Any]:
-    return list(args)
-
-
-# Ops whose arguments are (key,) or (key, value): checked without kvops.validate's loop.
-_KEY_OPS = frozenset(name for name, op in kvops.OPS.items() if op.args == (kvops.KEY,))
-_KEY_VALUE_OPS = frozenset(name for name, op in kvops.OPS.items() if op.args == (kvops.KEY, kvops.VALUE))
-_VALUE_LABEL = {name: f"kv.{name}: value" for name in _KEY_VALUE_OPS}
-_VALUE_PARAM = {"sismember": "member", "hget": "field"}  # the documented parameter names
-assert set(_VALUE_PARAM) == _KEY_VALUE_OPS
-assert {"get", "delete", "exists", "ttl", "smembers", "scard", "hgetall", "llen"} <= _KEY_OPS
-assert {"sismember", "hget"} <= _KEY_VALUE_OPS
-assert all(kvops._LABELS[name]["value"] == label for name, label in _VALUE_LABEL.items())
-_check_key = kvops.check_key
-_check_value = kvops._scalar
-
-
-def _op(st: RunState, b: Any, name: str, wire: list[Any]) -> Any:
-    """Count the op, call the port, check and convert the answer.
-
-    The caller counted the op as a loop tick (the clock is read now and then, as for any
-    guard; the tick is also the stop check, see ``budget.STOPPED_TICKS``): a port
-    that waits (the worker's, a round trip to the host) raises ``KVDeadline`` itself when
-    the call's deadline passed while it waited.
-
-    The port runs at the script's own stack depth (no recursion-limit headroom: that cost
-    two C calls per op). A script at the interpreter's stack limit can therefore make
-    RecursionError fire inside the port; the worker's port (``sandbox.worker.main.IpcKV``) then
-    refuses every later op of the call, and the worker is retired after it.
-    """
-    if st.kv_ops >= b.kv_ops:
-        st.exceeded("kv_ops", b.kv_ops)
-    st.kv_ops += 1
-    try:
-        result = st.port.call(name, wire)
-    except Exception as e:
-        _port_failed(st, name, e)
-    if (result is True or result is False) and name in _BOOL_OPS:
-        return result  # the common answer of sismember/exists/expire: already what bool() gives
-    return _answer(st, name, result)
-
-
-def _answer(st: RunState, name: str, result: Any) -> Any:
+def _answer(st: RunState, op: Op, result: Any) -> Any:
     """The port's answer, checked and converted into what the script expects."""
-    check, convert = _RESULTS[name]
+    check, convert = _ANSWERS[op.answer]
     if not check(result):
-        st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{name})"))
+        st.stop(BackendUnavailable(f"KV backend returned malformed data (kv.{op.name})"))
     if type(result) is list or type(result) is dict:
         st.charge(len(result))
     return result if convert is None else convert(result)
 
 
+# -- one call --------------------------------------------------------------------------------
+
+
+def _send(st: RunState, op: Op, wire: list[Any]) -> Any:
+    """Count the op against ``kv_ops``, call the port, check and convert the answer.
+
+    The caller counted the op as a loop tick first (the clock is read now and then, as for
+    any guard; the tick is also the stop check, see ``budget.STOPPED_TICKS``, so it comes
+    before the port). A port that waits (the worker's, a round trip to the host) raises
+    ``KVDeadline`` itself when the call's deadline passed while it waited. The port runs at
+    the script's own stack depth (no recursion-limit headroom: that cost two C calls per op),
+    so a script at the interpreter's stack limit can make RecursionError fire inside it; the
+    worker's port (``sandbox.worker.main.IpcKV``) then refuses every later op of the call,
+    and the worker is retired after it.
+    """
+    if st.kv_ops >= st.kv_ops_max:
+        st.exceeded("kv_ops", st.kv_ops_max)
+    st.kv_ops += 1
+    try:
+        result = st.port.call(op.name, wire)
+    except Exception as e:
+        _port_failed(st, op.name, e)
+    if (result is True or result is False) and op.answer is kvops.BOOL:
+        return result  # the common answer of sismember/exists/expire: already what bool() gives
+    return _answer(st, op, result)
+
+
 def _port_failed(st: RunState, name: str, e: Exception) -> NoReturn:
     """The port raised instead of answering (a ``Stop`` is a BaseException: never here)."""
-    if isinstance(e, PortKVError):  # the store refused the op: the script may catch this
+    if isinstance(e, KVRefused):  # the store refused the op: the script may catch this
         raise KVError(bounded(scrub(str(e)), 300)) from None
     if isinstance(e, KVUnavailable):
         st.stop(BackendUnavailable(f"KV backend unavailable (kv.{name})"))
@@ -149,98 +127,152 @@ def _port_failed(st: RunState, name: str, e: Exception) -> NoReturn:
     st.stop(BackendUnavailable(f"KV backend failed (kv.{name}: {type(e).__name__})"))
 
 
-def _bad_key(key: Any, limit: int) -> str:
+# -- the calling conventions (one per shape of kvops.Op) -------------------------------------
+
+
+def _checked_key(key: Any, limit: int) -> str:
+    """``kvops.check_key``, its refusal raised as the script's ``KVError``."""
     try:
-        return _check_key(key, limit)
-    except PortKVError as e:
+        return kvops.check_key(key, limit)
+    except KVRefused as e:
         raise KVError(str(e)) from None
 
 
-def _bad_value(value: Any, label: str, limit: int) -> str:
+def _checked_value(op: Op, value: Any, limit: int) -> str:
     try:
-        return _check_value(value, label, limit)
-    except PortKVError as e:
+        return kvops.check_scalar(value, op.labels["value"], limit)
+    except KVRefused as e:
         raise KVError(str(e)) from None
 
 
-def _fast_method(name: str, key_is_valid: bool = False) -> Any:
-    """``kv.<name>(key)`` (``_KEY_OPS``) or ``kv.<name>(key, value)`` (``_KEY_VALUE_OPS``): the
-    most used ops, written out for speed. Same checks, order and messages as
-    ``kvops.validate`` (the fast tests accept only what its checks return unchanged: an
-    exact, non-empty, printable ASCII key and an exact ASCII value within the limits;
-    anything else takes those checks), then ``_op`` written out (one frame less per op).
+# The ops shaped (key) or (key, value), the most used, check inline and call the port
+# themselves (_send written out: one frame per op, about 3% of a typical script's cost).
+# The fast tests accept only what check_key / check_scalar return unchanged (an exact,
+# non-empty, printable ASCII key within the limit; an exact ASCII str value within the
+# limit); anything else takes those checks. ``const``: the key is a constant the policy
+# already found non-empty printable ASCII (sandbox.policy.KV_CONST_KEY), so only the per-call
+# length limit is left to check. The tick comes first: it is also the stop check, which must
+# come before the port.
 
-    ``key_is_valid``: the key is a constant the policy already found to be a non-empty
-    printable ASCII str (``sandbox.policy.KV_CONST_KEY``): only its length is checked here.
 
-    The op's tick comes first: it is also the stop check (``budget.STOPPED_TICKS``), which
-    must come before the port is called.
+def _key_op(st: RunState, op: Op, const: bool, key: Any) -> Any:
+    st.ticks_left -= 1
+    if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
+        st.check_clock()
+    limit = st.kv_key_bytes
+    if const:
+        if len(key) > limit:
+            key = _checked_key(key, limit)
+    elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+        key = _checked_key(key, limit)
+    if st.kv_ops >= st.kv_ops_max:
+        st.exceeded("kv_ops", st.kv_ops_max)
+    st.kv_ops += 1
+    try:
+        result = st.port.call(op.name, [key])
+    except Exception as e:
+        _port_failed(st, op.name, e)
+    if (result is True or result is False) and op.answer is kvops.BOOL:
+        return result
+    return _answer(st, op, result)
+
+
+def _key_value_op(st: RunState, op: Op, const: bool, key: Any, value: Any) -> Any:
+    st.ticks_left -= 1
+    if st.ticks_left <= 0:
+        st.check_clock()
+    limit = st.kv_key_bytes
+    if const:
+        if len(key) > limit:
+            key = _checked_key(key, limit)
+    elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
+        key = _checked_key(key, limit)
+    limit = st.kv_value_bytes
+    if not (type(value) is str and len(value) <= limit and value.isascii()):
+        value = _checked_value(op, value, limit)
+    if st.kv_ops >= st.kv_ops_max:
+        st.exceeded("kv_ops", st.kv_ops_max)
+    st.kv_ops += 1
+    try:
+        result = st.port.call(op.name, [key, value])
+    except Exception as e:
+        _port_failed(st, op.name, e)
+    if (result is True or result is False) and op.answer is kvops.BOOL:
+        return result
+    return _answer(st, op, result)
+
+
+def _validated_op(st: RunState, op: Op, args: list[Any]) -> Any:
+    """Any argument shape, checked by ``kvops.validate`` (what the host runs too)."""
+    st.ticks_left -= 1
+    if st.ticks_left <= 0:
+        st.check_clock()
+    try:
+        _op, wire = kvops.validate(op.name, args, st.kv_key_bytes, st.kv_value_bytes)
+    except KVRefused as e:
+        raise KVError(str(e)) from None
+    return _send(st, op, wire)
+
+
+def _member_list_op(st: RunState, op: Op, key: Any, members: Any) -> Any:
+    """``smismember(key, members)``: a list or tuple; none at all is answered here."""
+    if type(members) is tuple:
+        members = list(members)
+    if type(members) is list and not members:
+        # Nothing to ask: answer without a round trip (the key is still checked).
+        _checked_key(key, st.kv_key_bytes)
+        return []
+    return _validated_op(st, op, [key, members])
+
+
+def _field_or_mapping_op(st: RunState, op: Op, key: Any, field_or_mapping: Any, value: Any) -> Any:
+    """``hset(key, field, value)`` or ``hset(key, mapping)``."""
+    if type(field_or_mapping) is dict:
+        if value is not None:
+            raise KVError(f"kv.{op.name}: pass either (field, value) or one mapping")
+        return _validated_op(st, op, [key, field_or_mapping])
+    if value is None:
+        raise KVError(f"kv.{op.name}: missing value")
+    # An unhashable field cannot key a dict: validation then refuses the missing mapping.
+    mapping = {field_or_mapping: value} if type(field_or_mapping) in (str, int, float, bool) else None
+    return _validated_op(st, op, [key, mapping])
+
+
+# -- the methods -----------------------------------------------------------------------------
+
+
+def _method(op: Op, const_key: bool = False) -> Callable[..., Any]:
+    """``def <op.name>(self, <op.params>): return <convention>(self._st, op, <arguments>)``.
+
+    Built from the table's signature text the way ``dataclasses`` builds ``__init__`` (the
+    text comes from ``kvops.OPS``, never from a script), so the script sees the documented
+    parameter names and defaults (``kv.incr(k, ttl=60)``, ``kv.sismember(k, member=m)``)
+    and a call costs one plain frame before its convention.
     """
-    is_bool = name in _BOOL_OPS
-
-    def key_op(self: KV, key: Any) -> Any:
-        st = self._st
-        st.ticks_left -= 1
-        if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
-            st.check_clock()
-        limit = st.kv_key_bytes
-        if key_is_valid:
-            if len(key) > limit:
-                key = _bad_key(key, limit)
-        elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
-            key = _bad_key(key, limit)
-        if st.kv_ops >= st.kv_ops_max:
-            st.exceeded("kv_ops", st.kv_ops_max)
-        st.kv_ops += 1
-        try:
-            result = st.port.call(name, [key])
-        except Exception as e:
-            _port_failed(st, name, e)
-        if is_bool and (result is True or result is False):
-            return result  # the common answer of exists/expire: already what bool() gives
-        return _answer(st, name, result)
-
-    def key_value_op(self: KV, key: Any, value: Any) -> Any:
-        st = self._st
-        st.ticks_left -= 1
-        if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
-            st.check_clock()
-        limit = st.kv_key_bytes
-        if key_is_valid:
-            if len(key) > limit:
-                key = _bad_key(key, limit)
-        elif not (type(key) is str and key.isascii() and 0 < len(key) <= limit and key.isprintable()):
-            key = _bad_key(key, limit)
-        limit = st.kv_value_bytes
-        if not (type(value) is str and len(value) <= limit and value.isascii()):
-            value = _bad_value(value, label, limit)
-        if st.kv_ops >= st.kv_ops_max:
-            st.exceeded("kv_ops", st.kv_ops_max)
-        st.kv_ops += 1
-        try:
-            result = st.port.call(name, [key, value])
-        except Exception as e:
-            _port_failed(st, name, e)
-        if is_bool and (result is True or result is False):
-            return result  # the common answer of sismember: already what bool() gives
-        return _answer(st, name, result)
-
-    if name in _KEY_OPS:
-        method = key_op
+    params = [p.strip() for p in op.params.split(",")]
+    names = [p.lstrip("*").split("=")[0] for p in params]
+    if op.key_shaped:
+        impl: Callable[..., Any] = _key_op if len(names) == 1 else _key_value_op
+        passed = ", ".join([str(const_key), *names])
+    elif op.convention == kvops.MEMBER_LIST:
+        impl, passed = _member_list_op, ", ".join(names)
+    elif op.convention == kvops.FIELD_OR_MAPPING:
+        impl, passed = _field_or_mapping_op, ", ".join(names)
     else:
-        label = _VALUE_LABEL[name]
-        method = key_value_op
-        # The script-visible signature keeps the documented parameter name.
-        code = method.__code__
-        names = code.co_varnames
-        method.__code__ = code.replace(co_varnames=(names[0], names[1], _VALUE_PARAM[name], *names[3:]))
-    method.__name__ = name
-    method.__qualname__ = f"KV.{name}"
+        impl = _validated_op
+        wire = [f"list({n})" if p.startswith("*") else n for p, n in zip(params, names, strict=True)]
+        passed = "[" + ", ".join(wire) + "]"
+    source = f"def {op.name}(self, {op.params}):\n    return _impl(self._st, _op, {passed})\n"
+    namespace: dict[str, Any] = {"_impl": impl, "_op": op}
+    exec(source, namespace)  # the source is built from kvops.OPS only, never from a script
+    method = namespace[op.name]
+    method.__qualname__ = f"KV.{op.name}"
+    method.__doc__ = op.doc
     return method
 
 
 class KV:
-    """The ``kv`` global. Only the methods below are reachable (``PUBLIC``)."""
+    """The ``kv`` global: one method per ``kvops.OPS`` entry (``PUBLIC``), nothing else."""
 
     __slots__ = ("_st",)
     PUBLIC = frozenset(kvops.OPS)
@@ -253,102 +285,11 @@ class KV:
 
     __repr__ = script_repr
 
-    def _call(self, name: str, args: list[Any]) -> Any:
-        """An op checked by ``kvops.validate`` (any argument shape)."""
-        st = self._st
-        st.ticks_left -= 1
-        if st.ticks_left <= 0:  # a clock check is due, or the script is stopped
-            st.check_clock()
-        b = st.budgets
-        try:
-            _spec, wire = kvops.validate(name, args, b.kv_key_bytes, b.kv_value_bytes)
-        except PortKVError as e:
-            raise KVError(str(e)) from None
-        return _op(st, b, name, wire)
 
-    # -- strings --
-    get = _fast_method("get")
-
-    def set(self, key: Any, value: Any, ttl: Any = None) -> Any:
-        return self._call("set", [key, value, ttl])
-
-    delete = _fast_method("delete")
-
-    exists = _fast_method("exists")
-
-    def incr(self, key: Any, by: Any = 1, ttl: Any = None) -> Any:
-        return self._call("incr", [key, by, ttl])
-
-    def expire(self, key: Any, ttl: Any) -> Any:
-        return self._call("expire", [key, ttl])
-
-    ttl = _fast_method("ttl")
-
-    # -- sets --
-    def sadd(self, key: Any, *members: Any) -> Any:
-        return self._call("sadd", [key, _values(members)])
-
-    def srem(self, key: Any, *members: Any) -> Any:
-        return self._call("srem", [key, _values(members)])
-
-    sismember = _fast_method("sismember")
-
-    def smismember(self, key: Any, members: Any) -> Any:
-        if type(members) is tuple:
-            members = list(members)
-        if type(members) is list and not members:
-            # Nothing to ask: answer without a round trip (the key is still checked).
-            try:
-                kvops.check_key(key, self._st.budgets.kv_key_bytes)
-            except PortKVError as e:
-                raise KVError(str(e)) from None
-            return []
-        return self._call("smismember", [key, members])
-
-    smembers = _fast_method("smembers")
-
-    scard = _fast_method("scard")
-
-    # -- hashes --
-    hget = _fast_method("hget")
-
-    def hset(self, key: Any, field_or_mapping: Any, value: Any = None) -> Any:
-        if type(field_or_mapping) is dict:
-            if value is not None:
-                raise KVError("kv.hset: pass either (field, value) or one mapping")
-            return self._call("hset", [key, field_or_mapping])
-        if value is None:
-            raise KVError("kv.hset: missing value")
-        return self._call("hset", [key, {field_or_mapping: value}] if _hashable(field_or_mapping) else [key, None])
-
-    def hdel(self, key: Any, *fields: Any) -> Any:
-        return self._call("hdel", [key, _values(fields)])
-
-    hgetall = _fast_method("hgetall")
-
-    def hincrby(self, key: Any, field: Any, by: Any = 1) -> Any:
-        return self._call("hincrby", [key, field, by])
-
-    # -- lists --
-    def lpush(self, key: Any, *values: Any) -> Any:
-        return self._call("lpush", [key, _values(values)])
-
-    def rpush(self, key: Any, *values: Any) -> Any:
-        return self._call("rpush", [key, _values(values)])
-
-    def lrange(self, key: Any, start: Any, stop: Any) -> Any:
-        return self._call("lrange", [key, start, stop])
-
-    def ltrim(self, key: Any, start: Any, stop: Any) -> Any:
-        return self._call("ltrim", [key, start, stop])
-
-    llen = _fast_method("llen")
-
-
-def _hashable(x: Any) -> bool:
-    return type(x) in (str, int, float, bool)
-
+for _op in kvops.OPS.values():
+    setattr(KV, _op.name, _method(_op))
+del _op
 
 # ``kv.<op>("constant key", ...)`` compiled by the policy (``sandbox.policy.KV_CONST_KEY``):
-# the same methods, minus the key checks the policy already made on the constant.
-CONST_KEY_METHODS: dict[str, Any] = {name: _fast_method(name, key_is_valid=True) for name in _KEY_OPS | _KEY_VALUE_OPS}
+# the same methods, minus the key shape checks the policy already made on the constant.
+CONST_KEY_METHODS: dict[str, Any] = {op.name: _method(op, const_key=True) for op in kvops.OPS.values() if op.key_shaped}

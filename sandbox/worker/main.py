@@ -31,18 +31,12 @@ from typing import Any
 import orjson
 
 from sandbox import api, kvops, protocol
-from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVDeadline, KVError, KVUnavailable, RunResult
+from sandbox.api import BUDGET, POLICY, Budgets, CompileIssue, KVDeadline, KVRefused, KVUnavailable, RunResult
 from sandbox.policy import check_source
+from sandbox.protocol import EXIT_FATAL, EXIT_OOM, EXIT_PROTOCOL, SCRIPT_CACHE_SIZE
 from sandbox.worker import confine, containers, template
 from sandbox.worker.readcache import MISS, ReadCache
 from sandbox.worker.runtime import CompiledScript, PolicyRefused, compile_script, execute
-
-# Exit codes the host uses to classify a death it did not cause.
-EXIT_OOM = 71  # MemoryError outside a script (e.g. the result did not fit)
-EXIT_PROTOCOL = 72  # the host sent something unexpected
-EXIT_FATAL = 73  # startup failed
-
-SCRIPT_CACHE_SIZE = 64  # compiled scripts kept per worker (host mirrors this)
 
 
 class IpcKV:
@@ -77,7 +71,7 @@ class IpcKV:
                                 "kv unusable after an interrupted operation")
         try:
             return self._call(op, args)
-        except (KVError, KVUnavailable, KVDeadline):
+        except (KVRefused, KVUnavailable, KVDeadline):
             raise
         except BaseException:
             self.closed = self.interrupted = True
@@ -95,7 +89,7 @@ class IpcKV:
         try:
             frame = protocol.encode({"t": protocol.KV, "id": self._id, "op": op, "args": args})
         except TypeError:
-            raise KVError(f"kv.{op}: arguments are not plain data") from None
+            raise KVRefused(f"kv.{op}: arguments are not plain data") from None
         self._chan.send_raw(frame)
         self.awaiting = True
         reply = self._reply(spin=True)
@@ -109,7 +103,7 @@ class IpcKV:
             return value
         text = str(reply.get("msg", ""))
         if reply.get("err") == protocol.KV_ERR:
-            raise KVError(text)
+            raise KVRefused(text)
         raise KVUnavailable(text)
 
     def _reply(self, spin: bool) -> dict[str, Any]:
@@ -151,7 +145,7 @@ class _WarmKV:
     def call(self, op: str, args: list[Any]) -> Any:
         self.n += 1
         if self.n == 2:
-            raise KVError("warm-up refusal")
+            raise KVRefused("warm-up refusal")
         if self.n == 3:
             raise KVUnavailable("warm-up outage")
         return None

@@ -23,11 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from sandbox.kvops import OPS, Op
+
 MISS = object()
 MAX_ENTRIES = 50_000
-
-# op -> how one answer is keyed under its KV key (see sub()).
-CACHEABLE = frozenset({"get", "exists", "hget", "sismember", "smismember"})
 
 
 class ReadCache:
@@ -53,19 +52,20 @@ class ReadCache:
         self._entries.clear()
         self._tags.clear()
 
-    def lookup(self, op: str, args: list[Any]) -> Any:
-        if op not in CACHEABLE or not args or type(args[0]) is not str:
+    def lookup(self, name: str, args: list[Any]) -> Any:
+        op = OPS.get(name)
+        if op is None or op.cache is None or not args or type(args[0]) is not str:
             return MISS
         subs = self._entries.get(args[0])
         if subs is None:
             return MISS
-        if op == "smismember":
+        if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
             if type(members) is not list:
                 return MISS
             out = []
             for m in members:
-                v = subs.get(("m", m), MISS) if type(m) is str else MISS
+                v = subs.get((op.cache, m), MISS) if type(m) is str else MISS
                 if v is MISS:
                     return MISS
                 out.append(v)
@@ -77,15 +77,16 @@ class ReadCache:
             self.hits += 1
         return v
 
-    def store(self, op: str, args: list[Any], value: Any, tag: Any) -> None:
-        if op not in CACHEABLE or type(tag) is not str or not args or type(args[0]) is not str:
+    def store(self, name: str, args: list[Any], value: Any, tag: Any) -> None:
+        op = OPS.get(name)
+        if op is None or op.cache is None or type(tag) is not str or not args or type(args[0]) is not str:
             return
         key = args[0]
-        if op == "smismember":
+        if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
             if type(members) is not list or type(value) is not list or len(value) != len(members):
                 return
-            items = [(("m", m), v) for m, v in zip(members, value, strict=True)
+            items = [((op.cache, m), v) for m, v in zip(members, value, strict=True)
                      if type(m) is str and type(v) is bool]
         else:
             sub = _sub(op, args)
@@ -116,12 +117,12 @@ class ReadCache:
                     self._entries.pop(key, None)
 
 
-def _sub(op: str, args: list[Any]) -> tuple[Any, ...] | None:
-    if op in ("sismember", "hget"):
-        if len(args) != 2 or type(args[1]) is not str:
-            return None
-        return ("m" if op == "sismember" else "h", args[1])
-    return (op,)
+def _sub(op: Op, args: list[Any]) -> tuple[Any, ...] | None:
+    """How one answer is keyed under its KV key (``Op.cache_sub``), or None for arguments of
+    another shape (a key alone, or a key and one str)."""
+    if len(op.args) == 2 and (len(args) != 2 or type(args[1]) is not str):
+        return None
+    return op.cache_sub(args)
 
 
 def _scalar(value: Any) -> bool:

@@ -51,8 +51,6 @@ from sandbox.api import (
     ALLOW,
     BUDGET,
     DENY,
-    ERRCODE_MAX,
-    ERRCODE_MIN,
     EXCEPTION,
     INVALID_RESULT,
     MAX_REJECT_TEXT,
@@ -182,26 +180,7 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
         return ALLOW, {}, None
     if type(rv) is Verdict:
         if rv.kind == DENY:
-            # A deny is always a deny: values OpenIM cannot use are passed on marked, and
-            # the host maps them (server/service/callbacks.py deny_reply) instead of continuing.
-            code, msg, dlt = rv.fields
-            if type(code) is not int or not ERRCODE_MIN <= code <= ERRCODE_MAX:
-                # Only plain data crosses to the host: no repr() of script objects (it
-                # would run script code), no str() of a huge int.
-                if type(code) is not int:
-                    code = f"<{type(code).__name__}>"
-                elif not -(2**63) <= code < 2**63:
-                    code = "<int outside int64>"
-            texts = []
-            for text in (msg, dlt):
-                if type(text) is not str:
-                    text = None  # the host sends "" and says so
-                else:
-                    if len(text) > MAX_REJECT_TEXT:
-                        text = text[: MAX_REJECT_TEXT + 1]  # the host sees it was too long and cuts it
-                    text = utf8_clean(text)
-                texts.append(text)
-            return DENY, {"errCode": code, "errMsg": texts[0], "errDlt": texts[1]}, None
+            return DENY, _deny_fields(*rv.fields), None
         rv = rv.fields
     if type(rv) is not dict:
         raise InvalidResult(
@@ -209,51 +188,81 @@ def _verdict(rv: Any, st: RunState) -> tuple[str, dict[str, Any], bytes | None]:
         )
     if not rv:
         return ALLOW, {}, None
-    # plain_copy(rv, st, "result", 0), inlined for the common shape: str keys, values that
-    # are str/bool/None or lists of those. Same copy and the same steps charged in total
-    # (one item per field, one per list item); anything else takes plain_copy from the top
-    # (nothing charged yet), for its checks, conversions and messages.
+    fields = _flat_copy(rv, st)
+    if fields is None:
+        fields = plain_copy(rv, st, "result", 0)
+    return MODIFY, fields, _encoded(fields, st)
+
+
+def _deny_fields(code: Any, msg: Any, dlt: Any) -> dict[str, Any]:
+    """A deny is always a deny: values OpenIM cannot use are passed on marked, and the host
+    maps them (server/service/callbacks.py deny_reply) instead of continuing. Only plain
+    data crosses to the host: no repr() of script objects (it would run script code), no
+    str() of a huge int."""
+    if type(code) is not int:
+        code = f"<{type(code).__name__}>"
+    elif not -(2**63) <= code < 2**63:  # an int in errCode's range passes as it is
+        code = "<int outside int64>"
+    return {"errCode": code, "errMsg": _deny_text(msg), "errDlt": _deny_text(dlt)}
+
+
+def _deny_text(text: Any) -> str | None:
+    if type(text) is not str:
+        return None  # the host sends "" and says so
+    if len(text) > MAX_REJECT_TEXT:
+        text = text[: MAX_REJECT_TEXT + 1]  # the host sees it was too long and cuts it
+    return utf8_clean(text)
+
+
+def _flat_copy(rv: dict[Any, Any], st: RunState) -> dict[str, Any] | None:
+    """``plain_copy(rv, st, "result", 0)`` for the common shape: str keys, values that are
+    str/bool/None or lists of those; None for anything else (nothing charged yet, so the
+    caller takes plain_copy from the top, for its checks, conversions and messages).
+
+    Same copy and the same steps charged in total (one per field, one per list item): the
+    result of nearly every call takes this path, where plain_copy's generality costs more
+    than the rest of the conversion."""
     fields = {}
     items = len(rv)
     for key, value in rv.items():
         t = type(value)
         if type(key) is not str:
-            break
+            return None
         if t is str or t is bool or value is None:
             fields[key] = value
-        elif t is list:
-            if len(value) > 16:  # a set of the item types: C speed, but a fixed cost
-                if not COPIED_AS_IS.issuperset(map(type, value)):
-                    break
-            else:
-                plain = True
-                for item in value:
-                    t = type(item)
-                    if not (t is str or t is bool or item is None):
-                        plain = False
-                        break
-                if not plain:
-                    break
+        elif t is list and _flat_list(value):
             items += len(value)
             fields[key] = list(value)
         else:
-            break
-    else:
-        # st.charge(items), written out: a method call costs as much as the rest of it
-        st.steps_left -= items
-        st.ticks_left -= 1 if items < 1024 else CLOCK_EVERY
-        if st.ticks_left <= 0 or st.steps_left < 0:  # or stopped (budget.STOPPED_TICKS)
-            st._slow_step()
-        items = -1
-    if items >= 0:
-        fields = plain_copy(rv, st, "result", 0)
+            return None
+    # st.charge(items), written out: a method call costs as much as the rest of it
+    st.steps_left -= items
+    st.ticks_left -= 1 if items < 1024 else CLOCK_EVERY
+    if st.ticks_left <= 0 or st.steps_left < 0:  # or stopped (budget.STOPPED_TICKS)
+        st._slow_step()
+    return fields
+
+
+def _flat_list(value: list[Any]) -> bool:
+    """Every item is a str, bool or None (COPIED_AS_IS)."""
+    if len(value) > 16:  # a set of the item types: C speed, but a fixed cost
+        return COPIED_AS_IS.issuperset(map(type, value))
+    for item in value:
+        t = type(item)
+        if not (t is str or t is bool or item is None):
+            return False
+    return True
+
+
+def _encoded(fields: dict[str, Any], st: RunState) -> bytes:
+    """The fields' JSON, within the result budget (InvalidResult otherwise)."""
     try:  # encode_plain(fields), inlined for the common case
         data = _dumps(fields)
     except (TypeError, ValueError):
         data = encode_plain(fields)  # raises InvalidResult with its message
     if len(data) > st.budgets.result_bytes:
         raise InvalidResult(f"result is {len(data)} bytes of JSON (limit {st.budgets.result_bytes})")
-    return MODIFY, fields, data
+    return data
 
 
 def execute(script: CompiledScript, payload: Any, kv: KVPort, budgets: Budgets) -> RunResult:

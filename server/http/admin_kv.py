@@ -39,14 +39,14 @@ class KVListHandler(AdminHandler):
 
 
 def _kv_key(raw: str) -> str:
-    from sandbox.api import KVError
+    from sandbox.api import KVRefused
     from sandbox.kvops import check_key
 
     # Tornado has already percent-decoded the path argument; decoding again would turn
     # "pct%2541" into "pctA" and make keys containing "%XX" unreachable.
     try:
         return check_key(raw, 512)
-    except KVError as exc:
+    except KVRefused as exc:
         raise HTTPFail(400, "invalid_key", str(exc)) from None
 
 

@@ -166,7 +166,7 @@ class NamespaceKV:
     """The store's KV entry point bound to one namespace, as the sandbox pool calls it.
 
     With the store's client-side cache on, it also lets workers keep answers (the
-    ``scope``/``ready``/``peek`` protocol in sandbox/host/pool.py); the scope names this store
+    ``scope``/``ready``/``peek`` protocol in sandbox/host/kvrelay.py); the scope names this store
     object and the namespace, so answers never cross stores or namespaces."""
 
     __slots__ = ("_keeps", "_ns", "_store", "scope")

@@ -1,7 +1,7 @@
 """Which backend failures mean "Redis is not there right now" (503 / KVUnavailable).
 
 Everything else a Redis command can raise is a refusal of that command (wrong type,
-not an integer...), reported to the caller as a 4xx / KVError.
+not an integer...), reported to the caller as a 4xx / KVRefused.
 """
 
 from __future__ import annotations

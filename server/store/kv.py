@@ -2,11 +2,14 @@
 
 Every call is re-validated with ``sandbox.kvops.validate`` (the worker that sent it is
 untrusted), then mapped to one Redis command (or one MULTI for ``incr`` with a TTL).
-Results are plain JSON data. Refusals raise ``KVError`` with a message naming the
+Results are plain JSON data. Refusals raise ``KVRefused`` with a message naming the
 script-level key only; outages raise ``KVUnavailable``.
 
-Reads of read-mostly data (get, exists, sismember, smismember, hget) are served from
-the client-side cache (``tracking.KVCache``) while invalidation tracking is connected.
+Everything per op comes from its ``kvops.Op``: the method ``_op_<name>`` that runs it, whether
+it writes (the cache forgets the key), the type the key must hold (named in a refusal), and
+for read-mostly reads (``op.cache``: get, exists, sismember, smismember, hget) the entries
+they are served from in the client-side cache (``tracking.KVCache``) while invalidation
+tracking is connected.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 from redis import exceptions as rex
 
 from sandbox import kvops
-from sandbox.api import KVError, KVUnavailable
+from sandbox.api import KVRefused, KVUnavailable
 from server.store.base import StoreError
 from server.store.errors import is_unavailable, reply_text
 from server.store.health import Health
@@ -27,24 +30,7 @@ from server.store.keys import Keys
 from server.store.tracking import MISS, KVCache, Tracker
 
 MAX = kvops.MAX_COLLECTION_RESULT
-
-_EXPECTED = {
-    "get": "string", "set": "string", "incr": "string",
-    "sadd": "set", "srem": "set", "sismember": "set", "smismember": "set", "smembers": "set", "scard": "set",
-    "hget": "hash", "hset": "hash", "hdel": "hash", "hgetall": "hash", "hincrby": "hash",
-    "lpush": "list", "rpush": "list", "lrange": "list", "ltrim": "list", "llen": "list",
-}
-
-
-# Cacheable single-answer reads: op -> the cache sub-key for its arguments.
-_FAST: dict[str, Callable[[list[Any]], Any]] = {
-    "get": lambda a: ("g",),
-    "exists": lambda a: ("e",),
-    "sismember": lambda a: ("m", a[1]),
-    "hget": lambda a: ("h", a[1]),
-}
-_BOOLS = {"exists", "sismember"}
-
+OPS = kvops.OPS
 
 def _expires(started: float, pttl: int) -> float:
     # started is taken before the request left, so started + pttl is never later than
@@ -80,7 +66,7 @@ class KVEngine:
             try:
                 root = self.keys.kv_ns_root(namespace)
             except StoreError as exc:
-                raise KVError(exc.message) from None
+                raise KVRefused(exc.message) from None
             if len(self._roots) < 10_000:
                 self._roots[namespace] = root
         return root + key
@@ -88,22 +74,21 @@ class KVEngine:
     async def call(self, namespace: str, op_name: str, args: list[Any]) -> Any:
         op, a = kvops.validate(op_name, args, self.key_bytes, self.value_bytes)
         key = self._name(namespace, a[0])
-        fast = _FAST.get(op.name)
-        if fast is not None and self.cache is not None and self.cache_usable():
+        if op.cache is not None and not op.cached_per_member and self.cache is not None and self.cache_usable():
             # Hot path: answered from memory, no timeout scope or task switch needed.
-            value = self.cache.peek(key, fast(a))
+            value = self.cache.peek(key, op.cache_sub(a))
             if value is not MISS:
-                return bool(value) if op.name in _BOOLS else value
+                return bool(value) if op.answer == kvops.BOOL else value
         try:
             async with asyncio.timeout(self.deadline):
                 result = await self._ops[op.name](key, a)
-        except KVError:
+        except KVRefused:
             raise
         except rex.ResponseError as exc:
             if is_unavailable(exc):
                 self.health.down(exc)
                 raise KVUnavailable("the KV store is unavailable") from None
-            raise KVError(self._refusal(op.name, a[0], exc)) from None
+            raise KVRefused(self._refusal(op.name, a[0], exc)) from None
         except Exception as exc:
             if is_unavailable(exc):
                 self.health.down(exc)
@@ -127,30 +112,26 @@ class KVEngine:
         try:
             op, a = kvops.validate(op_name, args, self.key_bytes, self.value_bytes)
             key = self._name(namespace, a[0])
-        except KVError:
+        except KVRefused:
             return None  # the ordinary call reports it
-        if op.name == "smismember":
-            out = []
-            for m in a[1]:
-                v = cache.peek_lasting(key, ("m", m))
-                if v is MISS:
-                    return None
-                out.append(bool(v))
-            return out, key
-        fast = _FAST.get(op.name)
-        if fast is None:
+        if op.cache is None:
             return None
-        v = cache.peek_lasting(key, fast(a))
-        if v is MISS:
-            return None
-        return (bool(v) if op.name in _BOOLS else v), key
+        values = []
+        for sub in op.cache_subs(a):
+            v = cache.peek_lasting(key, sub)
+            if v is MISS:
+                return None
+            values.append(v)
+        if op.cached_per_member:
+            return [bool(v) for v in values], key
+        return (bool(values[0]) if op.answer == kvops.BOOL else values[0]), key
 
     @staticmethod
     def _refusal(op: str, key: str, exc: rex.ResponseError) -> str:
         text = reply_text(exc)
         shown = key if len(key) <= 80 else key[:77] + "..."
         if text.startswith("WRONGTYPE"):
-            return f"kv.{op}: key {shown!r} holds another type of value (not a {_EXPECTED.get(op, 'value')})"
+            return f"kv.{op}: key {shown!r} holds another type of value (not a {kvops.OPS[op].holds or 'value'})"
         if "not an integer" in text or "not a valid" in text:
             return f"kv.{op}: the value at {shown!r} is not an integer"
         if "overflow" in text:
@@ -192,16 +173,16 @@ class KVEngine:
             self.cache.finish(key, epoch, items, expires)
 
     async def _op_get(self, key: str, a: list[Any]) -> Any:
-        return await self._cached(key, ("g",), lambda p: p.get(key))
+        return await self._cached(key, OPS["get"].cache_sub(a), lambda p: p.get(key))
 
     async def _op_exists(self, key: str, a: list[Any]) -> bool:
-        return bool(await self._cached(key, ("e",), lambda p: p.exists(key)))
+        return bool(await self._cached(key, OPS["exists"].cache_sub(a), lambda p: p.exists(key)))
 
     async def _op_hget(self, key: str, a: list[Any]) -> Any:
-        return await self._cached(key, ("h", a[1]), lambda p: p.hget(key, a[1]))
+        return await self._cached(key, OPS["hget"].cache_sub(a), lambda p: p.hget(key, a[1]))
 
     async def _op_sismember(self, key: str, a: list[Any]) -> bool:
-        return bool(await self._cached(key, ("m", a[1]), lambda p: p.sismember(key, a[1])))
+        return bool(await self._cached(key, OPS["sismember"].cache_sub(a), lambda p: p.sismember(key, a[1])))
 
     async def _op_smismember(self, key: str, a: list[Any]) -> list[bool]:
         members: list[str] = a[1]
@@ -209,10 +190,12 @@ class KVEngine:
         if cache is None or not self.cache_usable():
             self.round_trips += 1
             return [bool(x) for x in await self.client.smismember(key, members)]
-        found = {m: cache.lookup(key, ("m", m)) for m in members}
+        subs = OPS["smismember"].cache_subs(a)  # one per member, in order
+        found = {m: cache.lookup(key, sub) for m, sub in zip(members, subs, strict=True)}
         missing = [m for m, v in found.items() if v is MISS]
         if missing:
-            fetched = await self._fill(key, [("m", m) for m in missing], lambda p: p.smismember(key, missing), many=True)
+            fetched = await self._fill(key, OPS["smismember"].cache_subs([key, missing]),
+                                       lambda p: p.smismember(key, missing), many=True)
             for m, v in zip(missing, fetched, strict=True):
                 found[m] = v
         return [bool(found[m]) for m in members]
@@ -260,10 +243,10 @@ class KVEngine:
     async def _op_smembers(self, key: str, a: list[Any]) -> list[str]:
         self.round_trips += 2
         if int(await self.client.scard(key)) > MAX:
-            raise KVError(f"kv.smembers: the set has more than {MAX} members; use sismember/smismember")
+            raise KVRefused(f"kv.smembers: the set has more than {MAX} members; use sismember/smismember")
         members = await self.client.smembers(key)
         if len(members) > MAX:
-            raise KVError(f"kv.smembers: the set has more than {MAX} members; use sismember/smismember")
+            raise KVRefused(f"kv.smembers: the set has more than {MAX} members; use sismember/smismember")
         return sorted(members)
 
     async def _op_scard(self, key: str, a: list[Any]) -> int:
@@ -281,10 +264,10 @@ class KVEngine:
     async def _op_hgetall(self, key: str, a: list[Any]) -> dict[str, str]:
         self.round_trips += 2
         if int(await self.client.hlen(key)) > MAX:
-            raise KVError(f"kv.hgetall: the hash has more than {MAX} fields; use hget")
+            raise KVRefused(f"kv.hgetall: the hash has more than {MAX} fields; use hget")
         data = await self.client.hgetall(key)
         if len(data) > MAX:
-            raise KVError(f"kv.hgetall: the hash has more than {MAX} fields; use hget")
+            raise KVRefused(f"kv.hgetall: the hash has more than {MAX} fields; use hget")
         return dict(data)
 
     async def _op_hincrby(self, key: str, a: list[Any]) -> int:
@@ -317,7 +300,7 @@ class KVEngine:
         if e < s:
             return []
         if e - s + 1 > MAX:
-            raise KVError(f"kv.lrange: at most {MAX} items per call; ask for a smaller range")
+            raise KVRefused(f"kv.lrange: at most {MAX} items per call; ask for a smaller range")
         return list(await self.client.lrange(key, s, e))
 
     async def _op_ltrim(self, key: str, a: list[Any]) -> bool:

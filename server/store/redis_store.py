@@ -552,7 +552,7 @@ class Store:
     # --- KV ------------------------------------------------------------------------------------
 
     async def kv_call(self, namespace: str, op: str, args: list[Any]) -> Any:
-        """One script KV operation (see sandbox/kvops.py); KVError / KVUnavailable on failure."""
+        """One script KV operation (see sandbox/kvops.py); KVRefused / KVUnavailable on failure."""
         return await self.kv.call(namespace, op, args)
 
     # Answers sandbox workers may keep (sandbox/worker/readcache.py); only with the client-side cache.

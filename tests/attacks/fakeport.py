@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox.api import Budgets, KVError, KVUnavailable, RunResult
+from sandbox.api import Budgets, KVRefused, KVUnavailable, RunResult
 from sandbox.worker.runtime import compile_script, execute
 
 
@@ -24,7 +24,7 @@ class DictKV:
             if create:
                 self.data[key] = value
         elif type(value) is not kind:
-            raise KVError("WRONGTYPE Operation against a key holding the wrong kind of value")
+            raise KVRefused("WRONGTYPE Operation against a key holding the wrong kind of value")
         return value
 
     def call(self, op: str, args: list[Any]) -> Any:
@@ -35,7 +35,7 @@ class DictKV:
         if op == "get":
             value = self.data.get(key)
             if value is not None and type(value) is not str:
-                raise KVError("WRONGTYPE Operation against a key holding the wrong kind of value")
+                raise KVRefused("WRONGTYPE Operation against a key holding the wrong kind of value")
             return value
         if op == "set":
             self.data[key] = args[1]
@@ -108,7 +108,7 @@ class DictKV:
             return True
         if op == "llen":
             return len(self._get(key, list))
-        raise KVError(f"unknown op {op}")
+        raise KVRefused(f"unknown op {op}")
 
 
 def run(source: str, payload: Any = None, kv: Any = None, **budgets: int) -> RunResult:

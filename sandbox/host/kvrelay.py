@@ -1,0 +1,73 @@
+"""Serving a worker's ``kv`` frames: check the request again (the worker is untrusted), answer
+it from the caller's store, and say which answers the worker may keep.
+
+One function, ``kv_reply``: the request's op and arguments are checked with
+``sandbox.kvops.validate`` (the one op table) before the store sees them; refusals and
+outages become ``kvr`` error frames, never host internals. When the store offers a cache
+hit that it will invalidate (``peek``), the reply carries the Redis key (``"c"``) and the
+worker's handle records it, bounded by ``MAX_KEPT`` keys and ``MAX_KEPT_BYTES``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from sandbox import kvops, protocol
+from sandbox.api import Budgets, KVRefused, KVUnavailable, bounded
+
+if TYPE_CHECKING:
+    from sandbox.host.workerhandle import Worker
+
+log = logging.getLogger("scriptgate.sandbox")
+
+KVCall = Callable[[str, list], Awaitable[Any]]
+# A KVCall may also offer answers workers can keep (see sandbox/worker/readcache.py), through:
+#   scope: str                  store + namespace the answers belong to
+#   ready() -> bool             apply pending invalidations now; False = keep nothing this call
+#   peek(op, args) -> (value, redis_key) | None   synchronous cache hit that the store will
+#                               invalidate through WorkerPool.invalidate(redis_key)
+MAX_KEPT = 50_000  # Redis keys a worker may hold answers for (bounds the host's record)
+# ... and their bytes (key length + set overhead), so long key names cannot make the host's
+# record of them ~35 MB per worker.
+MAX_KEPT_BYTES = 4 * 1024 * 1024
+KEPT_OVERHEAD = 120
+
+
+async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall, keeper: Worker | None) -> bytes:
+    def error(kind: str, text: str) -> bytes:
+        return protocol.encode({"t": protocol.KVR, "id": call_id, "err": kind, "msg": bounded(text)})
+
+    try:
+        # The worker checked this too, but it is untrusted: check again before the store.
+        op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
+    except KVRefused as exc:
+        return error(protocol.KV_ERR, str(exc))
+    if keeper is not None and len(keeper.kept) < MAX_KEPT and keeper.kept_bytes < MAX_KEPT_BYTES:
+        # Synchronous: no invalidation can run between the hit and recording the key.
+        hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
+        if hit is not None:
+            rkey = hit[1]
+            if rkey not in keeper.kept:
+                keeper.kept.add(rkey)
+                keeper.kept_bytes += len(rkey) + KEPT_OVERHEAD
+            try:
+                return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": rkey})
+            except TypeError:
+                keeper.kept.discard(rkey)
+                keeper.kept_bytes -= len(rkey) + KEPT_OVERHEAD
+    try:
+        value = await kv(op.name, args)
+    except KVRefused as exc:
+        return error(protocol.KV_ERR, str(exc))
+    except KVUnavailable as exc:
+        return error(protocol.KV_UNAVAILABLE, str(exc) or "KV store unavailable")
+    except Exception as exc:  # never leak host internals into a script's view
+        log.warning("kv %s failed: %r", op.name, exc)
+        return error(protocol.KV_UNAVAILABLE, "KV store unavailable")
+    try:
+        return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": value})
+    except TypeError:
+        log.warning("kv %s returned unencodable %s", op.name, type(value).__name__)
+        return error(protocol.KV_UNAVAILABLE, "KV store returned unusable data")
