@@ -184,6 +184,13 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def is_worker(pid: int) -> bool:
+    """A sandbox worker (or its template): ``-m sandbox.worker`` since the layout commit,
+    ``sandbox.worker.main`` before it (--baseline-code may run older code)."""
+    cmd = cmdline(pid)
+    return "-m sandbox.worker" in cmd or "sandbox.worker.main" in cmd
+
+
 # --- processes -----------------------------------------------------------------------------
 
 
@@ -600,8 +607,8 @@ class Bench:
                 # HTTP processes: the target and (with --workers N) its direct children. A
                 # grandchild that is not a worker yet is one being spawned (forked, not exec'd).
                 direct = {t.proc.pid, *kids.get(t.proc.pid, [])}
-                http_pids = [p for p in pids if p in direct and "sandbox.worker.main" not in cmdline(p)]
-                worker_pids = [p for p in pids if "sandbox.worker.main" in cmdline(p)]
+                http_pids = [p for p in pids if p in direct and not is_worker(p)]
+                worker_pids = [p for p in pids if is_worker(p)]
                 snap[f"{t.name}:http"] = sum(cpu_ticks(p, reaped=False) for p in http_pids)
                 # Workers recycled during the run are reaped by their HTTP process.
                 snap[f"{t.name}:workers"] = sum(cpu_ticks(p) for p in worker_pids) + sum(
@@ -736,7 +743,7 @@ class Bench:
         def sample() -> None:
             kids = children_map()
             pids = [http_pid, *descendants(http_pid, kids)]
-            sandbox = {p for p in pids if "sandbox.worker.main" in cmdline(p)}
+            sandbox = {p for p in pids if is_worker(p)}
             # The template (sandbox/worker/template.py) forks the workers and is reported on its own;
             # its children share its command line, so it is told apart by its parent.
             parent = {c: p for p, cs in kids.items() for c in cs}
