@@ -1065,7 +1065,7 @@ def start_receivers(b: Bench, args: argparse.Namespace) -> tuple[Target, Target 
     if args.baseline_code:
         base = b.start_scriptgate(SG_BASE, prefix=BASE_PREFIX, code=Path(args.baseline_code).resolve())
     b.discover_kv_prefix()
-    hws = {mode: b.start_handwritten(mode) for mode in HW_NAMES}
+    hws = {mode: b.start_handwritten(mode) for mode in HW_NAMES if mode in args.receivers}
     return sg, base, hws
 
 
@@ -1084,8 +1084,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         res["checked"] = [t.name for t in checked]
         log(f"replies identical ({', '.join(res['checked'])} = {SG}) on the check sample: {res['verdicts']}")
         d, w, rounds = args.duration, args.warmup, args.rounds
-        fair = hws["fair-cached"]
+        fair = hws.get("fair-cached")
         everyone = [sg, *([base] if base else []), *hws.values()]
+        with_fair = [fair] if fair else []
         res["ab"] = {}
         for scenario in ("invite", "keyword", "after"):
             if scenario in phases:
@@ -1095,28 +1096,28 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             peak = med([rnd[0]["rps"] for rnd in res["ab"]["invite"]]) if "invite" in res["ab"] else args.rate
             rate = round(peak / 2)
             log(f"phase latency: open loop at {rate} req/s")
-            noop = hws["noop"]
+            noop = hws.get("noop")
             order = [sg, fair, noop, noop, fair, sg, sg, fair, noop][: 3 * args.latency_rounds]
-            runs = [b.openloop(t, "invite", rate, args.latency_duration) for t in order]
+            runs = [b.openloop(t, "invite", rate, args.latency_duration) for t in order if t is not None]
             res["latency"] = {"rate": rate, "runs": runs}
             if not args.quick:
                 low = round(peak / 4)
                 log(f"phase latency: open loop at {low} req/s (a quarter of the peak, for context)")
                 res["latency_low"] = {"rate": low, "runs": [b.openloop(t, "invite", low, args.latency_duration)
-                                                            for t in (sg, fair, noop)]}
+                                                            for t in (sg, fair, noop) if t is not None]}
         for t in everyone:
             if t is not fair:
                 b.launcher.stop(t.proc)
         if "embedded" in phases:
             log("phase embedded")
             sge = b.start_scriptgate("ScriptGate-embedded", embedded=True)
-            res["ab"]["embedded"] = b.ab("invite", [sge, fair], rounds, d, w, "embedded")
+            res["ab"]["embedded"] = b.ab("invite", [sge, *with_fair], rounds, d, w, "embedded")
             b.launcher.stop(sge.proc)
         if "scale" in phases:
             log("phase scale")
             sg1 = b.start_scriptgate("ScriptGate-1proc")
             sg2 = b.start_scriptgate("ScriptGate-2proc", workers=2)
-            res["ab"]["scale"] = b.ab("invite", [sg1, sg2, fair], rounds, d, w, "scale")
+            res["ab"]["scale"] = b.ab("invite", [sg1, sg2, *with_fair], rounds, d, w, "scale")
             b.launcher.stop(sg2.proc)
             b.launcher.stop(sg1.proc)
         if "soak" in phases and args.soak > 0:
@@ -1146,6 +1147,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="ScriptGate --sandbox-spin-us (default: the server's own default)")
     p.add_argument("--sandbox-workers", type=int, default=4,
                    help="ScriptGate sandbox workers per HTTP process (default 4, the server's own default)")
+    p.add_argument("--receivers", default=",".join(HW_NAMES),
+                   help="comma-separated hand-written modes to run beside ScriptGate (default: all, "
+                        f"{','.join(HW_NAMES)}; '' for none: ScriptGate against --baseline-code only)")
     p.add_argument("--hw-json", choices=["orjson", "stdlib"], default="orjson", help="hand-written receiver's JSON")
     p.add_argument("--rate", type=float, default=1000, help="open-loop rate when the invite phase is skipped")
     p.add_argument("--quiet-cores", type=float, default=0.25,
@@ -1159,6 +1163,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, request files)")
     args = p.parse_args(argv)
+    args.receivers = [m for m in args.receivers.split(",") if m]
+    unknown = set(args.receivers) - set(HW_NAMES)
+    if unknown:
+        p.error(f"--receivers: unknown {', '.join(sorted(unknown))} (known: {', '.join(HW_NAMES)})")
     q = args.quick
     args.duration = args.duration or (3.0 if q else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if q else 5.0)
@@ -1174,7 +1182,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     # Bounded run time: estimate, then a watchdog that aborts (and cleans up) past 1.5x + 2 min.
-    receivers = 1 + len(HW_NAMES) + (1 if args.baseline_code else 0)
+    receivers = 1 + len(args.receivers) + (1 if args.baseline_code else 0)
     per_phase = receivers * (args.warmup + args.rounds * args.duration) + 10
     budget = 60 + (3 if args.quick else 5) * per_phase + args.rounds * args.duration + 2 * args.warmup + (3 * args.latency_rounds + 3) * (
         args.latency_duration + 5) + args.soak + 30
