@@ -1131,7 +1131,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="ScriptGate vs hand-written Tornado receivers, side by side.")
     p.add_argument("--quick", action="store_true",
                    help="short runs, phases invite,keyword,after,latency only (about 3 minutes)")
@@ -1176,6 +1176,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet_budget is None:
         args.quiet_budget = 0.0 if q else 60.0
     args.latency_rounds = 1 if q else 3
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/bin/{tool}").exists():
             print(f"bench_load: {tool} is needed (apt-get install {tool.split('-')[0]})", file=sys.stderr)
