@@ -56,6 +56,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -1222,7 +1223,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res)
     print(text)
     print(f"Run time {res['wall_s']:.0f} s. Command: python bench/bench_load.py "
-          + " ".join(sys.argv[1:] if argv is None else argv))
+          + shlex.join(sys.argv[1:] if argv is None else argv))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0
