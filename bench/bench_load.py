@@ -1,32 +1,39 @@
-"""Load benchmark: ScriptGate against a hand-written Tornado receiver, side by side.
+"""Load benchmark: ScriptGate against hand-written Tornado receivers, side by side.
 
     python bench/bench_load.py [--quick] [--duration S] [--rounds N] [--soak S] [--out FILE]
+                               [--baseline-code DIR]
 
 One run starts, on this machine and only on 127.0.0.1: its own redis-server (temp dir, no
 persistence), ScriptGate (``python -m server.cli serve``, one HTTP process unless stated) and
-``bench/handwritten.py`` (one process, sync redis-py + hiredis, one SISMEMBER per invitee).
-Both get the same Redis, the same data (written once through ScriptGate's admin API; the
-hand-written receiver is pointed at the very same keys) and byte-identical requests
-(callbacks encoded as OpenIM's Go client encodes them, with Go's headers). Before anything is
-timed, every distinct request of the check sample is sent to both and the replies must be
-byte-identical.
+one process per mode of ``bench/handwritten.py``: ``fair-cached`` (async Tornado +
+redis.asyncio, one SMISMEMBER, an in-process cache kept exact by client-side tracking: the
+best hand-written receiver, the one the report leads with), ``fair`` (the same without the
+cache), ``naive`` (sync redis-py, one SISMEMBER per invitee), and the floors ``echo`` (parses
+the JSON, answers the ack) and ``noop`` (answers the ack). With ``--baseline-code DIR`` a
+second ScriptGate runs the code of another checkout (e.g. the previous commit's
+``git worktree``) in the same run, with this checkout's scripts.
+All get the same Redis, the same data (written once through ScriptGate's admin API; the
+hand-written receivers are pointed at the very same keys), the same wrk settings and
+byte-identical requests (callbacks encoded as OpenIM's Go client encodes them, with Go's
+headers). Before anything is timed, every distinct request of the check sample is sent to
+ScriptGate and to every receiver with logic, and the replies must be byte-identical.
 
-Phases (each is a table in the report):
+Phases (each is a table in the report; the first table sums up ScriptGate's ratios):
 
 1. invite: invitation blocklist (``scripts/callbackBeforeInviteJoinGroupCommand.py``), 1,000
    blocked IDs, 3-5 invitees per callback (60% none blocked, 30% some, 10% all). wrk runs
-   alternate ScriptGate / hand-written (order flipped every round), after a warm-up each;
-   the ratio is computed per round and the median reported.
+   rotate over the receivers (the order shifts every round), after a warm-up each; the
+   ratio ScriptGate / receiver is computed per round and the median reported.
 2. keyword: a 2 KB text message checked against a 1,000-word filter set
    (``scripts/callbackBeforeSendGroupMsgCommand.py``; hand-written: one SMISMEMBER).
 3. after: after-callback flood (``bench/scripts/callbackAfterSendGroupMsgCommand.py``: one
    INCR per message; hand-written: one INCR).
 4. latency: open-loop fixed rate (``bench/openloop.py``) at half of ScriptGate's invite peak
-   from phase 1, for both receivers; p99 target <= 5 ms.
-5. embedded: ScriptGate with its embedded store (no --redis) against the same hand-written
-   receiver (on Redis).
-6. scale: ScriptGate with 1 and with 2 HTTP processes (same Redis), alternated, plus the
-   hand-written receiver.
+   from phase 1, for ScriptGate, fair-cached and the no-op floor; p99 target <= 5 ms and at
+   most 2x fair-cached's.
+5. embedded: ScriptGate with its embedded store (no --redis) against fair-cached (on Redis).
+6. scale: ScriptGate with 1 and with 2 HTTP processes (same Redis), alternated, plus
+   fair-cached.
 7. soak: a fresh ScriptGate (1 HTTP process) under mixed traffic for ``--soak`` seconds in
    segments (throughput/p99 per segment); RSS of the HTTP process and of every sandbox
    worker (children found through /proc) sampled every 2 s: start/end/max and growth over
@@ -49,6 +56,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -73,6 +81,13 @@ AFTERMSG = "callbackAfterSendGroupMsgCommand"
 BASE = "/callbackExample"  # OpenIM's default webhook url path
 TOKEN = "bench-admin-token-" + "b" * 24
 PREFIX = "bench"
+BASE_PREFIX = "benchbase"  # the --baseline-code server's registry and keys, apart from ours
+# bench/handwritten.py --mode -> receiver name in the report; the order is the report's.
+HW_NAMES = {"fair-cached": "fair-cached", "fair": "fair", "naive": "naive-sync",
+            "echo": "tornado-echo", "noop": "tornado-noop"}
+FLOORS = ("echo", "noop")  # no logic: their replies to rejected requests differ (not checked)
+SG = "ScriptGate"
+SG_BASE = "ScriptGate-baseline"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 QUIET_OK = 0.3  # a round counts as quiet when other jobs used at most this many cores in each of its runs
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -170,6 +185,13 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def is_worker(pid: int) -> bool:
+    """A sandbox worker (or its template): ``-m sandbox.worker`` since the layout commit,
+    ``sandbox.worker.main`` before it (--baseline-code may run older code)."""
+    cmd = cmdline(pid)
+    return "-m sandbox.worker" in cmd or "sandbox.worker.main" in cmd
+
+
 # --- processes -----------------------------------------------------------------------------
 
 
@@ -203,12 +225,12 @@ class Launcher:
         self.seen: set[tuple[int, int]] = set()  # (pid, starttime) of every descendant seen
 
     def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None,
-              capture: bool = False) -> Proc:
+              capture: bool = False, cwd: Path = ROOT) -> Proc:
         logfile = self.tmp / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".log")
         out = open(logfile, "ab")  # handed to the child, closed here after the fork
         try:
             popen = subprocess.Popen(
-                cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE if capture else out, stderr=out, start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
@@ -485,10 +507,13 @@ class Bench:
         self.results["redis_version"] = r.info("server")["redis_version"]
         r.close()
 
-    def start_scriptgate(self, name: str, workers: int = 1, embedded: bool = False, prefix: str = PREFIX) -> Target:
+    def start_scriptgate(self, name: str, workers: int = 1, embedded: bool = False, prefix: str = PREFIX,
+                         code: Path = ROOT) -> Target:
+        """``code``: the checkout whose server runs (``--baseline-code``); the scripts and
+        the data are always this checkout's."""
         port = free_port()
         env = {**os.environ, "SCRIPTGATE_ADMIN_TOKEN": TOKEN,
-               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+               "PYTHONPATH": str(code) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         cmd = [*self.sg_launch, "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), "--sandbox-workers", str(self.args.sandbox_workers), "--prefix", prefix]
@@ -496,7 +521,7 @@ class Bench:
             cmd += ["--sandbox-spin-us", str(self.args.sandbox_spin_us)]
         if not embedded:
             cmd += ["--redis", self.redis_url]
-        proc = self.launcher.start(name, cmd, env)
+        proc = self.launcher.start(name, cmd, env, cwd=code)
         wait_log(proc, "ready on", count=workers)
         target = Target(name, port, proc, "scriptgate")
         self.load_scripts(target, workers)
@@ -527,26 +552,26 @@ class Bench:
         import redis
 
         r = redis.Redis.from_url(self.redis_url, decode_responses=True)
-        keys = list(r.scan_iter(match="*blocklist:users", count=1000))
+        keys = list(r.scan_iter(match=f"{PREFIX}:*blocklist:users", count=1000))
         r.close()
         if len(keys) != 1:
             raise RuntimeError(f"expected one blocklist key in Redis, found {keys}")
         self.kv_prefix = keys[0][: -len("blocklist:users")]
 
-    def start_handwritten(self, noop: bool = False) -> Target:
+    def start_handwritten(self, mode: str) -> Target:
         port = free_port()
-        name = "tornado-noop" if noop else "hand-written"
+        name = HW_NAMES[mode]
         proc = self.launcher.start(name, [
-            sys.executable, str(BENCH / "handwritten.py"), "--port", str(port), "--redis", self.redis_url,
-            "--kv-prefix", self.kv_prefix, "--json", self.args.hw_json, *(["--noop"] if noop else []),
+            sys.executable, str(BENCH / "handwritten.py"), "--mode", mode, "--port", str(port),
+            "--redis", self.redis_url, "--kv-prefix", self.kv_prefix, "--json", self.args.hw_json,
         ])
         wait_log(proc, "ready on")
         return Target(name, port, proc, "handwritten")
 
     # --- checks ---
 
-    def check_same_replies(self, a: Target, b: Target) -> dict[str, Any]:
-        """Every sampled request must get byte-identical replies from both receivers."""
+    def check_same_replies(self, a: Target, others: list[Target]) -> dict[str, Any]:
+        """Every sampled request must get byte-identical replies from ``a`` and each of ``others``."""
         assert self.data is not None
         verdicts: dict[str, dict[str, int]] = {}
         sample = {"invite": 400, "keyword": 100, "after": 50}
@@ -557,9 +582,10 @@ class Bench:
                 payload = (body + "\n").encode()
                 hdrs = {"Content-Type": "application/json; charset=utf-8", "Operationid": opid}
                 ra = http_call(a.port, "POST", path, payload, hdrs)
-                rb = http_call(b.port, "POST", path, payload, hdrs)
-                if ra != rb:
-                    raise RuntimeError(f"replies differ for {path} {body[:200]}:\n {a.name}: {ra}\n {b.name}: {rb}")
+                for b in others:
+                    rb = http_call(b.port, "POST", path, payload, hdrs)
+                    if ra != rb:
+                        raise RuntimeError(f"replies differ for {path} {body[:200]}:\n {a.name}: {ra}\n {b.name}: {rb}")
                 reply = json.loads(ra[1])
                 verdict = ("deny" if reply["nextCode"] == 1 else
                            "modify(narrowed)" if "invitedUserIDs" in reply
@@ -582,8 +608,8 @@ class Bench:
                 # HTTP processes: the target and (with --workers N) its direct children. A
                 # grandchild that is not a worker yet is one being spawned (forked, not exec'd).
                 direct = {t.proc.pid, *kids.get(t.proc.pid, [])}
-                http_pids = [p for p in pids if p in direct and "sandbox.worker.main" not in cmdline(p)]
-                worker_pids = [p for p in pids if "sandbox.worker.main" in cmdline(p)]
+                http_pids = [p for p in pids if p in direct and not is_worker(p)]
+                worker_pids = [p for p in pids if is_worker(p)]
                 snap[f"{t.name}:http"] = sum(cpu_ticks(p, reaped=False) for p in http_pids)
                 # Workers recycled during the run are reaped by their HTTP process.
                 snap[f"{t.name}:workers"] = sum(cpu_ticks(p) for p in worker_pids) + sum(
@@ -718,7 +744,7 @@ class Bench:
         def sample() -> None:
             kids = children_map()
             pids = [http_pid, *descendants(http_pid, kids)]
-            sandbox = {p for p in pids if "sandbox.worker.main" in cmdline(p)}
+            sandbox = {p for p in pids if is_worker(p)}
             # The template (sandbox/worker/template.py) forks the workers and is reported on its own;
             # its children share its command line, so it is told apart by its parent.
             parent = {c: p for p, cs in kids.items() for c in cs}
@@ -837,25 +863,39 @@ def per_request(runs: list[dict[str, Any]], name: str) -> str:
     return f"{http + workers:.0f} ({http:.0f} + {workers:.0f})"
 
 
-def ab_table(title: str, rounds: list[list[dict[str, Any]]], base_index: int = -1) -> str:
-    """Medians per receiver over the rounds; ratio = this receiver's req/s / the base's req/s
-    in the same round, median over rounds (and over the quiet rounds only)."""
+def round_ratios(rounds: list[list[dict[str, Any]]], subject: str, other: str,
+                 quiet_only: bool = False) -> list[float]:
+    """subject's req/s / other's req/s, one value per round (the same minute, same machine)."""
+    out = []
+    for rnd in rounds:
+        by = {r["target"]: r for r in rnd}
+        if quiet_only and any(r["cpu"].get("other", 0) > QUIET_OK for r in rnd):
+            continue
+        if subject in by and other in by and by[other]["rps"]:
+            out.append(by[subject]["rps"] / by[other]["rps"])
+    return out
+
+
+def ab_table(title: str, rounds: list[list[dict[str, Any]]]) -> str:
+    """Medians per receiver over the rounds; ratio = the first receiver's (ScriptGate's)
+    req/s / this receiver's req/s in the same round, median over rounds (and over the quiet
+    rounds only). The first receiver compared (the next row) is the best hand-written one."""
     names = [r["target"] for r in rounds[0]]
-    base = names[base_index]
+    subject = names[0]
     quiet = [rnd for rnd in rounds if all(r["cpu"].get("other", 0) <= QUIET_OK for r in rnd)]
     rows = [f"**{title}**", "",
-            f"| receiver | req/s | p50 ms | p99 ms | req/s ratio to {base}: median (per round) | "
+            f"| receiver | req/s | p50 ms | p99 ms | {subject} ÷ receiver, req/s: median (per round) | "
             f"same, quiet rounds only ({len(quiet)} of {len(rounds)}) | CPU µs per request (HTTP + workers) | "
             "CPU cores used (HTTP / workers / redis / wrk / other jobs) |",
             "|---|---:|---:|---:|---:|---:|---:|---|"]
     for i, name in enumerate(names):
         runs = [rnd[i] for rnd in rounds]
         mid = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-        if name == base:
+        if name == subject:
             ratio = quiet_ratio = "-"
         else:
-            ratios = [rnd[i]["rps"] / rnd[base_index]["rps"] for rnd in rounds]
-            qratios = [rnd[i]["rps"] / rnd[base_index]["rps"] for rnd in quiet]
+            ratios = round_ratios(rounds, subject, name)
+            qratios = round_ratios(rounds, subject, name, quiet_only=True)
             ratio = f"**{med(ratios):.2f}** ({', '.join(f'{x:.2f}' for x in ratios)})"
             quiet_ratio = f"{med(qratios):.2f}" if qratios else "n/a"
         rows.append(
@@ -864,6 +904,39 @@ def ab_table(title: str, rounds: list[list[dict[str, Any]]], base_index: int = -
             f"{fmt_cpu(mid['cpu'], name)} |"
         )
     return "\n".join(rows)
+
+
+def summary_table(res: dict[str, Any]) -> str:
+    """ScriptGate's req/s ÷ each receiver's (median of the per-round ratios), fair-cached first."""
+    ab = res.get("ab", {})
+    scenarios = [k for k in ("invite", "keyword", "after") if k in ab]
+    if not scenarios:
+        return ""
+    present = {r["target"] for k in scenarios for r in ab[k][0]}
+    others = [n for n in [*HW_NAMES.values(), SG_BASE] if n in present]
+    out = ["**ScriptGate's throughput ÷ each receiver's** (req/s ratio per round, median over the rounds; "
+           "> 1.00: ScriptGate is faster). fair-cached is the best hand-written receiver (async Redis, one "
+           "SMISMEMBER, an in-process cache kept exact by client-side tracking); tornado-echo and tornado-noop "
+           "are floors without logic.", "",
+           "| workload | " + " | ".join(f"÷ {n}" for n in others) + " |",
+           "|---|" + "---:|" * len(others)]
+    for k in scenarios:
+        cells = []
+        for n in others:
+            v = round_ratios(ab[k], SG, n)
+            cells.append(f"**{med(v):.2f}**" if n == "fair-cached" and v else (f"{med(v):.2f}" if v else "n/a"))
+        out.append(f"| {k} | " + " | ".join(cells) + " |")
+    lat = res.get("latency")
+    if lat:
+        p99: dict[str, list[float]] = {}
+        for r in lat["runs"]:
+            p99.setdefault(r["target"], []).append(r["p99_ms"])
+        if SG in p99 and "fair-cached" in p99:
+            out.append("")
+            out.append(f"Open loop at {lat['rate']:.0f} req/s: p99 ScriptGate {med(p99[SG]):.2f} ms, fair-cached "
+                       f"{med(p99['fair-cached']):.2f} ms ({med(p99[SG]) / med(p99['fair-cached']):.2f}x; "
+                       "target <= 2x).")
+    return "\n".join(out)
 
 
 def scale_note(rounds: list[list[dict[str, Any]]]) -> str:
@@ -926,14 +999,18 @@ def report(res: dict[str, Any]) -> str:
                "core busy for the whole run); p50/p99 from wrk are at saturation (closed loop, 16 connections).")
     out.append("")
     if "verdicts" in res:
-        out.append("Reply check before timing (byte-identical replies from both receivers): " + "; ".join(
-            f"{k}: {v}" for k, v in res["verdicts"].items()))
+        out.append(f"Reply check before timing (byte-identical replies from {SG} and "
+                   f"{', '.join(res.get('checked', []))}): " + "; ".join(f"{k}: {v}" for k, v in res["verdicts"].items()))
+        out.append("")
+    summary = summary_table(res)
+    if summary:
+        out.append(summary)
         out.append("")
     titles = {
         "invite": "Invitation blocklist (1,000 blocked IDs, 3-5 invitees), real Redis, 1 HTTP process",
         "keyword": "Keyword filter: 2 KB text message against a 1,000-word set, real Redis, 1 HTTP process",
         "after": "After-callback flood (one INCR per callback, plain ack), real Redis, 1 HTTP process",
-        "embedded": "Invitation blocklist: ScriptGate with the embedded store (no Redis) vs hand-written on Redis",
+        "embedded": "Invitation blocklist: ScriptGate with the embedded store (no Redis) vs fair-cached on Redis",
         "scale": "Invitation blocklist: ScriptGate with 1 and 2 HTTP processes (same Redis)",
     }
     for key, title in titles.items():
@@ -978,6 +1055,19 @@ def report(res: dict[str, Any]) -> str:
 
 
 PHASES = ["invite", "keyword", "after", "latency", "embedded", "scale", "soak"]
+QUICK_PHASES = ["invite", "keyword", "after", "latency"]
+
+
+def start_receivers(b: Bench, args: argparse.Namespace) -> tuple[Target, Target | None, dict[str, Target]]:
+    log("starting redis-server, ScriptGate (1 HTTP process) and the hand-written receivers")
+    b.start_redis()
+    sg = b.start_scriptgate(SG)
+    base = None
+    if args.baseline_code:
+        base = b.start_scriptgate(SG_BASE, prefix=BASE_PREFIX, code=Path(args.baseline_code).resolve())
+    b.discover_kv_prefix()
+    hws = {mode: b.start_handwritten(mode) for mode in HW_NAMES if mode in args.receivers}
+    return sg, base, hws
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
@@ -985,50 +1075,50 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     res = b.results
     res["machine"] = machine_facts(args.quick)
     res["args"] = {k: v for k, v in vars(args).items() if k != "out"}
-    phases = args.phases.split(",") if args.phases else PHASES
+    phases = args.phases.split(",") if args.phases else (QUICK_PHASES if args.quick else PHASES)
     try:
         log(f"generating requests in {tmp}")
         b.data = make_data(tmp)
-        log("starting redis-server, ScriptGate (1 HTTP process) and the hand-written receiver")
-        b.start_redis()
-        sg = b.start_scriptgate("ScriptGate")
-        b.discover_kv_prefix()
-        hw = b.start_handwritten()
-        res["verdicts"] = b.check_same_replies(sg, hw)
-        log(f"replies identical on the check sample: {res['verdicts']}")
+        sg, base, hws = start_receivers(b, args)
+        checked = [t for m, t in hws.items() if m not in FLOORS] + ([base] if base else [])
+        res["verdicts"] = b.check_same_replies(sg, checked)
+        res["checked"] = [t.name for t in checked]
+        log(f"replies identical ({', '.join(res['checked'])} = {SG}) on the check sample: {res['verdicts']}")
         d, w, rounds = args.duration, args.warmup, args.rounds
+        fair = hws.get("fair-cached")
+        everyone = [sg, *([base] if base else []), *hws.values()]
+        with_fair = [fair] if fair else []
         res["ab"] = {}
         for scenario in ("invite", "keyword", "after"):
             if scenario in phases:
                 log(f"phase {scenario}")
-                res["ab"][scenario] = b.ab(scenario, [sg, hw], rounds, d, w, scenario)
+                res["ab"][scenario] = b.ab(scenario, everyone, rounds, d, w, scenario)
         if "latency" in phases:
             peak = med([rnd[0]["rps"] for rnd in res["ab"]["invite"]]) if "invite" in res["ab"] else args.rate
             rate = round(peak / 2)
             log(f"phase latency: open loop at {rate} req/s")
-            noop = b.start_handwritten(noop=True)
-            b.wrk(noop, "invite", w, record=False)
-            order = [sg, hw, noop, noop, hw, sg, sg, hw, noop][: 3 * args.latency_rounds]
-            runs = [b.openloop(t, "invite", rate, args.latency_duration) for t in order]
+            noop = hws.get("noop")
+            order = [sg, fair, noop, noop, fair, sg, sg, fair, noop][: 3 * args.latency_rounds]
+            runs = [b.openloop(t, "invite", rate, args.latency_duration) for t in order if t is not None]
             res["latency"] = {"rate": rate, "runs": runs}
-            low = round(peak / 4)
-        if "latency" in phases and not args.quick:
-            log(f"phase latency: open loop at {low} req/s (a quarter of the peak, for context)")
-            res["latency_low"] = {"rate": low, "runs": [b.openloop(t, "invite", low, args.latency_duration)
-                                                        for t in (sg, hw, noop)]}
-        if "latency" in phases:
-            b.launcher.stop(noop.proc)
-        b.launcher.stop(sg.proc)
+            if not args.quick:
+                low = round(peak / 4)
+                log(f"phase latency: open loop at {low} req/s (a quarter of the peak, for context)")
+                res["latency_low"] = {"rate": low, "runs": [b.openloop(t, "invite", low, args.latency_duration)
+                                                            for t in (sg, fair, noop) if t is not None]}
+        for t in everyone:
+            if t is not fair:
+                b.launcher.stop(t.proc)
         if "embedded" in phases:
             log("phase embedded")
             sge = b.start_scriptgate("ScriptGate-embedded", embedded=True)
-            res["ab"]["embedded"] = b.ab("invite", [sge, hw], rounds, d, w, "embedded")
+            res["ab"]["embedded"] = b.ab("invite", [sge, *with_fair], rounds, d, w, "embedded")
             b.launcher.stop(sge.proc)
         if "scale" in phases:
             log("phase scale")
             sg1 = b.start_scriptgate("ScriptGate-1proc")
             sg2 = b.start_scriptgate("ScriptGate-2proc", workers=2)
-            res["ab"]["scale"] = b.ab("invite", [sg1, sg2, hw], rounds, d, w, "scale")
+            res["ab"]["scale"] = b.ab("invite", [sg1, sg2, *with_fair], rounds, d, w, "scale")
             b.launcher.stop(sg2.proc)
             b.launcher.stop(sg1.proc)
         if "soak" in phases and args.soak > 0:
@@ -1042,9 +1132,13 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="ScriptGate vs a hand-written Tornado receiver, side by side.")
-    p.add_argument("--quick", action="store_true", help="short runs (under 2 minutes)")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ScriptGate vs hand-written Tornado receivers, side by side.")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs, phases invite,keyword,after,latency only (about 3 minutes)")
+    p.add_argument("--baseline-code", metavar="DIR",
+                   help="also run the ScriptGate server of this checkout (e.g. a git worktree of the previous "
+                        "commit), side by side, with this checkout's scripts and data")
     p.add_argument("--duration", type=float, help="seconds per timed wrk run (default 6, quick 3)")
     p.add_argument("--warmup", type=float, help="warm-up seconds per receiver and phase (default 5, quick 2)")
     p.add_argument("--rounds", type=int, help="alternated rounds per phase (default 4, quick 1)")
@@ -1054,6 +1148,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="ScriptGate --sandbox-spin-us (default: the server's own default)")
     p.add_argument("--sandbox-workers", type=int, default=4,
                    help="ScriptGate sandbox workers per HTTP process (default 4, the server's own default)")
+    p.add_argument("--receivers", default=",".join(HW_NAMES),
+                   help="comma-separated hand-written modes to run beside ScriptGate (default: all, "
+                        f"{','.join(HW_NAMES)}; '' for none: ScriptGate against --baseline-code only)")
     p.add_argument("--hw-json", choices=["orjson", "stdlib"], default="orjson", help="hand-written receiver's JSON")
     p.add_argument("--rate", type=float, default=1000, help="open-loop rate when the invite phase is skipped")
     p.add_argument("--quiet-cores", type=float, default=0.25,
@@ -1062,10 +1159,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="longest wait for a quiet machine before one run (default 20 s; 0: never wait)")
     p.add_argument("--quiet-budget", type=float,
                    help="total waiting for quiet over the whole run (default 60 s, quick 0)")
-    p.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--phases", help=f"comma-separated subset of {','.join(PHASES)} "
+                                    f"(default: all; quick: {','.join(QUICK_PHASES)})")
     p.add_argument("--out", help="also write the results as JSON to this file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, request files)")
     args = p.parse_args(argv)
+    args.receivers = [m for m in args.receivers.split(",") if m]
+    unknown = set(args.receivers) - set(HW_NAMES)
+    if unknown:
+        p.error(f"--receivers: unknown {', '.join(sorted(unknown))} (known: {', '.join(HW_NAMES)})")
     q = args.quick
     args.duration = args.duration or (3.0 if q else 6.0)
     args.warmup = args.warmup if args.warmup is not None else (2.0 if q else 5.0)
@@ -1075,14 +1177,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet_budget is None:
         args.quiet_budget = 0.0 if q else 60.0
     args.latency_rounds = 1 if q else 3
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     for tool in ("wrk", "redis-server"):
         if not shutil.which(tool) and not Path(f"/usr/bin/{tool}").exists():
             print(f"bench_load: {tool} is needed (apt-get install {tool.split('-')[0]})", file=sys.stderr)
             return 2
 
     # Bounded run time: estimate, then a watchdog that aborts (and cleans up) past 1.5x + 2 min.
-    per_phase = 2 * args.warmup + 2 * args.rounds * args.duration + 10
-    budget = 60 + 5 * per_phase + args.rounds * args.duration + 2 * args.warmup + (3 * args.latency_rounds + 3) * (
+    receivers = 1 + len(args.receivers) + (1 if args.baseline_code else 0)
+    per_phase = receivers * (args.warmup + args.rounds * args.duration) + 10
+    budget = 60 + (3 if args.quick else 5) * per_phase + args.rounds * args.duration + 2 * args.warmup + (3 * args.latency_rounds + 3) * (
         args.latency_duration + 5) + args.soak + 30
     limit = int(budget * 1.5 + 120 + args.quiet_budget)
 
@@ -1115,7 +1223,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(res)
     print(text)
     print(f"Run time {res['wall_s']:.0f} s. Command: python bench/bench_load.py "
-          + " ".join(sys.argv[1:] if argv is None else argv))
+          + shlex.join(sys.argv[1:] if argv is None else argv))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0

@@ -10,10 +10,12 @@ import asyncio
 import time
 from typing import Any
 
+import hiredis
 import pytest
 
 from server.store.connect import open_store
 from server.store.redis_store import Store
+from server.store.tracking import MISS
 from tests.timing import FAR_S, SLACK_S
 
 
@@ -232,3 +234,195 @@ def test_latency_report(redis_standalone: Any, store_prefix: str, cache: bool) -
     micros = run(scenario())
     print(f"\nsismember {'cached' if cache else 'uncached'}: {micros:.1f} us/call")
     assert micros < 50_000  # a sanity bound only (a loaded machine); bench/ measures latency
+
+
+# --- which prefixes are tracked (tracking.Subscriptions) --------------------------------------
+
+
+async def _settle(store: Store, rounds: int = 3) -> None:
+    """Let pushes already sent by Redis arrive: a PING round trip on the data connection is
+    answered after Redis flushed every invalidation of earlier writes (beforeSleep)."""
+    assert store.tracker is not None
+    for _ in range(rounds):
+        await store.client.ping()
+        store.tracker.drain()
+
+
+def test_only_cached_keys_are_tracked(redis_standalone: Any, store_prefix: str) -> None:
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        try:
+            t = a.tracker
+            assert t is not None and a.cache is not None
+            await a.kv_call("ns", "sadd", ["bl", ["x"]])
+            assert await a.kv_call("ns", "sismember", ["bl", "x"]) is True  # first read: subscribes, cached
+            bl = a.keys.kv("ns", "bl")
+            assert t.wanted.prefixes() == [bl] and t.covers(bl)
+            trips = a.kv.round_trips
+            assert await a.kv_call("ns", "sismember", ["bl", "x"]) is True
+            assert a.kv.round_trips == trips  # cached from the first read on
+
+            # Writes to keys nobody caches send no invalidation to this process at all.
+            await _settle(a)
+            msgs, invs = t.invalidation_msgs, a.cache.invalidations
+            for i in range(200):
+                await a.kv_call("ns", "incr", ["stats:msgs:g1", 1, None])
+                raw.incr(a.keys.kv("ns", f"counter{i % 3}"))
+                raw.set(a.keys.kv("other", "bl"), "x")  # same key name, another namespace
+            await _settle(a)
+            assert t.invalidation_msgs == msgs
+            assert a.cache.invalidations == invs + 200  # only the local forgets of its own writes
+
+            # A write to the cached key (from any client) invalidates it: the next read is exact.
+            raw.srem(bl, "x")
+            assert await a.kv_call("ns", "sismember", ["bl", "x"]) is False
+            assert t.invalidation_msgs > msgs
+            raw.sadd(bl, "x")
+            assert await a.kv_call("ns", "smismember", ["bl", ["x", "y"]]) == [True, False]
+            assert a.describe()["cache"]["tracked_prefixes"] == 1
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_tracking_resubscribes_after_a_reconnect(redis_standalone: Any, store_prefix: str) -> None:
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        try:
+            t = a.tracker
+            assert t is not None and a.cache is not None
+            name = a.keys.kv("ns", "flag")
+            raw.set(name, "1")
+            assert await a.kv_call("ns", "get", ["flag"]) == "1"
+            old_id = t.client_id
+            raw.client_kill_filter(_id=old_id)
+            raw.set(name, "2")  # while tracking is down: must not be served stale
+            assert await a.kv_call("ns", "get", ["flag"]) == "2"
+            assert await t.wait_connected(FAR_S) and t.client_id != old_id
+            # The new connection subscribed to the same prefix in its handshake: the first
+            # read after the reconnect is cached again, and writes still invalidate it.
+            assert t.covers(name)
+            tracking = [c for c in raw.client_list() if c.get("name") == "scriptgate-kv-tracking"
+                        and int(c["id"]) == t.client_id]
+            assert tracking and "t" in tracking[0]["flags"] and "B" in tracking[0]["flags"]
+            assert await a.kv_call("ns", "get", ["flag"]) == "2"
+            trips = a.kv.round_trips
+            assert await a.kv_call("ns", "get", ["flag"]) == "2"
+            assert a.kv.round_trips == trips
+            for i in range(50):
+                raw.set(name, f"v{i}")
+                assert await a.kv_call("ns", "get", ["flag"]) == f"v{i}"
+            await _settle(a)
+            msgs = t.invalidation_msgs
+            for _ in range(50):
+                raw.incr(a.keys.kv("ns", "count"))
+            await _settle(a)
+            assert t.invalidation_msgs == msgs  # still only the cached key
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_tracking_coarsens_to_namespaces_then_everything(redis_standalone: Any, store_prefix: str) -> None:
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        try:
+            t = a.tracker
+            assert t is not None and a.cache is not None
+            t.wanted.keys_per_ns, t.wanted.max_prefixes = 2, 2
+
+            async def exact(ns: str, key: str) -> None:
+                """Read, write through another client, read again: never stale."""
+                name = a.keys.kv(ns, key)
+                value = await a.kv_call(ns, "get", [key])
+                assert value == raw.get(name)
+                raw.set(name, "w" + str(int(time.monotonic() * 1e6)))
+                assert await a.kv_call(ns, "get", [key]) == raw.get(name)
+                trips = a.kv.round_trips
+                assert await a.kv_call(ns, "get", [key]) == raw.get(name)
+                assert a.kv.round_trips == trips  # cached
+
+            await exact("n1", "a")
+            await exact("n1", "b")
+            assert t.wanted.mode() == "keys" and len(t.wanted.prefixes()) == 2 and t.resubscribes == 0
+            await exact("n1", "c")  # a third key of n1: the namespace prefix replaces its keys
+            assert t.wanted.prefixes() == [a.keys.kv_ns_root("n1")] and t.resubscribes == 1
+            for key in ("a", "b", "c", "d"):
+                await exact("n1", key)
+            await _settle(a)
+            msgs = t.invalidation_msgs
+            raw.incr(a.keys.kv("n1", "count"))  # now tracked (coarse)...
+            raw.incr(a.keys.kv("n2", "count"))  # ...but not another namespace
+            await _settle(a)
+            assert t.invalidation_msgs == msgs + 1
+
+            # Overlapping key prefixes in one namespace (Redis >= 6.2 refuses them): coarsened.
+            await exact("n2", "ab")
+            await exact("n2", "abc")
+            assert a.keys.kv_ns_root("n2") in t.wanted.prefixes()
+            await exact("n3", "x")  # a 3rd prefix > max_prefixes: track every KV key
+            assert t.wanted.mode() == "everything" and t.wanted.prefixes() == [a.keys.kv_root]
+            for ns, key in (("n1", "a"), ("n2", "ab"), ("n3", "x"), ("n4", "y")):
+                await exact(ns, key)
+            assert a.describe()["cache"]["tracking_mode"] == "everything"
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_a_read_started_before_its_prefix_is_confirmed_is_not_cached(redis_standalone: Any,
+                                                                      store_prefix: str) -> None:
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        try:
+            t, cache = a.tracker, a.cache
+            assert t is not None and cache is not None
+            name = a.keys.kv("ns", "late")
+            raw.set(name, "old")
+            # The subscription is asked for but its reply not read yet: a read that starts
+            # now may be answered by Redis before the subscription, so it must not be kept.
+            assert await t.cover(name, wait=0) is False
+            epoch = cache.begin(name)
+            cache.finish(name, epoch, [(("g",), "old")], 0.0)
+            assert cache.lookup(name, ("g",)) is MISS and cache.uncovered >= 1
+            assert await t.cover(name)  # confirmed now
+            raw.set(name, "new")
+            assert await a.kv_call("ns", "get", ["late"]) == "new"
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+def test_subscription_refused_falls_back_to_tracking_everything(redis_standalone: Any, store_prefix: str) -> None:
+    """A server that refuses a prefix subscription (e.g. an overlap rule of a future
+    Redis) gets the coarsest one, which every Redis >= 6 takes; values stay exact."""
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        try:
+            t = a.tracker
+            assert t is not None
+            t._confirm(t._gen, ["x"])(hiredis.ReplyError("ERR refused for the test"))
+            assert t.wanted.mode() == "everything"
+            name = a.keys.kv("ns", "k")
+            for i in range(20):
+                raw.set(name, str(i))
+                assert await a.kv_call("ns", "get", ["k"]) == str(i)
+            assert t.covers(name) and t.connected
+        finally:
+            await a.close()
+
+    run(scenario())

@@ -154,7 +154,8 @@ class KVEngine:
 
     async def _fill(self, key: str, subs: list[Any], send: Callable[[Any], Any], many: bool = False) -> list[Any]:
         """One round trip: the read plus PTTL; cached unless it raced an invalidation."""
-        assert self.cache is not None
+        assert self.cache is not None and self.tracker is not None
+        await self.tracker.cover(key)  # subscribe to its invalidations first (tracking.py); else not cached
         epoch = self.cache.begin(key)
         started = time.monotonic()
         items: list[tuple[Any, Any]] | None = None

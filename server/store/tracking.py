@@ -17,8 +17,9 @@ on one host; across hosts it is bounded by network delay, like any replica lag).
 
 Safety rules:
 - The cache is empty and unused whenever the tracking connection is down; it is
-  flushed on every connect, disconnect, missed probe or ``invalidate`` with a null key
-  list (FLUSHALL/FLUSHDB).
+  flushed on every connect, disconnect, re-subscription, missed probe or ``invalidate``
+  with a null key list (FLUSHALL/FLUSHDB).
+- A read is cached only if a confirmed prefix covers its key when the read starts.
 - A read is cached only if no invalidation for its key (and no flush) happened while
   it was in flight, so an old value can never be stored after its invalidation.
 - Entries of keys with a TTL expire locally no later than in Redis.
@@ -94,6 +95,10 @@ class KVCache:
         # Called with the key on every invalidation and None on every flush (sandbox
         # workers keep copies of answers: WorkerPool.invalidate). Must not raise.
         self.listeners: list[Callable[[str | None], None]] = []
+        # Set by the Tracker: whether invalidations of a key are subscribed and confirmed.
+        # A read of a key it does not cover is never cached (None: cache everything).
+        self.covers: Callable[[str], bool] | None = None
+        self.uncovered = 0  # reads not cached because their key's prefix was not subscribed yet
 
     def __len__(self) -> int:
         return self._size
@@ -146,6 +151,9 @@ class KVCache:
             self._inflight[key] = [1, 0]
         else:
             rec[0] += 1
+        if self.covers is not None and not self.covers(key):
+            self.uncovered += 1
+            return -1  # never equals _epoch (>= 0): finish() will not cache this read
         return self._epoch
 
     def finish(self, key: str, epoch: int, items: list[tuple[Hashable, Any]] | None, expires_at: float) -> None:
@@ -265,6 +273,75 @@ class TrackingUnsupported(Exception):
     """The server refuses RESP3 or CLIENT TRACKING (Redis < 6, fakeredis): no cache."""
 
 
+# Coarsening thresholds. Redis checks every write against every BCAST prefix of every
+# tracking client (a walk over its prefix table), so the list stays short.
+KEYS_PER_NS = 16
+MAX_PREFIXES = 64
+
+
+class Subscriptions:
+    """The key prefixes the tracking connection should subscribe to (``BCAST PREFIX``).
+
+    Keys are ``<root><namespace>:<key>``. Namespaces match ``[A-Za-z0-9_-]+``, so namespace
+    prefixes never overlap each other nor another namespace's keys; two key prefixes of one
+    namespace may (``a:b`` and ``a:bc``), which Redis >= 6.2 refuses: that namespace is
+    coarsened at once. The set only grows (coarser) until the process ends: keys that
+    were cached once are likely to be cached again after a reconnect."""
+
+    def __init__(self, root: str, keys_per_ns: int = KEYS_PER_NS, max_prefixes: int = MAX_PREFIXES) -> None:
+        self.root = root
+        self.keys_per_ns = max(1, keys_per_ns)
+        self.max_prefixes = max(1, max_prefixes)
+        self.everything = False
+        self.namespaces: set[str] = set()
+        self.keys: dict[str, set[str]] = {}  # namespace -> full keys subscribed one by one
+        self._count = 0  # len of all key sets
+
+    def namespace(self, key: str) -> str:
+        n = len(self.root)
+        end = key.find(":", n)
+        return key[n:end] if key.startswith(self.root) and end > n else ""
+
+    def mode(self) -> str:
+        return "everything" if self.everything else ("namespaces" if self.namespaces else "keys")
+
+    def prefixes(self) -> list[str]:
+        if self.everything:
+            return [self.root]
+        return ([f"{self.root}{ns}:" for ns in sorted(self.namespaces)]
+                + sorted(k for ks in self.keys.values() for k in ks))
+
+    def add(self, key: str) -> bool:
+        """Make ``key`` covered; return whether the prefix list changed."""
+        if self.everything:
+            return False
+        ns = self.namespace(key)
+        if not ns:
+            return self._all()  # not a namespaced KV key (never the case for script reads)
+        if ns in self.namespaces:
+            return False
+        ks = self.keys.setdefault(ns, set())
+        if key in ks:
+            return False
+        if len(ks) >= self.keys_per_ns or any(k.startswith(key) or key.startswith(k) for k in ks):
+            self.namespaces.add(ns)
+            self._count -= len(ks)
+            del self.keys[ns]
+        else:
+            ks.add(key)
+            self._count += 1
+        if self._count + len(self.namespaces) > self.max_prefixes:
+            return self._all()
+        return True
+
+    def _all(self) -> bool:
+        self.everything = True
+        self.namespaces.clear()
+        self.keys.clear()
+        self._count = 0
+        return True
+
+
 def _command(*parts: str | bytes | int) -> bytes:
     out = [b"*%d\r\n" % len(parts)]
     for part in parts:
@@ -273,14 +350,32 @@ def _command(*parts: str | bytes | int) -> bytes:
     return b"".join(out)
 
 
+def _track(prefixes: list[str]) -> bytes:
+    args: list[str | bytes | int] = ["CLIENT", "TRACKING", "ON", "BCAST"]
+    for prefix in prefixes:
+        args += ["PREFIX", prefix]
+    return _command(*args)
+
+
 class Tracker:
     """Owns the tracking connection and feeds invalidations into a ``KVCache``."""
 
     def __init__(self, cache: KVCache, kv_prefix: str, provider: TargetProvider,
                  timeout: float = 0.5, probe_interval: float = 1.0,
-                 data_address: Callable[[], Any] | None = None) -> None:
+                 data_address: Callable[[], Any] | None = None,
+                 keys_per_ns: int = KEYS_PER_NS, max_prefixes: int = MAX_PREFIXES) -> None:
         self.cache = cache
         self.kv_prefix = kv_prefix
+        # What should be subscribed; _sent: subscribed (or asked) on this connection;
+        # _active: confirmed by Redis on this connection (only these make keys cacheable).
+        self.wanted = Subscriptions(kv_prefix, keys_per_ns, max_prefixes)
+        self._sent: set[str] = set()
+        self._active: set[str] = set()
+        self._gen = 0  # +1 per connection and per re-subscription: stale confirmations are ignored
+        self._waiters: list[asyncio.Future[None]] = []
+        self.resubscribes = 0
+        self.invalidation_msgs = 0  # invalidate pushes received (each may name several keys)
+        cache.covers = self.covers
         self.provider = provider
         self.timeout = timeout
         self.probe_interval = probe_interval
@@ -296,7 +391,7 @@ class Tracker:
         self.client_id: int | None = None  # the tracking connection's CLIENT ID (tests, debugging)
         self._sock: socket.socket | None = None
         self._reader = hiredis.Reader()
-        self._replies: deque[asyncio.Future[Any]] = deque()
+        self._replies: deque[Callable[[Any], None]] = deque()  # called with each reply, in order
         self._lost_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -334,7 +429,9 @@ class Tracker:
         while True:
             try:
                 target = await asyncio.wait_for(self.provider(), self.timeout * 4)
-                sock = await asyncio.wait_for(asyncio.to_thread(self._handshake, target), self.timeout * 4)
+                prefixes = self.wanted.prefixes()  # taken here: the handshake runs in a thread
+                sock = await asyncio.wait_for(asyncio.to_thread(self._handshake, target, prefixes),
+                                              self.timeout * 4)
                 self._address = (target.host, int(target.port)) if target.host else None
             except TrackingUnsupported as exc:
                 self.supported = False
@@ -351,14 +448,16 @@ class Tracker:
                 backoff = min(backoff * 2, 1.0)
                 continue
             backoff = 0.05
-            self._attach(sock)
+            self._attach(sock, prefixes)
             try:
                 await self._probe_loop()
             finally:
                 self._lost("probe loop ended")
 
-    def _handshake(self, target: TrackingTarget) -> socket.socket:
-        """Blocking connect + HELLO 3 + CLIENT TRACKING, run in a thread with timeouts."""
+    def _handshake(self, target: TrackingTarget, prefixes: list[str]) -> socket.socket:
+        """Blocking connect + HELLO 3 + CLIENT TRACKING for ``prefixes``, run in a thread with
+        timeouts. With no prefix yet, tracking is switched on and off again: that the server
+        supports it is known before any cache is used."""
         if target.path:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
@@ -372,22 +471,26 @@ class Tracker:
             hello: list[str | bytes | int] = ["HELLO", 3]
             if target.password is not None:
                 hello += ["AUTH", target.username or "default", target.password]
-            sock.sendall(
-                _command(*hello)
-                + _command("CLIENT", "SETNAME", "scriptgate-kv-tracking")
-                + _command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", self.kv_prefix)
-            )
+            tracking = _track(prefixes or [self.kv_prefix])
+            if not prefixes:
+                tracking += _command("CLIENT", "TRACKING", "OFF")
+            sock.sendall(_command(*hello) + _command("CLIENT", "SETNAME", "scriptgate-kv-tracking") + tracking)
             reader = hiredis.Reader()
             replies: list[Any] = []
-            while len(replies) < 3:
+            want = 3 if prefixes else 4
+            while len(replies) < want:
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError("connection closed during tracking handshake")
                 reader.feed(data)
                 while (reply := reader.gets()) is not False:
-                    replies.append(reply)
+                    if not isinstance(reply, hiredis.PushNotification):  # the flush in _attach covers them
+                        replies.append(reply)
             hello_reply, _, tracking_reply = replies[:3]
-            for reply, what in ((hello_reply, "HELLO 3"), (tracking_reply, "CLIENT TRACKING")):
+            checks = [(hello_reply, "HELLO 3"), (tracking_reply, "CLIENT TRACKING")]
+            if not prefixes:
+                checks.append((replies[3], "CLIENT TRACKING OFF"))
+            for reply, what in checks:
                 if isinstance(reply, hiredis.ReplyError):
                     text = str(reply)
                     if text.startswith(("WRONGPASS", "NOAUTH", "NOPERM")):
@@ -404,18 +507,23 @@ class Tracker:
             sock.close()
             raise
 
-    def _attach(self, sock: socket.socket) -> None:
+    def _attach(self, sock: socket.socket, prefixes: list[str]) -> None:
         self._sock = sock
         self._replies.clear()
         self._lost_event = asyncio.Event()
         # Anything cached or in flight from before this connection may have missed an
         # invalidation: start clean.
         self.cache.flush()
+        self._gen += 1
+        self._sent = set(prefixes)
+        self._active = set(prefixes)  # the handshake's CLIENT TRACKING was answered OK
         self.connected = True
         self.connects += 1
         self.last_error = None
         assert self._loop is not None
         self._loop.add_reader(sock.fileno(), self.drain)
+        self._sync()  # keys wanted while the handshake ran
+        self._wake()
         self.drain()
 
     def _lost(self, reason: str) -> None:
@@ -429,12 +537,14 @@ class Tracker:
             with contextlib.suppress(Exception):
                 sock.close()
         self.cache.flush()
+        self._gen += 1
+        self._sent = set()
+        self._active = set()
         while self._replies:
-            fut = self._replies.popleft()
-            if not fut.done():
-                fut.set_exception(ConnectionError(reason))
+            self._replies.popleft()(ConnectionError(reason))
         self._reader = hiredis.Reader()
         self._lost_event.set()
+        self._wake()
         if was and not self._closing:
             self.last_error = reason
             log.warning("KV cache invalidation connection lost (%s); cache flushed", reason)
@@ -468,15 +578,118 @@ class Tracker:
     def _request(self, payload: bytes) -> asyncio.Future[Any]:
         assert self._loop is not None
         fut: asyncio.Future[Any] = self._loop.create_future()
+
+        def settle(reply: Any) -> None:
+            if not fut.done():
+                if isinstance(reply, ConnectionError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+
         if self._sock is None:
             fut.set_exception(ConnectionError("not connected"))
             return fut
-        self._replies.append(fut)
+        self._send(payload, settle)
+        return fut
+
+    def _send(self, payload: bytes, *handlers: Callable[[Any], None]) -> None:
+        """Send commands; ``handlers`` get their replies in order (a ConnectionError if lost)."""
+        assert self._sock is not None
+        self._replies.extend(handlers)
         try:
-            self._sock.send(payload)  # a few bytes: never blocks in practice
+            self._sock.send(payload)  # a few hundred bytes at most: never blocks in practice
         except (OSError, ssl.SSLError) as exc:
             self._lost(f"send failed: {exc}")
-        return fut
+
+    # --- which prefixes are tracked ----------------------------------------------------
+
+    def covers(self, key: str) -> bool:
+        """Whether invalidations of ``key`` are subscribed and confirmed on this connection."""
+        active = self._active
+        if not active:
+            return False
+        if key in active or self.kv_prefix in active:
+            return True
+        ns = self.wanted.namespace(key)
+        return bool(ns) and f"{self.kv_prefix}{ns}:" in active
+
+    async def cover(self, key: str, wait: float | None = None) -> bool:
+        """Subscribe to ``key``'s invalidations if needed and wait (at most ``wait`` seconds,
+        default half the op timeout) until Redis confirmed it; False: read it uncached."""
+        if self.covers(key):
+            return True
+        if self.wanted.add(key):
+            self._sync()
+        assert self._loop is not None
+        deadline = self._loop.time() + (self.timeout / 2 if wait is None else wait)
+        while self.connected and not self.covers(key):
+            left = deadline - self._loop.time()
+            if left <= 0:
+                return False
+            fut: asyncio.Future[None] = self._loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await asyncio.wait_for(fut, left)
+            except TimeoutError:
+                return False
+        return self.covers(key)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _sync(self) -> None:
+        """Bring this connection's subscriptions to what is wanted: new prefixes are added
+        (no flush); dropping one (coarsening) needs OFF + ON again, and a flush."""
+        if self._sock is None:
+            return  # the next handshake subscribes to what is wanted
+        wanted = self.wanted.prefixes()
+        if self._sent.issubset(wanted):
+            new = [p for p in wanted if p not in self._sent]
+            if new:
+                self._sent.update(new)
+                self._send(_track(new), self._confirm(self._gen, new))
+            return
+        self.resubscribes += 1
+        self._gen += 1
+        self._active = set()  # before the flush: nothing read from now on is cached until confirmed
+        self.cache.flush()
+        self._sent = set(wanted)
+        log.info("KV cache tracking coarsened to %d prefix(es) (%s); cache flushed", len(wanted), self.wanted.mode())
+        self._send(_command("CLIENT", "TRACKING", "OFF") + _track(wanted),
+                   self._refused_check("CLIENT TRACKING OFF"), self._confirm(self._gen, wanted))
+
+    def _confirm(self, gen: int, prefixes: list[str]) -> Callable[[Any], None]:
+        def on_reply(reply: Any) -> None:
+            if isinstance(reply, ConnectionError) or gen != self._gen:
+                return  # lost or re-subscribed since: that path decides what is active
+            if isinstance(reply, hiredis.ReplyError):
+                self._refused(f"CLIENT TRACKING PREFIX: {str(reply)[:120]}")
+                return
+            self._active.update(prefixes)
+            self._wake()
+
+        return on_reply
+
+    def _refused_check(self, what: str) -> Callable[[Any], None]:
+        def on_reply(reply: Any) -> None:
+            if isinstance(reply, hiredis.ReplyError):
+                self._refused(f"{what}: {str(reply)[:120]}")
+
+        return on_reply
+
+    def _refused(self, why: str) -> None:
+        """A subscription was refused: track everything (the coarsest subscription, the one
+        every Redis >= 6 takes), or, if that was refused too, reconnect (the handshake then
+        finds out whether tracking works at all)."""
+        log.warning("KV cache tracking: %s", why)
+        if self.wanted.everything:
+            self._lost(why)
+        else:
+            self.wanted._all()
+            self._sync()
 
     # --- the hot path ----------------------------------------------------------------
 
@@ -516,6 +729,7 @@ class Tracker:
     def _handle(self, msg: Any) -> None:
         if isinstance(msg, hiredis.PushNotification):
             if len(msg) >= 2 and msg[0] == b"invalidate":
+                self.invalidation_msgs += 1
                 keys = msg[1]
                 if keys is None:  # FLUSHDB / FLUSHALL
                     self.cache.flush()
@@ -524,10 +738,9 @@ class Tracker:
                         self.cache.invalidate(key.decode("utf-8", "replace"))
             return
         if self._replies:
-            fut = self._replies.popleft()
-            if not fut.done():
-                fut.set_result(msg)
+            self._replies.popleft()(msg)
 
     def describe(self) -> dict[str, Any]:
         state = "connected" if self.connected else ("unsupported" if not self.supported else "down")
-        return {"tracking": state, "connects": self.connects, "tracking_error": self.last_error}
+        return {"tracking": state, "connects": self.connects, "tracking_error": self.last_error,
+                "tracked_prefixes": len(self.wanted.prefixes()), "tracking_mode": self.wanted.mode()}
