@@ -128,7 +128,7 @@ TRIVIAL = "def handle(req):\n    return None\n"
 
 
 class KeptKV:
-    """The production KV with Redis's client-side cache on (server.app.NamespaceKV): the
+    """The production KV with Redis's client-side cache on (server.service.state.NamespaceKV): the
     host answers from its cache and lets the worker keep the answer (sandbox/worker/readcache.py)."""
 
     scope = "bench:ns"

@@ -6,7 +6,7 @@ everything else is derived from the table (``tests/test_kvops.py`` checks it):
 - the worker's ``kv.<name>`` method (``sandbox.worker.kvapi``): its signature, argument
   checks (so the script gets a clear error at the right line) and answer check;
 - the host's check of a ``kv`` frame (``validate``; the worker is untrusted) in
-  ``sandbox.host.pool`` and again in the store;
+  ``sandbox.host.kvrelay`` and again in the store;
 - the store's dispatch, which keys a write makes the caches forget, which reads the host's
   and the worker's caches keep (``Op.cache``), the type named in a wrong-type refusal.
 

@@ -68,7 +68,7 @@ EXIT_FATAL = 73  # startup failed
 
 # Lifetime CPU cap of one worker (hard RLIMIT_CPU, set by sandbox.worker.confine): a per-call
 # soft limit can never be raised past it once root is gone. The host recycles a worker at
-# half of it (sandbox.host.pool), long before it could cut a legitimate call short.
+# half of it (sandbox.host.recycling), long before it could cut a legitimate call short.
 LIFETIME_CPU_S = 3600
 
 # Compiled scripts a worker keeps (least recently used first out); the host's record of what

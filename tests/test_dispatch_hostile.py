@@ -1,7 +1,7 @@
 """What OpenIM receives when a sandbox worker lies, breaks the protocol or never answers.
 
 The host re-checks every worker result (``server.service.callbacks.verdict_reply`` after
-``sandbox.host.pool``'s shape checks): anything but a valid allow/modify/deny for the command
+the shape checks of ``sandbox.host.results``): anything but a valid allow/modify/deny for the command
 becomes the command's failure-policy reply, and a call with no answer is cut off at the
 command's deadline with that same reply. These tests drive the production HTTP path
 (``make_app`` behind ``CallbackServer``) with a real ``WorkerPool`` whose workers are

@@ -4,7 +4,7 @@
 its socket (``Conn``, a BufferedProtocol decoding frames with ``sandbox.protocol``). It acts on
 nothing a worker sends before checking the message's shape: a worker that floods, sends
 out of turn or breaks framing is killed. What the pool does with a worker (calls, KV,
-recycling) is in ``sandbox.host.pool``.
+recycling) is in ``sandbox.host.pool``, ``kvrelay`` and ``recycling``.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ def warm_up() -> list[str]:
     """Run every path a call can take once, so lazy imports and caches (encodings,
     traceback formatting, RestrictedPython's compiler, re2, budget stops) happen before
     confinement. Best effort: returns what did not work as expected instead of failing
-    the worker (``tests/test_worker_warmup.py`` requires it to be empty)."""
+    the worker (``tests/test_worker_protocol.py`` requires it to be empty)."""
     problems: list[str] = []
     budgets = Budgets(wall_ms=50, steps=100_000)
     payload = b'{"items": [1, 2, 3], "s": "\\u00e9\\u003c"}\n'  # the JSON text, as calls get it

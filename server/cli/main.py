@@ -1,6 +1,6 @@
 """The ``scriptgate`` command line, on click. Each subcommand lives in its own module
-(``cli_offline``: run, sample, replay, check, push, export, kv-snapshot; ``cli_day2``: scripts,
-kv, tokens, tail, completion); this file holds the group, ``serve`` and ``main``, which turns
+(``server.offline.cli``: run, sample, replay, check, push, export, kv-snapshot;
+``server.cli.day2``: scripts, kv, tokens, tail, completion); this file holds the group, ``serve`` and ``main``, which turns
 expected failures into one-line errors and returns the exit code."""
 
 from __future__ import annotations

@@ -359,7 +359,7 @@ class _Request:
 
 
 class AnswerContext(Protocol):
-    """What answering a callback needs of the process (server.app.AppState has it)."""
+    """What answering a callback needs of the process (server.service.state.AppState has it)."""
 
     dispatcher: Dispatcher
     metrics: Any  # server.metrics.Metrics

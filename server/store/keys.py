@@ -118,7 +118,7 @@ class Keys:
         self.logs_live = f"{p}:logs:live"
         self.tokens = reg + "tokens"
         self.token_names = reg + "token_names"
-        self.kv_root = f"{p}:kv:"  # also the CLIENT TRACKING BCAST prefix
+        self.kv_root = f"{p}:kv:"  # also the widest CLIENT TRACKING prefix (tracking.py coarsens to it)
 
     def meta(self, command: str) -> str:
         return self._meta + command

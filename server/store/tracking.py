@@ -49,7 +49,7 @@ log = logging.getLogger("scriptgate.store.tracking")
 _MISS = object()
 
 
-# Defaults of the client-side cache's bounds (store URL options cache_bytes, cache_ns_bytes,
+# Defaults of the client-side cache's bounds (store URL options cache_mb, cache_ns_mb,
 # cache_size). Bytes are estimates of what the host holds (CPython object sizes).
 CACHE_BYTES = 64 * 1024 * 1024
 CACHE_NS_BYTES = 16 * 1024 * 1024
