@@ -114,7 +114,9 @@ class Config:
     # acknowledgement at once and run the script right after, with at most this many such
     # runs pending per HTTP process (server/service/after.py); when they are all taken, the
     # callback is answered the old way, after its script. 0 = never (every callback waits).
-    after_ack_max_pending: int = 256
+    # 64: well above what OpenIM's queues send at once (2 workers per webhook client), low
+    # enough that a callback answered after its script waits behind few background runs.
+    after_ack_max_pending: int = 64
     # An admin write answers once every HTTP process of this instance serves it, or after
     # this long (the reply then says "synced": false).
     sync_timeout_s: float = 2.0

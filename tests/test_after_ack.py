@@ -52,7 +52,8 @@ def golden_ack() -> bytes:
 class GatedPool:
     """Holds every call until ``gate`` is set; counts calls started and finished."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_queue: int = 256) -> None:
+        self.max_queue = max_queue  # per command, as sandbox/host/pool.py
         self.gate = asyncio.Event()
         self.started = 0
         self.finished = 0
@@ -67,7 +68,7 @@ class GatedPool:
         pass
 
 
-async def serve(limit: int) -> tuple[Any, GatedPool, Any, int]:
+async def serve(limit: int, max_queue: int = 256) -> tuple[Any, GatedPool, Any, int]:
     import tornado.httpserver
     import tornado.netutil
 
@@ -75,7 +76,7 @@ async def serve(limit: int) -> tuple[Any, GatedPool, Any, int]:
     from server.http.callback import CallbackServer
     from server.serve import TORNADO_MAX_BODY
 
-    pool = GatedPool()
+    pool = GatedPool(max_queue)
     state = await build_state(Config(max_body_bytes=MAX_BODY, after_ack_max_pending=limit), "token",
                               store=StubStore(), pool=pool)
     state.table._scripts = {name: ActiveScript(name, 1, "sha", "allow") for name in (AFTER, BEFORE)}
@@ -108,9 +109,9 @@ async def until(check: Any, what: str, timeout: float = FAR_S) -> None:
         await asyncio.sleep(0.005)
 
 
-def in_process(limit: int, body: Any) -> None:
+def in_process(limit: int, body: Any, max_queue: int = 256) -> None:
     async def main() -> None:
-        state, pool, http, port = await serve(limit)
+        state, pool, http, port = await serve(limit, max_queue)
         try:
             await body(state, pool, port)
         finally:
@@ -170,6 +171,22 @@ def test_the_bound_answers_the_next_call_after_its_script_and_counts_it() -> Non
     in_process(2, body)
 
 
+def test_background_runs_take_at_most_half_of_a_commands_pool_queue() -> None:
+    # A full queue would refuse ("sandbox overloaded") a script already acknowledged.
+    async def body(state: Any, pool: GatedPool, port: int) -> None:
+        for i in range(2):
+            assert await asyncio.wait_for(exchange(port, after_request(f"op-{i}")), FAR_S) == [golden_ack()]
+        third = asyncio.ensure_future(exchange(port, after_request("op-3")))
+        await until(lambda: pool.started == 3, "the third call's script to start")
+        assert not third.done() and state.dispatcher.after.pending == 2
+        assert sample(state, "scriptgate_after_inline_full_total", command=AFTER) == 1
+        pool.gate.set()
+        assert await asyncio.wait_for(third, FAR_S) == [golden_ack()]
+        await until(lambda: state.dispatcher.after.by_command[AFTER] == 0, "the background runs")
+
+    in_process(256, body, max_queue=4)
+
+
 def test_zero_disables_early_acks() -> None:
     async def body(state: Any, pool: GatedPool, port: int) -> None:
         call = asyncio.ensure_future(exchange(port, after_request()))
@@ -223,7 +240,7 @@ def test_a_failing_background_run_is_logged_and_harms_nothing(caplog: pytest.Log
 
 
 def test_the_option_is_validated() -> None:
-    assert Config().after_ack_max_pending == 256
+    assert Config().after_ack_max_pending == 64
     assert build({"after_ack_max_pending": 0}).after_ack_max_pending == 0
     for bad in (-1, 1.5, "8", True, 10**6):
         with pytest.raises(ConfigError, match="after_ack_max_pending"):
@@ -292,7 +309,7 @@ def test_the_script_runs_after_the_ack_and_its_outcome_is_recorded(redis_standal
         assert bad["logs"] and bad["logs"][0].startswith("count ")
         assert metric(srv, f'scriptgate_script_errors_total{{command="{AFTER}",kind="exception"}}') == 1
         health = srv.request("GET", "/healthz").json()["after_acks"]
-        assert health["early_acked"] == 21 and health["max_pending"] == 256
+        assert health["early_acked"] == 21 and health["max_pending"] == 64
     finally:
         srv.stop()
 

@@ -12,8 +12,11 @@ is always the plain continue, whatever its script does (server/service/callbacks
 docs/openim.md says this with the call sites.
 
 ``EarlyAcks`` is the bound and the bookkeeping: at most ``limit`` background runs pending
-per HTTP process (``after_ack_max_pending``); a callback that finds no room is answered
-the old way, after its script (back-pressure, nothing dropped). Background runs are
+per HTTP process (``after_ack_max_pending``), and per command at most half of the worker
+pool's queue for one command (``command_cap``: the background runs alone can never fill the
+queue, whose overflow would refuse a script, nor the queue wait grow past what the
+deadline allows); a callback that finds no room is answered the old way, after its script
+(back-pressure, nothing dropped). Background runs are
 tasks held here (strong references), counted, awaited by the graceful drain
 (server/serve.py) and cancelled only when the drain grace is over. A failure in one never
 reaches the event loop or any other callback: it is logged and counted.
@@ -38,6 +41,7 @@ class EarlyAcks:
         self.limit = limit  # 0: never acknowledge early
         self.accepting = limit > 0  # False once the graceful drain has begun
         self.tasks: set[asyncio.Task[None]] = set()
+        self.by_command: dict[str, int] = {}  # pending runs per command
         self.acked = 0  # early acknowledgements sent
         self.inline = 0  # after-callbacks answered after their script because the bound was reached
         self.failed = 0  # background runs that raised (logged)
@@ -47,13 +51,14 @@ class EarlyAcks:
     def pending(self) -> int:
         return len(self.tasks)
 
-    def has_room(self) -> bool | None:
-        """May an after-callback be acknowledged now? None when early acknowledgements are off
-        (or the drain has begun); False when the bound is reached: the caller answers after
-        the script and counts it (``inline``)."""
+    def has_room(self, command: str, command_cap: int | None = None) -> bool | None:
+        """May an after-callback of ``command`` be acknowledged now? None when early
+        acknowledgements are off (or the drain has begun); False when the bound (or the
+        command's ``command_cap``) is reached: the caller answers after the script and
+        counts it (``inline``)."""
         if not self.accepting:
             return None
-        if len(self.tasks) < self.limit:
+        if len(self.tasks) < self.limit and (command_cap is None or self.by_command.get(command, 0) < command_cap):
             return True
         self.inline += 1
         return False
@@ -62,8 +67,13 @@ class EarlyAcks:
         """Run ``run`` (the script and the recording of its outcome) in the background."""
         task = asyncio.get_running_loop().create_task(self._guarded(command, operation_id, run))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.by_command[command] = self.by_command.get(command, 0) + 1
+        task.add_done_callback(lambda done: self._done(command, done))
         self.acked += 1
+
+    def _done(self, command: str, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self.by_command[command] -= 1
 
     async def _guarded(self, command: str, operation_id: str, run: Coroutine[Any, Any, None]) -> None:
         try:

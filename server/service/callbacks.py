@@ -257,6 +257,12 @@ class Dispatcher:
         self._errors = _RateLimitedLog()
         self.inflight = 0
         self.after = EarlyAcks(config.after_ack_max_pending)
+        # Per command, background runs take at most half of the pool's queue for one command
+        # (sandbox/host/pool.py max_queue): a full queue would refuse the script ("sandbox
+        # overloaded") of a callback already acknowledged, and the other half stays for
+        # callbacks answered after their script.
+        max_queue = getattr(pool, "max_queue", None)
+        self._after_cap = max(1, max_queue // 2) if type(max_queue) is int else None
 
     def acks_early(self, command: Command) -> bool | None:
         """Answer this callback now and run its script right after? Only an after-callback
@@ -267,7 +273,7 @@ class Dispatcher:
             return None
         if self.table.get(command.name) is None:
             return None
-        return self.after.has_room()
+        return self.after.has_room(command.name, self._after_cap)
 
     async def dispatch(self, command: Command, payload_json: bytes, payload: dict[str, Any] | None = None,
                        operation_id: str | None = None) -> Outcome:
