@@ -337,6 +337,40 @@ def test_a_slow_script_fills_the_bound_and_the_next_call_waits_for_its_script(re
         srv.stop()
 
 
+def test_under_a_flood_every_acknowledged_script_runs(redis_standalone, tmp_path: Path) -> None:
+    # 16 clients without pause (more than OpenIM's queues send): the bound is reached again
+    # and again, and still no script is refused, cut by its deadline or lost.
+    import threading
+
+    pfx, counter = prefix(), "n-" + uuid.uuid4().hex[:6]
+    srv = start_server("--redis", redis_standalone.url, "--prefix", pfx, "--sandbox-workers", "1")
+    kv = redis_standalone.client()
+    key = f"{pfx}:kv:default:{counter}"
+    sent: list[bytes] = []
+    try:
+        assert srv.upload(AFTER, counting_src(counter, spin=20)).status == 201
+
+        def client(n: int) -> None:
+            for i in range(40):
+                sent.append(after_call(srv, f"f-{n}-{i}"))
+
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(FAR_S)
+        assert sent == [ACK_BODY] * 640
+        wait_for(lambda: int(kv.get(key) or 0) == 640, "640 increments")
+        wait_for(lambda: metric(srv, "scriptgate_after_pending") == 0, "no pending run")
+        assert metric(srv, "scriptgate_script_errors_total") == 0
+        assert metric(srv, f'scriptgate_verdicts_total{{command="{AFTER}",verdict="allow"}}') == 640
+        acked = metric(srv, "scriptgate_after_early_acks_total")
+        inline = metric(srv, "scriptgate_after_inline_full_total")
+        assert acked + inline == 640 and acked > 0
+    finally:
+        srv.stop()
+
+
 def test_sigterm_lets_every_pending_after_run_finish(redis_standalone, tmp_path: Path) -> None:
     cfg = tmp_path / "sg.toml"
     cfg.write_text("drain_grace_s = 60\n[defaults]\ndeadline_ms = 14000\n"
