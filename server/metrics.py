@@ -53,7 +53,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "scriptgate_callback_duration_seconds",
-            "Time from request body received to reply written, by command",
+            "Time from request body received to reply written (for an early-acknowledged after-callback: "
+            "to the end of its script), by command",
             ["command"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
