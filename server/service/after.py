@@ -32,6 +32,10 @@ from typing import Any
 from server.logfmt import callback_fields
 
 log = logging.getLogger("scriptgate.dispatch")
+# A failing background run is an internal error (script failures are outcomes, recorded as
+# such): the first ones are logged with their traceback, then one in this many.
+_FAILURE_LOG_FIRST = 10
+_FAILURE_LOG_EVERY = 1000
 
 
 class EarlyAcks:
@@ -83,8 +87,10 @@ class EarlyAcks:
             pass
         except Exception:
             self.failed += 1
-            log.exception("early-acknowledged %s operationID=%s: background run failed", command,
-                          operation_id or "-", extra=callback_fields(command, operation_id))
+            if self.failed > _FAILURE_LOG_FIRST and self.failed % _FAILURE_LOG_EVERY:
+                return
+            log.exception("early-acknowledged %s operationID=%s: background run failed (%d so far)", command,
+                          operation_id or "-", self.failed, extra=callback_fields(command, operation_id))
 
     def stop_accepting(self) -> None:
         """From now on every after-callback is answered after its script (graceful stop)."""
