@@ -239,6 +239,30 @@ def test_a_failing_background_run_is_logged_and_harms_nothing(caplog: pytest.Log
     in_process(256, body)
 
 
+def test_runs_still_pending_after_the_drain_grace_are_cut_counted_and_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from server.serve import drain
+
+    class Listener:
+        def stop_accepting(self) -> None:
+            pass
+
+        async def close_all_connections(self) -> None:
+            pass
+
+    async def body(state: Any, pool: GatedPool, port: int) -> None:
+        for i in range(3):
+            assert await exchange(port, after_request(f"op-{i}")) == [golden_ack()]
+        with caplog.at_level(logging.ERROR, logger="scriptgate.serve"):
+            await drain(state, Listener(), 0.05)  # the scripts are held: none can finish
+        assert state.dispatcher.after.unfinished == 3 and state.dispatcher.after.pending == 0
+        assert "3 early-acknowledged after-callback script(s) not finished" in caplog.text
+        assert sample(state, "scriptgate_after_unfinished_total") == 3
+        assert state.dispatcher.acks_early(state.catalog.get(AFTER)) is None  # draining: answered after the script
+
+    in_process(256, body)
+
+
 def test_the_option_is_validated() -> None:
     assert Config().after_ack_max_pending == 64
     assert build({"after_ack_max_pending": 0}).after_ack_max_pending == 0
