@@ -62,6 +62,8 @@ def build_record(command: str, operation_id: str, outcome: Any, elapsed_s: float
         "elapsed_ms": round(elapsed_s * 1000, 3),
         "level": "error" if outcome.verdict == "error" else "info",
     }
+    if getattr(outcome, "early_ack", False):  # answered before the script ran (server/service/after.py)
+        record["early_ack"] = True
     data = orjson.dumps(record)
     if len(data) <= max_bytes:
         return data

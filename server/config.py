@@ -18,6 +18,8 @@ from server.store.keys import NAMESPACE_RULE, PREFIX_RULE, is_namespace, is_pref
 
 DEFAULT_PORT = 10006
 INVITE_NARROWING = ("reject", "refused_members")
+# Each pending early-acknowledged run holds its request body and a task: bounded in memory.
+MAX_AFTER_ACK_PENDING = 100_000
 OPENIM_LINES = ("main", "v3.8")  # the OpenIM lines ScriptGate knows; server/catalog.py uses these
 
 
@@ -108,6 +110,13 @@ class Config:
     # On SIGTERM/SIGINT: stop accepting, then give in-flight callbacks up to this long
     # (each still within its own deadline) before recordings are flushed and we exit.
     drain_grace_s: float = 10.0
+    # After-callbacks (OpenIM only logs their reply, docs/openim.md): answer with the plain
+    # acknowledgement at once and run the script right after, with at most this many such
+    # runs pending per HTTP process (server/service/after.py); when they are all taken, the
+    # callback is answered the old way, after its script. 0 = never (every callback waits).
+    # 64: well above what OpenIM's queues send at once (2 workers per webhook client), low
+    # enough that a callback answered after its script waits behind few background runs.
+    after_ack_max_pending: int = 64
     # An admin write answers once every HTTP process of this instance serves it, or after
     # this long (the reply then says "synced": false).
     sync_timeout_s: float = 2.0
@@ -195,6 +204,7 @@ _TOP_KEYS = {
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim", "memory_soft_limit_mb",
     "penalty_box", "body_timeout_s", "logs", "log_format", "drain_grace_s", "sync_timeout_s",
+    "after_ack_max_pending",
 }
 
 
@@ -273,6 +283,8 @@ def _check_sizes_and_times(cfg: Config) -> None:
             raise ConfigError(f"{key} must be a number of seconds in 0..3600")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
+    if type(cfg.after_ack_max_pending) is not int or not 0 <= cfg.after_ack_max_pending <= MAX_AFTER_ACK_PENDING:
+        raise ConfigError(f"after_ack_max_pending must be an integer in 0..{MAX_AFTER_ACK_PENDING} (0 = off)")
 
 
 def _check_addresses(cfg: Config) -> None:

@@ -1,5 +1,6 @@
 """Prometheus metrics: calls, verdicts, script errors and latency per command; recordings;
-the penalty box; the bytes the process holds for scripts (``server/memory.py``).
+the penalty box; the bytes the process holds for scripts (``server/memory.py``); early
+acknowledgements of after-callbacks (``server/service/after.py``).
 
 With several HTTP processes (``--workers N``) prometheus-client's multiprocess mode is
 used (``PROMETHEUS_MULTIPROC_DIR`` is set by the CLI before this module is imported), so
@@ -52,7 +53,8 @@ class Metrics:
         )
         self.latency = Histogram(
             "scriptgate_callback_duration_seconds",
-            "Time from request body received to reply written, by command",
+            "Time from request body received to reply written (for an early-acknowledged after-callback: "
+            "to the end of its script), by command",
             ["command"],
             buckets=LATENCY_BUCKETS,
             registry=reg,
@@ -136,7 +138,33 @@ class Metrics:
             "Bytes of the client-side KV cache used by each KV namespace",
             ["namespace"], registry=reg, multiprocess_mode="livesum",
         )
+        self.after_early_acks = Counter(
+            "scriptgate_after_early_acks_total",
+            "After-callbacks answered at once, their script run right after (after_ack_max_pending)",
+            ["command"], registry=reg,
+        )
+        self.after_inline_full = Counter(
+            "scriptgate_after_inline_full_total",
+            "After-callbacks answered after their script because after_ack_max_pending runs were pending",
+            ["command"], registry=reg,
+        )
+        self.after_pending = Gauge(
+            "scriptgate_after_pending",
+            "Early-acknowledged after-callback scripts not yet finished",
+            registry=reg, multiprocess_mode="livesum",
+        )
+        self.after_failed = Counter(
+            "scriptgate_after_failed_total",
+            "Background runs of early-acknowledged after-callbacks that raised (logged; no other callback is affected)",
+            registry=reg,
+        )
+        self.after_unfinished = Counter(
+            "scriptgate_after_unfinished_total",
+            "Background runs of early-acknowledged after-callbacks cut at a graceful stop (drain_grace_s over)",
+            registry=reg,
+        )
         self._children: dict[str, tuple] = {}
+        self._after_children: dict[tuple[str, bool], Any] = {}
         self._seen: dict[tuple[str, str], int] = {}  # counters fed from totals: last total seen
         self._boxed_keys: set[str] = set()
         self._cache_ns: set[str] = set()
@@ -147,9 +175,37 @@ class Metrics:
             counter.labels(label).inc(total - last)
         self._seen[(counter._name, label)] = total
 
+    def after_acked(self, command: str) -> None:
+        self._after_child(command, True).inc()
+
+    def after_inline(self, command: str) -> None:
+        self._after_child(command, False).inc()
+
+    def _after_child(self, command: str, early: bool) -> Any:
+        child = self._after_children.get((command, early))
+        if child is None:
+            child = (self.after_early_acks if early else self.after_inline_full).labels(command)
+            self._after_children[(command, early)] = child
+        return child
+
+    def sync_after(self, after: Any) -> None:
+        """The early-acknowledgement gauge and counters from ``server.service.after.EarlyAcks``."""
+        self.after_pending.set(after.pending)
+        self._advance_total(self.after_failed, after.failed)
+        self._advance_total(self.after_unfinished, after.unfinished)
+
+    def _advance_total(self, counter: Counter, total: int) -> None:
+        last = self._seen.get((counter._name, ""), 0)
+        if total > last:
+            counter.inc(total - last)
+        self._seen[(counter._name, "")] = total
+
     def refresh(self, state: Any, mem: dict[str, Any] | None = None) -> None:
         """Bring the gauges and the penalty-box counters up to date (before a scrape, and
         periodically: with several HTTP processes each one writes its own values)."""
+        after = getattr(getattr(state, "dispatcher", None), "after", None)
+        if after is not None:
+            self.sync_after(after)
         box = getattr(state.pool, "box", None)
         if box is not None:
             for key, n in list(box.boxed.items()):

@@ -140,6 +140,8 @@ class Recorder:
             "error": error.message if error else None,
             "elapsed_ms": round(elapsed * 1000, 3),
         }
+        if getattr(outcome, "early_ack", False):  # answered before the script ran (server/service/after.py)
+            record["early_ack"] = True
         try:
             size = len(orjson.dumps(record))
         except TypeError:

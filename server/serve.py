@@ -462,19 +462,24 @@ RECORDER_SETTLE_S = 5.0
 async def drain(state: Any, server: Any, grace_s: float) -> None:
     """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
     load balancer's new connections go elsewhere), let every in-flight callback finish
-    within ``grace_s`` (each is bounded by its own deadline anyway), then close the
-    connections; ``stop`` then flushes the recordings."""
+    within ``grace_s`` (each is bounded by its own deadline anyway), and with them the
+    scripts of early-acknowledged after-callbacks (server/service/after.py; from now on
+    after-callbacks are answered after their script), then close the connections and cut
+    (count and log) the background runs still pending; ``stop`` then flushes the recordings
+    and stops the pool."""
     state.draining = True
     if state.siblings is not None:
         state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
     server.stop_accepting()  # queued connections are taken first (server/http/conn.py)
+    dispatcher = state.dispatcher
+    after = dispatcher.after
+    after.stop_accepting()
     started = time.monotonic()
     deadline = started + grace_s
-    dispatcher = state.dispatcher
     quiet_since: float | None = None
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if dispatcher.inflight:
+        if dispatcher.inflight or after.pending:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = now
@@ -484,10 +489,19 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
     left = dispatcher.inflight
     if left:
         log.error("graceful stop: %d callback(s) still running after %gs; closing their connections", left, grace_s)
+    cut = after.cut()
+    if cut:
+        # Already acknowledged to OpenIM, which will not send them again: say how many.
+        log.error("graceful stop: %d early-acknowledged after-callback script(s) not finished after %gs: cut",
+                  cut, grace_s)
+        state.metrics.sync_after(after)
     say(f"scriptgate: stopping (pid {os.getpid()}): drained in {time.monotonic() - started:.2f}s"
-        + (f", {left} callback(s) cut" if left else ""))
+        + (f", {left} callback(s) cut" if left else "")
+        + (f", {cut} after-callback script(s) cut" if cut else ""))
     with contextlib.suppress(Exception):
         await asyncio.wait_for(server.close_all_connections(), timeout=2)
+    if after.tasks:
+        await asyncio.wait(set(after.tasks), timeout=1)  # let the cancellations unwind
     if state.recorder is not None:  # written by the recorder's own loop, before stop() ends it
         await state.recorder.settle(RECORDER_SETTLE_S)
 

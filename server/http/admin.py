@@ -74,6 +74,7 @@ class HealthHandler(JSONErrorMixin):
             "scripts_loaded": state.table.loaded,
             "live_scripts": len(state.table.snapshot()),
             "sandbox": state.pool.stats(),
+            "after_acks": state.dispatcher.after.describe(),
             **isolation_health(state),
             "uptime_s": round(time.time() - state.started_at, 1),
         }

@@ -41,6 +41,7 @@ from server.catalog import Catalog, Command
 from server.config import CommandSettings, Config
 from server.logfmt import callback_fields
 from server.scripts_table import ScriptTable
+from server.service.after import EarlyAcks
 
 log = logging.getLogger("scriptgate.dispatch")
 http_log = logging.getLogger("scriptgate.http")
@@ -62,6 +63,12 @@ class Outcome:
     kv_ops: int = 0
     elapsed_ms: float = 0.0
     fixes: tuple[str, ...] = ()  # metric labels of Judged.fixes
+    # An after-callback answered before its script ran (server/service/after.py): the
+    # recording and the per-callback log say so.
+    early_ack: bool = False
+
+
+EARLY_ACK = "early_ack"  # the verdict ``answer`` returns for an early acknowledgement (the script has not run yet)
 
 
 def policy_reply(settings: CommandSettings) -> dict[str, Any]:
@@ -249,6 +256,24 @@ class Dispatcher:
         }
         self._errors = _RateLimitedLog()
         self.inflight = 0
+        self.after = EarlyAcks(config.after_ack_max_pending)
+        # Per command, background runs take at most half of the pool's queue for one command
+        # (sandbox/host/pool.py max_queue): a full queue would refuse the script ("sandbox
+        # overloaded") of a callback already acknowledged, and the other half stays for
+        # callbacks answered after their script.
+        max_queue = getattr(pool, "max_queue", None)
+        self._after_cap = max(1, max_queue // 2) if type(max_queue) is int else None
+
+    def acks_early(self, command: Command) -> bool | None:
+        """Answer this callback now and run its script right after? Only an after-callback
+        with a live script (its reply is then the plain continue whatever the script does);
+        None when early acknowledgements are off or it is not such a callback, False when
+        the bound is reached (counted in ``after.inline``)."""
+        if not self.after.accepting or command.is_before or not self.table.loaded:
+            return None
+        if self.table.get(command.name) is None:
+            return None
+        return self.after.has_room(command.name, self._after_cap)
 
     async def dispatch(self, command: Command, payload_json: bytes, payload: dict[str, Any] | None = None,
                        operation_id: str | None = None) -> Outcome:
@@ -375,21 +400,57 @@ async def answer(ctx: AnswerContext, command: Command, raw: bytes, payload: dict
     ``started``: ``time.perf_counter()`` when the request was complete.
 
     The outcome is recorded before the reply is returned, so it is queued before the client
-    can read the reply; a failure to record is logged and never costs the reply."""
-    outcome = await ctx.dispatcher.dispatch(command, raw, payload, operation_id or None)
+    can read the reply; a failure to record is logged and never costs the reply.
+
+    An after-callback with a live script is answered at once with the plain continue (the
+    bytes it gets after its script, as OpenIM ignores the reply: server/service/after.py)
+    while at most ``after_ack_max_pending`` such runs are pending; its script then runs in the
+    background through this same path (``_run_after``) and its outcome is recorded when known.
+    The returned outcome is then a placeholder (verdict ``early_ack``)."""
+    dispatcher = ctx.dispatcher
+    early = dispatcher.acks_early(command)
+    if early:
+        oid = operation_id or _operation_id(payload)
+        dispatcher.after.start(command.name, oid, _run_after(ctx, command, raw, payload, operation_id, started))
+        ctx.metrics.after_acked(command.name)
+        ack = reply.continue_with()
+        return reply.encode(ack), Outcome(ack, EARLY_ACK, early_ack=True)
+    if early is False:
+        ctx.metrics.after_inline(command.name)
+    outcome = await dispatcher.dispatch(command, raw, payload, operation_id or None)
     body = reply.encode(outcome.reply)
+    _record_safely(ctx, command, payload, operation_id, outcome, started)
+    return body, outcome
+
+
+async def _run_after(ctx: AnswerContext, command: Command, raw: bytes, payload: dict[str, Any], operation_id: str,
+                     started: float) -> None:
+    """The script of an early-acknowledged after-callback: the same dispatch (pool, fair
+    queue, budgets, deadline) and the same recording, with the outcome it really produced."""
+    outcome = await ctx.dispatcher.dispatch(command, raw, payload, operation_id or None)
+    outcome.early_ack = True
+    _record_safely(ctx, command, payload, operation_id, outcome, started)
+
+
+def _operation_id(payload: dict[str, Any]) -> str:
+    return str(payload.get("operationID") or "")[:128]
+
+
+def _record_safely(ctx: AnswerContext, command: Command, payload: dict[str, Any], operation_id: str,
+                   outcome: Outcome, started: float) -> None:
     try:
         record_outcome(ctx, command, payload, operation_id, outcome, started)
     except Exception:
-        oid = operation_id or str(payload.get("operationID") or "")[:128]
+        oid = operation_id or _operation_id(payload)
         http_log.error("after the reply to %s operationID=%s", command.name, oid or "-", exc_info=True,
                        extra=callback_fields(command.name, oid))
-    return body, outcome
 
 
 def record_outcome(ctx: AnswerContext, command: Command, payload: dict[str, Any], operation_id: str,
                    outcome: Outcome, started: float) -> None:
-    """Once a callback's reply is ready: its metrics, its recording and its per-callback log line."""
+    """Once a callback's outcome is known: its metrics, its recording and its per-callback log
+    line. The elapsed time runs from ``started`` (request complete) to now: for an early
+    acknowledgement, to the end of its background script run, not to the acknowledgement."""
     elapsed = time.perf_counter() - started
     metrics = ctx.metrics
     metrics.observe(command.name, outcome.verdict, outcome.error.kind if outcome.error else None, elapsed)
