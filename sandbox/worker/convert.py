@@ -384,15 +384,12 @@ def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
     return _COPIERS.get(type(v), _copy_other)(v, st, what, depth)
 
 
-def _enter_container(v: Any, st: RunState | None, what: str, depth: int) -> None:
+def _copy_sequence(v: list[Any] | tuple[Any, ...], st: RunState | None, what: str, depth: int) -> list[Any]:
+    # (these four lines are in _copy_dict too: a call less per container)
     if depth >= MAX_RESULT_DEPTH:
         raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
     if st is not None:
         st.charge(len(v))
-
-
-def _copy_sequence(v: list[Any] | tuple[Any, ...], st: RunState | None, what: str, depth: int) -> list[Any]:
-    _enter_container(v, st, what, depth)
     if COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
         return list(v)
     depth += 1
@@ -405,7 +402,10 @@ def _copy_sequence(v: list[Any] | tuple[Any, ...], st: RunState | None, what: st
 
 
 def _copy_dict(v: dict[Any, Any], st: RunState | None, what: str, depth: int) -> dict[str, Any]:
-    _enter_container(v, st, what, depth)
+    if depth >= MAX_RESULT_DEPTH:
+        raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
+    if st is not None:
+        st.charge(len(v))
     depth += 1
     out = {}
     copier = _COPIERS.get

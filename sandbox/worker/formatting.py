@@ -52,12 +52,16 @@ def parse_percent(fmt: str) -> tuple[int, list[Spec]]:
         i = j + 1
         if i >= n:
             raise ValueError("incomplete format")
-        if fmt[i] == "%":  # only directly after '%'; '%5%' is an unsupported character
+        c = fmt[i]
+        if c == "%":  # only directly after '%'; '%5%' is an unsupported character
             literal += 1
             i += 1
-            continue
-        spec, i = _conversion_spec(fmt, i)
-        specs.append(spec)
+        elif c in _CONVERSIONS:  # '%s', '%d': the common case, nothing more to parse
+            specs.append((None, None, None, c))
+            i += 1
+        else:
+            spec, i = _conversion_spec(fmt, i)
+            specs.append(spec)
 
 
 def _conversion_spec(fmt: str, i: int) -> tuple[Spec, int]:
