@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import re
 import types
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -166,110 +167,187 @@ def safe_str(x: Any, st: RunState | None, limit: int) -> str:
 
 def safe_repr(x: Any, st: RunState | None, limit: int, strict: bool = True) -> str:
     """``repr(x)`` for script values. Raises ``TooLong`` past ``limit`` (or truncates if not strict)."""
-    parts: list[str] = []
-    size = [0]
-
-    def emit(s: str) -> None:
-        size[0] += len(s)
-        if size[0] > limit:
-            raise TooLong
-        parts.append(s)
-
-    def rec(v: Any, depth: int, seen: tuple[int, ...]) -> None:
-        t = type(v)
-        if t in _SCALAR_TYPES or t is bytes or t is range:
-            # Measured before it is built: repr() of a str can be 10x its length.
-            room = limit - size[0]
-            if t is str and len(v) * 10 + 2 > room and repr_length(v, room) > room:
-                raise TooLong
-            if t is bytes and len(v) * 4 + 3 > room and bytes_repr_length(v, room) > room:
-                raise TooLong
-            emit(repr(v))
-            return
-        if t is list or t is tuple or t is dict or t is set or t is frozenset:
-            if id(v) in seen:
-                emit("[...]" if t is list else "{...}" if t is dict else "(...)")
-                return
-            if depth >= MAX_REPR_DEPTH:
-                emit("...")
-                return
-            if st is not None:
-                st.charge(len(v))
-            seen = (*seen, id(v))
-            if t is dict:
-                emit("{")
-                for i, (k, val) in enumerate(v.items()):
-                    if i:
-                        emit(", ")
-                    rec(k, depth + 1, seen)
-                    emit(": ")
-                    rec(val, depth + 1, seen)
-                emit("}")
-                return
-            if t is list:
-                opening, closing = "[", "]"
-            elif t is tuple:
-                opening, closing = "(", ",)" if len(v) == 1 else ")"
-            elif not v:
-                emit("set()" if t is set else "frozenset()")
-                return
-            else:
-                opening, closing = ("{", "}") if t is set else ("frozenset({", "})")
-            emit(opening)
-            for i, item in enumerate(v):
-                if i:
-                    emit(", ")
-                rec(item, depth + 1, seen)
-            emit(closing)
-            return
-        if isinstance(v, BaseException):
-            emit(_type_name(v) + "(")
-            for i, a in enumerate(exception_args(v)):
-                if i:
-                    emit(", ")
-                emit(repr(a))
-            emit(")")
-            return
-        if t is ScriptClass:
-            emit(f"<class '{v.__name__}'>")
-            return
-        if type(t) is ScriptClass:  # never a script method's idea of its own name
-            emit(f"<{t.__name__} object>")
-            return
-        script_repr = getattr(t, "script_repr", None)  # our facades describe themselves
-        if script_repr is not None:
-            emit(script_repr(v))
-            return
-        if t is types.FunctionType:
-            emit(f"<function {v.__name__}>")
-            return
-        if t in _METHOD_TYPES:
-            name = getattr(v, "__name__", "?")
-            owner = getattr(v, "__self__", None)
-            if name == "_call_print":
-                emit("<function print>")
-            elif owner is None or type(owner) is types.ModuleType:
-                emit(f"<built-in function {name}>")
-            else:
-                emit(f"<method {name}>")
-            return
-        if t is type:  # an exposed class (int, float, bool, an exception class)
-            emit(f"<class '{v.__name__}'>")
-            return
-        if t.__name__ in ("dict_keys", "dict_values", "dict_items"):
-            emit(t.__name__ + "(")
-            rec(list(v), depth + 1, seen)
-            emit(")")
-            return
-        emit(f"<{t.__name__} object>")
-
+    w = _ReprWriter(st, limit)
     try:
-        rec(x, 0, ())
+        _write(w, x, 0, ())
     except TooLong:
         if strict:
             raise
-        return "".join(parts)[:limit] + "..."
-    return "".join(parts)
+        return "".join(w.parts)[:limit] + "..."
+    return "".join(w.parts)
+
+
+class _ReprWriter:
+    """One ``safe_repr`` in progress: the pieces written so far and their total length.
+
+    Every piece goes through ``emit``, which stops (``TooLong``) before the text passes
+    ``limit``; containers charge ``st`` one step per item as they are entered.
+    """
+
+    __slots__ = ("limit", "parts", "size", "st")
+
+    def __init__(self, st: RunState | None, limit: int) -> None:
+        self.st = st
+        self.limit = limit
+        self.parts: list[str] = []
+        self.size = 0
+
+    def emit(self, s: str) -> None:
+        self.size += len(s)
+        if self.size > self.limit:
+            raise TooLong
+        self.parts.append(s)
+
+
+_Writer = Callable[[_ReprWriter, Any, int, tuple[int, ...]], None]  # one per kind of value
+
+
+def _write(w: _ReprWriter, v: Any, depth: int, seen: tuple[int, ...]) -> None:
+    """Write ``repr(v)``: a writer by exact type (most values), else ``_write_other``."""
+    _WRITERS.get(type(v), _write_other)(w, v, depth, seen)
+
+
+def _write_scalar(w: _ReprWriter, v: Any, depth: int, seen: tuple[int, ...]) -> None:
+    w.emit(repr(v))  # int, float, bool, None, range: short
+
+
+def _write_str(w: _ReprWriter, v: str, depth: int, seen: tuple[int, ...]) -> None:
+    # Measured before it is built: repr() of a str can be 10x its length.
+    room = w.limit - w.size
+    if len(v) * 10 + 2 > room and repr_length(v, room) > room:
+        raise TooLong
+    w.emit(repr(v))
+
+
+def _write_bytes(w: _ReprWriter, v: bytes, depth: int, seen: tuple[int, ...]) -> None:
+    room = w.limit - w.size
+    if len(v) * 4 + 3 > room and bytes_repr_length(v, room) > room:
+        raise TooLong
+    w.emit(repr(v))
+
+
+def _enter(w: _ReprWriter, v: Any, depth: int, seen: tuple[int, ...], cycle: str) -> tuple[int, ...] | None:
+    """What every container does first: ``cycle`` if it contains itself, "..." past
+    ``MAX_REPR_DEPTH``, else one step per item. The ids to pass down, or None if written."""
+    if id(v) in seen:
+        w.emit(cycle)
+        return None
+    if depth >= MAX_REPR_DEPTH:
+        w.emit("...")
+        return None
+    if w.st is not None:
+        w.st.charge(len(v))
+    return (*seen, id(v))
+
+
+def _write_items(w: _ReprWriter, items: Any, depth: int, seen: tuple[int, ...], opening: str, closing: str) -> None:
+    w.emit(opening)
+    for i, item in enumerate(items):
+        if i:
+            w.emit(", ")
+        _write(w, item, depth, seen)
+    w.emit(closing)
+
+
+def _write_list(w: _ReprWriter, v: list[Any], depth: int, seen: tuple[int, ...]) -> None:
+    inner = _enter(w, v, depth, seen, "[...]")
+    if inner is not None:
+        _write_items(w, v, depth + 1, inner, "[", "]")
+
+
+def _write_tuple(w: _ReprWriter, v: tuple[Any, ...], depth: int, seen: tuple[int, ...]) -> None:
+    inner = _enter(w, v, depth, seen, "(...)")
+    if inner is not None:
+        _write_items(w, v, depth + 1, inner, "(", ",)" if len(v) == 1 else ")")
+
+
+def _write_set(w: _ReprWriter, v: set[Any] | frozenset[Any], depth: int, seen: tuple[int, ...]) -> None:
+    inner = _enter(w, v, depth, seen, "(...)")
+    if inner is None:
+        return
+    if type(v) is set:
+        opening, closing, empty = "{", "}", "set()"
+    else:
+        opening, closing, empty = "frozenset({", "})", "frozenset()"
+    if v:
+        _write_items(w, v, depth + 1, inner, opening, closing)
+    else:
+        w.emit(empty)
+
+
+def _write_dict(w: _ReprWriter, v: dict[Any, Any], depth: int, seen: tuple[int, ...]) -> None:
+    inner = _enter(w, v, depth, seen, "{...}")
+    if inner is None:
+        return
+    depth += 1
+    w.emit("{")
+    for i, (k, val) in enumerate(v.items()):
+        if i:
+            w.emit(", ")
+        _write(w, k, depth, inner)
+        w.emit(": ")
+        _write(w, val, depth, inner)
+    w.emit("}")
+
+
+def _write_function(w: _ReprWriter, v: types.FunctionType, depth: int, seen: tuple[int, ...]) -> None:
+    w.emit(f"<function {v.__name__}>")
+
+
+def _write_method(w: _ReprWriter, v: Any, depth: int, seen: tuple[int, ...]) -> None:
+    name = getattr(v, "__name__", "?")
+    owner = getattr(v, "__self__", None)
+    if name == "_call_print":
+        w.emit("<function print>")
+    elif owner is None or type(owner) is types.ModuleType:
+        w.emit(f"<built-in function {name}>")
+    else:
+        w.emit(f"<method {name}>")
+
+
+def _write_class(w: _ReprWriter, v: type, depth: int, seen: tuple[int, ...]) -> None:
+    # A script's class, or an exposed one (int, float, bool, an exception class).
+    w.emit(f"<class '{v.__name__}'>")
+
+
+def _write_other(w: _ReprWriter, v: Any, depth: int, seen: tuple[int, ...]) -> None:
+    """Values whose type is not in ``_WRITERS``: exceptions, script objects, our facades."""
+    t = type(v)
+    if isinstance(v, BaseException):
+        w.emit(_type_name(v) + "(")
+        for i, a in enumerate(exception_args(v)):
+            if i:
+                w.emit(", ")
+            w.emit(repr(a))
+        w.emit(")")
+    elif type(t) is ScriptClass:  # never a script method's idea of its own name
+        w.emit(f"<{t.__name__} object>")
+    elif (script_repr := getattr(t, "script_repr", None)) is not None:  # our facades describe themselves
+        w.emit(script_repr(v))
+    elif t.__name__ in ("dict_keys", "dict_values", "dict_items"):
+        w.emit(t.__name__ + "(")
+        _write(w, list(v), depth + 1, seen)
+        w.emit(")")
+    else:
+        w.emit(f"<{t.__name__} object>")
+
+
+# The writer for each exact type; subclasses (script classes deriving from an exception
+# class) and everything else go to _write_other.
+_WRITERS: dict[type, _Writer] = {
+    **dict.fromkeys((int, float, bool, type(None), range), _write_scalar),
+    str: _write_str,
+    bytes: _write_bytes,
+    list: _write_list,
+    tuple: _write_tuple,
+    dict: _write_dict,
+    set: _write_set,
+    frozenset: _write_set,
+    types.FunctionType: _write_function,
+    **dict.fromkeys(_METHOD_TYPES, _write_method),
+    ScriptClass: _write_class,
+    type: _write_class,
+}
 
 
 def sanitize_format_arg(x: Any, st: RunState, limit: int) -> Any:
@@ -303,46 +381,72 @@ COPIED_AS_IS = frozenset({str, bool, type(None)})  # immutable and always valid 
 
 def plain_copy(v: Any, st: RunState | None, what: str, depth: int) -> Any:
     """``to_plain`` below ``depth`` levels of nesting (``to_plain`` is ``depth`` 0)."""
-    # Containers first: callers copy str items themselves, so most calls are for those.
-    t = type(v)
-    if t is list or t is tuple:
-        if depth >= MAX_RESULT_DEPTH:
-            raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
-        if st is not None:
-            st.charge(len(v))
-        if COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
-            return list(v)
-        depth += 1
-        out_list = []
-        append = out_list.append
-        for item in v:
-            append(item if type(item) is str else plain_copy(item, st, what, depth))
-        return out_list
-    if t is dict:
-        if depth >= MAX_RESULT_DEPTH:
-            raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
-        if st is not None:
-            st.charge(len(v))
-        depth += 1
-        out = {}
-        for k, item in v.items():
-            if type(k) is not str:
-                raise InvalidResult(f"{what}: object keys must be strings, not {_type_name(k)}")
-            out[k] = item if type(item) is str else plain_copy(item, st, what, depth)
-        return out
-    if t is str or t is bool or v is None:
-        return v
-    if t is int:
-        if not INT_MIN <= v <= UINT_MAX:
-            raise InvalidNumber(f"{what}: integer out of the 64-bit range")
-        return v
-    if t is float:
-        if not math.isfinite(v):
-            raise InvalidNumber(f"{what}: NaN and infinity are not JSON")
-        return v
+    return _COPIERS.get(type(v), _copy_other)(v, st, what, depth)
+
+
+def _copy_sequence(v: list[Any] | tuple[Any, ...], st: RunState | None, what: str, depth: int) -> list[Any]:
+    # (these four lines are in _copy_dict too: a call less per container)
+    if depth >= MAX_RESULT_DEPTH:
+        raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
+    if st is not None:
+        st.charge(len(v))
+    if COPIED_AS_IS.issuperset(map(type, v)):  # all str/bool/None: one C-level pass
+        return list(v)
+    depth += 1
+    out = []
+    append = out.append
+    copier = _COPIERS.get  # plain_copy(item, ...), one call less per item
+    for item in v:
+        append(item if type(item) is str else copier(type(item), _copy_other)(item, st, what, depth))
+    return out
+
+
+def _copy_dict(v: dict[Any, Any], st: RunState | None, what: str, depth: int) -> dict[str, Any]:
+    if depth >= MAX_RESULT_DEPTH:
+        raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
+    if st is not None:
+        st.charge(len(v))
+    depth += 1
+    out = {}
+    copier = _COPIERS.get
+    for k, item in v.items():
+        if type(k) is not str:
+            raise InvalidResult(f"{what}: object keys must be strings, not {_type_name(k)}")
+        out[k] = item if type(item) is str else copier(type(item), _copy_other)(item, st, what, depth)
+    return out
+
+
+def _copy_as_is(v: Any, st: RunState | None, what: str, depth: int) -> Any:
+    return v  # str, bool, None
+
+
+def _copy_int(v: int, st: RunState | None, what: str, depth: int) -> int:
+    if not INT_MIN <= v <= UINT_MAX:
+        raise InvalidNumber(f"{what}: integer out of the 64-bit range")
+    return v
+
+
+def _copy_float(v: float, st: RunState | None, what: str, depth: int) -> float:
+    if not math.isfinite(v):
+        raise InvalidNumber(f"{what}: NaN and infinity are not JSON")
+    return v
+
+
+def _copy_other(v: Any, st: RunState | None, what: str, depth: int) -> Any:
     if depth >= MAX_RESULT_DEPTH:
         raise InvalidResult(f"{what}: nested deeper than {MAX_RESULT_DEPTH} levels")
     raise InvalidResult(f"{what}: {_type_name(v)} is not a JSON type")
+
+
+# The copier for each exact type (a subclass of one is not JSON data: _copy_other).
+_COPIERS: dict[type, Callable[[Any, RunState | None, str, int], Any]] = {
+    list: _copy_sequence,
+    tuple: _copy_sequence,
+    dict: _copy_dict,
+    **dict.fromkeys(COPIED_AS_IS, _copy_as_is),
+    int: _copy_int,
+    float: _copy_float,
+}
 
 
 def encode_plain(plain: Any, what: str = "result") -> bytes:

@@ -52,51 +52,66 @@ def parse_percent(fmt: str) -> tuple[int, list[Spec]]:
         i = j + 1
         if i >= n:
             raise ValueError("incomplete format")
-        if fmt[i] == "%":  # only directly after '%'; '%5%' is an unsupported character
+        c = fmt[i]
+        if c == "%":  # only directly after '%'; '%5%' is an unsupported character
             literal += 1
             i += 1
-            continue
-        key = None
-        if fmt[i] == "(":
-            i += 1
-            start = i
-            depth = 1
-            while depth and i < n:
-                c = fmt[i]
-                if c == ")":
-                    depth -= 1
-                elif c == "(":
-                    depth += 1
-                i += 1
-            if depth:
-                raise ValueError("incomplete format key")
-            key = fmt[start : i - 1]
-        while i < n and fmt[i] in _FLAGS:
-            i += 1
-        width: int | str | None = None
-        if i < n and fmt[i] == "*":
-            width = "*"
+        elif c in _CONVERSIONS:  # '%s', '%d': the common case, nothing more to parse
+            specs.append((None, None, None, c))
             i += 1
         else:
-            width, i = _number(fmt, i, "width")
-        prec: int | str | None = None
-        if i < n and fmt[i] == ".":
-            i += 1
-            if i < n and fmt[i] == "*":
-                prec = "*"
-                i += 1
-            else:
-                prec, i = _number(fmt, i, "precision")
-                prec = prec or 0
-        if i < n and fmt[i] in "hlL":
-            i += 1
-        if i >= n:
-            raise ValueError("incomplete format")
-        conv = fmt[i]
-        if conv not in _CONVERSIONS:
-            raise ValueError(f"unsupported format character {conv!r} (0x{ord(conv):x}) at index {i}")
+            spec, i = _conversion_spec(fmt, i)
+            specs.append(spec)
+
+
+def _conversion_spec(fmt: str, i: int) -> tuple[Spec, int]:
+    """The conversion that starts at ``fmt[i]`` (just after its '%'), and where it ends:
+    ``(key)``, flags, width, ``.precision``, a length modifier, the conversion character."""
+    n = len(fmt)
+    key = None
+    if fmt[i] == "(":
+        key, i = _mapping_key(fmt, i + 1)
+    while i < n and fmt[i] in _FLAGS:
         i += 1
-        specs.append((key, width, prec, conv))
+    # '*' is checked here, not in a helper: one call less per conversion
+    width: int | str | None
+    if i < n and fmt[i] == "*":
+        width, i = "*", i + 1
+    else:
+        width, i = _number(fmt, i, "width")
+    prec: int | str | None = None
+    if i < n and fmt[i] == ".":
+        i += 1
+        if i < n and fmt[i] == "*":
+            prec, i = "*", i + 1
+        else:
+            prec, i = _number(fmt, i, "precision")
+            prec = prec or 0  # '%.f' is precision 0
+    if i < n and fmt[i] in "hlL":
+        i += 1
+    if i >= n:
+        raise ValueError("incomplete format")
+    conv = fmt[i]
+    if conv not in _CONVERSIONS:
+        raise ValueError(f"unsupported format character {conv!r} (0x{ord(conv):x}) at index {i}")
+    return (key, width, prec, conv), i + 1
+
+
+def _mapping_key(fmt: str, i: int) -> tuple[str, int]:
+    """The key of ``%(key)s`` from ``fmt[i]`` (after the '('), parentheses balanced as in CPython."""
+    n = len(fmt)
+    start = i
+    depth = 1
+    while depth and i < n:
+        c = fmt[i]
+        if c == ")":
+            depth -= 1
+        elif c == "(":
+            depth += 1
+        i += 1
+    if depth:
+        raise ValueError("incomplete format key")
+    return fmt[start : i - 1], i
 
 
 def _number(fmt: str, i: int, what: str) -> tuple[int | None, int]:
@@ -294,71 +309,96 @@ def format_field(st: RunState, value: Any, conversion: str | None, spec: str, te
 def str_format(st: RunState, fmt: str, args: tuple[Any, ...], kwargs: Any, text_of: Any, positional: bool = True) -> str:
     """``fmt.format(*args, **kwargs)`` (or ``format_map`` with ``positional=False``)."""
     st.alive()
-    parts: list[str] = []
-    size = [0]
-    auto = [0]  # next automatic index; -1 once a manual index was used
+    f = _StrFormat(st, args, kwargs, text_of, positional)
+    f.render(fmt, 0)
+    return "".join(f.parts)
 
-    def add(piece: str) -> None:
-        size[0] += len(piece)
-        if size[0] > st.max_str:
-            st.check_str(size[0])
-        parts.append(piece)
 
-    def render(text: str, depth: int) -> None:
+class _StrFormat:
+    """One ``str.format`` call in progress: the text written so far (its size checked
+    against ``max_str`` as it grows) and the next automatic field number."""
+
+    __slots__ = ("args", "auto", "kwargs", "parts", "positional", "size", "st", "text_of")
+
+    def __init__(self, st: RunState, args: tuple[Any, ...], kwargs: Any, text_of: Any, positional: bool) -> None:
+        self.st = st
+        self.args = args
+        self.kwargs = kwargs
+        self.text_of = text_of
+        self.positional = positional
+        self.parts: list[str] = []
+        self.size = 0
+        self.auto = 0  # next automatic index; -1 once a manual index was used
+
+    def add(self, piece: str) -> None:
+        self.size += len(piece)
+        if self.size > self.st.max_str:
+            self.st.check_str(self.size)
+        self.parts.append(piece)
+
+    def render(self, text: str, depth: int) -> None:
+        """Write ``text`` formatted; ``depth`` counts the specs nested in specs (``{:{}}``)."""
         if depth > 2:
             raise ValueError("Max string recursion exceeded")
-        try:
-            pieces = list(_string.formatter_parser(text))
-        except ValueError:
-            raise
-        st.charge(len(pieces))
+        pieces = list(_string.formatter_parser(text))
+        self.st.charge(len(pieces))
         for literal, name, spec, conversion in pieces:
             if literal:
-                add(literal)
+                self.add(literal)
             if name is None:
                 continue
-            value = lookup(name)
+            value = self.lookup(name)
             if spec and "{" in spec:
-                outer = len(parts)
-                saved = size[0]
-                render(spec, depth + 1)
-                spec = "".join(parts[outer:])
-                del parts[outer:]
-                size[0] = saved
-            add(format_field(st, value, conversion, spec, text_of))
+                spec = self.nested_spec(spec, depth)
+            self.add(format_field(self.st, value, conversion, spec, self.text_of))
 
-    def lookup(name: str) -> Any:
+    def nested_spec(self, spec: str, depth: int) -> str:
+        """A spec with fields in it (``{0:>{1}}``), rendered like the text but not kept in it."""
+        outer = len(self.parts)
+        saved = self.size
+        self.render(spec, depth + 1)
+        spec = "".join(self.parts[outer:])
+        del self.parts[outer:]
+        self.size = saved
+        return spec
+
+    def lookup(self, name: str) -> Any:
         if "." in name or "[" in name:
             raise ValueError(
                 f"format field {name[:40]!r}: attribute and index lookups are not supported in scripts "
                 "(pass the value itself)"
             )
         if name == "":
-            if not positional:
-                raise ValueError("Format string contains positional fields")
-            if auto[0] < 0:
-                raise ValueError("cannot switch from manual field specification to automatic field numbering")
-            index = auto[0]
-            auto[0] += 1
-            if index >= len(args):
-                raise IndexError(f"Replacement index {index} out of range for positional args tuple")
-            return args[index]
+            return self.positional_arg(self.next_auto())
         if name.isdigit() and name.isascii():
-            if not positional:
-                raise ValueError("Format string contains positional fields")
-            if auto[0] > 0:
-                raise ValueError("cannot switch from automatic field numbering to manual field specification")
-            auto[0] = -1
-            index = int(name) if len(name) < 10 else len(args)
-            if index >= len(args):
-                raise IndexError(f"Replacement index {index} out of range for positional args tuple")
-            return args[index]
-        if name not in kwargs:
+            return self.positional_arg(self.manual(name))
+        if name not in self.kwargs:
             raise KeyError(name)
-        return kwargs[name]
+        return self.kwargs[name]
 
-    render(fmt, 0)
-    return "".join(parts)
+    def next_auto(self) -> int:
+        """The index of an automatic field ``{}``."""
+        if not self.positional:
+            raise ValueError("Format string contains positional fields")
+        if self.auto < 0:
+            raise ValueError("cannot switch from manual field specification to automatic field numbering")
+        index = self.auto
+        self.auto += 1
+        return index
+
+    def manual(self, name: str) -> int:
+        """The index of a numbered field ``{0}`` (``name`` is its ASCII digits)."""
+        if not self.positional:
+            raise ValueError("Format string contains positional fields")
+        if self.auto > 0:
+            raise ValueError("cannot switch from automatic field numbering to manual field specification")
+        self.auto = -1
+        return int(name) if len(name) < 10 else len(self.args)
+
+    def positional_arg(self, index: int) -> Any:
+        if index >= len(self.args):
+            raise IndexError(f"Replacement index {index} out of range for positional args tuple")
+        return self.args[index]
 
 
 __all__ = ["TooLong", "format_field", "parse_percent", "percent_format", "str_format"]

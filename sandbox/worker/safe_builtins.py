@@ -88,8 +88,58 @@ def _real_types(classinfo: Any, depth: int = 0) -> Any:
 
 def make_builtins(st: RunState) -> dict[str, Any]:
     """The builtins table, bound to ``st``. Built once per process by ``sandbox.worker.runtime``
-    (``st`` is reset for every call): read budgets from ``st`` when called, never here."""
+    (``st`` is reset for every call): read budgets from ``st`` when called, never here.
 
+    Each wrapped builtin is made by its own factory below (``_sorted(st)`` makes ``sorted``).
+    The functions keep the names and signatures they always had: scripts see them in
+    TypeErrors ("sorted() missing 1 required positional argument: 'iterable'", "int_() takes
+    from 0 to 2 positional arguments ...", the qualname scrubbed to its last part).
+    """
+    out: dict[str, Any] = {
+        "None": None,
+        "True": True,
+        "False": False,
+        "len": len,
+        "abs": abs,
+        "chr": chr,
+        "ord": ord,
+        "hex": hex,
+        "divmod": _divmod(st),
+        "int": SafeType("int", int, _int(st)),
+        "float": float,
+        "bool": bool,
+        "str": SafeType("str", str, _str(st)),
+        "list": SafeType("list", list, _list(st)),
+        "tuple": SafeType("tuple", tuple, _tuple(st)),
+        "set": SafeType("set", set, _set(st)),
+        "dict": SafeType("dict", dict, _dict(st)),
+        "repr": _repr(st),
+        "sorted": _sorted(st),
+        "reversed": _reversed(st),
+        "enumerate": _enumerate(st),
+        "zip": _zip(st),
+        "range": _range(st),
+        "min": _extreme(st, min),
+        "max": _extreme(st, max),
+        "sum": _sum(st),
+        "any": _any(st),
+        "all": _all(st),
+        "isinstance": _isinstance(st),
+        "round": _round(st),
+    }
+    for name, value in out.items():
+        if type(value) is types.FunctionType:  # show "sorted", not "sorted_", in messages
+            value.__name__ = value.__qualname__ = name
+    out.update(EXCEPTIONS)
+    out["__metaclass__"] = _class_maker(st)
+    out["__build_class__"] = builtins.__build_class__  # runs the body, then make_class
+    return out
+
+
+# -- the types: str, int, list, tuple, set, dict ------------------------------------------
+
+
+def _str(st: RunState) -> Callable[..., str]:
     def str_(obj: Any = "", encoding: Any = _MISSING, errors: Any = "strict") -> str:
         if encoding is _MISSING:
             return text_of(st, obj)
@@ -100,6 +150,10 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         st.check_str(len(r))
         return r
 
+    return str_
+
+
+def _int(st: RunState) -> Callable[..., int]:
     def int_(x: Any = 0, base: Any = _MISSING) -> int:
         # Text in a power-of-two base converts in linear time, so CPython does not cap its
         # length (4300 digits is for the other bases): bound the bits before converting.
@@ -119,24 +173,28 @@ def make_builtins(st: RunState) -> dict[str, Any]:
             st.check_bits(r.bit_length())
         return r
 
-    def divmod_(a: Any, b: Any) -> Any:
-        if type(a) in INTLIKE and type(b) in INTLIKE:
-            check_division(st, a, b)
-        return divmod(a, b)
+    return int_
 
-    def repr_(obj: Any) -> str:
-        return text_of(st, obj, as_repr=True)
 
+def _list(st: RunState) -> Callable[..., list[Any]]:
     def list_(iterable: Any = ()) -> list[Any]:
         r = list(materialize(st, iterable))
         st.check_items(len(r))
         return r
 
+    return list_
+
+
+def _tuple(st: RunState) -> Callable[..., tuple[Any, ...]]:
     def tuple_(iterable: Any = ()) -> tuple[Any, ...]:
         r = tuple(materialize(st, iterable))
         st.check_items(len(r))
         return check_tuple_depth(st, r)
 
+    return tuple_
+
+
+def _set(st: RunState) -> Callable[..., set[Any]]:
     def set_(iterable: Any = ()) -> set[Any]:
         items = materialize(st, iterable)
         if type(items) is not set and type(items) is not frozenset:  # a set is copied without comparing
@@ -145,6 +203,10 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         st.check_items(len(r))
         return r
 
+    return set_
+
+
+def _dict(st: RunState) -> Callable[..., dict[Any, Any]]:
     def dict_(*args: Any, **kwargs: Any) -> dict[Any, Any]:
         if len(args) > 1:
             raise TypeError(f"dict expected at most 1 argument, got {len(args)}")
@@ -153,19 +215,50 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         st.check_items(len(r))
         return r
 
+    return dict_
+
+
+# -- functions ------------------------------------------------------------------------------
+
+
+def _divmod(st: RunState) -> Callable[..., Any]:
+    def divmod_(a: Any, b: Any) -> Any:
+        if type(a) in INTLIKE and type(b) in INTLIKE:
+            check_division(st, a, b)
+        return divmod(a, b)
+
+    return divmod_
+
+
+def _repr(st: RunState) -> Callable[..., str]:
+    def repr_(obj: Any) -> str:
+        return text_of(st, obj, as_repr=True)
+
+    return repr_
+
+
+def _sorted(st: RunState) -> Callable[..., list[Any]]:
     def sorted_(iterable: Any, *, key: Any = None, reverse: Any = False) -> list[Any]:
         r = sort_items(st, materialize(st, iterable), key, reverse)
         st.check_items(len(r))
         return r
 
+    return sorted_
+
+
+def _reversed(st: RunState) -> Callable[..., list[Any]]:
     def reversed_(seq: Any) -> list[Any]:
         if type(seq) not in SIZED or type(seq) in (set, frozenset):
             raise TypeError(f"'{type(seq).__name__}' object is not reversible")
         st.charge(len(seq))
         return list(reversed(seq))
 
-    # enumerate() and zip() return lists of new tuples (not lazy iterators), so each
-    # tuple's nesting depth is checked once, here.
+    return reversed_
+
+
+# enumerate() and zip() return lists of new tuples (not lazy iterators), so each
+# tuple's nesting depth is checked once, here.
+def _enumerate(st: RunState) -> Callable[..., list[tuple[int, Any]]]:
     def enumerate_(iterable: Any, start: Any = 0) -> list[tuple[int, Any]]:
         items = materialize(st, iterable)
         pairs = list(enumerate(items, start))
@@ -173,6 +266,10 @@ def make_builtins(st: RunState) -> dict[str, Any]:
             check_pairs_depth(st, pairs)
         return pairs
 
+    return enumerate_
+
+
+def _zip(st: RunState) -> Callable[..., list[tuple[Any, ...]]]:
     def zip_(*iterables: Any, strict: Any = False) -> list[tuple[Any, ...]]:
         inputs = [materialize(st, it) for it in iterables]
         rows = list(zip(*inputs, strict=strict))
@@ -181,6 +278,10 @@ def make_builtins(st: RunState) -> dict[str, Any]:
             check_pairs_depth(st, rows)
         return rows
 
+    return zip_
+
+
+def _range(st: RunState) -> Callable[..., range]:
     def range_(*args: Any) -> range:
         r = range(*args)
         max_items = st.max_items
@@ -192,19 +293,26 @@ def make_builtins(st: RunState) -> dict[str, Any]:
             st.exceeded("max_items", max_items, f"range of {n} items")
         return r
 
-    def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:
-        def extreme(*args: Any, key: Any = None, default: Any = _MISSING) -> Any:
-            if not args:
-                raise TypeError(f"{fn.__name__} expected at least 1 argument, got 0")
-            items = materialize(st, args[0]) if len(args) == 1 else args
-            if not items:
-                if default is _MISSING:
-                    raise ValueError(f"{fn.__name__}() arg is an empty sequence")
-                return default
-            return extreme_item(st, fn, items, key)
+    return range_
 
-        return extreme
 
+def _extreme(st: RunState, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``min`` or ``max`` (``fn``)."""
+
+    def extreme(*args: Any, key: Any = None, default: Any = _MISSING) -> Any:
+        if not args:
+            raise TypeError(f"{fn.__name__} expected at least 1 argument, got 0")
+        items = materialize(st, args[0]) if len(args) == 1 else args
+        if not items:
+            if default is _MISSING:
+                raise ValueError(f"{fn.__name__}() arg is an empty sequence")
+            return default
+        return extreme_item(st, fn, items, key)
+
+    return extreme
+
+
+def _sum(st: RunState) -> Callable[..., Any]:
     def sum_(iterable: Any, start: Any = 0) -> Any:
         if type(start) not in (int, float, bool):
             raise TypeError("sum() start must be a number (join strings with ''.join, lists with +)")
@@ -212,22 +320,39 @@ def make_builtins(st: RunState) -> dict[str, Any]:
         charge_int_sum(st, items)
         return sum(items, start)
 
+    return sum_
+
+
+def _any(st: RunState) -> Callable[..., bool]:
     def any_(iterable: Any) -> bool:
-        return any(materialize(st, iterable) if type(iterable) in SIZED else _lazy(iterable))
+        return any(materialize(st, iterable) if type(iterable) in SIZED else _lazy(st, iterable))
 
+    return any_
+
+
+def _all(st: RunState) -> Callable[..., bool]:
     def all_(iterable: Any) -> bool:
-        return all(materialize(st, iterable) if type(iterable) in SIZED else _lazy(iterable))
+        return all(materialize(st, iterable) if type(iterable) in SIZED else _lazy(st, iterable))
 
-    def _lazy(iterable: Any) -> Any:
-        # Short-circuiting over a generator expression: it guards its own loop.
-        if type(iterable) is not types.GeneratorType:
-            return materialize(st, iterable)
-        st.alive()
-        return iterable
+    return all_
 
+
+def _lazy(st: RunState, iterable: Any) -> Any:
+    # Short-circuiting over a generator expression: it guards its own loop.
+    if type(iterable) is not types.GeneratorType:
+        return materialize(st, iterable)
+    st.alive()
+    return iterable
+
+
+def _isinstance(st: RunState) -> Callable[..., bool]:
     def isinstance_(obj: Any, classinfo: Any) -> bool:
         return isinstance(obj, _real_types(classinfo))
 
+    return isinstance_
+
+
+def _round(st: RunState) -> Callable[..., Any]:
     def round_(number: Any, ndigits: Any = None) -> Any:
         if type(number) in INTLIKE and type(ndigits) in INTLIKE and ndigits < 0:
             # round(x, -n) computes 10**n: beyond the int size limit the answer is 0.
@@ -235,6 +360,13 @@ def make_builtins(st: RunState) -> dict[str, Any]:
                 return 0
         return round(number, ndigits)
 
+    return round_
+
+
+# -- classes ----------------------------------------------------------------------------------
+
+
+def _class_maker(st: RunState) -> Callable[..., ScriptClass]:
     def make_class(name: str, bases: tuple[Any, ...], ns: dict[str, Any]) -> ScriptClass:
         # `class C(...)` is compiled to `class C(..., metaclass=__metaclass__)`: this.
         st.step()
@@ -248,49 +380,15 @@ def make_builtins(st: RunState) -> dict[str, Any]:
                 if key not in _CLASS_NAMESPACE:
                     st.refuse(f"class attribute '{key}' is not allowed")
                 continue
-            for base in bases:
-                for k in base.__mro__:
-                    if type(k) is not ScriptClass and k is not object and hasattr(k, key):
-                        # host code reads e.args etc.: a class must not redefine them
-                        raise TypeError(f"class attribute '{key}' would replace {k.__name__}.{key}")
+            _check_not_inherited(key, bases)
         return ScriptClass(name, bases, dict(ns))
 
-    out: dict[str, Any] = {
-        "None": None,
-        "True": True,
-        "False": False,
-        "len": len,
-        "abs": abs,
-        "chr": chr,
-        "ord": ord,
-        "hex": hex,
-        "divmod": divmod_,
-        "int": SafeType("int", int, int_),
-        "float": float,
-        "bool": bool,
-        "str": SafeType("str", str, str_),
-        "list": SafeType("list", list, list_),
-        "tuple": SafeType("tuple", tuple, tuple_),
-        "set": SafeType("set", set, set_),
-        "dict": SafeType("dict", dict, dict_),
-        "repr": repr_,
-        "sorted": sorted_,
-        "reversed": reversed_,
-        "enumerate": enumerate_,
-        "zip": zip_,
-        "range": range_,
-        "min": _extreme(min),
-        "max": _extreme(max),
-        "sum": sum_,
-        "any": any_,
-        "all": all_,
-        "isinstance": isinstance_,
-        "round": round_,
-    }
-    for name, value in out.items():
-        if type(value) is types.FunctionType:  # show "sorted", not "sorted_", in messages
-            value.__name__ = value.__qualname__ = name
-    out.update(EXCEPTIONS)
-    out["__metaclass__"] = make_class
-    out["__build_class__"] = builtins.__build_class__  # runs the body, then make_class
-    return out
+    return make_class
+
+
+def _check_not_inherited(key: str, bases: tuple[Any, ...]) -> None:
+    for base in bases:
+        for k in base.__mro__:
+            if type(k) is not ScriptClass and k is not object and hasattr(k, key):
+                # host code reads e.args etc.: a class must not redefine them
+                raise TypeError(f"class attribute '{key}' would replace {k.__name__}.{key}")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlencode, urlsplit
 
 STORE_OPTIONS = {"timeout", "connect_timeout", "cache", "cache_size", "cache_mb", "cache_ns_mb", "cluster",
                  "sentinel_password", "sentinel_username", "embedded"}
@@ -111,26 +111,50 @@ def bool_option(target: Target, name: str, default: bool) -> bool:
     return default if value is None else _bool(name, value)
 
 
+_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"}
+
+
 def parse(url: str) -> Target:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if scheme not in {"redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel",
-                      "redis+cluster", "rediss+cluster"}:
+    if scheme not in _SCHEMES:
         raise ValueError(
             f"unsupported redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
             "redis+sentinel:// or redis+cluster://"
         )
+    store_opts, redis_opts, passthrough = _split_query(parts.query)
+    username, password, hostpart = _credentials(parts.netloc)
+    masked = parts._replace(netloc=(f"{quote(username or '')}:***@" if password else "") + hostpart)
+    common: dict[str, Any] = {
+        "username": username, "password": password, "ssl": scheme.startswith("rediss"),
+        "redis_options": redis_opts, "store_options": store_opts,
+    }  # fmt: skip
+    display = masked.geturl()
+    cluster = scheme.endswith("+cluster") or _bool("cluster", store_opts.get("cluster", "false"))
+    if scheme.endswith("+sentinel"):
+        return _sentinel(scheme, display, parts.path, hostpart, common)
+    if cluster:
+        return _cluster(scheme, display, parts.path, hostpart, common)
+    return _standalone(url, scheme, display, parts, passthrough, common)
+
+
+def _split_query(query: str) -> tuple[dict[str, str], dict[str, Any], list[tuple[str, str]]]:
+    """(ScriptGate's own options, redis-py's options converted, redis-py's options as written)."""
     store_opts: dict[str, str] = {}
     redis_opts: dict[str, Any] = {}
     passthrough: list[tuple[str, str]] = []
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(query, keep_blank_values=True):
         if name in STORE_OPTIONS:
             store_opts[name] = value
         else:
             redis_opts[name] = _convert(name, value)
             passthrough.append((name, value))
+    return store_opts, redis_opts, passthrough
 
-    userinfo, _, hostpart = parts.netloc.rpartition("@")
+
+def _credentials(netloc: str) -> tuple[str | None, str | None, str]:
+    """(username, password, the host part) of ``[[user]:password@]hosts``."""
+    userinfo, _, hostpart = netloc.rpartition("@")
     username = password = None
     if userinfo:
         user, sep, pw = userinfo.partition(":")
@@ -138,28 +162,31 @@ def parse(url: str) -> Target:
         password = unquote(pw) if sep else None
         if not sep:  # redis://password@host is how some tools write it
             username, password = None, unquote(user)
-    masked = parts._replace(netloc=(f"{quote(username or '')}:***@" if password else "") + hostpart)
-    display = masked.geturl()
-    ssl = scheme.startswith("rediss")
-    cluster = scheme.endswith("+cluster") or _bool("cluster", store_opts.get("cluster", "false"))
+    return username, password, hostpart
 
-    if scheme.endswith("+sentinel"):
-        segs = [s for s in parts.path.split("/") if s]
-        if not segs:
-            raise ValueError("sentinel URL needs a service name: redis+sentinel://host:port/service")
-        db = int(segs[1]) if len(segs) > 1 else int(redis_opts.pop("db", 0))
-        redis_opts.pop("db", None)
-        return Target("sentinel", scheme, display, hosts=_hosts(hostpart, 26379), service=unquote(segs[0]),
-                      db=db, username=username, password=password, ssl=ssl,
-                      redis_options=redis_opts, store_options=store_opts)
-    if cluster:
-        if scheme == "unix":
-            raise ValueError("a Redis Cluster cannot be reached over a unix socket")
-        if parts.path.strip("/") not in ("", "0"):
-            raise ValueError("a Redis Cluster has only database 0")
-        redis_opts.pop("db", None)
-        return Target("cluster", scheme, display, hosts=_hosts(hostpart, 6379), username=username,
-                      password=password, ssl=ssl, redis_options=redis_opts, store_options=store_opts)
+
+def _sentinel(scheme: str, display: str, path: str, hostpart: str, common: dict[str, Any]) -> Target:
+    segs = [s for s in path.split("/") if s]
+    if not segs:
+        raise ValueError("sentinel URL needs a service name: redis+sentinel://host:port/service")
+    redis_opts = common["redis_options"]
+    db = int(segs[1]) if len(segs) > 1 else int(redis_opts.pop("db", 0))
+    redis_opts.pop("db", None)
+    return Target("sentinel", scheme, display, hosts=_hosts(hostpart, 26379), service=unquote(segs[0]), db=db,
+                  **common)
+
+
+def _cluster(scheme: str, display: str, path: str, hostpart: str, common: dict[str, Any]) -> Target:
+    if scheme == "unix":
+        raise ValueError("a Redis Cluster cannot be reached over a unix socket")
+    if path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    common["redis_options"].pop("db", None)
+    return Target("cluster", scheme, display, hosts=_hosts(hostpart, 6379), **common)
+
+
+def _standalone(url: str, scheme: str, display: str, parts: SplitResult, passthrough: list[tuple[str, str]],
+                common: dict[str, Any]) -> Target:
     if scheme != "unix":
         try:
             parts.port  # noqa: B018  (raises ValueError for a non-numeric port)
@@ -168,11 +195,10 @@ def parse(url: str) -> Target:
         if not parts.hostname:
             raise ValueError("redis URL names no host")
     clean = _without_store_options(url, passthrough)
-    db = int(redis_opts.get("db", 0))
+    db = int(common["redis_options"].get("db", 0))
     if scheme != "unix" and parts.path.strip("/"):
         try:
             db = int(parts.path.strip("/"))
         except ValueError:
             raise ValueError("the path of a redis:// URL is the database number") from None
-    return Target("standalone", scheme, display, url=clean, db=db, username=username, password=password,
-                  ssl=ssl, redis_options=redis_opts, store_options=store_opts)
+    return Target("standalone", scheme, display, url=clean, db=db, **common)
