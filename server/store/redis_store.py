@@ -501,8 +501,12 @@ class Store:
                         last = gen
                     except Exception:
                         log.warning("change listener failed; retrying", exc_info=True)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), poll_interval)
+                # Not wait_for: Python 3.11's wait_for returns the result instead of raising when
+                # a cancellation arrives just as ``changed`` is set (a change message at shutdown),
+                # and this loop would then run on forever for a caller that awaits its cancel.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_interval):
+                        await changed.wait()
                 changed.clear()
         finally:
             while not subscriber.done():
