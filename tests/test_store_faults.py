@@ -434,3 +434,42 @@ def test_watch_ends_when_cancelled_as_a_change_arrives() -> None:
         return hung
 
     assert run(scenario()) == []
+
+
+def test_watch_ends_when_a_call_below_swallows_its_cancellation() -> None:
+    """Regression: a cancellation swallowed inside a Redis call (redis-py or 3.11's wait_for
+    returning a reply that raced it) left Store.watch looping forever, seen under load as
+    ``await watcher`` hanging in test_redis_killed_mid_traffic. The watch loop ends anyway."""
+
+    async def scenario() -> bool:
+        store = object.__new__(Store)  # only watch() runs: generation and the subscriber are fakes
+        entered = asyncio.Event()
+
+        swallowed: list[bool] = []
+
+        async def generation() -> int:
+            entered.set()
+            if not swallowed:  # once: what a library below may do
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(1.0)
+                swallowed.append(True)
+            return 0
+
+        async def subscribe(changed: asyncio.Event) -> None:
+            await asyncio.Event().wait()
+
+        async def listener() -> None:
+            pass
+
+        store.generation = generation  # type: ignore[method-assign]
+        store._subscribe = subscribe  # type: ignore[method-assign]
+        watcher = asyncio.create_task(store.watch(listener, poll_interval=0.05))
+        await entered.wait()
+        watcher.cancel()
+        done, _ = await asyncio.wait({watcher}, timeout=5.0)
+        while not watcher.done():
+            watcher.cancel()
+            await asyncio.wait({watcher}, timeout=0.1)
+        return bool(done)
+
+    assert run(scenario())

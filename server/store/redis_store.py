@@ -489,8 +489,14 @@ class Store:
         changed = asyncio.Event()
         subscriber = asyncio.create_task(self._subscribe(changed), name="store-subscribe")
         last: int | None = None
+        me = asyncio.current_task()
         try:
             while True:
+                if me is not None and me.cancelling():
+                    # A cancellation was requested but swallowed below us (3.11's wait_for and
+                    # redis-py can each return normally when it races a reply): end as asked,
+                    # or whoever awaits this task after cancelling it waits forever.
+                    raise asyncio.CancelledError
                 try:
                     gen: int | None = await self.generation()
                 except StoreUnavailable:
