@@ -388,3 +388,88 @@ def test_embedded_server_for_multiprocess(store_prefix: str) -> None:
     finally:
         stop()
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_watch_ends_when_cancelled_as_a_change_arrives() -> None:
+    """Regression: Store.watch waited with wait_for, which on Python 3.11 returns instead of
+    raising when the cancellation lands just as the change event is set; the watch loop then
+    ran on forever and ``watcher.cancel(); await watcher`` hung (seen as a 120 s timeout of
+    test_redis_killed_mid_traffic under load). Every phase of the race is tried, no timing luck."""
+
+    async def scenario() -> list[int]:
+        hung = []
+        for phase in range(8):  # event-loop turns between the change and the cancel
+            store = object.__new__(Store)  # only watch() runs: generation and the subscriber are fakes
+            box: dict[str, asyncio.Event] = {}
+            subscribed = asyncio.Event()
+
+            async def generation() -> int:
+                return 0
+
+            async def subscribe(changed: asyncio.Event, box: dict[str, asyncio.Event] = box,
+                                subscribed: asyncio.Event = subscribed) -> None:
+                box["changed"] = changed
+                subscribed.set()
+                await asyncio.Event().wait()
+
+            async def listener() -> None:
+                pass
+
+            store.generation = generation  # type: ignore[method-assign]
+            store._subscribe = subscribe  # type: ignore[method-assign]
+            watcher = asyncio.create_task(store.watch(listener, poll_interval=5.0))
+            await subscribed.wait()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the watch loop is now waiting for a change
+            box["changed"].set()
+            for _ in range(phase):
+                await asyncio.sleep(0)
+            watcher.cancel()
+            done, _ = await asyncio.wait({watcher}, timeout=2.0)
+            if not done:
+                hung.append(phase)
+                while not watcher.done():
+                    watcher.cancel()
+                    await asyncio.wait({watcher}, timeout=0.1)
+        return hung
+
+    assert run(scenario()) == []
+
+
+def test_watch_ends_when_a_call_below_swallows_its_cancellation() -> None:
+    """Regression: a cancellation swallowed inside a Redis call (redis-py or 3.11's wait_for
+    returning a reply that raced it) left Store.watch looping forever, seen under load as
+    ``await watcher`` hanging in test_redis_killed_mid_traffic. The watch loop ends anyway."""
+
+    async def scenario() -> bool:
+        store = object.__new__(Store)  # only watch() runs: generation and the subscriber are fakes
+        entered = asyncio.Event()
+
+        swallowed: list[bool] = []
+
+        async def generation() -> int:
+            entered.set()
+            if not swallowed:  # once: what a library below may do
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.sleep(1.0)
+                swallowed.append(True)
+            return 0
+
+        async def subscribe(changed: asyncio.Event) -> None:
+            await asyncio.Event().wait()
+
+        async def listener() -> None:
+            pass
+
+        store.generation = generation  # type: ignore[method-assign]
+        store._subscribe = subscribe  # type: ignore[method-assign]
+        watcher = asyncio.create_task(store.watch(listener, poll_interval=0.05))
+        await entered.wait()
+        watcher.cancel()
+        done, _ = await asyncio.wait({watcher}, timeout=5.0)
+        while not watcher.done():
+            watcher.cancel()
+            await asyncio.wait({watcher}, timeout=0.1)
+        return bool(done)
+
+    assert run(scenario())

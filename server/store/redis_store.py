@@ -489,8 +489,14 @@ class Store:
         changed = asyncio.Event()
         subscriber = asyncio.create_task(self._subscribe(changed), name="store-subscribe")
         last: int | None = None
+        me = asyncio.current_task()
         try:
             while True:
+                if me is not None and me.cancelling():
+                    # A cancellation was requested but swallowed below us (3.11's wait_for and
+                    # redis-py can each return normally when it races a reply): end as asked,
+                    # or whoever awaits this task after cancelling it waits forever.
+                    raise asyncio.CancelledError
                 try:
                     gen: int | None = await self.generation()
                 except StoreUnavailable:
@@ -501,8 +507,12 @@ class Store:
                         last = gen
                     except Exception:
                         log.warning("change listener failed; retrying", exc_info=True)
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), poll_interval)
+                # Not wait_for: Python 3.11's wait_for returns the result instead of raising when
+                # a cancellation arrives just as ``changed`` is set (a change message at shutdown),
+                # and this loop would then run on forever for a caller that awaits its cancel.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(poll_interval):
+                        await changed.wait()
                 changed.clear()
         finally:
             while not subscriber.done():

@@ -552,7 +552,10 @@ class Tracker:
     async def _probe_loop(self) -> None:
         while self.connected:
             try:
-                await asyncio.wait_for(self._lost_event.wait(), self.probe_interval)
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                # (close()) that races with the event being set.
+                async with asyncio.timeout(self.probe_interval):
+                    await self._lost_event.wait()
                 return  # lost
             except TimeoutError:
                 pass
@@ -629,7 +632,8 @@ class Tracker:
             fut: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append(fut)
             try:
-                await asyncio.wait_for(fut, left)
+                async with asyncio.timeout(left):  # not wait_for: it can swallow a cancellation (3.11)
+                    await fut
             except TimeoutError:
                 return False
         return self.covers(key)
