@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -42,6 +42,9 @@ from server.config import CommandSettings, Config
 from server.logfmt import callback_fields
 from server.scripts_table import ScriptTable
 from server.service.after import EarlyAcks
+
+if TYPE_CHECKING:
+    from server.service.state import Pool
 
 log = logging.getLogger("scriptgate.dispatch")
 http_log = logging.getLogger("scriptgate.http")
@@ -243,7 +246,7 @@ class Dispatcher:
         catalog: Catalog,
         config: Config,
         table: ScriptTable,
-        pool: Any,  # sandbox.host.pool.WorkerPool (duck-typed so tests can inject a fake)
+        pool: Pool,  # sandbox.host.pool.WorkerPool, or a test's fake
         kv_for: Callable[[str], KVCall],
     ) -> None:
         self.catalog = catalog
