@@ -306,8 +306,11 @@ class Dispatcher:
         if active is None:
             return Outcome(reply.continue_with(), NO_SCRIPT)
         try:
-            result = await asyncio.wait_for(
-                self.pool.run(
+            # asyncio.timeout, not wait_for: no extra Task per callback (wait_for wraps the
+            # call in one), and on 3.11 wait_for can swallow a cancellation that races the
+            # result (see server/store/redis_store.py watch()).
+            async with asyncio.timeout(max(0.0, deadline - loop.time()) + REPLY_MARGIN_S / 2):
+                result = await self.pool.run(
                     source=active.source,
                     sha256=active.sha256,
                     payload_json=payload_json,
@@ -316,9 +319,7 @@ class Dispatcher:
                     deadline=deadline,
                     key=command.name,  # own queue, share of workers and penalty box
                     group=settings.namespace,
-                ),
-                timeout=max(0.0, deadline - loop.time()) + REPLY_MARGIN_S / 2,
-            )
+                )
         except TimeoutError:
             result = RunResult.failed(BUDGET, f"deadline exceeded: no reply within {settings.deadline_ms} ms")
         except Exception as exc:  # the pool must not fail a callback; log and apply policy
