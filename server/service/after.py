@@ -26,23 +26,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from server.logfmt import callback_fields
 
 log = logging.getLogger("scriptgate.dispatch")
-# A failing background run is an internal error (script failures are outcomes, recorded as
-# such): the first ones are logged with their traceback, then one in this many.
-_FAILURE_LOG_FIRST = 10
-_FAILURE_LOG_EVERY = 1000
 
 
 class EarlyAcks:
     """The pending background runs of early-acknowledged after-callbacks (one HTTP process)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, log_allowed: Callable[[str], bool] = lambda command: True) -> None:
         self.limit = limit  # 0: never acknowledge early
+        # A failing background run is an internal error (script failures are outcomes,
+        # recorded as such), logged with its traceback under the dispatcher's per-command
+        # log rate limit, so a failure under load cannot flood the log.
+        self.log_allowed = log_allowed
         self.accepting = limit > 0  # False once the graceful drain has begun
         self.tasks: set[asyncio.Task[None]] = set()
         self.by_command: dict[str, int] = {}  # pending runs per command
@@ -87,7 +87,7 @@ class EarlyAcks:
             pass
         except Exception:
             self.failed += 1
-            if self.failed > _FAILURE_LOG_FIRST and self.failed % _FAILURE_LOG_EVERY:
+            if not self.log_allowed(command):
                 return
             log.exception("early-acknowledged %s operationID=%s: background run failed (%d so far)", command,
                           operation_id or "-", self.failed, extra=callback_fields(command, operation_id))

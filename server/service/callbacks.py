@@ -259,7 +259,7 @@ class Dispatcher:
         }
         self._errors = _RateLimitedLog()
         self.inflight = 0
-        self.after = EarlyAcks(config.after_ack_max_pending)
+        self.after = EarlyAcks(config.after_ack_max_pending, self._errors.allowed)
         # Per command, background runs take at most half of the pool's queue for one command
         # (sandbox/host/pool.py max_queue): a full queue would refuse the script ("sandbox
         # overloaded") of a callback already acknowledged, and the other half stays for
