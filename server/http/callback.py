@@ -199,10 +199,14 @@ class CallbackServer(httputil.HTTPServerConnectionDelegate):
         if path.startswith("/admin") or path in ("/healthz", "/metrics"):
             return http_conn.response(400, "Bad Request", orjson.dumps({"error": code, "message": message}))
         named = self.callback_path(path) if path else None
-        cmd = named[1] if named is not None else None
+        return http_conn.response(200, "OK", self.error_body(named[1] if named is not None else None, code, message))
+
+    def error_body(self, cmd: Command | None, code: str, message: str) -> bytes:
+        """A refused callback's body (counted): the five fields (the failure policy's answer
+        when the command is known) and ``error``."""
         base = policy_reply(self.dispatcher.settings[cmd.name]) if cmd is not None else None
         self.state.metrics.bad_requests.labels(code).inc()
-        return http_conn.response(200, "OK", reply.error_body(code, message, base))
+        return reply.error_body(code, message, base)
 
     def headers(self, body: bytes, method: str) -> httputil.HTTPHeaders:
         headers = httputil.HTTPHeaders()
@@ -408,10 +412,7 @@ class CallbackExchange(httputil.HTTPMessageDelegate):
         policy's answer when the command is known) and ``error``."""
         if self.answered:
             return
-        cmd = self.cmd
-        base = policy_reply(self.server.dispatcher.settings[cmd.name]) if cmd is not None else None
-        self.server.state.metrics.bad_requests.labels(code).inc()
-        self.write(reply.error_body(code, message, base))
+        self.write(self.server.error_body(self.cmd, code, message))
 
     def write(self, body: bytes) -> None:
         self.answered = True
