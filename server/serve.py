@@ -455,6 +455,11 @@ DRAIN_POLL_S = 0.01
 # are closed (a request on a connection accepted just before the stop can still be on its
 # way in).
 DRAIN_QUIET_S = 0.1
+# How long a connection accepted before the stop may take to send its first request (Go's
+# http.Server.Shutdown waits 5 s for such "new" connections too): a client that connected
+# just before the listening socket closed has its request on the way, and on a loaded host
+# it can take far longer than DRAIN_QUIET_S to arrive. Closing before it does resets it.
+FIRST_REQUEST_WAIT_S = 5.0
 # How long the queued recordings get to reach the store at a graceful stop.
 RECORDER_SETTLE_S = 5.0
 
@@ -462,7 +467,8 @@ RECORDER_SETTLE_S = 5.0
 async def drain(state: Any, server: Any, grace_s: float) -> None:
     """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
     load balancer's new connections go elsewhere), let every in-flight callback finish
-    within ``grace_s`` (each is bounded by its own deadline anyway), and with them the
+    within ``grace_s`` (each is bounded by its own deadline anyway) and every connection
+    accepted before the stop send its first request (``FIRST_REQUEST_WAIT_S``), and with them the
     scripts of early-acknowledged after-callbacks (server/service/after.py; from now on
     after-callbacks are answered after their script), then close the connections and cut
     (count and log) the background runs still pending; ``stop`` then flushes the recordings
@@ -479,7 +485,7 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
     quiet_since: float | None = None
     while time.monotonic() < deadline:
         now = time.monotonic()
-        if dispatcher.inflight or after.pending:
+        if dispatcher.inflight or after.pending or server.unfinished(FIRST_REQUEST_WAIT_S):
             quiet_since = None
         elif quiet_since is None:
             quiet_since = now

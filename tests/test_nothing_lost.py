@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -189,6 +190,41 @@ def test_rolling_restart_of_two_instances_under_load_fails_no_callback(redis_sta
     finally:
         a.stop()
         b.stop()
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_a_request_sent_after_the_stop_on_a_connection_accepted_before_is_answered(redis_standalone):
+    srv = start_server("--redis", redis_standalone.url, "--prefix", prefix())
+    try:
+        assert srv.upload(FRIEND, deny_src("late")).status == 201
+        fresh = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=FAR_S)
+        fresh.connect()  # in the kernel's queue or accepted: either way the server owns it
+        used = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=FAR_S)
+        used.request("POST", f"/{FRIEND}", body=go_encode({}), headers=go_headers("ka"))
+        first = used.getresponse()
+        assert first.status == 200 and first.getheader("Connection") is None
+        first.read()  # ``used`` is now an idle keep-alive connection
+        srv.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(srv.port), FAR_S, "the listening socket to close")
+        # Longer than the drain's quiet window (DRAIN_QUIET_S, 100 ms): the request of a
+        # client that connected before the stop may be this late on a loaded host.
+        time.sleep(0.3)
+        fresh.request("POST", f"/{FRIEND}", body=go_encode({}), headers=go_headers("late"))
+        r = fresh.getresponse()
+        assert r.status == 200 and orjson.loads(r.read())["errMsg"] == "late"
+        assert r.getheader("Connection") == "close"  # the client's next connection goes elsewhere
+        assert srv.proc.wait(FAR_S) == 0
+        # The idle keep-alive connection did not hold the stop: it was closed.
+        assert used.sock.recv(1) == b""
+    finally:
+        srv.stop()
 
 
 # --- registry loss ----------------------------------------------------------------------------

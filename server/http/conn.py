@@ -98,9 +98,24 @@ class _Stream:
 
 
 class _Connection(HTTP1Connection):
-    def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter) -> None:
+    def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter,
+                 closing: Callable[[], bool]) -> None:
         super().__init__(_Stream(stream, self), False, params, context)  # type: ignore[arg-type]
         self.rejecter = reject
+        self.closing = closing
+
+    @property
+    def in_request(self) -> bool:
+        """Its request line has arrived and its answer is not written yet."""
+        return getattr(self, "_request_start_line", None) is not None and not self._write_finished
+
+    def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> Any:
+        if self.closing():
+            # A graceful stop: the answer says "Connection: close" (Tornado adds it for an
+            # HTTP/1.1 request when it will disconnect), so the client opens its next
+            # connection elsewhere instead of racing our close on this one.
+            self._disconnect_on_finish = True
+        return super().write_headers(start_line, headers, chunk)
 
     def rejection(self, code: str, message: str) -> bytes:
         return self.rejecter(getattr(self, "_request_start_line", None), code, message)
@@ -165,15 +180,29 @@ class _IOStream(iostream.IOStream):
 
 
 class _ServerConnection(HTTP1ServerConnection):
-    def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter) -> None:
+    def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter,
+                 closing: Callable[[], bool]) -> None:
         super().__init__(stream, params, context)
         self.rejecter = reject
+        self.closing = closing
+        self.accepted_at = time.monotonic()
+        self.answered = 0  # requests answered on it
+        self.current: _Connection | None = None
+
+    def unfinished(self, now: float, first_request_wait_s: float) -> bool:
+        """Whether a graceful stop must still wait for it: a request is being read or
+        answered, or it is new and its first request may still be on the way (a client
+        that connected just before the stop has sent it, or is about to; closing would reset
+        it). An idle keep-alive connection is finished: its client reopens elsewhere."""
+        if self.current is not None and self.current.in_request:
+            return True
+        return self.answered == 0 and now - self.accepted_at < first_request_wait_s
 
     async def _server_request_loop(self, delegate: httputil.HTTPServerConnectionDelegate) -> None:
         # Tornado's loop (tornado/http1connection.py), with our _Connection.
         try:
             while True:
-                conn = _Connection(self.stream, self.params, self.context, self.rejecter)
+                conn = self.current = _Connection(self.stream, self.params, self.context, self.rejecter, self.closing)
                 request_delegate = delegate.start_request(self, conn)
                 try:
                     ret = await conn.read_response(request_delegate)
@@ -183,6 +212,7 @@ class _ServerConnection(HTTP1ServerConnection):
                     log.error("uncaught exception on a connection", exc_info=True)
                     conn.close()
                     return
+                self.answered += 1
                 if not ret:
                     return
                 await asyncio.sleep(0)
@@ -289,6 +319,7 @@ class Server(HTTPServer):
         # fd -> (listening socket, the function that stops watching it)
         self.listening: dict[int, tuple[socket.socket, Callable[[], None]]] = {}
         self.connections: set[_ServerConnection] = set()
+        self.closing = False  # set by stop_accepting: a graceful stop has begun
 
     def add_sockets(self, sockets: Any) -> None:
         for sock in sockets:
@@ -306,9 +337,17 @@ class Server(HTTPServer):
 
     def handle_stream(self, stream: iostream.IOStream, address: tuple) -> None:
         context = _HTTPRequestContext(stream, address, self.protocol, self.trusted_downstream)
-        conn = _ServerConnection(stream, self.conn_params, context, self.reject)
+        conn = _ServerConnection(stream, self.conn_params, context, self.reject, self.is_closing)
         self.connections.add(conn)
         conn.start_serving(self)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def unfinished(self, first_request_wait_s: float) -> int:
+        """Connections a graceful stop still waits for (``_ServerConnection.unfinished``)."""
+        now = time.monotonic()
+        return sum(1 for conn in self.connections if conn.unfinished(now, first_request_wait_s))
 
     def on_close(self, server_conn: object) -> None:
         self.connections.discard(server_conn)  # type: ignore[arg-type]
@@ -326,7 +365,9 @@ class Server(HTTPServer):
     def stop_accepting(self) -> None:
         """Close the listening sockets after accepting what the kernel has queued on them:
         closing a socket resets the connections in its accept queue, which a client would see
-        as a failed callback (its request may be sent already)."""
+        as a failed callback (its request may be sent already). From now on every answer
+        closes its connection."""
+        self.closing = True
         for sock, remove in self.listening.values():
             remove()  # no more accept callbacks from the loop
             while True:
