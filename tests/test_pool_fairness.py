@@ -306,10 +306,11 @@ def test_long_calls_and_suspect_commands_run_at_a_lower_priority(loop: asyncio.A
             await gate.wait_reached(1)
             await until(lambda: pool.stats()["demoted"] == 1)
             pid = next(w.pid for w in pool._workers if w.key == "slow")
-            assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+            assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # runs only on CPU nobody wants
             gate.release.set()
             assert (await held).fields == {"passed": True}
-            assert os.getpriority(os.PRIO_PROCESS, pid) == base  # restored for the next call
+            assert os.sched_getscheduler(pid) == os.SCHED_OTHER  # restored for the next call
+            assert os.getpriority(os.PRIO_PROCESS, pid) == base
             # A command with a budget hit on record starts its next calls lowered.
             r = await call(pool, SPIN, "hog", budgets=Budgets(steps=1000))
             assert r.error is not None and r.error.kind == BUDGET
@@ -380,3 +381,77 @@ def test_namespaces_share_like_commands() -> None:
     q.hold(key)
     assert q.group_held == {"team-a": 3, "team-b": 1} and q.next_waiter() is None
     assert q.snapshot()["a4"] == {"held": 1, "queued": 1, "namespace": "team-a"}
+
+
+def _knowing(pool: WorkerPool, source: str) -> set[Any]:
+    sha = hashlib.sha256(source.encode()).hexdigest()
+    return {w for w in pool._workers if sha in w.known}
+
+
+def test_a_command_whose_worker_is_recycled_does_not_take_another_commands_worker_meanwhile(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """The recycled worker stays in the command's share until its replacement is ready, so
+    the command's next queued call waits for the replacement instead of taking the one
+    worker its share leaves to the others (which then queue behind a fork)."""
+    async def main() -> None:
+        async with WorkerPool(size=2, box=BoxSettings(strikes=5)) as pool:
+            assert (await call(pool, ECHO, "victim", i=1)).fields == {"i": 1}
+            (victims,) = [_knowing(pool, ECHO)]
+            tight = Budgets(steps=1000)
+            first, second = call(pool, SPIN, "hog", budgets=tight), call(pool, SPIN, "hog", budgets=tight)
+            for r in (await first, await second):
+                assert r.error is not None and r.error.kind == BUDGET
+            assert pool.recycled >= 1
+            assert all(w.alive for w in victims) and not _knowing(pool, SPIN) & victims
+            await until(lambda: not pool._debts)  # settled as the replacements come up
+            assert not pool._fair.held
+            assert (await call(pool, ECHO, "victim", i=2)).fields == {"i": 2}
+
+    loop.run_until_complete(main())
+
+
+def test_a_new_script_takes_a_fresh_worker_before_another_scripts_warm_one(loop: asyncio.AbstractEventLoop) -> None:
+    async def main() -> None:
+        async with WorkerPool(size=3) as pool:
+            assert (await call(pool, ECHO, "a", i=1)).fields == {"i": 1}
+            other = "def handle(req):\n    return allow(j=req['i'])\n"
+            assert (await call(pool, other, "b", i=2)).fields == {"j": 2}
+            assert not _knowing(pool, ECHO) & _knowing(pool, other)
+
+    loop.run_until_complete(main())
+
+
+def test_queued_calls_of_a_boxed_command_are_refused_one_per_loop_turn(loop: asyncio.AbstractEventLoop) -> None:
+    """Refusing a second's worth of queued calls at once would hold every other callback
+    while they are answered; one per event-loop turn lets others in between."""
+    async def main() -> None:
+        box = BoxSettings(strikes=1, base_s=600.0, max_s=600.0)
+        async with WorkerPool(size=1, box=box, kv_extra=0) as pool:
+            gate = Gate()
+            holder = call(pool, GATED, "b", kv=gate)
+            await gate.wait_reached(1)
+            turns = 0
+            stop = False
+
+            async def ticker() -> None:
+                nonlocal turns
+                while not stop:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            tick = asyncio.ensure_future(ticker())
+            seen: list[int] = []
+            queued = [call(pool, ECHO, "hog", i=n) for n in range(4)]
+            for q in queued:
+                q.add_done_callback(lambda _f: seen.append(turns))
+            await until(lambda: pool.stats()["queue"] == 4)
+            pool.box.record("hog", True, "budget exceeded: wall time")
+            gate.release.set()
+            assert (await holder).fields == {"passed": True}
+            for q in queued:
+                assert (await q).error.message.startswith("penalty box: hog")
+            stop = True
+            await tick
+            assert len(set(seen)) == 4, seen
+
+    loop.run_until_complete(main())

@@ -121,11 +121,12 @@ class FairQueue(Generic[T]):
         group = self._group.get(key)
         return (self.group_held[group] if group is not None else 0, self.held[key], self._order[key])
 
-    def next_waiter(self) -> tuple[str, Any] | None:
-        """Pop the waiter that should get the next free worker, or None."""
+    def next_waiter(self, skip: Callable[[str], bool] | None = None) -> tuple[str, Any] | None:
+        """Pop the waiter that should get the next free worker, or None. Keys for which
+        ``skip`` is true are passed over (their waiters are dealt with elsewhere)."""
         best: str | None = None
         for key in list(self._queues):
-            if not self._waiting(key) or not self._below_caps(key):
+            if not self._waiting(key) or (skip is not None and skip(key)) or not self._below_caps(key):
                 continue
             if best is None or self._rank(key) < self._rank(best):
                 best = key
@@ -141,6 +142,17 @@ class FairQueue(Generic[T]):
             del self._queues[best]
             del self._order[best]
         return best, fut
+
+    def take(self, key: str) -> Any | None:
+        """Pop the oldest waiter of ``key`` whatever its holdings, or None."""
+        if not self._waiting(key):
+            return None
+        q = self._queues[key]
+        fut = q.popleft()
+        if not q:
+            del self._queues[key]
+            del self._order[key]
+        return fut
 
     def has_eligible(self) -> bool:
         return any(self._waiting(k) and self._below_caps(k) for k in list(self._queues))
@@ -218,6 +230,11 @@ class PenaltyBox:
             return None
         return self._refuse(key, f"penalty box: {key} keeps exceeding its budgets "
                                  f"({e.last_reason}); refused for {e.until - now:.1f} s more")
+
+    def is_closed(self, key: str) -> bool:
+        """The key is boxed now (nothing counted)."""
+        e = self._entries.get(key)
+        return e is not None and self.clock() < e.until
 
     def _refuse(self, key: str, reason: str) -> str:
         self.refused[key] += 1
