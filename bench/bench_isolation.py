@@ -9,6 +9,8 @@ noisy: a victim command (the blocklist invite script, one KV read per call, clos
   includes the moments before the penalty box closes): "closed" -- as many concurrent
   attacker calls as there are sandbox workers, back to back (the attack of issue 15);
   "open" -- attacker calls at ``--attack-rate`` per second whatever the replies.
+  The attacker's load runs in a process of its own (in the measuring process, its flood
+  of instant refusals delayed the victim's replies on the client side).
   Targets: victim p99 under attack at most 2x its baseline, 0 failure-policy replies.
 stall: Redis stops answering (CLIENT PAUSE ALL, 1 s of every 1.2 s) while a KV command
   (one kv.incr per call: a write, never answered from the cache) is called at 50/s; a command that makes no KV calls is
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -247,15 +250,35 @@ async def attacker_load(port: int, mode: str, concurrency: int, rate: float, sto
             "latency": summary(lat)}
 
 
+def _attacker_process(port: int, mode: str, concurrency: int, rate: float, duration: float,
+                      started: Any, out: Any) -> None:
+    """The attacker's load in a process of its own: generated in the measuring process,
+    a flood of instant refusals (~1,000/s) kept that event loop busy, and the victim's
+    replies waited there, not in the server."""
+    async def run() -> dict[str, Any]:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(duration, stop.set)
+        started.set()
+        return await attacker_load(port, mode, concurrency, rate, stop)
+
+    out.put(asyncio.run(run()))
+
+
 async def noisy_phase(srv: Server, args: argparse.Namespace, mode: str) -> dict[str, Any]:
     await victim_load(srv.port, args.rate, 2.0, 0)  # warm-up: scripts compiled, connections open
     baseline = await victim_load(srv.port, args.rate, args.duration, 10_000)
-    stop = asyncio.Event()
-    attack = asyncio.ensure_future(attacker_load(srv.port, mode, args.sandbox_workers or 4, args.attack_rate, stop))
+    ctx = multiprocessing.get_context("spawn")  # not fork: this process has a running event loop
+    started, out = ctx.Event(), ctx.Queue()
+    attack = ctx.Process(target=_attacker_process, args=(srv.port, mode, args.sandbox_workers or 4,
+                                                         args.attack_rate, args.duration, started, out))
+    attack.start()
+    loop = asyncio.get_running_loop()
+    if not await loop.run_in_executor(None, started.wait, 60):
+        raise RuntimeError("the attacker process did not start")
     under = await victim_load(srv.port, args.rate, args.duration, 20_000)
     health = srv.health()
-    stop.set()
-    attacker = await attack
+    attacker = await loop.run_in_executor(None, out.get, True, 60)
+    await loop.run_in_executor(None, attack.join, 10)
     b99, a99 = baseline["latency"]["p99_ms"], under["latency"]["p99_ms"]
     return {"attack": mode, "baseline": baseline, "under_attack": under, "attacker": attacker,
             "p99_ratio": round(a99 / b99, 2) if b99 else None,

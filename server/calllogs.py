@@ -37,7 +37,8 @@ from server.isotime import iso_utc
 log = logging.getLogger("scriptgate.calllogs")
 QUEUE_LIMIT = 10_000
 QUEUE_BYTES = 16 * 1024 * 1024
-WRITE_BATCH = 16
+WRITE_BATCH = 64  # records per store round trip
+LINGER_S = 0.01  # how long the first record of a batch waits for others
 LEVELS = ("info", "error")
 # Records read from one command's stream per page while searching.
 PAGE = 500
@@ -144,30 +145,35 @@ class CallLogs:
     async def run(self) -> None:
         while True:
             batch = [await self.queue.get()]
-            while len(batch) < WRITE_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            for _, data in batch:
-                self.queued_bytes -= len(data)
-            await asyncio.gather(*(self._write(c, d) for c, d in batch))
+            # Let a busy second's records gather: written as they come, each batch held
+            # one record and its round trip cost more CPU than the callback it logs.
+            await asyncio.sleep(LINGER_S)
+            await self._write(self._take(batch))
 
-    async def _write(self, command: str, data: bytes) -> None:
+    def _take(self, batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+        while len(batch) < WRITE_BATCH and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        for _, data in batch:
+            self.queued_bytes -= len(data)
+        return batch
+
+    async def _write(self, batch: list[tuple[str, bytes]]) -> None:
+        """One store round trip for the batch; on failure its records are dropped (counted)."""
+        records = [(c, d, self.maxlen(c, len(d))) for c, d in batch]
         try:
-            await self.state.store.log_write(command, data, self.maxlen(command, len(data)), self.settings.max_age_s)
-            self.written += 1
-            if self._count_written is not None:
-                self._count_written()
+            await self.state.store.log_write(records, self.settings.max_age_s)
         except Exception as exc:  # a store outage must not stop logging for good
-            log.debug("log record dropped: %s", exc)
-            self._drop()
+            log.debug("%d log records dropped: %s", len(batch), exc)
+            for _ in batch:
+                self._drop()
+            return
+        self.written += len(batch)
+        if self._count_written is not None:
+            self._count_written(len(batch))
 
     async def flush(self) -> None:
         while not self.queue.empty():
-            batch = []
-            while len(batch) < WRITE_BATCH and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            for _, data in batch:
-                self.queued_bytes -= len(data)
-            await asyncio.gather(*(self._write(c, d) for c, d in batch))
+            await self._write(self._take([]))
 
 
 @dataclass(frozen=True)

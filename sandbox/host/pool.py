@@ -383,8 +383,11 @@ class WorkerPool(Recycling):
         self._watch_stalls()
 
     def busy(self) -> bool:
-        """A call is out to a worker (the host loop may poll briefly: sandbox/host/spin.py)."""
-        return any(w.state == BUSY for w in self._workers)
+        """A call is out to a worker and its reply may come any moment (the host loop may
+        poll briefly: sandbox/host/spin.py). Not for calls out longer than ``demote_after``:
+        polling for a spin's reply burned the host's CPU for nothing while others waited."""
+        recent = self._loop.time() - self.demote_after
+        return any(w.state == BUSY and w.call_started >= recent for w in self._workers)
 
     # --- kept KV answers ------------------------------------------------------------------
 
