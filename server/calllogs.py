@@ -100,6 +100,12 @@ class CallLogs:
         self.queued_bytes = 0
         self.written = 0
         self._mean_size: dict[str, float] = {}
+        # Read-your-writes for a search in this process (``settled``): records queued so far,
+        # records done with (written or dropped), and the writer's wake-up from its linger.
+        self._queued_total = 0
+        self._done_total = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
         # The same counts on /metrics (scriptgate_callback_logs_total{outcome=...}), if the app has them.
         counter = getattr(getattr(state, "metrics", None), "calllogs", None)
         self._count_written = counter.labels("written").inc if counter is not None else None
@@ -126,6 +132,7 @@ class CallLogs:
             return
         self.queued_bytes += len(data)
         self.queue.put_nowait((command, data))
+        self._queued_total += 1
 
     def _drop(self) -> None:
         self._drops.drop()
@@ -147,8 +154,23 @@ class CallLogs:
             batch = [await self.queue.get()]
             # Let a busy second's records gather: written as they come, each batch held
             # one record and its round trip cost more CPU than the callback it logs.
-            await asyncio.sleep(LINGER_S)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(LINGER_S):
+                        await self._wake.wait()
+            self._wake.clear()
             await self._write(self._take(batch))
+
+    async def settled(self, timeout: float = 1.0) -> None:
+        """Wait (at most ``timeout``) until every record queued before this call is written
+        or dropped, so a search right after a callback finds it. Needs ``run`` going."""
+        target = self._queued_total
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._done_total < target:
+                    self._progress.clear()
+                    self._wake.set()
+                    await self._progress.wait()
 
     def _take(self, batch: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
         while len(batch) < WRITE_BATCH and not self.queue.empty():
@@ -166,10 +188,12 @@ class CallLogs:
             log.debug("%d log records dropped: %s", len(batch), exc)
             for _ in batch:
                 self._drop()
-            return
-        self.written += len(batch)
-        if self._count_written is not None:
-            self._count_written(len(batch))
+        else:
+            self.written += len(batch)
+            if self._count_written is not None:
+                self._count_written(len(batch))
+        self._done_total += len(batch)
+        self._progress.set()
 
     async def flush(self) -> None:
         while not self.queue.empty():
@@ -254,9 +278,11 @@ class LiveHub:
                         continue
                     data = msg["data"]
                     data = data.encode() if isinstance(data, str) else data
-                    for queue in list(self.readers):
-                        with contextlib.suppress(asyncio.QueueFull):  # a slow reader loses records
-                            queue.put_nowait(data)
+                    # A message is a batch: records separated by newlines (never inside JSON text).
+                    for record in data.split(b"\n"):
+                        for queue in list(self.readers):
+                            with contextlib.suppress(asyncio.QueueFull):  # a slow reader loses records
+                                queue.put_nowait(record)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

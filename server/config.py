@@ -103,7 +103,8 @@ class Config:
     # Resident memory of one HTTP process above which it warns and drops its KV cache
     # (server/memory.py); soft: nothing is refused.
     memory_soft_limit_mb: int = 300
-    # [penalty_box] strikes, window, base_s, max_s, clean_reset (sandbox/host/fairness.py BoxSettings)
+    # [penalty_box] strikes, window, base_s, max_s, clean_reset, refusal_delay_ms
+    # (sandbox/host/fairness.py BoxSettings)
     penalty_box: dict[str, Any] = field(default_factory=dict)
     logs: LogSettings = field(default_factory=LogSettings)
     log_format: str = "text"  # text | json (server log lines; json carries operationID on callback lines)
@@ -351,6 +352,10 @@ def _check_penalty_box(table: Any) -> None:
     for key, value in table.items():
         if key not in known:
             raise ConfigError(f"penalty_box: unknown setting {key!r} (known: {', '.join(sorted(known))})")
+        if key == "refusal_delay_ms":
+            if type(value) not in (int, float) or not 0 <= value <= 1000:
+                raise ConfigError("penalty_box.refusal_delay_ms must be a number of milliseconds in 0..1000")
+            continue
         if type(value) not in (int, float) or value <= 0 or (key in ("strikes", "window", "clean_reset")
                                                             and type(value) is not int):
             raise ConfigError(f"penalty_box.{key} must be a positive number")

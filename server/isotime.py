@@ -9,14 +9,21 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime
 
+_last: tuple[int, str] = (-1, "")  # (unix second, its text): one object, read and replaced whole
+
 
 def iso_utc(ts: float | None) -> str | None:
     """``ts`` (unix seconds) as ``YYYY-MM-DDTHH:MM:SS.mmmZ``; None stays None.
 
     Milliseconds are truncated, not rounded, so a time never shows as later than it was
     (and 59.9996 s never becomes second 60)."""
+    global _last
     if ts is None:
         return None
     ms = math.floor(ts * 1000)
-    whole = datetime.fromtimestamp(ms // 1000, UTC)
-    return whole.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    second = ms // 1000
+    cached = _last
+    if cached[0] != second:
+        # Every per-callback log record carries one: strftime once a second, not per record.
+        cached = _last = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{cached[1]}.{ms % 1000:03d}Z"

@@ -262,14 +262,50 @@ def test_live_hub_and_search_on_each_backend(backend: str, request: pytest.Fixtu
                 await asyncio.wait_for(hub.subscribed.wait(), FAR_S)
                 logs = CallLogs(SimpleNamespace(store=writer_store), LogSettings())
                 logs.submit(FRIEND, "op-live", outcome(["hello"]), 0.001)
+                # One batch (one store round trip, one published message) of three records
+                # for two commands: a tail still gets them one by one.
+                logs.submit(INVITE, "op-b1", outcome(["a\nb"]), 0.001)
+                logs.submit(FRIEND, "op-b2", outcome([]), 0.001)
                 await logs.flush()
-                got = orjson.loads(await asyncio.wait_for(queue.get(), FAR_S))
-                assert got["operationID"] == "op-live" and got["logs"] == ["hello"]
+                got = [orjson.loads(await asyncio.wait_for(queue.get(), FAR_S)) for _ in range(3)]
+                assert [g["operationID"] for g in got] == ["op-live", "op-b1", "op-b2"]
+                assert got[0]["logs"] == ["hello"] and got[1]["logs"] == ["a\nb"]
             found = await search(reader_store, Filter(operation_id="op-live"), 0, 10)
             assert [orjson.loads(r)["command"] for r in found] == [FRIEND]
+            found = await search(reader_store, Filter(), 0, 10)
+            assert sorted(orjson.loads(r)["operationID"] for r in found) == ["op-b1", "op-b2", "op-live"]
         finally:
             await hub.close()
             await writer_store.close()
             await reader_store.close()
+
+    asyncio.run(main())
+
+
+def test_a_search_right_after_a_callback_finds_it(redis_standalone: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer lingers to batch records; ``settled`` (called by GET /admin/logs) cuts the
+    linger short, so this process's callbacks so far are found at once."""
+    import asyncio
+
+    import server.calllogs as calllogs_module
+    from server.store.connect import open_store
+
+    monkeypatch.setattr(calllogs_module, "LINGER_S", 30.0)  # would outlast the test without the wake-up
+
+    async def main() -> None:
+        store = await open_store(redis_standalone.url, prefix="set" + uuid.uuid4().hex[:8])
+        logs = CallLogs(SimpleNamespace(store=store), LogSettings())
+        writer = asyncio.create_task(logs.run())
+        try:
+            logs.submit(FRIEND, "op-now", outcome(["x"]), 0.001)
+            await asyncio.sleep(0)  # the writer holds the record, lingering
+            await asyncio.wait_for(logs.settled(timeout=FAR_S), FAR_S)
+            found = await search(store, Filter(operation_id="op-now"), 0, 10)
+            assert [orjson.loads(r)["operationID"] for r in found] == ["op-now"]
+            assert logs.written == 1
+        finally:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await store.close()
 
     asyncio.run(main())

@@ -81,6 +81,9 @@ def test_penalty_box_settings() -> None:
     box = penalty_box_settings(cfg)
     assert (box.base_s, box.max_s, box.strikes, box.window) == (2, 120.0, 5, 10)
     assert penalty_box_settings(build({})).base_s == 1.0
-    for bad in ({"nope": 1}, {"base_s": 0}, {"strikes": 2.5}, {"max_s": "x"}):
+    assert penalty_box_settings(build({})).refusal_delay_ms == 20.0
+    assert penalty_box_settings(build({"penalty_box": {"refusal_delay_ms": 0}})).refusal_delay_ms == 0
+    for bad in ({"nope": 1}, {"base_s": 0}, {"strikes": 2.5}, {"max_s": "x"}, {"refusal_delay_ms": -1},
+                {"refusal_delay_ms": 5000}, {"refusal_delay_ms": "20"}):
         with pytest.raises(ConfigError, match="penalty_box"):
             build({"penalty_box": bad})

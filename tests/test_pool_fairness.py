@@ -455,3 +455,24 @@ def test_queued_calls_of_a_boxed_command_are_refused_one_per_loop_turn(loop: asy
             assert len(set(seen)) == 4, seen
 
     loop.run_until_complete(main())
+
+
+def test_a_boxed_commands_refusals_are_paced_and_pace_nobody_else(loop: asyncio.AbstractEventLoop) -> None:
+    """Boxing must not turn a slow command into a fast one: each refusal waits
+    ``refusal_delay_ms`` (without a worker), so a client that calls again as soon as it is
+    answered cannot flood the HTTP process; other commands are not delayed."""
+    async def main() -> None:
+        box = BoxSettings(strikes=1, base_s=600.0, max_s=600.0, refusal_delay_ms=1000)
+        async with WorkerPool(size=2, box=box) as pool:
+            pool.box.record("hog", True, "budget exceeded: wall time")
+            lp = asyncio.get_running_loop()
+            started = lp.time()
+            refused = call(pool, ECHO, "hog", i=1)
+            other = await call(pool, ECHO, "quiet", i=2)
+            assert other.fields == {"i": 2} and not refused.done()
+            r = await refused
+            assert r.error is not None and r.error.message.startswith("penalty box: hog")
+            assert lp.time() - started >= 1.0
+            assert pool.stats()["calls"] == 1  # the refused call never took a worker
+
+    loop.run_until_complete(main())

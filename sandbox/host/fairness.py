@@ -12,7 +12,12 @@ all want more than they get.
 
 ``PenaltyBox`` — a key whose calls keep hitting their budgets (``strikes`` of the last
 ``window`` calls ended in a budget error while running) is boxed for ``base_s``, then
-2x, 4x ... up to ``max_s``: its calls are refused at once, without taking a worker. When
+2x, 4x ... up to ``max_s``: its calls are refused without taking a worker, each after
+``refusal_delay_ms`` (20 ms; the pool waits it). The pause keeps boxing from turning a slow
+command into a fast one: a client that sends its next call as soon as the last is answered
+(a bot, an SDK retrying a failed send) got its refusals back in ~1 ms and sent ~1,900
+callbacks/s through the HTTP process, where the other commands' callbacks queued behind
+them (victim p99 2.9x its baseline; 1.8x with the pause, at ~160/s). When
 the box opens the key is on probation: one call at a time until one ends clean; a budget
 hit on probation boxes it again for twice as long. ``clean_reset`` clean calls in a row
 forget the key's history (the next box starts at ``base_s`` again).
@@ -176,6 +181,8 @@ class BoxSettings:
     base_s: float = 1.0  # first box; doubles on every box until the history is forgotten
     max_s: float = 60.0
     clean_reset: int = 20  # clean calls in a row that forget a command's history
+    # A boxed command's refusals are answered after this long (0: at once), see PenaltyBox.
+    refusal_delay_ms: float = 20.0
 
 
 @dataclass

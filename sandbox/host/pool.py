@@ -439,6 +439,8 @@ class WorkerPool(Recycling):
         commands share a namespace's share (see the class docstring)."""
         refused = self.box.admit(key)
         if refused is not None:
+            if self.box.settings.refusal_delay_ms > 0:
+                await asyncio.sleep(self.box.settings.refusal_delay_ms / 1000)
             return RunResult.failed(BUDGET, refused)
         while True:
             acquired = await self._acquire(sha256, deadline, key, group)

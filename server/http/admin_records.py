@@ -133,6 +133,8 @@ class LogsHandler(AdminHandler):
                 since_ms = calllogs.parse_since(since_arg)
             except ValueError as exc:
                 raise HTTPFail(400, "bad_parameter", str(exc)) from None
+        if self.state.calllogs is not None:
+            await self.state.calllogs.settled()  # this process's callbacks so far are found
         records = await calllogs.search(self.state.store, flt, since_ms, limit)
         self.set_header("Content-Type", "application/x-ndjson")
         self.finish(b"".join(r + b"\n" for r in records))

@@ -8,7 +8,7 @@ makes them well-formed answers instead (docs/storage-and-faults.md, "Bad input")
 * a malformed message (garbage request line, control bytes in a header, a bad or
   over-long chunked body, ``Content-Length`` together with ``Transfer-Encoding``,
   a bad ``Content-Length``): Tornado raises ``HTTPInputError`` and writes its fixed
-  400 line on the stream; ``_Stream`` swaps that write for our reply;
+  400 line on the stream; ``_IOStream.write`` swaps it for our reply;
 * a request line plus headers over ``max_header_size`` (64 KB): Tornado's IOStream gives up
   the read (``UnsatisfiableReadError``) and closes the socket itself, without a word;
   ``_IOStream.close`` answers first (what the client sent so far is drained, so the close
@@ -76,31 +76,12 @@ def response(status: int, reason: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
-class _Stream:
-    """The connection's IOStream, except that Tornado's bare 400 becomes our answer."""
-
-    __slots__ = ("_conn", "_stream")
-
-    def __init__(self, stream: iostream.IOStream, conn: _Connection) -> None:
-        self._stream = stream
-        self._conn = conn
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def write(self, data: Any, *args: Any, **kwargs: Any) -> Any:
-        if data == TORNADO_400:
-            # Called from Tornado's `except HTTPInputError` block: the exception says why.
-            exc = sys.exception()
-            message = str(exc) if exc is not None else "malformed HTTP request"
-            data = self._conn.rejection("bad_http", f"malformed HTTP request: {message[:200]}")
-        return self._stream.write(data, *args, **kwargs)
-
-
 class _Connection(HTTP1Connection):
     def __init__(self, stream: iostream.IOStream, params: Any, context: Any, reject: Rejecter,
                  closing: Callable[[], bool]) -> None:
-        super().__init__(_Stream(stream, self), False, params, context)  # type: ignore[arg-type]
+        super().__init__(stream, False, params, context)
+        if isinstance(stream, _IOStream):
+            stream.owner = self
         self.rejecter = reject
         self.closing = closing
 
@@ -154,6 +135,19 @@ class _IOStream(iostream.IOStream):
 
     reject: Rejecter
     max_header_size: int
+    owner: _Connection | None = None  # the connection reading from it
+
+    def write(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        """As IOStream's, except that Tornado's bare 400 becomes our answer. (An override,
+        not a proxy object: forwarding every attribute Tornado reads cost ~4% of the
+        HTTP process under load.)"""
+        owner = self.owner
+        if owner is not None and data == TORNADO_400:
+            # Called from Tornado's `except HTTPInputError` block: the exception says why.
+            exc = sys.exception()
+            message = str(exc) if exc is not None else "malformed HTTP request"
+            data = owner.rejection("bad_http", f"malformed HTTP request: {message[:200]}")
+        return super().write(data, *args, **kwargs)
 
     def close(self, exc_info: Any = False) -> None:
         if exc_info and not self.closed():
@@ -161,6 +155,7 @@ class _IOStream(iostream.IOStream):
             if isinstance(exc, iostream.UnsatisfiableReadError):
                 self._answer_oversized_head()
         super().close(exc_info)
+        self.owner = None  # no stream <-> connection cycle left for the GC
 
     def _answer_oversized_head(self) -> None:
         body = self.reject(None, "headers_too_large",
