@@ -255,7 +255,7 @@ async def attacker_load(port: int, mode: str, concurrency: int, rate: float, sto
             "latency": summary(lat)}
 
 
-def closed_attack(port: int, concurrency: int, duration: float) -> dict[str, Any]:
+def closed_attack(port: int, concurrency: int, duration: float, ready: Any) -> dict[str, Any]:
     """``concurrency`` keep-alive connections, each sending its next call as soon as the
     last is answered: one blocking thread per connection, ~5x less client CPU per call
     than asyncio. Once the attacker is boxed its calls come back in about a millisecond,
@@ -264,12 +264,12 @@ def closed_attack(port: int, concurrency: int, duration: float) -> dict[str, Any
     codes: collections.Counter[str] = collections.Counter()
     lat: list[float] = []
     first_refusal: list[float] = []
-    started = time.perf_counter()
-    end = started + duration
     fail = f'"errCode":{ATTACKER_FAIL}'.encode()
 
+    prepared = [[attacker_request(port, n * 10**6 + i) for i in range(200)] for n in range(concurrency)]
+
     def connection(n: int) -> None:
-        reqs = [attacker_request(port, n * 10**6 + i) for i in range(200)]
+        reqs = prepared[n]
         sock = socket.create_connection(("127.0.0.1", port))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         buf, i = b"", 0
@@ -292,6 +292,9 @@ def closed_attack(port: int, concurrency: int, duration: float) -> dict[str, Any
                 if boxed and elapsed < 0.5 and not first_refusal:
                     first_refusal.append(time.perf_counter() - started)
 
+    ready.set()  # requests built: the attack starts now
+    started = time.perf_counter()
+    end = started + duration
     threads = [threading.Thread(target=connection, args=(n,)) for n in range(concurrency)]
     for t in threads:
         t.start()
@@ -309,8 +312,7 @@ def _attacker_process(port: int, mode: str, concurrency: int, rate: float, durat
     a flood of instant refusals (~1,000/s) kept that event loop busy, and the victim's
     replies waited there, not in the server."""
     if mode == "closed":
-        started.set()
-        out.put(closed_attack(port, concurrency, duration))
+        out.put(closed_attack(port, concurrency, duration, started))
         return
 
     async def run() -> dict[str, Any]:

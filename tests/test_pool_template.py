@@ -61,6 +61,13 @@ def test_workers_are_forked_from_the_template_and_confined() -> None:
             assert r["value"] == tpl
             res = await call(pool, "def handle(req):\n    return deny(1234, 'no')\n")
             assert res.verdict == "deny"
+            if ROOT:
+                # The template forks at a lower priority (its children start there, before
+                # the host knows their pid); ready workers run at the host's.
+                base = os.getpriority(os.PRIO_PROCESS, 0)
+                assert os.getpriority(os.PRIO_PROCESS, tpl) == min(19, base + 10)
+                await until(lambda: len(pool._workers) == 2 and all(w.state == "idle" for w in pool._workers))
+                assert all(os.getpriority(os.PRIO_PROCESS, w.pid) == base for w in pool._workers)
 
     asyncio.run(main())
 
