@@ -460,13 +460,17 @@ DRAIN_QUIET_S = 0.1
 # just before the listening socket closed has its request on the way, and on a loaded host
 # it can take far longer than DRAIN_QUIET_S to arrive. Closing before it does resets it.
 FIRST_REQUEST_WAIT_S = 5.0
+# How long a handshake the listener has answered may take to finish (a round trip; the
+# listener no longer answers new ones): see Server.refuse_new_handshakes.
+HANDSHAKE_GRACE_S = 0.1
 # How long the queued recordings get to reach the store at a graceful stop.
 RECORDER_SETTLE_S = 5.0
 
 
 async def drain(state: Any, server: Any, grace_s: float) -> None:
-    """Graceful stop (SIGTERM/SIGINT): stop accepting (the listening socket is closed, so a
-    load balancer's new connections go elsewhere), let every in-flight callback finish
+    """Graceful stop (SIGTERM/SIGINT): stop accepting (new SYNs dropped, the handshakes under
+    way finished and accepted, then the listening socket closed, so a load balancer's new
+    connections go elsewhere), let every in-flight callback finish
     within ``grace_s`` (each is bounded by its own deadline anyway) and every connection
     accepted before the stop send its first request (``FIRST_REQUEST_WAIT_S``), and with them the
     scripts of early-acknowledged after-callbacks (server/service/after.py; from now on
@@ -476,7 +480,11 @@ async def drain(state: Any, server: Any, grace_s: float) -> None:
     state.draining = True
     if state.siblings is not None:
         state.siblings.reset(state.siblings.index)  # admin writes stop waiting for us
-    server.stop_accepting()  # queued connections are taken first (server/http/conn.py)
+    # New handshakes are refused, the ones under way get HANDSHAKE_GRACE_S to finish and be
+    # accepted, then the listeners close (after taking what is queued): server/http/conn.py.
+    server.refuse_new_handshakes()
+    await asyncio.sleep(HANDSHAKE_GRACE_S)
+    server.stop_accepting()
     dispatcher = state.dispatcher
     after = dispatcher.after
     after.stop_accepting()

@@ -38,11 +38,11 @@ class Load:
             port = self.ports[(first + attempt) % len(self.ports)]
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
             try:
+                t0 = time.perf_counter()
                 try:
                     conn.connect()
                 except ConnectionRefusedError:
                     continue
-                t0 = time.perf_counter()
                 conn.request("POST", f"/{self.command}", body=body, headers=go_headers("load"))
                 r = conn.getresponse()
                 data = r.read()
@@ -57,7 +57,7 @@ class Load:
                 return
             except Exception as exc:
                 with self.lock:
-                    self.failed.append(repr(exc))
+                    self.failed.append(repr(exc) + f" port={port} after_connect={time.perf_counter() - t0:.4f} at={time.time():.4f}")
                 return
             finally:
                 conn.close()

@@ -244,8 +244,14 @@ def test_runs_still_pending_after_the_drain_grace_are_cut_counted_and_logged(
     from server.serve import drain
 
     class Listener:
+        def refuse_new_handshakes(self) -> None:
+            pass
+
         def stop_accepting(self) -> None:
             pass
+
+        def unfinished(self, first_request_wait_s: float) -> int:
+            return 0
 
         async def close_all_connections(self) -> None:
             pass
