@@ -226,29 +226,16 @@ async def attacker_load(port: int, mode: str, concurrency: int, rate: float, sto
     lat: list[float] = []
     first_refusal: list[float] = []
     started = time.perf_counter()
-    counter = iter(range(10**9))
 
-    async def one() -> None:
-        body, elapsed = await pool.call(attacker_request(port, next(counter)))
+    async def one(n: int) -> None:
+        body, elapsed = await pool.call(attacker_request(port, n))
         lat.append(elapsed)
         code = str(json.loads(body).get("errCode"))
         codes[code] = codes.get(code, 0) + 1
         if elapsed < 0.5 and code == str(ATTACKER_FAIL) and not first_refusal:
             first_refusal.append(time.perf_counter() - started)  # answered without running: boxed
 
-    tasks = []
-    i = 0
-    while not stop.is_set():
-        delay = started + i / rate - time.perf_counter()
-        if delay > 0:
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                break
-            except TimeoutError:
-                pass
-        tasks.append(asyncio.ensure_future(one()))
-        i += 1
-    await asyncio.gather(*tasks)
+    await at_rate(rate, stop, one)
     return {"mode": mode, "calls": sum(codes.values()), "errCodes": codes,
             "calls_per_s": round(sum(codes.values()) / (time.perf_counter() - started), 1),
             "first_instant_refusal_s": round(first_refusal[0], 2) if first_refusal else None,
@@ -358,15 +345,22 @@ async def open_load(port: int, make: Any, rate: float, stop: asyncio.Event) -> d
     """Calls at ``rate`` until ``stop``, whatever the replies; errCode counts."""
     pool = Pool(port)
     codes: dict[str, int] = {}
-    tasks = []
-    started = time.perf_counter()
-    i = 0
 
     async def one(n: int) -> None:
         body, _ = await pool.call(make(port, n))
         code = str(json.loads(body).get("errCode"))
         codes[code] = codes.get(code, 0) + 1
 
+    await at_rate(rate, stop, one)
+    return codes
+
+
+async def at_rate(rate: float, stop: asyncio.Event, call: Any) -> None:
+    """Start ``call(i)`` for i = 0, 1, ... at ``rate`` per second until ``stop``, whatever
+    the replies (open loop); then wait for all of them."""
+    started = time.perf_counter()
+    tasks = []
+    i = 0
     while not stop.is_set():
         delay = started + i / rate - time.perf_counter()
         if delay > 0:
@@ -375,10 +369,9 @@ async def open_load(port: int, make: Any, rate: float, stop: asyncio.Event) -> d
                 break
             except TimeoutError:
                 pass
-        tasks.append(asyncio.ensure_future(one(i)))
+        tasks.append(asyncio.ensure_future(call(i)))
         i += 1
     await asyncio.gather(*tasks)
-    return codes
 
 
 async def nokv_load(port: int, rate: float, duration: float) -> dict[str, Any]:

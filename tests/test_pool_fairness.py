@@ -320,13 +320,26 @@ def test_long_calls_and_suspect_commands_run_at_a_lower_priority(loop: asyncio.A
 
 
 def test_calls_queued_before_the_box_closed_do_not_run(loop: asyncio.AbstractEventLoop) -> None:
+    """They are refused, one per event-loop turn: refusing a second's worth of queued calls
+    at once would hold every other callback while they are answered."""
     async def main() -> None:
         box = BoxSettings(strikes=1, base_s=600.0, max_s=600.0)
         async with WorkerPool(size=1, box=box, kv_extra=0) as pool:
             gate = Gate()
             holder = call(pool, GATED, "b", kv=gate)
             await gate.wait_reached(1)
+            turns, stop, seen = 0, False, []
+
+            async def ticker() -> None:
+                nonlocal turns
+                while not stop:
+                    turns += 1
+                    await asyncio.sleep(0)
+
+            tick = asyncio.ensure_future(ticker())
             queued = [call(pool, ECHO, "hog", i=n) for n in range(3)]
+            for q in queued:
+                q.add_done_callback(lambda _f: seen.append(turns))
             await until(lambda: pool.stats()["queue"] == 3)
             pool.box.record("hog", True, "budget exceeded: wall time")  # boxed meanwhile
             calls = pool.stats()["calls"]
@@ -335,6 +348,9 @@ def test_calls_queued_before_the_box_closed_do_not_run(loop: asyncio.AbstractEve
             for q in queued:
                 r = await q
                 assert r.error is not None and r.error.message.startswith("penalty box: hog")
+            stop = True
+            await tick
+            assert len(set(seen)) == 3, seen
             assert pool.stats()["calls"] == calls
             assert (await call(pool, ECHO, "b", i=1)).fields == {"i": 1}
 
@@ -417,42 +433,6 @@ def test_a_new_script_takes_a_fresh_worker_before_another_scripts_warm_one(loop:
             other = "def handle(req):\n    return allow(j=req['i'])\n"
             assert (await call(pool, other, "b", i=2)).fields == {"j": 2}
             assert not _knowing(pool, ECHO) & _knowing(pool, other)
-
-    loop.run_until_complete(main())
-
-
-def test_queued_calls_of_a_boxed_command_are_refused_one_per_loop_turn(loop: asyncio.AbstractEventLoop) -> None:
-    """Refusing a second's worth of queued calls at once would hold every other callback
-    while they are answered; one per event-loop turn lets others in between."""
-    async def main() -> None:
-        box = BoxSettings(strikes=1, base_s=600.0, max_s=600.0)
-        async with WorkerPool(size=1, box=box, kv_extra=0) as pool:
-            gate = Gate()
-            holder = call(pool, GATED, "b", kv=gate)
-            await gate.wait_reached(1)
-            turns = 0
-            stop = False
-
-            async def ticker() -> None:
-                nonlocal turns
-                while not stop:
-                    turns += 1
-                    await asyncio.sleep(0)
-
-            tick = asyncio.ensure_future(ticker())
-            seen: list[int] = []
-            queued = [call(pool, ECHO, "hog", i=n) for n in range(4)]
-            for q in queued:
-                q.add_done_callback(lambda _f: seen.append(turns))
-            await until(lambda: pool.stats()["queue"] == 4)
-            pool.box.record("hog", True, "budget exceeded: wall time")
-            gate.release.set()
-            assert (await holder).fields == {"passed": True}
-            for q in queued:
-                assert (await q).error.message.startswith("penalty box: hog")
-            stop = True
-            await tick
-            assert len(set(seen)) == 4, seen
 
     loop.run_until_complete(main())
 
