@@ -55,7 +55,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tornado import gen, httputil, iostream
+from tornado import httputil, iostream
 from tornado.http1connection import HTTP1Connection, HTTP1ServerConnection
 from tornado.httpserver import HTTPServer, _HTTPRequestContext
 from tornado.ioloop import IOLoop
@@ -123,9 +123,11 @@ class _Connection(HTTP1Connection):
         return self._body_within(body, timeout)
 
     async def _body_within(self, body: Any, timeout: float) -> None:
+        # asyncio.timeout, not tornado.gen.with_timeout: no extra future, callback chain and
+        # Tornado timeout per request (with_timeout was ~9% of the HTTP process's samples).
         try:
-            await gen.with_timeout(self.stream.io_loop.time() + timeout, body,
-                                   quiet_exceptions=iostream.StreamClosedError)
+            async with asyncio.timeout(timeout):
+                await body
         except TimeoutError:
             log.info("request body from %s not complete after %gs: answered and closed", self.context, timeout)
             await self._answer_and_close("body_timeout", f"request body not complete within {timeout:g} s")
