@@ -273,7 +273,12 @@ def test_flush_drops_kept_answers(redis_factory: Any, store_prefix: str) -> None
             await store.kv_call("ns", "sadd", ["bl", ["bob"]])
             for _ in range(3):
                 assert await _call(pool, kv, {"u": "bob"}) == "True,True"
+            flushes = store.cache.flushes
             raw.flushdb()  # Redis sends one invalidation with no key list
+            # Unlike a key's invalidation (sent ahead of the writer's reply), a flush's is sent
+            # in the same pass as the flusher's reply, not before it: wait until it is in.
+            while store.cache.flushes == flushes:
+                await asyncio.sleep(0.01)
             assert await _call(pool, kv, {"u": "bob"}) == "False,False"
 
     asyncio.run(scenario())
