@@ -229,14 +229,11 @@ class PenaltyBox:
     def closed(self, key: str) -> str | None:
         """For a call admitted earlier and still queued: the refusal if the key has been
         boxed since (it must not run now), else None."""
-        e = self._entries.get(key)
-        if e is None:
+        if not self.is_closed(key):
             return None
-        now = self.clock()
-        if now >= e.until:
-            return None
+        e = self._entries[key]
         return self._refuse(key, f"penalty box: {key} keeps exceeding its budgets "
-                                 f"({e.last_reason}); refused for {e.until - now:.1f} s more")
+                                 f"({e.last_reason}); refused for {max(0.0, e.until - self.clock()):.1f} s more")
 
     def is_closed(self, key: str) -> bool:
         """The key is boxed now (nothing counted)."""

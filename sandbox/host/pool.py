@@ -284,8 +284,7 @@ class WorkerPool(Recycling):
                 worker = idle.pop(i)
                 break
         else:
-            fresh = [i for i, w in enumerate(idle) if not w.known]
-            worker = idle.pop(fresh[0] if fresh else 0)
+            worker = idle.pop(next((i for i, w in enumerate(idle) if not w.known), 0))
         worker.state = BUSY
         return worker
 
@@ -580,7 +579,7 @@ class WorkerPool(Recycling):
         error = result.error
         self.box.record(key, error is not None and error.kind == BUDGET and not cut,
                         error.message if error is not None else "")
-        if self._fair.queued(key):
+        if self.box.is_closed(key):  # boxed by this call (or meanwhile): refuse what queued
             self._passed_over(key)
         self._finish(worker, result)
         if not worker.alive:
