@@ -1,5 +1,5 @@
 """Every request on the callback path gets HTTP 200 with the five common fields and an
-``error`` object, including the ones Tornado's parser refuses (server/http/conn.py), over
+``error`` object, including the ones the HTTP parser refuses (server/http/conn.py), over
 raw sockets so that nothing is normalised on the way."""
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ HANDLER_CASES = [
     ("PUT", post(f"/{INVITE}", b"{}", method="PUT"), "method_not_allowed"),
     ("OPTIONS", post(f"/{INVITE}", b"", method="OPTIONS"), "method_not_allowed"),
     ("TRACE", post(f"/{INVITE}", b"", method="TRACE"), "method_not_allowed"),
-    ("made-up method", post(f"/{INVITE}", b"", method="FROB"), "method_not_allowed"),
+    # llhttp knows the registered methods only: the parser refuses the request line.
+    ("made-up method", post(f"/{INVITE}", b"", method="FROB"), "bad_http"),
     ("text/plain", post(f"/{INVITE}", b"hello", headers="X-Content-Type: text/plain\r\n"), "invalid_json"),
     ("too large (declared)", post(f"/{INVITE}", b"{}").replace(b"Content-Length: 2", b"Content-Length: 99999999")
      + b"x" * 10, "payload_too_large"),
@@ -116,7 +117,7 @@ def chunked(path: str, chunks: bytes, extra: str = "") -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{extra}\r\n").encode() + chunks
 
 
-# Cases Tornado's parser refuses before any handler runs (server/http/conn.py).
+# Cases the HTTP parser (llhttp) refuses before any handler runs (server/http/conn.py).
 PARSER_CASES = [
     ("garbage request line", b"\x01\x02 hello there\r\n\r\n", "bad_http"),
     ("request line without version", b"POST /x\r\nHost: x\r\n\r\n", "bad_http"),
@@ -150,6 +151,13 @@ def test_parser_refusal_uses_the_commands_failure_policy(server):
     raw = chunked("/callbackBeforeAddFriendCommand", b"zz\r\n")
     body = assert_five_field_error(exchange(server.port, raw), "bad_http")
     assert body["nextCode"] == 1 and body["errCode"] != 0  # closed policy: a rejection
+
+
+def test_parser_refusal_in_the_request_line_or_headers_uses_the_commands_failure_policy(server):
+    for raw in (post("/callbackBeforeAddFriendCommand", b"{}", method="FROB"),
+                b"POST /callbackBeforeAddFriendCommand HTTP/1.1\r\nHost: x\r\nContent-Length: 2x\r\n\r\n{}"):
+        body = assert_five_field_error(exchange(server.port, raw), "bad_http")
+        assert body["nextCode"] == 1 and body["errCode"] != 0, raw  # closed policy: a rejection
 
 
 def test_parser_refusal_on_an_admin_path_is_a_plain_400(server):

@@ -6,7 +6,10 @@ each answer must equal the bytes in tests/golden/callback_replies.json (the ``Da
 blanked), including whether the server closed the connection afterwards. At the end the
 counters the callbacks touched are pinned too. The golden file was written against the
 code before the callback path was rewritten (issue #14: one callback path), so it proves
-the rewrite answers byte for byte the same.
+the rewrite answers byte for byte the same. When the HTTP/1.1 layer moved from Tornado's
+parser to httptools (issue #17), two answers to malformed requests changed, on purpose: the
+parser's reason in ``message``, and a non-numeric ``Content-Length`` is now the parser's
+``bad_http`` rather than the handler's ``bad_request``; every other byte stayed the same.
 
 ``SCRIPTGATE_WRITE_GOLDEN=1 pytest tests/test_callback_bytes.py`` rewrites the file: only do
 that for an intended change of the wire format, and say so in the commit.

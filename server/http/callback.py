@@ -7,8 +7,8 @@ delegate that sends every other request to the Tornado application.
 API, ``/healthz`` or ``/metrics`` goes to the application (``Application.start_request``),
 untouched; any other path is a callback and is answered here, without ``RequestHandler``
 (whose machinery costs more CPU per callback than everything else in the HTTP process).
-Tornado's ``HTTP1Connection`` is below both: request parsing, ``Expect: 100-continue``,
-keep-alive, pipelining and ``Connection`` headers are Tornado's.
+The HTTP/1.1 layer below both (server/http/conn.py) does request parsing, ``Expect: 100-continue``,
+keep-alive, pipelining and ``Connection`` headers, as Tornado's ``HTTP1Connection`` did.
 
 The command is the last path segment (OpenIM builds ``url + "/" + command``); the query
 string is ignored. When the path names no known command, it comes from the body's
@@ -25,8 +25,8 @@ JSON or too large, a client outside ``allow_cidrs``, a wrong secret prefix. What
 refused from the start line and headers is answered before the body is read (the connection
 is then closed, as the body was not read); a body over ``max_body_bytes`` is read and
 discarded (up to ``DISCARD_LIMIT`` more bytes) and then answered, so the client reads the
-answer rather than a broken pipe. Requests Tornado refuses before a delegate sees them are
-answered the same way where Tornado allows it (``CallbackServer.rejection``, server/http/conn.py).
+answer rather than a broken pipe. Requests the HTTP parser refuses before a delegate sees
+them are answered the same way (``CallbackServer.rejection``, server/http/conn.py).
 
 The reply's headers are the ones ``RequestHandler`` sent, in its order (``Server``,
 ``Content-Type``, ``Date``, ``Etag`` for GET and HEAD, ``Content-Length``): byte for byte the
@@ -64,7 +64,7 @@ log = logging.getLogger("scriptgate.http")
 access_log = logging.getLogger("scriptgate.access")
 
 SERVER = f"TornadoServer/{tornado.version}"
-# RequestHandler wrote its start line with an empty version; HTTP1Connection writes HTTP/1.1.
+# RequestHandler wrote its start line with an empty version; the connection writes HTTP/1.1.
 OK = httputil.ResponseStartLine("", 200, httputil.responses[200])
 # The methods RequestHandler served; any other one was refused before any other check.
 HANDLER_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"})
@@ -192,7 +192,7 @@ class CallbackServer(httputil.HTTPServerConnectionDelegate):
         return path not in self._paths and self.app_path.fullmatch(path) is not None
 
     def rejection(self, start_line: httputil.RequestStartLine | None, code: str, message: str) -> bytes:
-        """The answer to a request Tornado refused (server/http/conn.py): an admin path gets
+        """The answer to a request the HTTP layer refused (server/http/conn.py): an admin path gets
         400 with ``{"error", "message"}``; anything else is treated as a callback: 200 with
         the five fields (the command's failure-policy answer when the path names one)."""
         path = start_line.path.partition("?")[0] if start_line is not None else ""
