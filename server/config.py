@@ -23,6 +23,8 @@ MAX_AFTER_ACK_PENDING = 100_000
 OPENIM_LINES = ("main", "v3.8")  # the OpenIM lines ScriptGate knows; server/catalog.py uses these
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names it."""
 
@@ -85,6 +87,10 @@ class Config:
     # Poll this long before sleeping while a worker call is out (host and workers): waking
     # a halted vCPU costs more than the whole round trip (sandbox/host/spin.py). 0 = never.
     sandbox_spin_us: int = 25
+    # The HTTP process's event loop: uvloop (libuv; about 15% more callbacks per second per
+    # HTTP process, docs/performance.md) or asyncio (the standard library's, whose selector
+    # can poll for sandbox_spin_us; with uvloop only the workers poll).
+    event_loop: str = "uvloop"
     openim: str = "main"  # the OpenIM line that calls this server: main | v3.8 (catalog.OPENIM_LINES)
     store_label: str = ""  # how "ready on" names the store (not a file setting)
     scripts_dir: str | None = None
@@ -201,7 +207,7 @@ def _resolve(cfg: Config, command: str) -> CommandSettings:
 
 
 _TOP_KEYS = {
-    "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "scripts_dir", "record",
+    "host", "port", "redis", "prefix", "workers", "sandbox_workers", "sandbox_spin_us", "event_loop", "scripts_dir", "record",
     "path_prefix", "allow_cidrs", "admin_allow_cidrs", "max_body_bytes", "max_script_bytes",
     "admin_token", "metrics_public", "trust_proxy", "defaults", "commands", "openim", "memory_soft_limit_mb",
     "penalty_box", "body_timeout_s", "logs", "log_format", "drain_grace_s", "sync_timeout_s",
@@ -284,6 +290,8 @@ def _check_sizes_and_times(cfg: Config) -> None:
             raise ConfigError(f"{key} must be a number of seconds in 0..3600")
     if type(cfg.sandbox_spin_us) is not int or not 0 <= cfg.sandbox_spin_us <= 10_000:
         raise ConfigError("sandbox_spin_us must be an integer in 0..10000")
+    if cfg.event_loop not in EVENT_LOOPS:
+        raise ConfigError(f"event_loop must be one of {', '.join(map(repr, EVENT_LOOPS))}")
     if type(cfg.after_ack_max_pending) is not int or not 0 <= cfg.after_ack_max_pending <= MAX_AFTER_ACK_PENDING:
         raise ConfigError(f"after_ack_max_pending must be an integer in 0..{MAX_AFTER_ACK_PENDING} (0 = off)")
 

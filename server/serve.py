@@ -20,7 +20,7 @@ Start-up, in order (every line on stderr):
    one line sums it up for the whole server: ``scriptgate: loaded 7 scripts from scripts/
    (7 new versions, 0 unchanged)``;
 5. each HTTP process loads the live scripts, then prints ``scriptgate: ready on
-   http://HOST:PORT (pid P, store: S, N sandbox workers, M live scripts)``: "ready" means
+   http://HOST:PORT (pid P, store: S, N sandbox workers, event loop L, M live scripts)``: "ready" means
    the scripts are being run.
 
 With ``--workers N`` > 1, step 1 runs once in the supervisor; the first HTTP process does
@@ -340,11 +340,16 @@ def _check_joinable(reserved: socket.socket, host: str) -> None:
 
 
 def run_process(cfg: Config, token: str, reuse_port: bool, startup: Startup) -> None:
-    """Run one HTTP process on an event loop whose selector polls briefly while a sandbox
-    call is out (``sandbox_spin_us``; see sandbox/host/spin.py)."""
+    """Run one HTTP process on uvloop, or on asyncio's loop whose selector polls briefly
+    while a sandbox call is out (``event_loop``, ``sandbox_spin_us``; sandbox/host/spin.py)."""
     from sandbox.host.spin import loop_factory
 
-    factory, selector = loop_factory(cfg.sandbox_spin_us)
+    if cfg.event_loop == "uvloop":
+        import uvloop
+
+        factory, selector = uvloop.new_event_loop, None
+    else:
+        factory, selector = loop_factory(cfg.sandbox_spin_us)
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(serve_process(cfg, token, reuse_port, startup, selector))
 
@@ -443,7 +448,7 @@ async def serve_process(cfg: Config, token: str, reuse_port: bool, startup: Star
     say(
         f"scriptgate: ready on http://{host}:{port} (pid {os.getpid()}, store: {where}, "
         f"{cfg.sandbox_workers} sandbox worker{'' if cfg.sandbox_workers == 1 else 's'}, "
-        f"{live} live script{'' if live == 1 else 's'})"
+        f"event loop {cfg.event_loop}, {live} live script{'' if live == 1 else 's'})"
     )
     await stopped.wait()
     await drain(state, server, cfg.drain_grace_s)

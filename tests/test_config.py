@@ -66,6 +66,7 @@ enabled = true
         ("colour = 'blue'", "unknown setting"),
         ("port = [", "config file"),
         ("[defaults]\nnamespace='a:b'", "namespace"),
+        ("event_loop = 'trio'", "event_loop"),
     ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, text, needle):

@@ -155,3 +155,17 @@ def test_reasons_read_like_the_operating_system(exc: BaseException, expected: st
     assert reason(exc) == expected
     if not isinstance(exc, rex.RedisError):
         assert reason(wrapped) == expected  # redis-py wraps the OSError
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_either_event_loop_serves_callbacks(loop: str) -> None:
+    """``--event-loop``: the "ready" line names the loop the HTTP process runs, and callbacks
+    are answered on it (uvloop is the default; asyncio is the one whose selector can spin)."""
+    args = ("--workers", "1") if loop == "uvloop" else ("--workers", "1", "--event-loop", loop)
+    server = start_server(*args)
+    try:
+        server.wait_line(rf"event loop {loop}, \d+ live script", timeout=5)
+        r = server.callback("callbackBeforeAddFriendCommand", {"fromUserID": "a", "toUserID": "b"})
+        assert r.status == 200 and r.json()["nextCode"] == 0
+    finally:
+        server.stop()

@@ -52,6 +52,8 @@ def cli(log_level: str) -> None:
 @click.option("--sandbox-workers", type=int, metavar="N", help="script worker processes per HTTP process (default 4)")
 @click.option("--sandbox-spin-us", type=int, metavar="US",
               help="poll this long before sleeping while a script call is out (default 25; 0 = never)")
+@click.option("--event-loop", type=click.Choice(["uvloop", "asyncio"]),
+              help="the HTTP process's event loop (default uvloop; docs/configuration.md)")
 @click.option("--scripts", metavar="DIR", help="load DIR/<callbackCommand>.py at start (uploaded when changed)")
 @click.option("--drain-grace", "drain_grace_s", type=float, metavar="S",
               help="on SIGTERM/SIGINT, seconds in-flight callbacks get to finish (default 10)")
@@ -73,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
     from server.serve import run
 
     cfg = config_mod.load(args.config, set(catalog().commands))
-    for name in ("host", "port", "redis", "workers", "sandbox_workers", "sandbox_spin_us", "prefix", "path_prefix",
+    for name in ("host", "port", "redis", "workers", "sandbox_workers", "sandbox_spin_us", "event_loop", "prefix", "path_prefix",
                  "openim", "drain_grace_s", "log_format"):
         value = getattr(args, name)
         if value is not None:
