@@ -141,6 +141,8 @@ OPS: dict[str, Op] = {
 
 
 
+_ONLY_STR = {str}
+
 def check_scalar(value: Any, what: str, max_bytes: int) -> str:
     # Exact types only: a str subclass could lie about its own length or encoding.
     if type(value) is str:
@@ -205,6 +207,11 @@ def _check_values(value: Any, op: Op, key_bytes: int, value_bytes: int) -> list[
     if len(value) > MAX_MEMBERS_PER_CALL:
         raise KVRefused(f"kv.{op.name}: at most {MAX_MEMBERS_PER_CALL} values per call")
     label = op.labels["value"]
+    # The common case in one pass at C speed: ASCII strs, none too long (what check_scalar
+    # accepts unchanged); anything else is checked one by one for the right message.
+    if set(map(type, value)) == _ONLY_STR and len(max(value, key=len)) <= value_bytes \
+            and "".join(value).isascii():
+        return list(value)
     return [check_scalar(v, label, value_bytes) for v in value]
 
 

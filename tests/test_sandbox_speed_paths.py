@@ -460,3 +460,73 @@ def test_a_call_free_loop_after_a_stop_dies_at_once() -> None:
     assert "True)" in _transformed(source)
     result = _run(source, payload={"v": [1, 2, 3]}, steps=1000)
     assert result.verdict == ERROR and "steps (limit 1000)" in result.error.message
+
+
+# -- issue #17: findall of a one-class run in Python's engine; KV lists checked in one pass --
+
+RUN_TEXTS = [
+    "hello world, 42 times_over",
+    "Ünïcödé wörds çà et là: naïve café ½ ² ٣ 四 ﾊﾝｶｸ",
+    "Σίσυφος ΟΔΥΣΣΕΥΣ İstanbul straße ǅemal",
+    "mixed_snake-case CamelCase123 ..., ;; \t\n tabs",
+    "",
+    "a" * 3000 + " " + "b1_" * 500,
+]
+
+
+@pytest.mark.parametrize("pattern", [r"\w+", r"\d+", r"[a-z0-9_]+", r"[A-Za-z]+"])
+def test_findall_fast_path_matches_the_re2_path(pattern: str) -> None:
+    from sandbox.worker.helpers import _class_run
+
+    assert _class_run(pattern, 0) is not None and _class_run(pattern, 2) is None  # flags: re2
+    # "(?:X)+" matches what "X+" does but is not a one-class run: re2 answers it.
+    source = ("def handle(req):\n"
+              "    return {'fast': [re.findall(P, t) for t in req['texts']],\n"
+              "            'slow': [re.findall('(?:' + P[:-1] + ')+', t) for t in req['texts']]}\n")
+    r = _run(source.replace("P", repr(pattern)), {"texts": RUN_TEXTS})
+    assert r.error is None, r.error
+    assert r.fields["fast"] == r.fields["slow"]
+    assert any(r.fields["fast"])
+
+
+@pytest.mark.parametrize("pattern", [r"\w*", r"(\w+)", r"\w+\d", r"[^a]+", r"\s+", r"\W+", r"[\w']+", r"(a+)+"])
+def test_other_patterns_keep_re2(pattern: str) -> None:
+    from sandbox.worker.helpers import _class_run
+
+    assert _class_run(pattern, 0) is None
+
+
+def test_findall_fast_path_keeps_the_checks() -> None:
+    lone = _run("def handle(req):\n    return {'w': re.findall(r'\\w+', 'a ' + chr(0xD800))}\n")
+    assert lone.verdict == ERROR and "surrogate" in lone.error.message
+    many = _run("def handle(req):\n    return {'n': len(re.findall(r'\\w+', 'a ' * 5000))}\n", max_items=1000)
+    assert many.verdict == ERROR and "budget exceeded" in many.error.message
+
+
+def test_kv_value_lists_checked_in_one_pass_refuse_as_before() -> None:
+    from sandbox import kvops
+    from sandbox.api import KVRefused
+
+    op = kvops.OPS["smismember"]
+    assert kvops._check_values(["a", "b"], op, 100, 10) == ["a", "b"]
+    for bad, needle in ((["a", 1.5, "b"], None), (["ok", "x" * 11], "longer"), (["é" * 6], "longer"),
+                        (["a", None], "must be")):
+        if needle is None:
+            assert kvops._check_values(bad, op, 100, 10) == ["a", "1.5", "b"]
+            continue
+        with pytest.raises(KVRefused, match=needle):
+            kvops._check_values(bad, op, 100, 10)
+
+
+def test_bool_answers_converted_as_before() -> None:
+    check, convert = kvapi._ANSWERS[kvops_bools()]
+    assert check([True, False]) and check([1, 0, True]) and not check([2]) and not check("x")
+    assert convert([True, False]) == [True, False]
+    assert convert([1, 0, True]) == [True, False, True]
+    assert all(type(x) is bool for x in convert([1, 0]))
+
+
+def kvops_bools() -> str:
+    from sandbox import kvops
+
+    return kvops.BOOLS

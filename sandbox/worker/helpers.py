@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 from typing import Any
 
@@ -238,10 +239,28 @@ def _warm_up() -> None:
     hmac.new(b"k", b"m", "sha256").hexdigest()
     rx = _compile_re2(unicode_classes(r"(\w+)\d"))
     list(_spans(rx, "é a1".encode()))
+    _class_run(r"\w+", 0).findall("é a1")  # type: ignore[union-attr]
     for m in rx.finditer("a1"):
         m.expand(r"\1")
     orjson.loads(orjson.dumps({"a": [1.5, None]}, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
     time.time()
+
+
+# A pattern that is one character class repeated (\w+, \d+, [a-z0-9_]+): findall is a single
+# left-to-right scan in Python's own engine too (a run is taken whole, a failed position
+# costs one test: nothing to backtrack into), which returns the list in one C call instead
+# of one re2 Match call per match (a 300-word message: ~30 us instead of ~600 us). The
+# classes are the ones both engines read alike: \w and \d are Unicode in Python's engine and
+# translated to \p{L}\p{N}_ and \p{Nd} for re2 (unicode_classes); a bracket holds ASCII
+# letters, digits, "_" and ranges only. Any other pattern goes through re2.
+_CLASS_RUN = re.compile(r"(?:\\[wd]|\[(?:[A-Za-z0-9]-[A-Za-z0-9]|[A-Za-z0-9_])+\])\+", re.ASCII)
+
+
+def _class_run(pattern: str, flags: int) -> re.Pattern[str] | None:
+    """Python's compiled pattern for a one-class run without flags (see _CLASS_RUN), else None."""
+    if flags or not _CLASS_RUN.fullmatch(pattern):
+        return None
+    return re.compile(pattern)
 
 
 # RE2 runs in time linear in the text, but the factor is the size of the compiled program
@@ -263,15 +282,16 @@ def _text(st: RunState, s: Any, *bounds: Any, program: int = 1) -> str:
 
 
 class Pattern(Facade):
-    __slots__ = ("_pattern", "_program", "_rx")
+    __slots__ = ("_pattern", "_program", "_run", "_rx")
     PUBLIC = frozenset({"search", "match", "fullmatch", "findall", "sub", "split", "pattern", "groups"})
     NAME = "re.Pattern"
 
-    def __init__(self, st: RunState, rx: Any, pattern: str) -> None:
+    def __init__(self, st: RunState, rx: Any, pattern: str, run: re.Pattern[str] | None = None) -> None:
         super().__init__(st)
         self._rx = rx
         self._pattern = pattern
         self._program = rx._regexp.ProgramSize()  # see RE_WORK_PER_STEP
+        self._run = run  # findall's fast path (_CLASS_RUN)
 
     def script_repr(self) -> str:
         return f"re.compile({self._pattern[:200]!r})"
@@ -303,6 +323,15 @@ class Pattern(Facade):
 
     def findall(self, string: Any) -> list[Any]:
         st = self._st
+        run = self._run
+        if run is not None:
+            text = _text(st, string, program=self._program)
+            _encode(text)  # refuses a lone surrogate, as the re2 path does
+            found = run.findall(text)
+            st.charge(len(found))  # as the loop below: a step per match
+            if len(found) > st.budgets.max_items:
+                st.check_items(len(found))
+            return found
         data = _encode(_text(st, string, program=self._program))
         ngroups = self._rx.groups
         cap = st.budgets.max_items
@@ -441,7 +470,7 @@ class ReFacade(Facade):
         except re2.error as e:
             detail = e.args[0].decode("utf-8", "replace") if e.args and type(e.args[0]) is bytes else str(e)
             raise ValueError(f"invalid regular expression: {scrub(detail)}") from None
-        compiled = Pattern(st, rx, pattern)
+        compiled = Pattern(st, rx, pattern, _class_run(pattern, flags))
         cache[key] = compiled
         return compiled
 

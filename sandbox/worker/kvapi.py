@@ -56,6 +56,17 @@ def _str_map(v: Any) -> bool:
     return type(v) is dict and all(type(k) is str and type(x) is str for k, x in v.items())
 
 
+def _bools(v: Any) -> bool:
+    return type(v) is list and (set(map(type, v)) <= _BOOL or all(_is_bool(x) for x in v))
+
+
+def _to_bools(v: list[Any]) -> list[bool]:
+    return list(v) if set(map(type, v)) <= _BOOL else [x is True or x == 1 for x in v]
+
+
+_BOOL = {bool}
+
+
 def _any(v: Any) -> bool:
     return True
 
@@ -71,7 +82,7 @@ _ANSWERS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any] | None]] =
     kvops.TRUE: (_any, _true),
     kvops.STRS: (_str_list, list),
     kvops.STR_SET: (_str_list, set),
-    kvops.BOOLS: (lambda v: type(v) is list and all(_is_bool(x) for x in v), lambda v: [bool(x) for x in v]),
+    kvops.BOOLS: (_bools, _to_bools),
     kvops.STR_MAP: (_str_map, dict),
 }
 
