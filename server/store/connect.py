@@ -157,7 +157,12 @@ async def open_store(url: str | None, prefix: str = "scriptgate", **opts: Any) -
     base: dict[str, Any] = {
         "decode_responses": True,
         "protocol": 2,  # predictable reply shapes on every server; tracking uses its own RESP3 link
-        "socket_timeout": op_timeout,
+        # No per-command socket timeout: every store call is already bounded by our own
+        # deadline (the KV deadline, the admin timeout of ``guarded``), and redis-py pays for
+        # its own with a task (wait_for) per send and a timeout scope per read, ~8% of the
+        # HTTP process's CPU per after-callback (docs/performance.md). A call cut by our
+        # deadline closes its connection (redis-py disconnects on cancellation).
+        "socket_timeout": None,
         "socket_connect_timeout": connect_timeout,
         "retry": _retry(),
         "client_name": "scriptgate",
