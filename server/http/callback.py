@@ -162,6 +162,7 @@ class CallbackServer(httputil.HTTPServerConnectionDelegate):
         self.catalog = state.catalog
         self.dispatcher = state.dispatcher
         self.dates = _DateCache()
+        self.fixed_lines = f"Server: {SERVER}\r\nContent-Type: application/json\r\n"
         self.tasks: set[asyncio.Task[None]] = set()  # callbacks being answered (strong references)
         # path -> (command name, command or None), for callback paths whose prefix matched
         # (misses are recomputed each time: command_from_path compares the secret prefix in
@@ -207,6 +208,11 @@ class CallbackServer(httputil.HTTPServerConnectionDelegate):
         base = policy_reply(self.dispatcher.settings[cmd.name]) if cmd is not None else None
         self.state.metrics.bad_requests.labels(code).inc()
         return reply.error_body(code, message, base)
+
+    def header_lines(self, body: bytes, method: str) -> str:
+        """``headers`` as the lines of an answer (``conn.Request.answer_ok``)."""
+        etag = f'Etag: "{hashlib.sha1(body).hexdigest()}"\r\n' if method == "GET" or method == "HEAD" else ""
+        return f"{self.fixed_lines}Date: {self.dates.now()}\r\n{etag}Content-Length: {len(body)}\r\n"
 
     def headers(self, body: bytes, method: str) -> httputil.HTTPHeaders:
         headers = httputil.HTTPHeaders()
@@ -420,7 +426,10 @@ class CallbackExchange(httputil.HTTPMessageDelegate):
         conn.set_close_callback(None)
         if not self.closed:
             method = self.method
-            conn.write_headers(OK, self.server.headers(body, method), b"" if method == "HEAD" else body)
-            conn.finish()
+            if type(conn) is http_conn.Request:
+                conn.answer_ok(self.server.header_lines(body, method), body)
+            else:  # another HTTPConnection (Tornado's, in tests/test_http_callback.py)
+                conn.write_headers(OK, self.server.headers(body, method), b"" if method == "HEAD" else body)
+                conn.finish()
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug("%d %s %s %.2fms", 200, self.method, self.path, 1000 * (time.time() - self.t0))

@@ -80,6 +80,7 @@ SWEEP_EVERY_S = 1.0
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 NO_BODY_CODES = frozenset({204, 304})
+OK = httputil.ResponseStartLine("HTTP/1.1", 200, "OK")
 
 
 def response(status: int, reason: str, body: bytes) -> bytes:
@@ -207,6 +208,24 @@ class Request(httputil.HTTPConnection):
 
     def write(self, chunk: bytes) -> asyncio.Future[None]:
         return self.conn.send(self._framed(chunk))
+
+    def answer_ok(self, header_lines: str, body: bytes) -> None:
+        """A whole ``200 OK`` answer in one write, then ``finish``: ``header_lines`` ends with
+        ``Content-Length`` (``"Name: value\r\n"`` each); ``body`` is left out for HEAD. The
+        same bytes as ``write_headers`` + ``finish`` with those headers, without building an
+        ``HTTPHeaders`` (the callback path's answer, server/http/callback.py)."""
+        if self.conn.server.closing:
+            self.disconnect = True
+        self.response_start_line = OK
+        request = self.start_line
+        if request.version == "HTTP/1.1":
+            if self.disconnect:
+                header_lines += "Connection: close\r\n"
+        elif self.headers.get("Connection", "").lower() == "keep-alive":
+            header_lines += "Connection: Keep-Alive\r\n"
+        head = b"HTTP/1.1 200 OK\r\n" + header_lines.encode("latin1") + b"\r\n"
+        self.conn.send(head if request.method == "HEAD" else head + body)
+        self.finish()
 
     def finish(self) -> None:
         if self.remaining and not self.conn.closed:
