@@ -62,6 +62,14 @@ _INV_ALL = protocol.encode({"t": protocol.INV, "all": True})
 _ANON, _ADMIN = "", "\x00admin"
 
 
+_EXPIRED: Any = object()  # a queued call's future at its deadline (no worker came)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_result(_EXPIRED)
+
+
 class _Waiter:
     """A caller queued for a worker (``FairQueue`` item)."""
 
@@ -298,9 +306,8 @@ class WorkerPool(Recycling):
         # The waiter gave up (deadline or cancellation); if a worker was handed to it in
         # the meantime, give that worker to the next caller.
         if fut.done():
-            if not fut.cancelled() and fut.exception() is None and fut.result() is not None:
+            if not fut.cancelled() and fut.exception() is None and isinstance(fut.result(), Worker):
                 worker = fut.result()
-                assert worker is not None
                 self._unhold(worker, key)
                 self._release(worker)
         else:
@@ -326,20 +333,23 @@ class WorkerPool(Recycling):
         waiter = _Waiter(fut, sha, deadline)
         fair.push(key, waiter)
         self._watch_stalls()
+        # The deadline resolves the future itself (no timeout scope, no task cancellation:
+        # a timer is all a queued call needs).
+        expiry = self._loop.call_at(deadline, _expire, fut)
         try:
-            async with asyncio.timeout_at(deadline):
-                got = await fut
-            if got is None:
-                return RunResult.failed(BUDGET, waiter.refusal or "sandbox unavailable")
-            return got
-        except TimeoutError:
-            self._reclaim(fut, key)
-            return RunResult.failed(BUDGET, "budget exceeded: wall time (no sandbox worker was free before the deadline)")
+            got = await fut
         except asyncio.CancelledError:
             self._reclaim(fut, key)
             if self._closing and fut.cancelled():
                 return RunResult.failed(UNAVAILABLE, "sandbox is shutting down")
             raise
+        finally:
+            expiry.cancel()
+        if got is _EXPIRED:
+            return RunResult.failed(BUDGET, "budget exceeded: wall time (no sandbox worker was free before the deadline)")
+        if got is None:
+            return RunResult.failed(BUDGET, waiter.refusal or "sandbox unavailable")
+        return got
 
     def _demote_tick(self) -> None:
         """Lower the CPU priority of calls running longer than ``demote_after`` (callbacks

@@ -354,9 +354,19 @@ class CallbackExchange(httputil.HTTPMessageDelegate):
             return
         cmd = self.cmd
         assert cmd is not None  # checked() refused the request otherwise
+        operation_id = self.request_headers.get("operationID", "")
+        try:
+            answered = answer(self.server.state, cmd, raw, payload, operation_id, started)
+        except Exception as exc:
+            log.error("unhandled error on %s %s", self.method, self.path, exc_info=exc)
+            self.refuse("internal_error", INTERNAL_MESSAGE)
+            return
+        if type(answered) is bytes:  # not waiting for a script: no task needed
+            self.write(answered)
+            return
         self.conn.set_close_callback(self.on_close)
         tasks = self.server.tasks
-        task = asyncio.ensure_future(self.respond(cmd, raw, payload, started))
+        task = asyncio.ensure_future(self.respond(answered))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
@@ -397,10 +407,9 @@ class CallbackExchange(httputil.HTTPMessageDelegate):
 
     # -- answers ---------------------------------------------------------------------------
 
-    async def respond(self, cmd: Command, raw: bytes, payload: dict[str, Any], started: float) -> None:
-        operation_id = self.request_headers.get("operationID", "")
+    async def respond(self, answering: Awaitable[bytes]) -> None:
         try:
-            body, _ = await answer(self.server.state, cmd, raw, payload, operation_id, started)
+            body = await answering
         except asyncio.CancelledError:
             self.refuse("internal_error", INTERNAL_MESSAGE)
             raise

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -71,7 +71,6 @@ class Outcome:
     early_ack: bool = False
 
 
-EARLY_ACK = "early_ack"  # the verdict ``answer`` returns for an early acknowledgement (the script has not run yet)
 
 
 def policy_reply(settings: CommandSettings) -> dict[str, Any]:
@@ -396,12 +395,16 @@ class AnswerContext(Protocol):
     calllogs: Any  # server.calllogs.CallLogs | None
 
 
-async def answer(ctx: AnswerContext, command: Command, raw: bytes, payload: dict[str, Any], operation_id: str,
-                 started: float) -> tuple[bytes, Outcome]:
+def answer(ctx: AnswerContext, command: Command, raw: bytes, payload: dict[str, Any], operation_id: str,
+           started: float) -> bytes | Coroutine[Any, Any, bytes]:
     """The use case "answer a callback": run the command's live script on the request (``raw``,
     already parsed as ``payload`` and checked), encode the reply, record the outcome, and
-    return the reply bytes with the outcome. ``operation_id``: the request's header (or "");
-    ``started``: ``time.perf_counter()`` when the request was complete.
+    return the reply bytes. ``operation_id``: the request's header (or ""); ``started``:
+    ``time.perf_counter()`` when the request was complete.
+
+    The reply is returned at once (``bytes``) when it does not wait for a script (an
+    early-acknowledged after-callback, below), else as a coroutine to await: the caller
+    needs no task for an answer it can write right away.
 
     The outcome is recorded before the reply is returned, so it is queued before the client
     can read the reply; a failure to record is logged and never costs the reply.
@@ -410,21 +413,25 @@ async def answer(ctx: AnswerContext, command: Command, raw: bytes, payload: dict
     bytes it gets after its script, as OpenIM ignores the reply: server/service/after.py)
     while at most ``after_ack_max_pending`` such runs are pending; its script then runs in the
     background through this same path (``_run_after``) and its outcome is recorded when known.
-    The returned outcome is then a placeholder (verdict ``early_ack``)."""
+    Its outcome is recorded then."""
     dispatcher = ctx.dispatcher
     early = dispatcher.acks_early(command)
     if early:
         oid = operation_id or _operation_id(payload)
         dispatcher.after.start(command.name, oid, _run_after(ctx, command, raw, payload, operation_id, started))
         ctx.metrics.after_acked(command.name)
-        ack = reply.continue_with()
-        return reply.encode(ack), Outcome(ack, EARLY_ACK, early_ack=True)
+        return reply.encode(reply.continue_with())
     if early is False:
         ctx.metrics.after_inline(command.name)
-    outcome = await dispatcher.dispatch(command, raw, payload, operation_id or None)
+    return _answer_after_script(ctx, command, raw, payload, operation_id, started)
+
+
+async def _answer_after_script(ctx: AnswerContext, command: Command, raw: bytes, payload: dict[str, Any],
+                               operation_id: str, started: float) -> bytes:
+    outcome = await ctx.dispatcher.dispatch(command, raw, payload, operation_id or None)
     body = reply.encode(outcome.reply)
     _record_safely(ctx, command, payload, operation_id, outcome, started)
-    return body, outcome
+    return body
 
 
 async def _run_after(ctx: AnswerContext, command: Command, raw: bytes, payload: dict[str, Any], operation_id: str,
