@@ -44,7 +44,8 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
         op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
     except KVRefused as exc:
         return error(protocol.KV_ERR, str(exc))
-    if keeper is not None and len(keeper.kept) < MAX_KEPT and keeper.kept_bytes < MAX_KEPT_BYTES:
+    if op.cache is not None and keeper is not None and len(keeper.kept) < MAX_KEPT \
+            and keeper.kept_bytes < MAX_KEPT_BYTES:  # (a write is never kept: no peek)
         # Synchronous: no invalidation can run between the hit and recording the key.
         hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
         if hit is not None:
