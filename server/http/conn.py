@@ -482,7 +482,7 @@ class Connection(asyncio.Protocol):
                 self.buffered -= len(chunk)
                 if not req.write_finished and self._wait(delegate.data_received, chunk):
                     return
-            if not req.complete:
+            if not req.complete and not req.write_finished:
                 if req.failure is not None:
                     self.refuse(req, req.failure)
                     return
