@@ -101,7 +101,7 @@ class Config:
     max_body_bytes: int = 1_048_576
     max_script_bytes: int = 65_536
     # A request body not complete this long after its headers is answered (five fields,
-    # error "body_timeout") and its connection closed (server/http/conn.py).
+    # error "body_timeout") and its connection closed (server/http/h1.py).
     body_timeout_s: float = 30.0
     admin_token: str | None = None
     metrics_public: bool = False  # /metrics without the admin token

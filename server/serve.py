@@ -363,7 +363,7 @@ def http_server(state: Any) -> Any:
 
     cfg = state.config
     delegate = CallbackServer(make_app(state), state, app_paths(state))
-    return Server(  # Tornado's, answering what its parser refuses (server/http/conn.py)
+    return Server(  # HTTP/1.1 on httptools, answering what its parser refuses (server/http/h1.py)
         delegate,
         xheaders=cfg.trust_proxy,
         max_body_size=TORNADO_MAX_BODY,

@@ -1,5 +1,5 @@
 """Every request on the callback path gets HTTP 200 with the five common fields and an
-``error`` object, including the ones the HTTP parser refuses (server/http/conn.py), over
+``error`` object, including the ones the HTTP parser refuses (server/http/h1.py), over
 raw sockets so that nothing is normalised on the way."""
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def chunked(path: str, chunks: bytes, extra: str = "") -> bytes:
     return (f"POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n{extra}\r\n").encode() + chunks
 
 
-# Cases the HTTP parser (llhttp) refuses before any handler runs (server/http/conn.py).
+# Cases the HTTP parser (llhttp) refuses before any handler runs (server/http/h1.py).
 PARSER_CASES = [
     ("garbage request line", b"\x01\x02 hello there\r\n\r\n", "bad_http"),
     ("request line without version", b"POST /x\r\nHost: x\r\n\r\n", "bad_http"),

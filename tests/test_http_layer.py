@@ -1,4 +1,4 @@
-"""The HTTP/1.1 layer under the delegate (server/http/conn.py), driven over real sockets with
+"""The HTTP/1.1 layer under the delegate (server/http/h1.py, accepted by server/http/conn.py), driven over real sockets with
 a small delegate: flow control towards a delegate that is not ready, pipelining order,
 answers given before the body was read, limits and timeouts, xheaders, chunked answers.
 

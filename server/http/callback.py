@@ -7,7 +7,7 @@ delegate that sends every other request to the Tornado application.
 API, ``/healthz`` or ``/metrics`` goes to the application (``Application.start_request``),
 untouched; any other path is a callback and is answered here, without ``RequestHandler``
 (whose machinery costs more CPU per callback than everything else in the HTTP process).
-The HTTP/1.1 layer below both (server/http/conn.py) does request parsing, ``Expect: 100-continue``,
+The HTTP/1.1 layer below both (server/http/h1.py) does request parsing, ``Expect: 100-continue``,
 keep-alive, pipelining and ``Connection`` headers, as Tornado's ``HTTP1Connection`` did.
 
 The command is the last path segment (OpenIM builds ``url + "/" + command``); the query
@@ -26,7 +26,7 @@ refused from the start line and headers is answered before the body is read (the
 is then closed, as the body was not read); a body over ``max_body_bytes`` is read and
 discarded (up to ``DISCARD_LIMIT`` more bytes) and then answered, so the client reads the
 answer rather than a broken pipe. Requests the HTTP parser refuses before a delegate sees
-them are answered the same way (``CallbackServer.rejection``, server/http/conn.py).
+them are answered the same way (``CallbackServer.rejection``, server/http/h1.py).
 
 The reply's headers are the ones ``RequestHandler`` sent, in its order (``Server``,
 ``Content-Type``, ``Date``, ``Etag`` for GET and HEAD, ``Content-Length``): byte for byte the
@@ -50,7 +50,7 @@ from tornado import httputil
 
 from server import reply
 from server.catalog import Catalog, Command
-from server.http import conn as http_conn
+from server.http import h1
 from server.http.common import client_allowed
 from server.logfmt import callback_fields
 from server.service.callbacks import answer, policy_reply
@@ -193,14 +193,14 @@ class CallbackServer(httputil.HTTPServerConnectionDelegate):
         return path not in self._paths and self.app_path.fullmatch(path) is not None
 
     def rejection(self, start_line: httputil.RequestStartLine | None, code: str, message: str) -> bytes:
-        """The answer to a request the HTTP layer refused (server/http/conn.py): an admin path gets
+        """The answer to a request the HTTP layer refused (server/http/h1.py): an admin path gets
         400 with ``{"error", "message"}``; anything else is treated as a callback: 200 with
         the five fields (the command's failure-policy answer when the path names one)."""
         path = start_line.path.partition("?")[0] if start_line is not None else ""
         if path.startswith("/admin") or path in ("/healthz", "/metrics"):
-            return http_conn.response(400, "Bad Request", orjson.dumps({"error": code, "message": message}))
+            return h1.response(400, "Bad Request", orjson.dumps({"error": code, "message": message}))
         named = self.callback_path(path) if path else None
-        return http_conn.response(200, "OK", self.error_body(named[1] if named is not None else None, code, message))
+        return h1.response(200, "OK", self.error_body(named[1] if named is not None else None, code, message))
 
     def error_body(self, cmd: Command | None, code: str, message: str) -> bytes:
         """A refused callback's body (counted): the five fields (the failure policy's answer
@@ -435,7 +435,7 @@ class CallbackExchange(httputil.HTTPMessageDelegate):
         conn.set_close_callback(None)
         if not self.closed:
             method = self.method
-            if type(conn) is http_conn.Request:
+            if type(conn) is h1.Request:
                 conn.answer_ok(self.server.header_lines(body, method), body)
             else:  # another HTTPConnection (Tornado's, in tests/test_http_callback.py)
                 conn.write_headers(OK, self.server.headers(body, method), b"" if method == "HEAD" else body)
