@@ -141,13 +141,6 @@ OPS: dict[str, Op] = {
 
 
 
-# A worker keeps smismember answers per member (sandbox/worker/readcache.py), and only for
-# calls of at most this many members: a long list (a keyword filter's ~300 words of a
-# message) is seldom answered whole from there, and keeping and looking up its members one
-# by one cost ~140 us of the worker's time per call, more than the round trip it would save.
-# The host does not offer such answers for keeping either (sandbox/host/kvrelay.py).
-MAX_KEPT_MEMBERS = 64
-
 _ONLY_STR = {str}
 
 def check_scalar(value: Any, what: str, max_bytes: int) -> str:

@@ -45,9 +45,7 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
     except KVRefused as exc:
         return error(protocol.KV_ERR, str(exc))
     if op.cache is not None and keeper is not None and len(keeper.kept) < MAX_KEPT \
-            and keeper.kept_bytes < MAX_KEPT_BYTES \
-            and not (op.cached_per_member and len(args[1]) > kvops.MAX_KEPT_MEMBERS):
-        # (Writes are never kept; nor are answers to long member lists: no peek for them.)
+            and keeper.kept_bytes < MAX_KEPT_BYTES:  # (a write is never kept: no peek)
         # Synchronous: no invalidation can run between the hit and recording the key.
         hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
         if hit is not None:

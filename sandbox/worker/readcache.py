@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox.kvops import MAX_KEPT_MEMBERS, OPS, Op
+from sandbox.kvops import OPS, Op
 
 MISS = object()
 MAX_ENTRIES = 50_000
@@ -61,7 +61,7 @@ class ReadCache:
             return MISS
         if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
-            if type(members) is not list or len(members) > MAX_KEPT_MEMBERS:
+            if type(members) is not list:
                 return MISS
             out = []
             for m in members:
@@ -84,8 +84,7 @@ class ReadCache:
         key = args[0]
         if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
-            if type(members) is not list or type(value) is not list or len(value) != len(members) \
-                    or len(members) > MAX_KEPT_MEMBERS:
+            if type(members) is not list or type(value) is not list or len(value) != len(members):
                 return
             items = [((op.cache, m), v) for m, v in zip(members, value, strict=True)
                      if type(m) is str and type(v) is bool]
