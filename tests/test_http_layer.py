@@ -108,12 +108,13 @@ def post(path: str, body: bytes, extra: str = "") -> bytes:
 
 def bodies(raw: bytes) -> list[bytes]:
     """The bodies of the Content-Length answers in ``raw``, in order."""
-    out = []
-    while raw:
-        head, _, rest = raw.partition(b"\r\n\r\n")
-        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
-        out.append(rest[:length])
-        raw = rest[length:]
+    out, at = [], 0
+    while at < len(raw):
+        end = raw.index(b"\r\n\r\n", at)
+        head = raw[at:end].split(b"\r\n")
+        length = int(next(line.split(b":")[1] for line in head if line.lower().startswith(b"content-length")))
+        out.append(raw[end + 4 : end + 4 + length])
+        at = end + 4 + length
     return out
 
 
@@ -264,3 +265,38 @@ def test_a_body_that_stops_coming_is_answered_by_the_rejecter_and_the_delegate_t
         assert ("closed", "/slowbody") in app.events
 
     serve(test, body_timeout=0.2)
+
+
+def test_a_client_that_pipelines_without_reading_is_not_read_either() -> None:
+    """Also: chunk boundaries that split a request's head count only that head's bytes toward
+    max_header_size (a pipelined burst of small requests is not refused as one huge head)."""
+
+    async def test(server: Server, app: App, port: int) -> None:
+        n = 2500
+        app.on_finish = lambda ex: ex.answer(ex.start_line.path.encode() + b":" + b"a" * 8192)
+        raw = b"".join(post(f"/r{i}", b"x") for i in range(n))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # ~24 MB of answers will not fit
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(raw)
+        conn = None
+        for _ in range(500):
+            await asyncio.sleep(0.01)
+            conn = next(iter(server.connections), None)
+            if conn is not None and conn.paused and conn.writes_paused:
+                break
+        assert conn is not None and conn.paused and conn.writes_paused
+        answered = conn.answered
+        await asyncio.sleep(0.2)
+        assert conn.answered == answered < n  # waiting for the client, not answering ahead
+        assert conn.transport.get_write_buffer_size() < 1 << 20
+        expected = [f"/r{i}:".encode() + b"a" * 8192 for i in range(n)]
+        size = sum(len(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(b)) + len(b) for b in expected)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)  # now read it all, quickly
+        got = await asyncio.wait_for(reader.readexactly(size), 30)
+        writer.close()
+        answers = bodies(got)
+        assert answers == expected
+
+    serve(test)

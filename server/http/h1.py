@@ -64,6 +64,8 @@ LINGER_S = 2.0
 # Body bytes parsed ahead of a delegate that is not ready for them (a streamed admin upload
 # awaiting its prepare()): above this, reading from the socket pauses.
 MAX_BUFFERED_BODY = 1 << 20
+# Pipelined requests parsed but not yet answered: above this, reading pauses.
+MAX_QUEUED = 64
 CONTINUE = b"HTTP/1.1 100 (Continue)\r\n\r\n"
 VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
 NO_BODY_CODES = frozenset({204, 304})
@@ -286,6 +288,7 @@ class Connection(asyncio.Protocol):
         self.chunk = b""  # the data being parsed
         self.chunk_fresh = False  # nothing of it parsed yet but (maybe) a request's beginning
         self.head_start = b""  # the data the current request began at, when it began a chunk
+        self.began = False  # a request began in the data being parsed
         self.head_size = 0  # bytes of the current head (or read while it is incomplete)
         self.buffered = 0  # body bytes parsed but not yet given to a delegate
         self.failure: BadRequest | None = None  # a refused message, answered once the earlier ones are
@@ -311,6 +314,7 @@ class Connection(asyncio.Protocol):
             return  # after a refused message, a close, or while lingering: dropped
         self.chunk = data
         self.chunk_fresh = True
+        self.began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -326,21 +330,38 @@ class Connection(asyncio.Protocol):
                 self.stopped = True
         if self.failure is not None and self.parsing is not None:
             self.parsing.failure, self.failure = self.failure, None  # its body was refused
-        if self.in_head and not self.stopped:
+        if self.in_head and not self.began and not self.stopped:
+            # The whole chunk belongs to a head begun in an earlier one and still not
+            # complete (a head begun in this chunk is counted by its url and header events).
             self.head_size += len(data)
             if self.head_size > self.server.max_header_size:
                 self.refuse_head()
         self.pump()
-        if not self.paused and (self.buffered > MAX_BUFFERED_BODY or len(self.queue) > 64) \
-                and self.transport is not None:
+        self.flow()
+
+    def flow(self) -> None:
+        """Stop reading while the client is ahead of us: body bytes a delegate has not taken
+        yet, requests not yet answered, or answers it does not read (the transport's write
+        buffer over its high-water mark: a client that pipelines without reading would
+        otherwise grow it without bound); read again once it is back under half of those."""
+        transport = self.transport
+        if transport is None or self.stopped:
+            return  # stopped: nothing more is parsed (linger() reads and drops by itself)
+        if self.paused:
+            if self.buffered <= MAX_BUFFERED_BODY // 2 and len(self.queue) <= MAX_QUEUED // 2 \
+                    and not self.writes_paused:
+                self.paused = False
+                transport.resume_reading()
+        elif self.buffered > MAX_BUFFERED_BODY or len(self.queue) > MAX_QUEUED or self.writes_paused:
             self.paused = True
-            self.transport.pause_reading()
+            transport.pause_reading()
 
     def eof_received(self) -> bool:
         return False  # close our side too once the answers are written
 
     def pause_writing(self) -> None:
         self.writes_paused = True
+        self.flow()
 
     def resume_writing(self) -> None:
         self.writes_paused = False
@@ -348,6 +369,8 @@ class Connection(asyncio.Protocol):
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
+        self.pump()
+        self.flow()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -378,6 +401,7 @@ class Connection(asyncio.Protocol):
         self.url_done = False
         self.raw_headers = []
         self.head_start = self.chunk if self.chunk_fresh else b""
+        self.began = True
 
     def on_url(self, url: bytes) -> None:
         self.url.append(url)
@@ -452,7 +476,9 @@ class Connection(asyncio.Protocol):
 
     def _pump(self) -> None:
         queue = self.queue
-        while queue and self.waiting is None and not self.closed:
+        # Not while the client does not read our answers (writes paused): the next request
+        # waits, so the write buffer holds at most about one answer past its high-water mark.
+        while queue and self.waiting is None and not self.closed and not self.writes_paused:
             req = queue[0]
             delegate = req.delegate
             if delegate is None:
@@ -497,10 +523,7 @@ class Connection(asyncio.Protocol):
                 return
             if self.idle_since is None and not self.in_head:
                 self.idle_since = time.monotonic()
-        if self.paused and self.buffered <= MAX_BUFFERED_BODY // 2 and len(queue) <= 32 and self.waiting is None:
-            self.paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
+        self.flow()
 
     def _wait(self, method: Callable[..., Any], *args: Any) -> bool:
         """Call a delegate's method; True when it returned an awaitable still pending (the
