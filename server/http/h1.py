@@ -324,6 +324,10 @@ class Connection(asyncio.Protocol):
                 self.queue[-1].disconnect = True
         except httptools.HttpParserCallbackError:
             self.stopped = True
+            if self.failure is None:  # not our _Stop (which always says why): a bug, not the client's
+                log.error("HTTP parser callback failed; connection closed", exc_info=True)
+                self.abort()
+                return
         except httptools.HttpParserError as exc:
             if not self.stopped:  # bytes after a "Connection: close" request are ignored
                 self.failure = BadRequest("bad_http", str(exc))
