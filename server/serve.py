@@ -64,9 +64,9 @@ from server.config import Config
 
 log = logging.getLogger("scriptgate.serve")
 T = TypeVar("T")
-# Tornado must never drop an oversized request before our handler can answer 413 with a
-# JSON body; the real per-endpoint limits are enforced while streaming the body.
-TORNADO_MAX_BODY = 1 << 30
+# The HTTP layer must never drop an oversized request before our handlers can answer it with
+# a JSON body; the real per-endpoint limits are enforced while streaming the body.
+HTTP_MAX_BODY = 1 << 30
 # An HTTP process that cannot bind its listening socket, or whose store refuses to work,
 # exits with this code after saying why; the supervisor then stops instead of restarting
 # it in a loop (EX_CONFIG from sysexits.h).
@@ -366,7 +366,7 @@ def http_server(state: Any) -> Any:
     return Server(  # HTTP/1.1 on httptools, answering what its parser refuses (server/http/h1.py)
         delegate,
         xheaders=cfg.trust_proxy,
-        max_body_size=TORNADO_MAX_BODY,
+        max_body_size=HTTP_MAX_BODY,
         idle_connection_timeout=75,
         body_timeout=cfg.body_timeout_s,
         reject=delegate.rejection,

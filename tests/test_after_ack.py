@@ -69,20 +69,16 @@ class GatedPool:
 
 
 async def serve(limit: int, max_queue: int = 256) -> tuple[Any, GatedPool, Any, int]:
-    import tornado.httpserver
     import tornado.netutil
 
-    from server.app import app_paths, make_app
-    from server.http.callback import CallbackServer
-    from server.serve import TORNADO_MAX_BODY
+    from server.serve import http_server
 
     pool = GatedPool(max_queue)
     state = await build_state(Config(max_body_bytes=MAX_BODY, after_ack_max_pending=limit), "token",
                               store=StubStore(), pool=pool)
     state.table._scripts = {name: ActiveScript(name, 1, "sha", "allow") for name in (AFTER, BEFORE)}
     state.table.loaded = True
-    http = tornado.httpserver.HTTPServer(CallbackServer(make_app(state), state, app_paths(state)),
-                                         max_body_size=TORNADO_MAX_BODY)
+    http = http_server(state)
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     http.add_sockets(sockets)
     return state, pool, http, sockets[0].getsockname()[1]

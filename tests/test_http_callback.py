@@ -17,14 +17,13 @@ from typing import Any
 
 import orjson
 import pytest
-import tornado.httpserver
 import tornado.netutil
 
 from sandbox.api import ALLOW, DENY, MODIFY, RunResult
-from server.app import app_paths, make_app
 from server.config import Config
 from server.http.callback import CallbackExchange, CallbackServer
-from server.serve import TORNADO_MAX_BODY
+from server.http.conn import Server as HTTPServer
+from server.serve import http_server
 from server.service.state import build_state
 from server.store.base import ActiveScript
 
@@ -77,7 +76,7 @@ class Server:
     port: int
     state: Any
     pool: FakePool
-    http: tornado.httpserver.HTTPServer
+    http: HTTPServer
     delegate: CallbackServer
     app_requests: int = 0  # requests the application saw
 
@@ -90,12 +89,9 @@ async def start(cfg: Config, source: str = "allow") -> Server:
         ECHO: ActiveScript(ECHO, 1, "sha", "allow"),
     }
     state.table.loaded = True
-    app = make_app(state)
-    delegate = CallbackServer(app, state, app_paths(state))
-    http = tornado.httpserver.HTTPServer(
-        delegate, xheaders=cfg.trust_proxy, max_body_size=TORNADO_MAX_BODY, idle_connection_timeout=75,
-        body_timeout=30,
-    )
+    http = http_server(state)  # the server `scriptgate serve` runs (server/http/conn.py, h1.py)
+    delegate = http.delegate
+    app = delegate.app
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     http.add_sockets(sockets)
     server = Server(sockets[0].getsockname()[1], state, pool, http, delegate)

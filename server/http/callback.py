@@ -64,8 +64,6 @@ log = logging.getLogger("scriptgate.http")
 access_log = logging.getLogger("scriptgate.access")
 
 SERVER = f"TornadoServer/{tornado.version}"
-# RequestHandler wrote its start line with an empty version; the connection writes HTTP/1.1.
-OK = httputil.ResponseStartLine("", 200, httputil.responses[200])
 # The methods RequestHandler served; any other one was refused before any other check.
 HANDLER_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PATCH", "PUT", "OPTIONS"})
 POST_ONLY = "callbacks are sent with POST"
@@ -210,19 +208,11 @@ class CallbackServer(httputil.HTTPServerConnectionDelegate):
         return reply.error_body(code, message, base)
 
     def header_lines(self, body: bytes, method: str) -> str:
-        """``headers`` as the lines of an answer (``conn.Request.answer_ok``)."""
+        """The answer's headers, as ``RequestHandler`` sent them and in its order (``Server``,
+        ``Content-Type``, ``Date``, ``Etag`` for GET and HEAD, ``Content-Length``), as lines
+        for ``h1.Request.answer_ok``."""
         etag = f'Etag: "{hashlib.sha1(body).hexdigest()}"\r\n' if method == "GET" or method == "HEAD" else ""
         return f"{self.fixed_lines}Date: {self.dates.now()}\r\n{etag}Content-Length: {len(body)}\r\n"
-
-    def headers(self, body: bytes, method: str) -> httputil.HTTPHeaders:
-        headers = httputil.HTTPHeaders()
-        headers["Server"] = SERVER
-        headers["Content-Type"] = "application/json"
-        headers["Date"] = self.dates.now()
-        if method == "GET" or method == "HEAD":  # RequestHandler's Etag on a 200 to GET or HEAD
-            headers["Etag"] = f'"{hashlib.sha1(body).hexdigest()}"'
-        headers["Content-Length"] = str(len(body))
-        return headers
 
 
 class CallbackExchange(httputil.HTTPMessageDelegate):
@@ -435,10 +425,6 @@ class CallbackExchange(httputil.HTTPMessageDelegate):
         conn.set_close_callback(None)
         if not self.closed:
             method = self.method
-            if type(conn) is h1.Request:
-                conn.answer_ok(self.server.header_lines(body, method), body)
-            else:  # another HTTPConnection (Tornado's, in tests/test_http_callback.py)
-                conn.write_headers(OK, self.server.headers(body, method), b"" if method == "HEAD" else body)
-                conn.finish()
+            conn.answer_ok(self.server.header_lines(body, method), body)
         if access_log.isEnabledFor(logging.DEBUG):
             access_log.debug("%d %s %s %.2fms", 200, self.method, self.path, 1000 * (time.time() - self.t0))

@@ -189,8 +189,8 @@ class Server:
         try:
             sock.setblocking(False)
             conn = Connection(self, address, sock.family)
-            task = asyncio.get_running_loop().create_task(
-                asyncio.get_running_loop().connect_accepted_socket(lambda: conn, sock))
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(loop.connect_accepted_socket(lambda: conn, sock))
         except Exception:
             log.error("error setting up an accepted connection", exc_info=True)
             sock.close()

@@ -161,22 +161,15 @@ class Request(httputil.HTTPConnection):
     # -- httputil.HTTPConnection -----------------------------------------------------------
 
     def write_headers(self, start_line: Any, headers: httputil.HTTPHeaders, chunk: bytes | None = None) -> asyncio.Future[None]:
-        conn = self.conn
-        if conn.server.closing:
-            # A graceful stop: the answer says "Connection: close", so the client opens its
-            # next connection elsewhere instead of racing our close on this one.
-            self.disconnect = True
         self.response_start_line = start_line
         code = start_line.code
         request = self.start_line
-        version = request.version
         head = request.method == "HEAD"
-        self.chunking = (version == "HTTP/1.1" and not head and code not in NO_BODY_CODES
+        self.chunking = (request.version == "HTTP/1.1" and not head and code not in NO_BODY_CODES
                          and not 100 <= code < 200 and "Content-Length" not in headers)
-        if version == "HTTP/1.1" and self.disconnect:
-            headers["Connection"] = "close"
-        elif version == "HTTP/1.0" and self.headers.get("Connection", "").lower() == "keep-alive":
-            headers["Connection"] = "Keep-Alive"
+        connection = self._connection_header()
+        if connection is not None:
+            headers["Connection"] = connection
         if self.chunking:
             headers["Transfer-Encoding"] = "chunked"
         if head or code == 304:
@@ -193,7 +186,7 @@ class Request(httputil.HTTPConnection):
         data = "\r\n".join(lines).encode("latin1") + b"\r\n\r\n"
         if chunk:
             data += self._framed(chunk)
-        return conn.send(data)
+        return self.conn.send(data)
 
     def write(self, chunk: bytes) -> asyncio.Future[None]:
         return self.conn.send(self._framed(chunk))
@@ -203,18 +196,27 @@ class Request(httputil.HTTPConnection):
         ``Content-Length`` (``"Name: value\r\n"`` each); ``body`` is left out for HEAD. The
         same bytes as ``write_headers`` + ``finish`` with those headers, without building an
         ``HTTPHeaders`` (the callback path's answer, server/http/callback.py)."""
-        if self.conn.server.closing:
-            self.disconnect = True
         self.response_start_line = OK
-        request = self.start_line
-        if request.version == "HTTP/1.1":
-            if self.disconnect:
-                header_lines += "Connection: close\r\n"
-        elif self.headers.get("Connection", "").lower() == "keep-alive":
-            header_lines += "Connection: Keep-Alive\r\n"
+        connection = self._connection_header()
+        if connection is not None:
+            header_lines += f"Connection: {connection}\r\n"
         head = b"HTTP/1.1 200 OK\r\n" + header_lines.encode("latin1") + b"\r\n"
-        self.conn.send(head if request.method == "HEAD" else head + body)
+        self.conn.send(head if self.start_line.method == "HEAD" else head + body)
         self.finish()
+
+    def _connection_header(self) -> str | None:
+        """The answer's ``Connection`` header, if any (Tornado's rules): ``close`` to an
+        HTTP/1.1 client when the connection ends after this answer, ``Keep-Alive`` to an
+        HTTP/1.0 client that asked for it."""
+        if self.conn.server.closing:
+            # A graceful stop: the answer says "Connection: close", so the client opens its
+            # next connection elsewhere instead of racing our close on this one.
+            self.disconnect = True
+        if self.start_line.version == "HTTP/1.1":
+            return "close" if self.disconnect else None
+        if self.headers.get("Connection", "").lower() == "keep-alive":
+            return "Keep-Alive"
+        return None
 
     def finish(self) -> None:
         if self.remaining and not self.conn.closed:
