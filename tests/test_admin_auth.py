@@ -26,15 +26,13 @@ from typing import Any
 import orjson
 import pytest
 import tornado.httpclient
-import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
 from sandbox.api import ALLOW, RunResult
-from server.app import app_paths, make_app
 from server.config import Config
 from server.http.admin import routes as admin_routes
-from server.http.callback import CallbackServer
+from server.serve import http_server
 from server.service.state import build_state
 from server.store.connect import open_store
 
@@ -252,8 +250,8 @@ def serve(test: Callable[[Served], Awaitable[None]], **config: Any) -> None:
         await prepare_store(store)
         state = await build_state(Config(**config), TOKEN, store=store, pool=StubPool())
         await state.table.refresh()
-        app = make_app(state)
-        http = tornado.httpserver.HTTPServer(CallbackServer(app, state, app_paths(state)))
+        http = http_server(state)  # the server `scriptgate serve` runs
+        app = http.delegate.app
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         http.add_sockets(sockets)
         client = tornado.httpclient.AsyncHTTPClient(force_instance=True)

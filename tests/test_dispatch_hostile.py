@@ -25,15 +25,13 @@ from typing import Any
 import orjson
 import pytest
 import tornado.httpclient
-import tornado.httpserver
 import tornado.netutil
 
 from sandbox.api import BUDGET, DENY, ERROR, INVALID_RESULT, Budgets, RunResult
 from sandbox.host.pool import WorkerPool
 from server import reply
-from server.app import app_paths, make_app
 from server.config import CommandSettings, Config
-from server.http.callback import CallbackServer
+from server.serve import http_server
 from server.service.callbacks import MAX_REJECT_TEXT, REPLY_MARGIN_S, Outcome
 from server.service.state import build_state
 from server.store.base import ActiveScript
@@ -92,8 +90,7 @@ def serve(test: Callable[[Served], Awaitable[None]], settings: CommandSettings, 
             return outcome
 
         state.dispatcher.dispatch = spy  # type: ignore[method-assign]
-        app = make_app(state)
-        http = tornado.httpserver.HTTPServer(CallbackServer(app, state, app_paths(state)))
+        http = http_server(state)  # the server `scriptgate serve` runs
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
         http.add_sockets(sockets)
         client = tornado.httpclient.AsyncHTTPClient(force_instance=True)

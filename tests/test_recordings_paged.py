@@ -11,13 +11,13 @@ from typing import Any
 import orjson
 import pytest
 import tornado.httpclient
-import tornado.httpserver
 import tornado.netutil
 
-from server.app import make_app
 from server.cli.admin_client import AdminClient, AdminError
 from server.config import Config
 from server.http import admin_records as http_admin
+from server.http.conn import Server as HTTPServer
+from server.serve import http_server
 from server.service.state import build_state
 from server.store.base import StoreUnavailable
 from server.store.connect import open_store
@@ -34,9 +34,9 @@ class NoPool:
         pass
 
 
-async def _serve(store: Any) -> tuple[tornado.httpserver.HTTPServer, int]:
+async def _serve(store: Any) -> tuple[HTTPServer, int]:
     state = await build_state(Config(), TOKEN, store=store, pool=NoPool())
-    http = tornado.httpserver.HTTPServer(make_app(state))
+    http = http_server(state)  # the server `scriptgate serve` runs: paged answers on its HTTP layer
     sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
     http.add_sockets(sockets)
     return http, sockets[0].getsockname()[1]
