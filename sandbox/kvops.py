@@ -102,6 +102,25 @@ class Op:
         return [self.cache_sub(args)]
 
 
+# A small set is kept whole: one cache entry under WHOLE_SET (a frozenset of its members)
+# answers every (MEMBER_TAG, member) entry of that key, so a membership check of members
+# never asked before needs no round trip. Why: blocklists and word filters are small and
+# read-mostly, while the members asked (invitees, a message's words) are mostly new ones,
+# so per-member entries alone rarely answer a whole call. The store fetches a set whole
+# after WHOLE_SET_AFTER member misses since the key last changed, and keeps it only when it
+# has at most WHOLE_SET_MAX_MEMBERS members of at most WHOLE_SET_MAX_BYTES in all.
+MEMBER_TAG = "m"
+WHOLE_SET = ("*",)  # cannot collide: every other entry is (tag,) or (tag, str)
+WHOLE_SET_AFTER = 8
+WHOLE_SET_MAX_MEMBERS = 4096
+WHOLE_SET_MAX_BYTES = 1024 * 1024
+
+
+def whole_set_bytes(members: Any) -> int:
+    """What a kept whole set costs to hold and to send: its members plus a slot each."""
+    return sum(len(m) for m in members) + 64 * len(members)
+
+
 OPS: dict[str, Op] = {
     op.name: op
     for op in (
@@ -116,9 +135,10 @@ OPS: dict[str, Op] = {
         Op("ttl", "key", (KEY,), NUM, False, None, doc="ttl(key) -> seconds left, -1 without expiry, -2 missing"),
         Op("sadd", "key, *members", (KEY, VALUES), NUM, True, SET, doc="sadd(key, *members) -> number added"),
         Op("srem", "key, *members", (KEY, VALUES), NUM, True, SET, doc="srem(key, *members) -> number removed"),
-        Op("sismember", "key, member", (KEY, VALUE), BOOL, False, SET, cache="m",
+        Op("sismember", "key, member", (KEY, VALUE), BOOL, False, SET, cache=MEMBER_TAG,
            doc="sismember(key, member) -> bool"),
-        Op("smismember", "key, members", (KEY, VALUES), BOOLS, False, SET, cache="m", convention=MEMBER_LIST,
+        Op("smismember", "key, members", (KEY, VALUES), BOOLS, False, SET, cache=MEMBER_TAG,
+           convention=MEMBER_LIST,
            doc="smismember(key, members) -> list of bool"),
         Op("smembers", "key", (KEY,), STR_SET, False, SET, doc="smembers(key) -> set of str"),
         Op("scard", "key", (KEY,), NUM, False, SET, doc="scard(key) -> int"),

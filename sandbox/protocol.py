@@ -14,8 +14,10 @@ Host -> worker:
             ("src" is sent only when the host believes the worker lacks that sha; "cs" names
             the store + namespace whose kept KV answers this call may use)
     check   {"t","id","src","cpu_s"}
-    kvr     {"t","id","ok": value, "c"?: redis key} | {"t","id","err": "kv"|"unavailable","msg"}
-            ("c": the worker may keep this answer until an "inv" names that key; see readcache)
+    kvr     {"t","id","ok": value, "c"?: redis key, "w"?: [members]}
+            | {"t","id","err": "kv"|"unavailable","msg"}
+            ("c": the worker may keep this answer until an "inv" names that key, "w": and the
+            whole set of members that key holds; see readcache)
     inv     {"t","k": [redis keys]} | {"t","all": true}   drop kept answers (any time)
     probe   {"t","id","name"}            only honoured by workers started with --test-hooks
 Worker -> host:

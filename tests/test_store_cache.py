@@ -13,6 +13,8 @@ from typing import Any
 import hiredis
 import pytest
 
+from sandbox import kvops
+from sandbox.api import KVRefused
 from server.store.connect import open_store
 from server.store.redis_store import Store
 from server.store.tracking import MISS
@@ -158,8 +160,12 @@ def test_cache_can_be_disabled_and_is_bounded(redis_standalone: Any, store_prefi
                 assert await off.kv_call("ns", "sismember", ["s", "a"]) is True
             assert off.kv.round_trips == before + 5
             for i in range(200):
-                await small.kv_call("ns", "sismember", ["s", f"m{i}"])
+                await small.kv_call("ns", "sismember", [f"s{i}", "m"])
             assert small.cache is not None and len(small.cache) <= 50 and small.cache.evictions > 0
+            await off.kv_call("ns", "sadd", ["big", [f"m{i}" for i in range(60)]])
+            for i in range(kvops.WHOLE_SET_AFTER):  # kept whole: counts as its 60 members
+                await small.kv_call("ns", "sismember", ["big", f"x{i}"])
+            assert len(small.cache) <= 50 and small.cache.whole_lasting(small.keys.kv("ns", "big")) is None
         finally:
             await off.close()
             await small.close()
@@ -422,6 +428,91 @@ def test_subscription_refused_falls_back_to_tracking_everything(redis_standalone
                 raw.set(name, str(i))
                 assert await a.kv_call("ns", "get", ["k"]) == str(i)
             assert t.covers(name) and t.connected
+        finally:
+            await a.close()
+
+    run(scenario())
+
+
+# --- sets kept whole (sandbox.kvops.WHOLE_SET) ---------------------------------------------
+
+
+def _calls(client: Any, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def _miss_until_whole(store: Store, key: str) -> None:
+    for i in range(kvops.WHOLE_SET_AFTER):  # members never asked: each one a miss
+        await store.kv_call("ns", "sismember", [key, f"never-{i}"])
+
+
+def test_a_small_set_is_kept_whole_and_stays_exact(redis_standalone: Any, store_prefix: str) -> None:
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        b = await _open(redis_standalone.url, store_prefix)
+        try:
+            await b.kv_call("ns", "sadd", ["bl", [f"b{i}" for i in range(100)]])
+            await _miss_until_whole(a, "bl")
+            name = a.keys.kv("ns", "bl")
+            trips = a.kv.round_trips
+            assert await a.kv_call("ns", "smismember", ["bl", ["b5", "zz", "b99"]]) == [True, False, True]
+            assert await a.kv_call("ns", "sismember", ["bl", "new"]) is False
+            assert a.kv.round_trips == trips  # members never asked, answered from memory
+            value, key, whole = a.kv_peek("ns", "smismember", ["bl", ["b1", "x"]])
+            assert value == [True, False] and key == name and whole == {f"b{i}" for i in range(100)}
+
+            # Changes through another instance or any client are seen by the next read.
+            await b.kv_call("ns", "sadd", ["bl", ["new"]])
+            assert await a.kv_call("ns", "sismember", ["bl", "new"]) is True
+            raw.srem(name, "b5")
+            assert await a.kv_call("ns", "smismember", ["bl", ["b5", "new"]]) == [False, True]
+            await _miss_until_whole(a, "bl")
+            raw.delete(name)
+            assert await a.kv_call("ns", "sismember", ["bl", "b7"]) is False
+            await _miss_until_whole(a, "bl")
+            assert a.kv_peek("ns", "sismember", ["bl", "b7"])[2] == frozenset()  # a missing key: empty
+
+            # A kept whole set with a TTL answers here but is never handed to workers.
+            raw.sadd(name, "t")
+            await _miss_until_whole(a, "bl")
+            raw.expire(name, 1000)
+            await _miss_until_whole(a, "bl")
+            trips = a.kv.round_trips
+            assert await a.kv_call("ns", "sismember", ["bl", "t"]) is True
+            assert a.kv.round_trips == trips and a.kv_peek("ns", "sismember", ["bl", "t"]) is None
+        finally:
+            await a.close()
+            await b.close()
+
+    run(scenario())
+
+
+def test_a_big_or_wrong_typed_set_is_not_kept_whole(redis_standalone: Any, store_prefix: str) -> None:
+    raw = redis_standalone.client()
+
+    async def scenario() -> None:
+        a = await _open(redis_standalone.url, store_prefix)
+        try:
+            name = a.keys.kv("ns", "big")
+            raw.sadd(name, *[f"m{i}" for i in range(kvops.WHOLE_SET_MAX_MEMBERS + 1)])
+            before = _calls(raw, "srandmember")
+            for _ in range(3):
+                await _miss_until_whole(a, "big")
+            assert _calls(raw, "srandmember") == before + 1  # tried once until the set changes
+            assert a.cache.whole_lasting(name) is None
+            assert await a.kv_call("ns", "smismember", ["big", ["m1", "m4096", "x"]]) == [True, True, False]
+            raw.srem(name, "m0")  # now exactly at the bound: kept whole after the next misses
+            await _miss_until_whole(a, "big")
+            assert _calls(raw, "srandmember") == before + 2
+            assert a.cache.whole_lasting(name) is not None
+            assert await a.kv_call("ns", "smismember", ["big", ["m0", "m4096"]]) == [False, True]
+
+            raw.set(a.keys.kv("ns", "text"), "v")
+            for _ in range(kvops.WHOLE_SET_AFTER + 2):
+                with pytest.raises(KVRefused, match="holds another type"):
+                    await a.kv_call("ns", "sismember", ["text", "x"])
         finally:
             await a.close()
 

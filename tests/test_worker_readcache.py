@@ -74,6 +74,29 @@ def test_only_immutable_answers_of_read_ops_are_kept() -> None:
     assert c.lookup("get", ["b"]) is MISS
 
 
+def test_a_whole_set_answers_members_never_asked() -> None:
+    c = ReadCache()
+    c.enter("s")
+    c.store("sismember", ["bl", "u"], False, "R:bl", ["x", "y"])
+    assert c.lookup("sismember", ["bl", "x"]) is True
+    assert c.lookup("sismember", ["bl", "never-asked"]) is False
+    assert c.lookup("smismember", ["bl", ["y", "z", "x"]]) == [True, False, True]
+    assert c.lookup("smismember", ["bl", ["y", 3]]) is MISS  # the host words the refusal
+    assert c.lookup("sismember", ["bl", ["y"]]) is MISS
+    assert c.lookup("exists", ["bl"]) is MISS  # only membership answers come from the set
+    assert len(c) == 3  # the set counts by its members against MAX_ENTRIES
+    c.invalidate(["R:bl"])
+    assert c.lookup("sismember", ["bl", "x"]) is MISS
+    c.store("smismember", ["bl", ["q"]], [False], "R:bl", ["x"])
+    c.forget_key("bl")  # the call writes the set: nothing kept answers for it
+    assert c.lookup("sismember", ["bl", "x"]) is MISS
+    c.store("sismember", ["bl2", "u"], False, "R:bl2", ["ok", 5])  # not all strings: refused
+    c.store("sismember", ["bl3", "u"], False, "R:bl3", "not a list")
+    assert c.lookup("sismember", ["bl2", "ok"]) is MISS and c.lookup("sismember", ["bl3", "n"]) is MISS
+    c.store("get", ["k"], "v", "R:k", ["a"])  # a set only answers set reads
+    assert c.lookup("get", ["k"]) == "v" and c.lookup("sismember", ["k", "a"]) is MISS
+
+
 def test_cache_is_bounded() -> None:
     c = ReadCache()
     c.enter("s")
@@ -98,8 +121,9 @@ def handle(req):
 class KeepingKV:
     """A store that lets workers keep every read: counts what reaches the host."""
 
-    def __init__(self, scope: str = "t:ns") -> None:
+    def __init__(self, scope: str = "t:ns", whole: bool = False) -> None:
         self.scope = scope
+        self.whole = whole  # offer the whole set with each hit, as the store does for small sets
         self.sets: dict[str, set[str]] = {"bl": {"mallory"}}
         self.host_calls: list[str] = []
         self.peeks = 0
@@ -109,11 +133,12 @@ class KeepingKV:
     def ready(self) -> bool:
         return self.usable
 
-    def peek(self, op: str, args: list[Any]) -> tuple[Any, str] | None:
+    def peek(self, op: str, args: list[Any]) -> tuple[Any, str, frozenset[str] | None] | None:
         if op != "sismember":
             return None
         self.peeks += 1
-        return args[1] in self.sets.get(args[0], set()), "R:" + args[0]
+        members = self.sets.get(args[0], set())
+        return args[1] in members, "R:" + args[0], frozenset(members) if self.whole else None
 
     async def __call__(self, op: str, args: list[Any]) -> Any:
         self.host_calls.append(op)
@@ -166,6 +191,53 @@ def test_pool_keeps_answers_and_invalidates_them() -> None:
             peeks = kv.peeks
             assert await _call(pool, kv, {"u": "bob"}) == "True,True"
             assert kv.peeks == peeks + 1
+
+    asyncio.run(scenario())
+
+
+def test_pool_sends_a_whole_set_once_and_drops_it_on_change() -> None:
+    async def scenario() -> None:
+        kv = KeepingKV(whole=True)
+        async with WorkerPool(size=1) as pool:
+            kv.pool = pool
+            assert await _call(pool, kv, {"u": "bob"}) == "False,False"
+            assert kv.peeks == 1
+            (worker,) = pool._workers
+            assert set(worker.kept_whole) == {"R:bl"}
+            held = worker.kept_bytes
+            for user, blocked in (("mallory", True), ("carol", False), ("dave", False)):
+                want = "True,True" if blocked else "False,False"
+                assert await _call(pool, kv, {"u": user}) == want  # members never asked before
+            assert kv.peeks == 1 and kv.host_calls == []
+
+            kv.sets["bl"].add("carol")
+            pool.invalidate("R:bl")  # the store saw the set change
+            assert worker.kept_whole == {} and worker.kept_bytes < held
+            assert await _call(pool, kv, {"u": "carol"}) == "True,True"
+            assert kv.peeks == 2 and set(worker.kept_whole) == {"R:bl"}
+
+            # The call's own write: its next read asks the host, not the set it held.
+            assert await _call(pool, kv, {"u": "erin", "write": True}) == "False,True"
+            assert kv.host_calls == ["sadd"]
+
+    asyncio.run(scenario())
+
+
+def test_a_whole_set_beyond_the_workers_byte_bound_is_not_sent(monkeypatch: Any) -> None:
+    from sandbox.host import kvrelay
+
+    monkeypatch.setattr(kvrelay, "MAX_KEPT_BYTES", 200)
+
+    async def scenario() -> None:
+        kv = KeepingKV(whole=True)
+        kv.sets["bl"] = {f"user-{i}" for i in range(50)}
+        async with WorkerPool(size=1) as pool:
+            kv.pool = pool
+            assert await _call(pool, kv, {"u": "user-1"}) == "True,True"
+            assert next(iter(pool._workers)).kept_whole == {}  # answers per member still kept
+            assert await _call(pool, kv, {"u": "user-1"}) == "True,True"
+            assert await _call(pool, kv, {"u": "user-2"}) == "True,True"
+            assert kv.peeks == 2
 
     asyncio.run(scenario())
 

@@ -5,7 +5,9 @@ One function, ``kv_reply``: the request's op and arguments are checked with
 ``sandbox.kvops.validate`` (the one op table) before the store sees them; refusals and
 outages become ``kvr`` error frames, never host internals. When the store offers a cache
 hit that it will invalidate (``peek``), the reply carries the Redis key (``"c"``) and the
-worker's handle records it, bounded by ``MAX_KEPT`` keys and ``MAX_KEPT_BYTES``.
+worker's handle records it, bounded by ``MAX_KEPT`` keys and ``MAX_KEPT_BYTES``; for a set
+the store keeps whole (``sandbox.kvops.WHOLE_SET``) the first such reply also carries the
+set's members (``"w"``).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ KVCall = Callable[[str, list], Awaitable[Any]]
 # A KVCall may also offer answers workers can keep (see sandbox/worker/readcache.py), through:
 #   scope: str                  store + namespace the answers belong to
 #   ready() -> bool             apply pending invalidations now; False = keep nothing this call
-#   peek(op, args) -> (value, redis_key) | None   synchronous cache hit that the store will
-#                               invalidate through WorkerPool.invalidate(redis_key)
+#   peek(op, args) -> (value, redis_key, whole set | None) | None   synchronous cache hit
+#                               that the store will invalidate through
+#                               WorkerPool.invalidate(redis_key)
 MAX_KEPT = 50_000  # Redis keys a worker may hold answers for (bounds the host's record)
 # ... and their bytes (key length + set overhead), so long key names cannot make the host's
 # record of them ~35 MB per worker.
@@ -49,15 +52,24 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
         # Synchronous: no invalidation can run between the hit and recording the key.
         hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
         if hit is not None:
-            rkey = hit[1]
+            value, rkey, whole = hit
             if rkey not in keeper.kept:
                 keeper.kept.add(rkey)
                 keeper.kept_bytes += len(rkey) + KEPT_OVERHEAD
+            reply = {"t": protocol.KVR, "id": call_id, "ok": value, "c": rkey}
+            if whole is not None and rkey not in keeper.kept_whole:
+                # The set itself, once per worker until it changes: the worker then answers
+                # any member of it without asking (bounded by the same MAX_KEPT_BYTES).
+                size = kvops.whole_set_bytes(whole)
+                if keeper.kept_bytes + size <= MAX_KEPT_BYTES:
+                    keeper.kept_whole[rkey] = size
+                    keeper.kept_bytes += size
+                    reply["w"] = list(whole)
             try:
-                return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": hit[0], "c": rkey})
+                return protocol.encode(reply)
             except TypeError:
                 keeper.kept.discard(rkey)
-                keeper.kept_bytes -= len(rkey) + KEPT_OVERHEAD
+                keeper.kept_bytes -= len(rkey) + KEPT_OVERHEAD + keeper.kept_whole.pop(rkey, 0)
     try:
         value = await kv(op.name, args)
     except KVRefused as exc:

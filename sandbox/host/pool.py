@@ -407,12 +407,11 @@ class WorkerPool(Recycling):
             if not worker.kept or worker.state == DEAD or worker.transport is None:
                 continue
             if key is None:
-                worker.kept.clear()
-                worker.kept_bytes = 0
+                worker.forget_kept()
                 worker.send(_INV_ALL)
             elif key in worker.kept:
                 worker.kept.discard(key)
-                worker.kept_bytes -= len(key) + KEPT_OVERHEAD
+                worker.kept_bytes -= len(key) + KEPT_OVERHEAD + worker.kept_whole.pop(key, 0)
                 worker.send(protocol.encode({"t": protocol.INV, "k": [key]}))
 
     def _keep_scope(self, worker: Worker, kv: Any) -> str | None:
@@ -422,8 +421,7 @@ class WorkerPool(Recycling):
             return None
         scope = kv.scope
         if worker.scope != scope:
-            worker.kept.clear()  # the worker empties its cache when it sees a new scope
-            worker.kept_bytes = 0
+            worker.forget_kept()  # the worker empties its cache when it sees a new scope
             worker.scope = scope
         return scope
 

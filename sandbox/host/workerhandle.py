@@ -122,6 +122,7 @@ class Worker:
         # Kept KV answers (sandbox/worker/readcache.py): their scope and the Redis keys they hang on.
         self.scope: str | None = None
         self.kept: set[str] = set()
+        self.kept_whole: dict[str, int] = {}  # Redis keys whose whole set it holds -> bytes
         self.kept_bytes = 0
         self.key: str | None = None  # the command whose call holds it (FairQueue accounting)
         self.kv_since = 0.0  # loop time its call started waiting on the KV store (0: not waiting)
@@ -207,6 +208,12 @@ class Worker:
             self.kill("closed its channel but kept running")
 
     # --- messages ----------------------------------------------------------------------
+
+    def forget_kept(self) -> None:
+        """The worker's kept KV answers are gone (it was told to drop them all)."""
+        self.kept.clear()
+        self.kept_whole.clear()
+        self.kept_bytes = 0
 
     def expect(self) -> asyncio.Future[dict[str, Any] | None]:
         if self.state == DEAD:

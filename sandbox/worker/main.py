@@ -97,7 +97,7 @@ class IpcKV:
         if "ok" in reply:
             value = reply["ok"]
             if reads is not None and "c" in reply:
-                reads.store(op, args, value, reply["c"])
+                reads.store(op, args, value, reply["c"], reply.get("w"))
             if time.monotonic_ns() > self._deadline:
                 raise KVDeadline("the call's deadline passed during a KV round trip")
             return value

@@ -13,8 +13,9 @@ here first (read-your-writes). A write that completes elsewhere while a call run
 may not be seen by that call's later reads (the invalidation waits in the socket until the
 next frame is read).
 
-Only immutable scalar answers are kept (``get``/``hget`` strings, ``exists``/``sismember``
-booleans, ``smismember`` per member), so a script can never mutate a cached value. The
+Only immutable answers are kept (``get``/``hget`` strings, ``exists``/``sismember``
+booleans, ``smismember`` per member, and a small set's members as a frozenset when the host
+sends them: ``sandbox.kvops.WHOLE_SET``), so a script can never mutate a cached value. The
 cache belongs to one *scope* (store + namespace, chosen by the host): a call in another
 scope empties it first, so no data crosses namespaces through a worker.
 """
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sandbox.kvops import OPS, Op
+from sandbox.kvops import MEMBER_TAG, OPS, WHOLE_SET, Op
 
 MISS = object()
 MAX_ENTRIES = 50_000
@@ -40,7 +41,11 @@ class ReadCache:
         self.hits = 0
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._entries.values())
+        n = 0
+        for subs in self._entries.values():
+            whole = subs.get(WHOLE_SET)
+            n += len(subs) if whole is None else len(subs) + len(whole)
+        return n
 
     def enter(self, scope: str) -> None:
         """Start a call in ``scope``; a different scope than the last call's empties the cache."""
@@ -59,6 +64,18 @@ class ReadCache:
         subs = self._entries.get(args[0])
         if subs is None:
             return MISS
+        whole = subs.get(WHOLE_SET) if op.cache == MEMBER_TAG else None
+        if whole is not None:
+            members = args[1] if len(args) > 1 else None
+            if op.cached_per_member:
+                if type(members) is not list or not all(type(m) is str for m in members):
+                    return MISS  # the host's check words the refusal
+                self.hits += 1
+                return [m in whole for m in members]
+            if type(members) is not str:
+                return MISS
+            self.hits += 1
+            return members in whole
         if op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
             if type(members) is not list:
@@ -77,23 +94,30 @@ class ReadCache:
             self.hits += 1
         return v
 
-    def store(self, name: str, args: list[Any], value: Any, tag: Any) -> None:
+    def store(self, name: str, args: list[Any], value: Any, tag: Any, whole: Any = None) -> None:
         op = OPS.get(name)
         if op is None or op.cache is None or type(tag) is not str or not args or type(args[0]) is not str:
             return
         key = args[0]
-        if op.cached_per_member:  # smismember: one entry per member
+        if whole is not None and op.cache == MEMBER_TAG:
+            if type(whole) is not list or not all(type(m) is str for m in whole):
+                return
+            items = [(WHOLE_SET, frozenset(whole))]
+            size = len(whole)
+        elif op.cached_per_member:  # smismember: one entry per member
             members = args[1] if len(args) > 1 else None
             if type(members) is not list or type(value) is not list or len(value) != len(members):
                 return
             items = [((op.cache, m), v) for m, v in zip(members, value, strict=True)
                      if type(m) is str and type(v) is bool]
+            size = len(items)
         else:
             sub = _sub(op, args)
             if sub is None or not _scalar(value):
                 return
             items = [(sub, value)]
-        if len(self) + len(items) > MAX_ENTRIES:
+            size = 1
+        if len(self) + size > MAX_ENTRIES:
             self.clear()  # the host's record of our keys then over-approximates: harmless
         old = self._tags.get(tag)
         if old is not None and old != key:

@@ -50,6 +50,11 @@ class KVEngine:
         self.key_bytes = key_bytes
         self.value_bytes = value_bytes
         self.round_trips = 0  # commands sent for script KV calls (cache effectiveness)
+        # Member misses per set key since it last changed (-1: too big to keep whole), see
+        # sandbox.kvops.WHOLE_SET; forgotten when the key changes.
+        self._set_misses: dict[str, int] = {}
+        if cache is not None:
+            cache.listeners.append(self._set_changed)
         self._roots: dict[str, str] = {}
         self._ops: dict[str, Callable[[str, list[Any]], Awaitable[Any]]] = {
             name: getattr(self, "_op_" + name) for name in kvops.OPS
@@ -101,11 +106,12 @@ class KVEngine:
         self.health.ok()
         return result
 
-    def peek_lasting(self, namespace: str, op_name: str, args: list[Any]) -> tuple[Any, str] | None:
+    def peek_lasting(self, namespace: str, op_name: str,
+                     args: list[Any]) -> tuple[Any, str, frozenset[str] | None] | None:
         """A cache hit that stays valid until the cache invalidates its key, with that key
-        (so a sandbox worker may keep the answer); None means "do an ordinary ``call``".
-        Synchronous on purpose: nothing can invalidate between the hit and the caller
-        recording the key."""
+        and, for a set kept whole, its members (so a sandbox worker may keep the answer, or
+        the set); None means "do an ordinary ``call``". Synchronous on purpose: nothing can
+        invalidate between the hit and the caller recording the key."""
         cache = self.cache
         if cache is None or not self.cache_usable():
             return None
@@ -122,9 +128,10 @@ class KVEngine:
             if v is MISS:
                 return None
             values.append(v)
+        whole = cache.whole_lasting(key) if op.cache == kvops.MEMBER_TAG else None
         if op.cached_per_member:
-            return [bool(v) for v in values], key
-        return (bool(values[0]) if op.answer == kvops.BOOL else values[0]), key
+            return [bool(v) for v in values], key, whole
+        return (bool(values[0]) if op.answer == kvops.BOOL else values[0]), key, whole
 
     @staticmethod
     def _refusal(op: str, key: str, exc: rex.ResponseError) -> str:
@@ -150,10 +157,13 @@ class KVEngine:
         value = cache.lookup(key, sub)
         if value is not MISS:
             return value
-        return (await self._fill(key, [sub], send))[0]
+        return await self._fill(key, send, lambda replies: (replies[0], [(sub, replies[0])]))
 
-    async def _fill(self, key: str, subs: list[Any], send: Callable[[Any], Any], many: bool = False) -> list[Any]:
-        """One round trip: the read plus PTTL; cached unless it raced an invalidation."""
+    async def _fill(self, key: str, send: Callable[[Any], Any],
+                    keep: Callable[[list[Any]], tuple[Any, list[tuple[Any, Any]]]]) -> Any:
+        """One round trip: the commands ``send`` adds, then PTTL. ``keep(replies)`` gives the
+        answer and the entries to cache, which are cached unless the read raced an
+        invalidation."""
         assert self.cache is not None and self.tracker is not None
         await self.tracker.cover(key)  # subscribe to its invalidations first (tracking.py); else not cached
         epoch = self.cache.begin(key)
@@ -165,11 +175,10 @@ class KVEngine:
             async with self.client.pipeline(transaction=False) as pipe:
                 send(pipe)
                 pipe.pttl(key)
-                value, pttl = await pipe.execute()
-            values = list(value) if many else [value]
-            items = list(zip(subs, values, strict=True))
-            expires = _expires(started, int(pttl))
-            return values
+                replies = await pipe.execute()
+            answer, items = keep(replies)
+            expires = _expires(started, int(replies[-1]))
+            return answer
         finally:
             self.cache.finish(key, epoch, items, expires)
 
@@ -183,23 +192,75 @@ class KVEngine:
         return await self._cached(key, OPS["hget"].cache_sub(a), lambda p: p.hget(key, a[1]))
 
     async def _op_sismember(self, key: str, a: list[Any]) -> bool:
-        return bool(await self._cached(key, OPS["sismember"].cache_sub(a), lambda p: p.sismember(key, a[1])))
+        if self.cache is None or not self.cache_usable():
+            self.round_trips += 1
+            return bool(await self.client.sismember(key, a[1]))
+        return (await self._members(key, [a[1]], single=True))[0]
 
     async def _op_smismember(self, key: str, a: list[Any]) -> list[bool]:
-        members: list[str] = a[1]
-        cache = self.cache
-        if cache is None or not self.cache_usable():
+        if self.cache is None or not self.cache_usable():
             self.round_trips += 1
-            return [bool(x) for x in await self.client.smismember(key, members)]
-        subs = OPS["smismember"].cache_subs(a)  # one per member, in order
-        found = {m: cache.lookup(key, sub) for m, sub in zip(members, subs, strict=True)}
+            return [bool(x) for x in await self.client.smismember(key, a[1])]
+        return await self._members(key, a[1], single=False)
+
+    async def _members(self, key: str, members: list[str], single: bool) -> list[bool]:
+        """Set membership through the cache: kept answers (or the kept whole set), then one
+        round trip for the members it lacks."""
+        assert self.cache is not None
+        lookup = self.cache.lookup
+        found = {m: lookup(key, (kvops.MEMBER_TAG, m)) for m in members}
         missing = [m for m, v in found.items() if v is MISS]
         if missing:
-            fetched = await self._fill(key, OPS["smismember"].cache_subs([key, missing]),
-                                       lambda p: p.smismember(key, missing), many=True)
+            fetched = await self._fill_members(key, missing, single)
             for m, v in zip(missing, fetched, strict=True):
                 found[m] = v
         return [bool(found[m]) for m in members]
+
+    async def _fill_members(self, key: str, missing: list[str], single: bool) -> list[bool]:
+        """``_fill`` for set members. When the key is due to be kept whole (``_whole_due``)
+        the same round trip also asks for up to WHOLE_SET_MAX_MEMBERS + 1 members: all of
+        them when the set is that small (SRANDMEMBER with a positive count never repeats a
+        member, and costs O(count) in Redis however big the set is)."""
+        whole = self._whole_due(key)
+
+        def send(pipe: Any) -> None:
+            if single:
+                pipe.sismember(key, missing[0])
+            else:
+                pipe.smismember(key, missing)
+            if whole:
+                pipe.srandmember(key, kvops.WHOLE_SET_MAX_MEMBERS + 1)
+
+        def keep(replies: list[Any]) -> tuple[list[bool], list[tuple[Any, Any]]]:
+            values = [bool(replies[0])] if single else [bool(v) for v in replies[0]]
+            if whole:
+                members = replies[1]
+                if len(members) <= kvops.WHOLE_SET_MAX_MEMBERS \
+                        and kvops.whole_set_bytes(members) <= kvops.WHOLE_SET_MAX_BYTES:
+                    return values, [(kvops.WHOLE_SET, frozenset(members))]
+                self._set_misses[key] = -1  # too big to keep whole until it changes
+            return values, [((kvops.MEMBER_TAG, m), v) for m, v in zip(missing, values, strict=True)]
+
+        return await self._fill(key, send, keep)
+
+    def _whole_due(self, key: str) -> bool:
+        """Count a member miss of ``key``; True when the set should now be fetched whole."""
+        misses = self._set_misses.get(key, 0)
+        if misses < 0:
+            return False
+        if misses + 1 >= kvops.WHOLE_SET_AFTER:
+            self._set_misses[key] = 0
+            return True
+        if len(self._set_misses) >= 10_000:  # bounded: forgetting only delays keeping whole
+            self._set_misses.clear()
+        self._set_misses[key] = misses + 1
+        return False
+
+    def _set_changed(self, key: str | None) -> None:
+        if key is None:
+            self._set_misses.clear()
+        else:
+            self._set_misses.pop(key, None)
 
     # --- everything else: one command each ---------------------------------------------
 

@@ -576,7 +576,7 @@ class Store:
         """Apply pending invalidations; True when cached answers may be handed out now."""
         return self.kv.cache_usable()
 
-    def kv_peek(self, namespace: str, op: str, args: list[Any]) -> tuple[Any, str] | None:
+    def kv_peek(self, namespace: str, op: str, args: list[Any]) -> tuple[Any, str, frozenset[str] | None] | None:
         return self.kv.peek_lasting(namespace, op, args)
 
     def kv_listen(self, listener: Any) -> None:

@@ -44,6 +44,8 @@ from typing import Any
 
 import hiredis
 
+from sandbox.kvops import MEMBER_TAG, WHOLE_SET
+
 log = logging.getLogger("scriptgate.store.tracking")
 
 _MISS = object()
@@ -64,7 +66,24 @@ def _size(value: Any) -> int:
         return sys.getsizeof(value)
     if t is tuple or t is list:
         return 56 + 8 * len(value) + sum(_size(v) for v in value)
+    if t is frozenset:  # a whole set (sandbox.kvops.WHOLE_SET)
+        return sys.getsizeof(value) + sum(_size(v) for v in value)
     return 32
+
+
+def _weight(value: Any) -> int:
+    """Entries a cached value counts as against ``max_entries``: a whole set, its members."""
+    return len(value) if type(value) is frozenset else 1
+
+
+def _entry(entries: dict[Hashable, tuple[Any, float]], sub: Hashable) -> tuple[Any, float] | None:
+    """The entry answering ``sub``: its own, or for a set member the key's whole set."""
+    item = entries.get(sub)
+    if item is None and type(sub) is tuple and len(sub) == 2 and sub[0] == MEMBER_TAG:
+        whole = entries.get(WHOLE_SET)
+        if whole is not None:
+            return sub[1] in whole[0], whole[1]
+    return item
 
 
 class KVCache:
@@ -111,7 +130,7 @@ class KVCache:
     def lookup(self, key: str, sub: Hashable) -> Any:
         entries = self._keys.get(key)
         if entries is not None:
-            item = entries.get(sub)
+            item = _entry(entries, sub)
             if item is not None:
                 value, expires_at = item
                 if expires_at and time.monotonic() >= expires_at:
@@ -129,7 +148,7 @@ class KVCache:
     def peek(self, key: str, sub: Hashable) -> Any:
         """Like ``lookup`` but a miss is not counted (the caller will look up again)."""
         entries = self._keys.get(key)
-        if entries is None or sub not in entries:
+        if entries is None or _entry(entries, sub) is None:
             return _MISS
         return self.lookup(key, sub)
 
@@ -139,11 +158,17 @@ class KVCache:
         entries = self._keys.get(key)
         if entries is None:
             return _MISS
-        item = entries.get(sub)
+        item = _entry(entries, sub)
         if item is None or item[1]:
             return _MISS
         self.hits += 1
         return item[0]
+
+    def whole_lasting(self, key: str) -> frozenset[str] | None:
+        """The key's whole set if kept without a TTL (a worker may then keep it too)."""
+        entries = self._keys.get(key)
+        item = None if entries is None else entries.get(WHOLE_SET)
+        return None if item is None or item[1] else item[0]
 
     def begin(self, key: str) -> int:
         rec = self._inflight.get(key)
@@ -184,8 +209,9 @@ class KVCache:
         for sub, value in items:
             old = entries.get(sub)
             if old is None:
-                self._size += 1
+                self._size += _weight(value)
             else:
+                self._size += _weight(value) - _weight(old[0])
                 cost -= _ENTRY_OVERHEAD + _size(sub) + _size(old[0])
             entries[sub] = (value, expires_at)
             cost += _ENTRY_OVERHEAD + _size(sub) + _size(value)
@@ -206,7 +232,8 @@ class KVCache:
         entries = self._keys.pop(key, None)
         if entries is None:
             return
-        self._size -= len(entries)
+        whole = entries.get(WHOLE_SET)
+        self._size -= len(entries) if whole is None else len(entries) - 1 + _weight(whole[0])
         cost = self._cost.pop(key)
         self.bytes -= cost
         ns = self._ns(key)
