@@ -23,7 +23,9 @@ and injects the accounting calls the runtime needs (see ``sandbox.worker.guards`
   constant is a valid key shape (``KV_CONST_KEY``);
 - ``for x in a[k]`` (loops and comprehensions) calls one fused guard, ``_getiter_item_``;
 - ``kv.<op>(...)`` on the global ``kv`` (a script that never binds the name ``kv``)
-  calls the facade's bound method directly (``KV_DIRECT``), without ``_getattr_``;
+  calls the facade's bound method directly (``KV_DIRECT``), without ``_getattr_``, and a
+  write whose answer is dropped, in ``handle``'s own blocks outside any ``try``, one that
+  does not wait for the answer (``KV_UNAWAITED``, ``unawaited_writes``);
 - ``+ * ** << % //`` become ``_add_ _mul_ _pow_ _lshift_ _mod_ _floordiv_`` so sizes (and
   long-division costs) are checked *before* anything is allocated, and ``- | & ^`` become
   ``_sub_ _or_ _and_ _xor_`` (hash-collision check for set algebra), and f-string fields become ``_fmt_`` calls (widths,
@@ -94,6 +96,13 @@ KV_CONST_KEY: dict[str, str] = {
     name: f"_kv_{name}_k_" for name, op in KV_OPS.items() if op.key_shaped
 }
 _DIRECT_TO_CONST_KEY = {KV_DIRECT[name]: direct for name, direct in KV_CONST_KEY.items()}
+# ...and, for a write whose answer is dropped (``unawaited_writes``), to a method that sends
+# it without waiting for the answer (sandbox.worker.kvapi.UNAWAITED_METHODS).
+KV_UNAWAITED: dict[str, str] = {name: f"_kv_{name}_nr_" for name, op in KV_OPS.items() if op.writes}
+_DIRECT_TO_UNAWAITED = {
+    **{KV_DIRECT[name]: nr for name, nr in KV_UNAWAITED.items()},
+    **{KV_CONST_KEY[name]: nr for name, nr in KV_UNAWAITED.items() if name in KV_CONST_KEY},
+}
 
 _INPLACE_HOOKS: dict[type[ast.operator], str] = {
     **_BINOP_HOOKS, ast.Add: "_iadd_", ast.Mult: "_imul_",
@@ -173,10 +182,11 @@ def _finally_escapes(stmts: list[ast.stmt]) -> Iterator[ast.stmt]:
 class ScriptPolicy(RestrictingNodeTransformer):
     """RestrictedPython's transformer, stricter, with accounting hooks injected."""
 
-    def __init__(self, bound_names: set[str]) -> None:
+    def __init__(self, bound_names: set[str], unawaited: set[int] | None = None) -> None:
         super().__init__()
         self.issues: list[CompileIssue] = []
         self.bound_names = bound_names
+        self.unawaited = unawaited or set()  # id() of calls found by unawaited_writes
         self.methods: set[int] = set()  # id() of the defs directly in a class body
 
     # -- error collection with columns ----------------------------------------------------
@@ -283,8 +293,12 @@ class ScriptPolicy(RestrictingNodeTransformer):
             if isinstance(node.func, ast.Name) and node.func.id == "_apply_":
                 node.args[0] = _direct_kv_method(node.args[0])
             else:
+                unawaited = id(node) in self.unawaited
                 node.func = _direct_kv_method(node.func)
                 _const_key_kv_method(node)
+                func = node.func
+                if unawaited and isinstance(func, ast.Name) and func.id in _DIRECT_TO_UNAWAITED:
+                    func.id = _DIRECT_TO_UNAWAITED[func.id]
         return node
 
     # -- displays: star-unpacking iterates in C, past every guard ----------------------------
@@ -495,6 +509,39 @@ class ScriptPolicy(RestrictingNodeTransformer):
         return node
 
 
+def unawaited_writes(tree: ast.Module) -> set[int]:
+    """The calls ``kv.<write>(...)`` that may be sent without waiting for their answer: id()
+    of each, for ``ScriptPolicy``.
+
+    Why: an after-callback counting messages (``kv.incr(key)``) otherwise waits a whole
+    host round trip for a number it throws away. Only a statement that is the call alone
+    (the answer is dropped) directly in ``handle``'s own body, or in its ``if`` / ``for`` /
+    ``while`` blocks, and never inside a ``try`` (which could catch its failure) or a nested
+    function (which a ``try`` could call). The host still runs the writes in order before
+    any later KV operation of the call and before it takes the call's result, so neither
+    a later read nor the reply to OpenIM can get ahead of a write; a write that fails fails
+    the call, and no later KV operation of the call takes effect (sandbox.host.pool).
+    """
+    found: set[int] = set()
+    for top in tree.body:
+        if not (isinstance(top, ast.FunctionDef) and top.name == "handle"):
+            continue
+        stack: list[ast.stmt] = list(top.body)
+        while stack:
+            stmt = stack.pop()
+            if isinstance(stmt, (ast.If, ast.For, ast.While)):
+                stack.extend(stmt.body)
+                stack.extend(stmt.orelse)
+            elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
+                func = stmt.value.func
+                if (isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                        and func.value.id == "kv" and func.attr in KV_UNAWAITED
+                        and not any(isinstance(a, ast.Starred) for a in stmt.value.args)
+                        and all(kw.arg is not None for kw in stmt.value.keywords)):
+                    found.add(id(stmt.value))
+    return found
+
+
 def _direct_kv_method(func: ast.expr) -> ast.expr:
     """``_getattr_(kv, "<op>")`` (a KV op looked up on the global ``kv``) -> ``_kv_<op>_``."""
     if (
@@ -574,6 +621,7 @@ _TICKING_GUARDS = frozenset(
     {"_getattr_", "_getitem_", "_getiter_item_", "_write_"}
     | {name for op, name in KV_DIRECT.items() if op != "smismember"}
     | set(KV_CONST_KEY.values())
+    | set(KV_UNAWAITED.values())
 )
 
 
@@ -677,7 +725,7 @@ def _transform(source: object) -> tuple[object | None, list[CompileIssue], bool]
         return None, issues, False
     only = _definitions_only(tree)  # before the policy rewrites the tree
     issues = _handle_issues(tree)
-    policy = ScriptPolicy(_bound_names(tree))
+    policy = ScriptPolicy(_bound_names(tree), unawaited_writes(tree))
     tree = policy.visit(tree)
     issues = sorted({*issues, *policy.issues}, key=lambda i: (i.line, i.col, i.message))
     if issues:

@@ -24,7 +24,9 @@ Worker -> host:
     ready   {"t","pid","confine": report}
     fatal   {"t","msg"}                  startup failed; the worker exits
     need    {"t","id"}                   the worker lacks the sha: resend with "src"
-    kv      {"t","id","op","args"}       one KV call; the worker blocks until "kvr"
+    kv      {"t","id","op","args","nr"?: true}   one KV call; the worker blocks until "kvr",
+                                         except for "nr" (a write it does not wait for: no
+                                         "kvr" comes; see sandbox.policy.unawaited_writes)
     done    {"t","id","r": RunResult.to_wire(), "cached": bool, "cpu": seconds used,
              "retire"?: true}           the worker's state is unknown now: replace it
     checked {"t","id","issues": [[line, col, message], ...]}

@@ -14,6 +14,7 @@ pool can play a different hostile worker per request (tests/test_dispatch_hostil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -88,6 +89,25 @@ def main() -> None:
                 protocol.encode({"t": "kv", "id": call_id, "op": "get", "args": [f"k{i}"]}) for i in range(50)
             )
             sock.sendall(frames)
+        elif mode == "nr_flood":
+            # Writes "not waited for" far past the KV budget, as fast as the socket takes them,
+            # then a done, then a message after it.
+            frame = b"".join(
+                protocol.encode({"t": "kv", "id": call_id, "op": "incr", "args": [f"k{i}", 1, None], "nr": True})
+                for i in range(100)
+            )
+            with contextlib.suppress(OSError):
+                for _ in range(100):
+                    sock.sendall(frame)
+                chan.send({"t": "done", "id": call_id, "cached": True, "cpu": 0.0,
+                           "r": {"verdict": "allow", "fields": {}, "error": None, "logs": []}})
+        elif mode == "nr_then_extra":
+            chan.send({"t": "kv", "id": call_id, "op": "incr", "args": ["k", 1, None], "nr": True})
+            chan.send({"t": "kv", "id": call_id, "op": "get", "args": ["k"], "nr": True})
+            chan.send({"t": "done", "id": call_id, "cached": True, "cpu": 0.0,
+                       "r": {"verdict": "allow", "fields": {}, "error": None, "logs": []}})
+            chan.send({"t": "done", "id": call_id, "cached": True, "cpu": 0.0,
+                       "r": {"verdict": "allow", "fields": {}, "error": None, "logs": []}})
         elif mode == "kv_over_budget":
             for i in range(10_000):
                 chan.send({"t": "kv", "id": call_id, "op": "incr", "args": [f"k{i}", 1, None]})

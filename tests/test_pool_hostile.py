@@ -113,6 +113,33 @@ def test_kv_flood_kills_the_worker_and_does_not_reach_the_store() -> None:
     asyncio.run(main())
 
 
+def test_writes_not_waited_for_are_bounded_by_the_budget_and_the_inbox() -> None:
+    async def main() -> None:
+        kv = RecordingKV()
+        async with fake_pool("nr_flood") as pool:
+            result, _ = await one_run(pool, kv, Budgets(kv_ops=50, wall_ms=int(1000 * FAR_S)))
+            assert result.error is not None and result.error.kind == BUDGET
+            assert "kv operations (limit 50)" in result.error.message
+            assert len(kv.calls) == 50 and pool.stats()["killed"] == 1
+
+    asyncio.run(main())
+
+
+def test_a_read_not_waited_for_fails_the_call_and_a_second_done_kills() -> None:
+    async def main() -> None:
+        kv = RecordingKV()
+        async with fake_pool("nr_then_extra") as pool:
+            (worker,) = pool._workers
+            result, _ = await one_run(pool, kv)
+            assert result.error is not None
+            assert kv.calls == [("incr", ["k", 1, None])]  # the "get" never reached the store
+            # The second done is refused during the call or, if it comes later, as unsolicited.
+            await asyncio.wait_for(asyncio.shield(worker.exited), FAR_S)
+            assert worker.killed_reason is not None and worker.killed_reason.startswith("protocol")
+
+    asyncio.run(main())
+
+
 def test_kv_ops_over_budget_enforced_by_the_host() -> None:
     async def main() -> None:
         kv = RecordingKV()

@@ -89,6 +89,12 @@ class FairQueue(Generic[T]):
         q = self._queues.get(key)
         return 0 if q is None else sum(1 for f in q if not f.done())
 
+    def full(self, key: str, limit: int) -> bool:
+        """``queued(key) >= limit``, counted only when it may be (a queue of after-callbacks
+        can be long, and this is asked on every call)."""
+        q = self._queues.get(key)
+        return q is not None and len(q) >= limit and self.queued(key) >= limit
+
     def total_queued(self) -> int:
         return sum(self.queued(k) for k in list(self._queues))
 

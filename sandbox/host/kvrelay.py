@@ -70,17 +70,37 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
             except TypeError:
                 keeper.kept.discard(rkey)
                 keeper.kept_bytes -= len(rkey) + KEPT_OVERHEAD + keeper.kept_whole.pop(rkey, 0)
-    try:
-        value = await kv(op.name, args)
-    except KVRefused as exc:
-        return error(protocol.KV_ERR, str(exc))
-    except KVUnavailable as exc:
-        return error(protocol.KV_UNAVAILABLE, str(exc) or "KV store unavailable")
-    except Exception as exc:  # never leak host internals into a script's view
-        log.warning("kv %s failed: %r", op.name, exc)
-        return error(protocol.KV_UNAVAILABLE, "KV store unavailable")
+    value, failure = await _perform(op, args, kv)
+    if failure is not None:
+        return error(*failure)
     try:
         return protocol.encode({"t": protocol.KVR, "id": call_id, "ok": value})
     except TypeError:
         log.warning("kv %s returned unencodable %s", op.name, type(value).__name__)
         return error(protocol.KV_UNAVAILABLE, "KV store returned unusable data")
+
+
+async def kv_write(msg: dict[str, Any], budgets: Budgets, kv: KVCall) -> tuple[str, str] | None:
+    """A ``kv`` frame the worker does not wait for (``"nr"``: a write whose answer the script
+    drops, ``sandbox.policy.unawaited_writes``): checked like any, performed; its failure as
+    (``KV_ERR`` or ``KV_UNAVAILABLE``, text), or None."""
+    try:
+        op, args = kvops.validate(msg.get("op"), msg.get("args"), budgets.kv_key_bytes, budgets.kv_value_bytes)
+    except KVRefused as exc:
+        return protocol.KV_ERR, str(exc)
+    if not op.writes:
+        return protocol.KV_ERR, f"kv.{op.name}: a read must wait for its answer"
+    return (await _perform(op, args, kv))[1]
+
+
+async def _perform(op: kvops.Op, args: list[Any], kv: KVCall) -> tuple[Any, tuple[str, str] | None]:
+    """The store's answer, or why there is none (never host internals: a script sees this)."""
+    try:
+        return await kv(op.name, args), None
+    except KVRefused as exc:
+        return None, (protocol.KV_ERR, str(exc))
+    except KVUnavailable as exc:
+        return None, (protocol.KV_UNAVAILABLE, str(exc) or "KV store unavailable")
+    except Exception as exc:
+        log.warning("kv %s failed: %r", op.name, exc)
+        return None, (protocol.KV_UNAVAILABLE, "KV store unavailable")

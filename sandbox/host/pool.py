@@ -49,9 +49,9 @@ from sandbox.api import (
 )
 from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
 from sandbox.host.forker import Forker
-from sandbox.host.kvrelay import KEPT_OVERHEAD, KVCall, kv_reply
+from sandbox.host.kvrelay import KEPT_OVERHEAD, KVCall, kv_reply, kv_write
 from sandbox.host.recycling import SURPLUS, Recycling
-from sandbox.host.results import Violation, describe_exit, parse_done, parse_issues
+from sandbox.host.results import Violation, describe_exit, parse_done, parse_issues, write_failed
 from sandbox.host.workerhandle import BUSY, DEAD, IDLE, STARTING, Worker, WorkerGone, WorkerStartError, worker_env
 
 log = logging.getLogger("scriptgate.sandbox")
@@ -327,7 +327,7 @@ class WorkerPool(Recycling):
                 worker.key = key
                 return worker
         # Bounded per command: a flooded command overflows its own queue only.
-        if fair.queued(key) >= self.max_queue:
+        if fair.full(key, self.max_queue):
             return RunResult.failed(BUDGET, "sandbox overloaded")
         fut: asyncio.Future[Worker | None] = self._loop.create_future()
         waiter = _Waiter(fut, sha, deadline)
@@ -536,41 +536,74 @@ class WorkerPool(Recycling):
         scope = self._keep_scope(worker, kv)
         if scope is not None:
             head["cs"] = scope
-        fut = worker.expect()
-        worker.send(protocol.encode(head, payload_json))
-        while True:
-            msg = await fut
-            if msg is None:
-                raise WorkerGone()
-            kind = msg["t"]
-            if msg.get("id") != call_id:
-                raise Violation("message for another call")
-            if kind == protocol.DONE:
-                return parse_done(worker, msg, sha256, self.script_cache)
-            if kind == protocol.KV:
-                reply = await self._serve_kv(worker, msg, call_id, budgets, kv, scope)
-            elif kind == protocol.NEED and "src" not in head:
-                head["src"] = source
-                reply = protocol.encode(head, payload_json)
-            else:
-                raise Violation(f"unexpected {bounded(kind, 20)!r} message during a call")
+        worker.open_inbox()
+        try:
             fut = worker.expect()
-            worker.send(reply)
+            worker.send(protocol.encode(head, payload_json))
+            failed: tuple[Any, tuple[str, str]] | None = None  # the op and failure of a write not waited for
+            while True:
+                msg = await fut
+                if msg is None:
+                    raise WorkerGone()
+                kind = msg["t"]
+                if msg.get("id") != call_id:
+                    raise Violation("message for another call")
+                if kind == protocol.DONE:
+                    if worker.inbox:
+                        raise Violation("messages after the call's done")
+                    done = parse_done(worker, msg, sha256, self.script_cache)
+                    return done if failed is None else write_failed(failed[0], failed[1], done)
+                if kind == protocol.KV and msg.get("nr") is True:
+                    # A write the worker did not wait for: run it before anything the worker
+                    # sent after it (which waits in its inbox meanwhile); after one failed,
+                    # no later KV op of the call takes effect, as if the script had stopped.
+                    fut = worker.expect()
+                    self._count_kv(worker, budgets)
+                    if failed is None:
+                        failure = await self._serve_kv(worker, msg, call_id, budgets, kv, None, wait=False)
+                        if failure is not None:
+                            failed = (msg.get("op"), failure)
+                    continue
+                if kind == protocol.KV:
+                    self._count_kv(worker, budgets)
+                    if failed is None:
+                        reply = await self._serve_kv(worker, msg, call_id, budgets, kv, scope)
+                    else:
+                        reply = protocol.encode({"t": protocol.KVR, "id": call_id, "err": protocol.KV_UNAVAILABLE,
+                                                 "msg": "an earlier write of this call failed"})
+                elif kind == protocol.NEED and "src" not in head:
+                    head["src"] = source
+                    reply = protocol.encode(head, payload_json)
+                else:
+                    raise Violation(f"unexpected {bounded(kind, 20)!r} message during a call")
+                if worker.inbox:  # it sent more before the answer it waits for: a flood
+                    raise Violation("messages out of turn")
+                fut = worker.expect()
+                worker.send(reply)
+        finally:
+            worker.close_inbox()
 
-    async def _serve_kv(self, worker: Worker, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall,
-                        scope: str | None) -> bytes:
-        """One kv frame: counted against the budget (a worker sending more is flooding), its
-        wait on the store visible to the stall watch and cancellable if the worker dies."""
+    @staticmethod
+    def _count_kv(worker: Worker, budgets: Budgets) -> None:
+        """A kv frame counts against the budget (a worker sending more is flooding)."""
         worker.call_kv_ops += 1
         if worker.call_kv_ops > budgets.kv_ops:
             raise Violation(
                 "kv flood",
                 RunResult.failed(BUDGET, f"budget exceeded: kv operations (limit {budgets.kv_ops})"),
             )
+
+    async def _serve_kv(self, worker: Worker, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall,
+                        scope: str | None, wait: bool = True) -> Any:
+        """One counted kv frame (the reply to send; with ``wait=False``, a write not waited
+        for: its failure or None), its wait on the store visible to the stall watch and
+        cancellable if the worker dies."""
         worker.kv_task = asyncio.current_task()
         worker.kv_since = self._loop.time()
         self._kv_waiting += 1
         try:
+            if not wait:
+                return await kv_write(msg, budgets, kv)
             return await kv_reply(msg, call_id, budgets, kv, worker if scope is not None else None)
         finally:
             worker.kv_task = None

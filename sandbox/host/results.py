@@ -17,8 +17,10 @@ from sandbox.api import (
     DENY,
     ERROR,
     ERROR_KINDS,
+    EXCEPTION,
     INVALID_RESULT,
     MODIFY,
+    UNAVAILABLE,
     CompileIssue,
     RunResult,
     ScriptError,
@@ -106,3 +108,14 @@ def describe_exit(rc: int, memory_mb: int) -> str:
             name = f"signal {-rc}"
         return f"budget exceeded: memory or cpu (sandbox worker crashed with {name}; memory limit {memory_mb} MiB)"
     return f"budget exceeded: memory or cpu (sandbox worker exited with status {rc})"
+
+
+def write_failed(op: Any, failure: tuple[str, str], done: RunResult) -> RunResult:
+    """The result of a call whose write not waited for (``sandbox.policy.unawaited_writes``)
+    failed: what waiting would have given (an uncaught ``KVError``, or the script stopped
+    for an unavailable store), with the logs and KV count the call reported in ``done``."""
+    kind, text = failure
+    if kind == protocol.KV_ERR:
+        return RunResult.failed(EXCEPTION, f"KVError: {bounded(text, 300)}", logs=done.logs, kv_ops=done.kv_ops)
+    return RunResult.failed(UNAVAILABLE, f"KV backend unavailable (kv.{bounded(str(op), 40)})",
+                            logs=done.logs, kv_ops=done.kv_ops)

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("scriptgate.sandbox")
 
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+# Messages a worker may have sent ahead during a call before the host stops reading from it.
+INBOX_PAUSE = 8
 
 
 def worker_env() -> dict[str, str]:
@@ -103,6 +105,11 @@ class Worker:
         self.ready: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.exited: asyncio.Future[int] = self.loop.create_future()
         self.waiter: asyncio.Future[dict[str, Any] | None] | None = None
+        # During a call (``open_inbox``): messages that came while the host was not waiting
+        # for one, in order (a write not waited for is followed by the worker's next frame
+        # at once); reading pauses at INBOX_PAUSE of them, so a flood stays in the socket.
+        self.inbox: collections.deque[dict[str, Any]] | None = None
+        self._paused = False
         self.calls = 0
         self.call_kv_ops = 0  # kv frames of its current call
         # Its own call limit, between half and all of the pool's: workers that started
@@ -219,8 +226,26 @@ class Worker:
         if self.state == DEAD:
             raise WorkerGone()
         fut = self.loop.create_future()
-        self.waiter = fut
+        inbox = self.inbox
+        if inbox:
+            fut.set_result(inbox.popleft())
+            if self._paused and len(inbox) < INBOX_PAUSE and self.transport is not None:
+                self._paused = False
+                self.transport.resume_reading()
+        else:
+            self.waiter = fut
         return fut
+
+    def open_inbox(self) -> None:
+        self.inbox = collections.deque()
+
+    def close_inbox(self) -> bool:
+        """End of the call's messages; False if the worker sent more than the call's."""
+        inbox, self.inbox = self.inbox, None
+        if self._paused and self.transport is not None and self.state != DEAD:
+            self._paused = False
+            self.transport.resume_reading()
+        return not inbox
 
     def send(self, frame: bytes) -> None:
         assert self.transport is not None
@@ -237,8 +262,15 @@ class Worker:
             return
         waiter = self.waiter
         if waiter is None or waiter.done():
-            # Nobody asked: a flood, or a message outside a call. Never buffered.
-            self.kill(f"protocol: unsolicited {bounded(msg['t'], 20)!r} message")
+            inbox = self.inbox
+            if inbox is None:
+                # Nobody asked: a message outside a call. Never buffered.
+                self.kill(f"protocol: unsolicited {bounded(msg['t'], 20)!r} message")
+                return
+            inbox.append(msg)
+            if len(inbox) >= INBOX_PAUSE and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
             return
         self.waiter = None
         waiter.set_result(msg)

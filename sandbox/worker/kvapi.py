@@ -100,7 +100,7 @@ def _answer(st: RunState, op: Op, result: Any) -> Any:
 # -- one call --------------------------------------------------------------------------------
 
 
-def _send(st: RunState, op: Op, wire: list[Any]) -> Any:
+def _send(st: RunState, op: Op, wire: list[Any], wait: bool = True) -> Any:
     """Count the op against ``kv_ops``, call the port, check and convert the answer.
 
     The caller counted the op as a loop tick first (the clock is read now and then, as for
@@ -111,11 +111,20 @@ def _send(st: RunState, op: Op, wire: list[Any]) -> Any:
     so a script at the interpreter's stack limit can make RecursionError fire inside it; the
     worker's port (``sandbox.worker.main.IpcKV``) then refuses every later op of the call,
     and the worker is retired after it.
+
+    ``wait=False``: a write whose answer the script drops (``sandbox.policy.unawaited_writes``)
+    goes out through the port's ``post`` without waiting, when the port has one; the answer
+    is None.
     """
     if st.kv_ops >= st.kv_ops_max:
         st.exceeded("kv_ops", st.kv_ops_max)
     st.kv_ops += 1
     try:
+        if not wait:
+            post = getattr(st.port, "post", None)
+            if post is not None:
+                post(op.name, wire)
+                return None
         result = st.port.call(op.name, wire)
     except Exception as e:
         _port_failed(st, op.name, e)
@@ -213,7 +222,7 @@ def _key_value_op(st: RunState, op: Op, const: bool, key: Any, value: Any) -> An
     return _answer(st, op, result)
 
 
-def _validated_op(st: RunState, op: Op, args: list[Any]) -> Any:
+def _validated_op(st: RunState, op: Op, args: list[Any], wait: bool = True) -> Any:
     """Any argument shape, checked by ``kvops.validate`` (what the host runs too)."""
     st.ticks_left -= 1
     if st.ticks_left <= 0:
@@ -222,7 +231,7 @@ def _validated_op(st: RunState, op: Op, args: list[Any]) -> Any:
         _op, wire = kvops.validate(op.name, args, st.kv_key_bytes, st.kv_value_bytes)
     except KVRefused as e:
         raise KVError(str(e)) from None
-    return _send(st, op, wire)
+    return _send(st, op, wire, wait)
 
 
 def _member_list_op(st: RunState, op: Op, key: Any, members: Any) -> Any:
@@ -236,33 +245,35 @@ def _member_list_op(st: RunState, op: Op, key: Any, members: Any) -> Any:
     return _validated_op(st, op, [key, members])
 
 
-def _field_or_mapping_op(st: RunState, op: Op, key: Any, field_or_mapping: Any, value: Any) -> Any:
+def _field_or_mapping_op(st: RunState, op: Op, key: Any, field_or_mapping: Any, value: Any,
+                         wait: bool = True) -> Any:
     """``hset(key, field, value)`` or ``hset(key, mapping)``."""
     if type(field_or_mapping) is dict:
         if value is not None:
             raise KVError(f"kv.{op.name}: pass either (field, value) or one mapping")
-        return _validated_op(st, op, [key, field_or_mapping])
+        return _validated_op(st, op, [key, field_or_mapping], wait)
     if value is None:
         raise KVError(f"kv.{op.name}: missing value")
     # An unhashable field cannot key a dict: validation then refuses the missing mapping.
     mapping = {field_or_mapping: value} if type(field_or_mapping) in (str, int, float, bool) else None
-    return _validated_op(st, op, [key, mapping])
+    return _validated_op(st, op, [key, mapping], wait)
 
 
 # -- the methods -----------------------------------------------------------------------------
 
 
-def _method(op: Op, const_key: bool = False) -> Callable[..., Any]:
+def _method(op: Op, const_key: bool = False, wait: bool = True) -> Callable[..., Any]:
     """``def <op.name>(self, <op.params>): return <convention>(self._st, op, <arguments>)``.
 
     Built from the table's signature text the way ``dataclasses`` builds ``__init__`` (the
     text comes from ``kvops.OPS``, never from a script), so the script sees the documented
     parameter names and defaults (``kv.incr(k, ttl=60)``, ``kv.sismember(k, member=m)``)
-    and a call costs one plain frame before its convention.
+    and a call costs one plain frame before its convention. ``wait=False``: the variant of a
+    write that does not wait for its answer (``UNAWAITED_METHODS``).
     """
     params = [p.strip() for p in op.params.split(",")]
     names = [p.lstrip("*").split("=")[0] for p in params]
-    if op.key_shaped:
+    if op.key_shaped and wait:
         impl: Callable[..., Any] = _key_op if len(names) == 1 else _key_value_op
         passed = ", ".join([str(const_key), *names])
     elif op.convention == kvops.MEMBER_LIST:
@@ -273,6 +284,8 @@ def _method(op: Op, const_key: bool = False) -> Callable[..., Any]:
         impl = _validated_op
         wire = [f"list({n})" if p.startswith("*") else n for p, n in zip(params, names, strict=True)]
         passed = "[" + ", ".join(wire) + "]"
+    if not wait:
+        passed += ", wait=False"
     source = f"def {op.name}(self, {op.params}):\n    return _impl(self._st, _op, {passed})\n"
     namespace: dict[str, Any] = {"_impl": impl, "_op": op}
     exec(source, namespace)  # the source is built from kvops.OPS only, never from a script
@@ -304,3 +317,6 @@ del _op
 # ``kv.<op>("constant key", ...)`` compiled by the policy (``sandbox.policy.KV_CONST_KEY``):
 # the same methods, minus the key shape checks the policy already made on the constant.
 CONST_KEY_METHODS: dict[str, Any] = {op.name: _method(op, const_key=True) for op in kvops.OPS.values() if op.key_shaped}
+# ``kv.<write>(...)`` as a statement of its own in ``handle`` (``sandbox.policy.KV_UNAWAITED``):
+# sent without waiting for the answer.
+UNAWAITED_METHODS: dict[str, Any] = {op.name: _method(op, wait=False) for op in kvops.OPS.values() if op.writes}

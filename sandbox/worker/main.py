@@ -77,6 +77,26 @@ class IpcKV:
             self.closed = self.interrupted = True
             raise
 
+    def post(self, op: str, args: list[Any]) -> None:
+        """Send a write without waiting for its answer (``sandbox.policy.unawaited_writes``):
+        the host runs it before anything we send after it, and a failure fails the call."""
+        if self.closed:
+            raise KVUnavailable("kv used after the call ended" if not self.interrupted else
+                                "kv unusable after an interrupted operation")
+        try:
+            if self._reads is not None:
+                self._reads.forget_key(args[0] if args else None)
+            try:
+                frame = protocol.encode({"t": protocol.KV, "id": self._id, "op": op, "args": args, "nr": True})
+            except TypeError:
+                raise KVRefused(f"kv.{op}: arguments are not plain data") from None
+            self._chan.send_raw(frame)
+        except KVRefused:
+            raise
+        except BaseException:
+            self.closed = self.interrupted = True
+            raise
+
     def _call(self, op: str, args: list[Any]) -> Any:
         reads = self._reads
         if reads is not None:

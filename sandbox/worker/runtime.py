@@ -63,7 +63,7 @@ from sandbox.api import (
     bounded,
     script_sha,
 )
-from sandbox.policy import KV_CONST_KEY, KV_DIRECT, SCRIPT_FILENAME, transform_module
+from sandbox.policy import KV_CONST_KEY, KV_DIRECT, KV_UNAWAITED, SCRIPT_FILENAME, transform_module
 from sandbox.worker.budget import CLOCK_EVERY, IDLE, RunState, Stop, utf8_clean
 from sandbox.worker.convert import (
     COPIED_AS_IS,
@@ -76,7 +76,7 @@ from sandbox.worker.convert import (
 )
 from sandbox.worker.guards import SUBSCRIPTABLE, make_hooks
 from sandbox.worker.helpers import FACADE_CLASSES, SUBSCRIPTABLE_FACADES, PrintCollector, Verdict, make_helpers
-from sandbox.worker.kvapi import CONST_KEY_METHODS, KV
+from sandbox.worker.kvapi import CONST_KEY_METHODS, KV, UNAWAITED_METHODS
 from sandbox.worker.methods import build_attrs
 from sandbox.worker.safe_builtins import SafeType, make_builtins
 
@@ -144,6 +144,7 @@ def build_toolkit(st: RunState) -> dict[str, Any]:
     # (sandbox.policy.KV_DIRECT): the same method, without the _getattr_ hook.
     builtins.update({direct: getattr(kv, name) for name, direct in KV_DIRECT.items()})
     builtins.update({direct: types.MethodType(CONST_KEY_METHODS[name], kv) for name, direct in KV_CONST_KEY.items()})
+    builtins.update({nr: types.MethodType(UNAWAITED_METHODS[name], kv) for name, nr in KV_UNAWAITED.items()})
     g: dict[str, Any] = {"__builtins__": builtins, "__name__": "script", "kv": kv}
     g.update(make_helpers(st))
     return g
