@@ -47,6 +47,7 @@ from sandbox.api import (
     RunResult,
     bounded,
 )
+from sandbox.host.deadline import Deadline
 from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
 from sandbox.host.forker import Forker
 from sandbox.host.kvrelay import KEPT_OVERHEAD, KVCall, kv_reply, kv_write
@@ -476,7 +477,7 @@ class WorkerPool(Recycling):
         limit = min(deadline, wall_limit)
         cut = False
         try:
-            async with asyncio.timeout_at(limit):
+            async with Deadline(loop, limit):
                 result = await self._exchange(worker, source, sha256, payload_json, budgets, kv)
         except TimeoutError:
             worker.kill("call exceeded its time limit")

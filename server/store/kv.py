@@ -23,6 +23,7 @@ from redis import exceptions as rex
 
 from sandbox import kvops
 from sandbox.api import KVRefused, KVUnavailable
+from sandbox.host.deadline import Deadline
 from server.store.base import StoreError
 from server.store.errors import is_unavailable, reply_text
 from server.store.health import Health
@@ -50,6 +51,7 @@ class KVEngine:
         self.key_bytes = key_bytes
         self.value_bytes = value_bytes
         self.round_trips = 0  # commands sent for script KV calls (cache effectiveness)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the store's, once known
         # Member misses per set key since it last changed (-1: too big to keep whole), see
         # sandbox.kvops.WHOLE_SET; forgotten when the key changes.
         self._set_misses: dict[str, int] = {}
@@ -85,7 +87,10 @@ class KVEngine:
             if value is not MISS:
                 return bool(value) if op.answer == kvops.BOOL else value
         try:
-            async with asyncio.timeout(self.deadline):
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            async with Deadline(loop, loop.time() + self.deadline):
                 result = await self._ops[op.name](key, a)
         except KVRefused:
             raise
