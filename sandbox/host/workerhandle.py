@@ -239,13 +239,12 @@ class Worker:
     def open_inbox(self) -> None:
         self.inbox = collections.deque()
 
-    def close_inbox(self) -> bool:
-        """End of the call's messages; False if the worker sent more than the call's."""
-        inbox, self.inbox = self.inbox, None
+    def close_inbox(self) -> None:
+        """End of the call: a message after this is unsolicited (the worker is killed)."""
+        self.inbox = None
         if self._paused and self.transport is not None and self.state != DEAD:
             self._paused = False
             self.transport.resume_reading()
-        return not inbox
 
     def send(self, frame: bytes) -> None:
         assert self.transport is not None
