@@ -212,6 +212,9 @@ class KVEngine:
         """Set membership through the cache: kept answers (or the kept whole set), then one
         round trip for the members it lacks."""
         assert self.cache is not None
+        whole = self.cache.peek(key, kvops.WHOLE_SET)
+        if whole is not MISS:  # one lookup, not one per member (a message's words: hundreds)
+            return [m in whole for m in members]
         lookup = self.cache.lookup
         found = {m: lookup(key, (kvops.MEMBER_TAG, m)) for m in members}
         missing = [m for m, v in found.items() if v is MISS]
