@@ -18,6 +18,7 @@ import pytest
 
 from sandbox.api import EXCEPTION, UNAVAILABLE, Budgets, KVRefused, KVUnavailable
 from sandbox.host.pool import WorkerPool
+from sandbox.host.workerhandle import IDLE
 from sandbox.policy import ScriptPolicy, _bound_names, unawaited_writes
 from server.service.state import kv_caller
 from server.store.connect import open_store
@@ -126,19 +127,36 @@ def test_writes_run_in_order_before_later_reads() -> None:
     asyncio.run(scenario())
 
 
-def test_the_result_waits_for_the_writes_the_worker_did_not() -> None:
+def test_the_result_waits_for_the_writes_but_the_worker_does_not() -> None:
     async def scenario() -> None:
         kv = RecordingKV()
         kv.gate = asyncio.Event()
         async with WorkerPool(size=1) as pool:
             call = asyncio.ensure_future(_run(pool, kv, COUNT, {}))
             (worker,) = pool._workers
-            while not worker.inbox or worker.inbox[-1]["t"] != "done":
-                await asyncio.sleep(0.001)  # the worker finished without waiting for any write
+            while worker.calls == 0 or worker.state != IDLE:
+                await asyncio.sleep(0.001)  # the worker is done and free, its writes held back
             assert not call.done() and kv.ops == []
+            # Another call runs on the worker meanwhile; its read waits for its own writes only.
             kv.gate.set()
             r = await call
             assert r.verdict == "allow" and kv.data == {"n": 3} and len(kv.ops) == 3
+
+    asyncio.run(scenario())
+
+
+def test_writes_not_done_by_the_deadline_fail_the_call_not_the_worker() -> None:
+    async def scenario() -> None:
+        kv = RecordingKV()
+        kv.gate = asyncio.Event()  # never set: the writes hang
+        async with WorkerPool(size=1) as pool:
+            loop = asyncio.get_running_loop()
+            r = await pool.run(source=COUNT, sha256=hashlib.sha256(COUNT.encode()).hexdigest(),
+                               payload_json=b"{}", budgets=Budgets(wall_ms=200), kv=kv, deadline=loop.time() + FAR_S)
+            assert r.verdict == "error" and "KV writes were not done in time" in r.error.message
+            assert pool.stats()["killed"] == 0
+            kv.gate.set()
+            assert (await _run(pool, kv, COUNT, {"read": True})).verdict == "modify"
 
     asyncio.run(scenario())
 

@@ -12,6 +12,8 @@ set's members (``"w"``).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -78,6 +80,51 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
     except TypeError:
         log.warning("kv %s returned unencodable %s", op.name, type(value).__name__)
         return error(protocol.KV_UNAVAILABLE, "KV store returned unusable data")
+
+
+class Writes:
+    """The writes one call sent without waiting (``"nr"`` frames): run in order, one task at a
+    time, the first failure dropping the rest. The worker is not held for them: the pool
+    releases it at its ``done`` and awaits ``settle`` within the call's deadline before the
+    call's result is final (sandbox.host.pool)."""
+
+    __slots__ = ("budgets", "failed", "kv", "queue", "task")
+
+    def __init__(self, budgets: Budgets, kv: KVCall) -> None:
+        self.budgets = budgets
+        self.kv = kv
+        self.queue: collections.deque[dict[str, Any]] = collections.deque()
+        self.task: asyncio.Task[None] | None = None
+        self.failed: tuple[Any, tuple[str, str]] | None = None  # (op, failure) of the first to fail
+
+    def add(self, msg: dict[str, Any]) -> None:
+        if self.failed is not None:
+            return
+        self.queue.append(msg)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        queue = self.queue
+        while queue:
+            msg = queue.popleft()
+            failure = await kv_write(msg, self.budgets, self.kv)
+            if failure is not None:
+                self.failed = (msg.get("op"), failure)
+                queue.clear()
+
+    def cancel(self) -> None:
+        """The call failed: drop what has not run, stop what is running."""
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+
+    async def settle(self) -> tuple[Any, tuple[str, str]] | None:
+        """Wait until every write so far is done; the first failure, or None."""
+        task = self.task
+        if task is not None and not task.done():
+            await task
+        return self.failed
 
 
 async def kv_write(msg: dict[str, Any], budgets: Budgets, kv: KVCall) -> tuple[str, str] | None:

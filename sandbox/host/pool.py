@@ -50,7 +50,7 @@ from sandbox.api import (
 from sandbox.host.deadline import Deadline
 from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
 from sandbox.host.forker import Forker
-from sandbox.host.kvrelay import KEPT_OVERHEAD, KVCall, kv_reply, kv_write
+from sandbox.host.kvrelay import KEPT_OVERHEAD, KVCall, Writes, kv_reply
 from sandbox.host.recycling import SURPLUS, Recycling
 from sandbox.host.results import Violation, describe_exit, parse_done, parse_issues, write_failed
 from sandbox.host.workerhandle import BUSY, DEAD, IDLE, STARTING, Worker, WorkerGone, WorkerStartError, worker_env
@@ -476,9 +476,10 @@ class WorkerPool(Recycling):
         wall_limit = start + budgets.wall_ms / 1000 + self.grace
         limit = min(deadline, wall_limit)
         cut = False
+        writes: Writes | None = None
         try:
             async with Deadline(loop, limit):
-                result = await self._exchange(worker, source, sha256, payload_json, budgets, kv)
+                result, writes = await self._exchange(worker, source, sha256, payload_json, budgets, kv)
         except TimeoutError:
             worker.kill("call exceeded its time limit")
             if limit == wall_limit:
@@ -507,6 +508,17 @@ class WorkerPool(Recycling):
         self._end_call(worker, key, result, cut)
         # Answers a worker kept never reach us: take its count, capped by the budget.
         result.kv_ops = max(worker.call_kv_ops, min(result.kv_ops, budgets.kv_ops))
+        if writes is not None:
+            # The worker is free again; the call's result waits for its writes, within its limit.
+            try:
+                async with Deadline(loop, limit):
+                    failed = await writes.settle()
+            except TimeoutError:
+                result = RunResult.failed(BUDGET, "budget exceeded: wall time (its KV writes were not done in time)",
+                                          logs=result.logs, kv_ops=result.kv_ops)
+            else:
+                if failed is not None:
+                    result = write_failed(failed[0], failed[1], result)
         result.elapsed_ms = round((loop.time() - start) * 1000, 3)
         return result
 
@@ -527,8 +539,9 @@ class WorkerPool(Recycling):
         return start
 
     async def _exchange(self, worker: Worker, source: str, sha256: str, payload_json: bytes,
-                        budgets: Budgets, kv: KVCall) -> RunResult:
-        """Send the run frame, serve the worker's kv frames and resends until its ``done``.
+                        budgets: Budgets, kv: KVCall) -> tuple[RunResult, Writes | None]:
+        """Send the run frame, serve the worker's kv frames and resends until its ``done``:
+        its result and the writes it did not wait for, which may still be running.
         Raises WorkerGone or Violation (a message out of turn, for another call, a flood)."""
         call_id = next(self._ids)
         head: dict[str, Any] = {"t": protocol.RUN, "id": call_id, "sha": sha256, "b": self._wire(budgets)}
@@ -538,10 +551,10 @@ class WorkerPool(Recycling):
         if scope is not None:
             head["cs"] = scope
         worker.open_inbox()
+        writes: Writes | None = None
         try:
             fut = worker.expect()
             worker.send(protocol.encode(head, payload_json))
-            failed: tuple[Any, tuple[str, str]] | None = None  # the op and failure of a write not waited for
             while True:
                 msg = await fut
                 if msg is None:
@@ -552,21 +565,20 @@ class WorkerPool(Recycling):
                 if kind == protocol.DONE:
                     if worker.inbox:
                         raise Violation("messages after the call's done")
-                    done = parse_done(worker, msg, sha256, self.script_cache)
-                    return done if failed is None else write_failed(failed[0], failed[1], done)
+                    return parse_done(worker, msg, sha256, self.script_cache), writes
                 if kind == protocol.KV and msg.get("nr") is True:
-                    # A write the worker did not wait for: run it before anything the worker
-                    # sent after it (which waits in its inbox meanwhile); after one failed,
-                    # no later KV op of the call takes effect, as if the script had stopped.
-                    fut = worker.expect()
+                    # A write the worker did not wait for: it runs in order with the call's
+                    # other writes (``Writes``), before any KV op the worker waits for; after
+                    # one failed, no later KV op of the call takes effect.
                     self._count_kv(worker, budgets)
-                    if failed is None:
-                        failure = await self._serve_kv(worker, msg, call_id, budgets, kv, None, wait=False)
-                        if failure is not None:
-                            failed = (msg.get("op"), failure)
+                    if writes is None:
+                        writes = Writes(budgets, kv)
+                    writes.add(msg)
+                    fut = worker.expect()
                     continue
                 if kind == protocol.KV:
                     self._count_kv(worker, budgets)
+                    failed = None if writes is None else await writes.settle()
                     if failed is None:
                         reply = await self._serve_kv(worker, msg, call_id, budgets, kv, scope)
                     else:
@@ -581,6 +593,10 @@ class WorkerPool(Recycling):
                     raise Violation("messages out of turn")
                 fut = worker.expect()
                 worker.send(reply)
+        except BaseException:
+            if writes is not None:  # the call failed: its writes may be applied in part or not at all
+                writes.cancel()
+            raise
         finally:
             worker.close_inbox()
 
@@ -595,16 +611,13 @@ class WorkerPool(Recycling):
             )
 
     async def _serve_kv(self, worker: Worker, msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall,
-                        scope: str | None, wait: bool = True) -> Any:
-        """One counted kv frame (the reply to send; with ``wait=False``, a write not waited
-        for: its failure or None), its wait on the store visible to the stall watch and
-        cancellable if the worker dies."""
+                        scope: str | None) -> bytes:
+        """One counted kv frame: the reply to send. Its wait on the store is visible to the
+        stall watch and cancellable if the worker dies."""
         worker.kv_task = asyncio.current_task()
         worker.kv_since = self._loop.time()
         self._kv_waiting += 1
         try:
-            if not wait:
-                return await kv_write(msg, budgets, kv)
             return await kv_reply(msg, call_id, budgets, kv, worker if scope is not None else None)
         finally:
             worker.kv_task = None
