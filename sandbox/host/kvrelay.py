@@ -1,13 +1,14 @@
 """Serving a worker's ``kv`` frames: check the request again (the worker is untrusted), answer
 it from the caller's store, and say which answers the worker may keep.
 
-One function, ``kv_reply``: the request's op and arguments are checked with
+``kv_reply`` answers a frame the worker waits for: the request's op and arguments are checked with
 ``sandbox.kvops.validate`` (the one op table) before the store sees them; refusals and
 outages become ``kvr`` error frames, never host internals. When the store offers a cache
 hit that it will invalidate (``peek``), the reply carries the Redis key (``"c"``) and the
 worker's handle records it, bounded by ``MAX_KEPT`` keys and ``MAX_KEPT_BYTES``; for a set
 the store keeps whole (``sandbox.kvops.WHOLE_SET``) the first such reply also carries the
-set's members (``"w"``).
+set's members (``"w"``). ``kv_write`` performs a write the worker does not wait for
+(``"nr"``), and ``Writes`` runs one call's such writes in order while its worker moves on.
 """
 
 from __future__ import annotations
