@@ -35,10 +35,9 @@ KVCall = Callable[[str, list], Awaitable[Any]]
 #                               that the store will invalidate through
 #                               WorkerPool.invalidate(redis_key)
 MAX_KEPT = 50_000  # Redis keys a worker may hold answers for (bounds the host's record)
-# ... and their bytes (key length + set overhead), so long key names cannot make the host's
-# record of them ~35 MB per worker.
+# ... and their bytes (key names plus workerhandle.KEPT_OVERHEAD each, and whole sets), so
+# long key names cannot make the host's record of them ~35 MB per worker.
 MAX_KEPT_BYTES = 4 * 1024 * 1024
-KEPT_OVERHEAD = 120
 
 
 async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCall, keeper: Worker | None) -> bytes:
@@ -56,23 +55,19 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
         hit = kv.peek(op.name, args)  # type: ignore[attr-defined]
         if hit is not None:
             value, rkey, whole = hit
-            if rkey not in keeper.kept:
-                keeper.kept.add(rkey)
-                keeper.kept_bytes += len(rkey) + KEPT_OVERHEAD
+            keeper.keep(rkey)
             reply = {"t": protocol.KVR, "id": call_id, "ok": value, "c": rkey}
             if whole is not None and rkey not in keeper.kept_whole:
                 # The set itself, once per worker until it changes: the worker then answers
                 # any member of it without asking (bounded by the same MAX_KEPT_BYTES).
                 size = kvops.whole_set_bytes(whole)
                 if keeper.kept_bytes + size <= MAX_KEPT_BYTES:
-                    keeper.kept_whole[rkey] = size
-                    keeper.kept_bytes += size
+                    keeper.keep_whole(rkey, size)
                     reply["w"] = list(whole)
             try:
                 return protocol.encode(reply)
             except TypeError:
-                keeper.kept.discard(rkey)
-                keeper.kept_bytes -= len(rkey) + KEPT_OVERHEAD + keeper.kept_whole.pop(rkey, 0)
+                keeper.drop_kept(rkey)
     value, failure = await _perform(op, args, kv)
     if failure is not None:
         return error(*failure)

@@ -50,7 +50,7 @@ from sandbox.api import (
 from sandbox.host.deadline import Deadline
 from sandbox.host.fairness import BoxSettings, FairQueue, PenaltyBox
 from sandbox.host.forker import Forker
-from sandbox.host.kvrelay import KEPT_OVERHEAD, KVCall, Writes, kv_reply
+from sandbox.host.kvrelay import KVCall, Writes, kv_reply
 from sandbox.host.recycling import SURPLUS, Recycling
 from sandbox.host.results import Violation, describe_exit, parse_done, parse_issues, write_failed
 from sandbox.host.workerhandle import BUSY, DEAD, IDLE, STARTING, Worker, WorkerGone, WorkerStartError, worker_env
@@ -410,9 +410,7 @@ class WorkerPool(Recycling):
             if key is None:
                 worker.forget_kept()
                 worker.send(_INV_ALL)
-            elif key in worker.kept:
-                worker.kept.discard(key)
-                worker.kept_bytes -= len(key) + KEPT_OVERHEAD + worker.kept_whole.pop(key, 0)
+            elif worker.drop_kept(key):
                 worker.send(protocol.encode({"t": protocol.INV, "k": [key]}))
 
     def _keep_scope(self, worker: Worker, kv: Any) -> str | None:

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("scriptgate.sandbox")
 
 STARTING, IDLE, BUSY, DEAD = "starting", "idle", "busy", "dead"
+# What the host's record of one kept Redis key costs beyond its name (set entry, str object).
+KEPT_OVERHEAD = 120
 # Messages a worker may have sent ahead during a call before the host stops reading from it.
 INBOX_PAUSE = 8
 
@@ -215,6 +217,25 @@ class Worker:
             self.kill("closed its channel but kept running")
 
     # --- messages ----------------------------------------------------------------------
+
+    def keep(self, rkey: str) -> None:
+        """The worker may now keep answers read from Redis key ``rkey``."""
+        if rkey not in self.kept:
+            self.kept.add(rkey)
+            self.kept_bytes += len(rkey) + KEPT_OVERHEAD
+
+    def keep_whole(self, rkey: str, size: int) -> None:
+        """...and the whole set at ``rkey`` (``size``: sandbox.kvops.whole_set_bytes)."""
+        self.kept_whole[rkey] = size
+        self.kept_bytes += size
+
+    def drop_kept(self, rkey: str) -> bool:
+        """The worker no longer holds answers for ``rkey``; False if it held none."""
+        if rkey not in self.kept:
+            return False
+        self.kept.discard(rkey)
+        self.kept_bytes -= len(rkey) + KEPT_OVERHEAD + self.kept_whole.pop(rkey, 0)
+        return True
 
     def forget_kept(self) -> None:
         """The worker's kept KV answers are gone (it was told to drop them all)."""

@@ -127,16 +127,18 @@ class KVEngine:
             return None  # the ordinary call reports it
         if op.cache is None:
             return None
+        whole = cache.whole_lasting(key) if op.cache == kvops.MEMBER_TAG else None
+        if whole is not None:  # the set answers every member: no lookup per member
+            return ([m in whole for m in a[1]] if op.cached_per_member else a[1] in whole), key, whole
         values = []
         for sub in op.cache_subs(a):
             v = cache.peek_lasting(key, sub)
             if v is MISS:
                 return None
             values.append(v)
-        whole = cache.whole_lasting(key) if op.cache == kvops.MEMBER_TAG else None
         if op.cached_per_member:
-            return [bool(v) for v in values], key, whole
-        return (bool(values[0]) if op.answer == kvops.BOOL else values[0]), key, whole
+            return [bool(v) for v in values], key, None
+        return (bool(values[0]) if op.answer == kvops.BOOL else values[0]), key, None
 
     @staticmethod
     def _refusal(op: str, key: str, exc: rex.ResponseError) -> str:

@@ -165,10 +165,14 @@ class KVCache:
         return item[0]
 
     def whole_lasting(self, key: str) -> frozenset[str] | None:
-        """The key's whole set if kept without a TTL (a worker may then keep it too)."""
+        """The key's whole set if kept without a TTL (a worker may then keep it too); a hit
+        like ``peek_lasting``'s."""
         entries = self._keys.get(key)
         item = None if entries is None else entries.get(WHOLE_SET)
-        return None if item is None or item[1] else item[0]
+        if item is None or item[1]:
+            return None
+        self.hits += 1
+        return item[0]
 
     def begin(self, key: str) -> int:
         rec = self._inflight.get(key)
