@@ -53,7 +53,7 @@ class Load:
                         self.ok += 1
                         self.latencies.append(took)
                     else:
-                        self.failed.append(f"{r.status} {data[:200]!r}")
+                        self.failed.append(f"{r.status} {data[:200]!r} port={port} at={time.time():.4f}")
                 return
             except Exception as exc:
                 with self.lock:

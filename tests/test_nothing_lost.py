@@ -173,19 +173,26 @@ def test_rolling_restart_of_two_instances_under_load_fails_no_callback(redis_sta
     args = ["--redis", redis_standalone.url, "--prefix", prefix()]
     a = start_server(*args)
     b = start_server(*args)
+    procs = [a, b]
     try:
         assert a.upload(FRIEND, deny_src("rolling")).status == 201
+        # Another instance serves an upload within 1 s (pub/sub, docs/storage-and-faults.md),
+        # not by the upload's 2xx: the load starts once b serves it too.
+        wait_for(lambda: b.callback(FRIEND, {}).json()["errMsg"] == "rolling", FAR_S, "b to serve the upload")
         load = Load([a.port, b.port], "rolling", timeout=FAR_S).start(4)
         try:
             wait_for(lambda: load.ok >= 100, FAR_S, "traffic before the restart")
             a = restart(a, args)
+            procs.append(a)
             wait_for(lambda: load.ok >= 300, FAR_S, "traffic between the restarts")
             b = restart(b, args)
+            procs.append(b)
             seen = load.ok
             wait_for(lambda: load.ok >= seen + 200, FAR_S, "traffic after the restarts")
         finally:
             load.finish()
-        assert load.failed == [], load.failed
+        logs = "\n".join(f"--- port {p.port} pid {p.proc.pid}:\n" + "".join(p.output) for p in procs)
+        assert load.failed == [], f"{load.failed}\n{logs}"
         assert load.ok >= 500
     finally:
         a.stop()
