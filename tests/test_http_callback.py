@@ -10,6 +10,7 @@ pool, and sends it raw HTTP bytes (only ``Date`` is dropped from the responses).
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -301,6 +302,35 @@ def test_pipelined_keep_alive() -> None:
         assert s.pool.calls == 4
 
     run(config(), body)
+
+
+def test_answered_callbacks_leave_no_reference_cycles() -> None:
+    # A cycle per callback is garbage only the cyclic GC frees: at ~1,000 callbacks/s its
+    # collections stalled the HTTP process by 1-4 ms (docs/performance.md).
+    async def body(s: Server) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", s.port)
+        try:
+            async def rounds(n: int) -> None:
+                for _ in range(n):  # one waits for the (fake) sandbox, one has no script
+                    writer.write(post(f"/{CMD}", INVITE) + post(f"/{NO_SCRIPT}", go_body({})))
+                    await writer.drain()
+                    assert b"actionCode" in await read_response(reader)
+                    assert b"actionCode" in await read_response(reader)
+
+            await rounds(20)  # warm: caches, metrics' children, lazily built objects
+            gc.collect()
+            await rounds(100)
+            found = gc.collect()
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert found < 20, f"{found} objects in reference cycles after 200 callbacks"
+
+    gc.disable()
+    try:
+        run(config(), body)
+    finally:
+        gc.enable()
 
 
 # -- failures ------------------------------------------------------------------------------

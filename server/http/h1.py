@@ -519,6 +519,10 @@ class Connection(asyncio.Protocol):
             if not req.write_finished:
                 break  # the answer comes later: answered_one() pumps again
             queue.popleft()
+            # The delegate answers through the request (its ``conn``): without this the
+            # pair is a reference cycle, left for the cyclic GC, whose collections of a
+            # thousand of them a second stalled callbacks by 1-4 ms (measured at p99).
+            req.delegate = None
             self.answered += 1
             if req.disconnect:
                 self.close_after_answer(req)
