@@ -8,12 +8,12 @@ hit that it will invalidate (``peek``), the reply carries the Redis key (``"c"``
 worker's handle records it, bounded by ``MAX_KEPT`` keys and ``MAX_KEPT_BYTES``; for a set
 the store keeps whole (``sandbox.kvops.WHOLE_SET``) the first such reply also carries the
 set's members (``"w"``). ``kv_write`` performs a write the worker does not wait for
-(``"nr"``), and ``Writes`` runs one call's such writes in order while its worker moves on.
+(``"nr"``), and ``Writes`` queues one call's such writes and runs them in order before its
+result is taken, while its worker moves on.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 from collections.abc import Awaitable, Callable
@@ -79,28 +79,35 @@ async def kv_reply(msg: dict[str, Any], call_id: int, budgets: Budgets, kv: KVCa
 
 
 class Writes:
-    """The writes one call sent without waiting (``"nr"`` frames): run in order, one task at a
-    time, the first failure dropping the rest. The worker is not held for them: the pool
-    releases it at its ``done`` and awaits ``settle`` within the call's deadline before the
-    call's result is final (sandbox.host.pool)."""
+    """The writes one call sent without waiting (``"nr"`` frames): queued as they come, then
+    run in order by the call's own task when it next needs the store's state (a read the
+    worker waits for) or its result (``settle``), the first failure dropping the rest. The
+    worker is not held for them: the pool releases it at its ``done`` and awaits ``settle``
+    within the call's deadline before the call's result is final (sandbox.host.pool).
 
-    __slots__ = ("budgets", "failed", "kv", "queue", "task")
+    Not a task of their own: an after-callback's script is a write and its ``done``, so
+    the writes would start a few microseconds earlier, and a task per call cost the HTTP
+    process ~4% of its CPU under an after-callback flood (its creation, scheduling and
+    asyncio's registry of tasks)."""
+
+    __slots__ = ("budgets", "failed", "kv", "queue")
 
     def __init__(self, budgets: Budgets, kv: KVCall) -> None:
         self.budgets = budgets
         self.kv = kv
         self.queue: collections.deque[dict[str, Any]] = collections.deque()
-        self.task: asyncio.Task[None] | None = None
         self.failed: tuple[Any, tuple[str, str]] | None = None  # (op, failure) of the first to fail
 
     def add(self, msg: dict[str, Any]) -> None:
-        if self.failed is not None:
-            return
-        self.queue.append(msg)
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._run())
+        if self.failed is None:
+            self.queue.append(msg)
 
-    async def _run(self) -> None:
+    def cancel(self) -> None:
+        """The call failed: what has not run never will."""
+        self.queue.clear()
+
+    async def settle(self) -> tuple[Any, tuple[str, str]] | None:
+        """Run every write queued so far, in order; the first failure, or None."""
         queue = self.queue
         while queue:
             msg = queue.popleft()
@@ -108,18 +115,6 @@ class Writes:
             if failure is not None:
                 self.failed = (msg.get("op"), failure)
                 queue.clear()
-
-    def cancel(self) -> None:
-        """The call failed: drop what has not run, stop what is running."""
-        self.queue.clear()
-        if self.task is not None:
-            self.task.cancel()
-
-    async def settle(self) -> tuple[Any, tuple[str, str]] | None:
-        """Wait until every write so far is done; the first failure, or None."""
-        task = self.task
-        if task is not None and not task.done():
-            await task
         return self.failed
 
 

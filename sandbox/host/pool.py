@@ -539,7 +539,7 @@ class WorkerPool(Recycling):
     async def _exchange(self, worker: Worker, source: str, sha256: str, payload_json: bytes,
                         budgets: Budgets, kv: KVCall) -> tuple[RunResult, Writes | None]:
         """Send the run frame, serve the worker's kv frames and resends until its ``done``:
-        its result and the writes it did not wait for, which may still be running.
+        its result and the writes it did not wait for, which have not all run yet.
         Raises WorkerGone or Violation (a message out of turn, for another call, a flood)."""
         call_id = next(self._ids)
         head: dict[str, Any] = {"t": protocol.RUN, "id": call_id, "sha": sha256, "b": self._wire(budgets)}
@@ -565,9 +565,9 @@ class WorkerPool(Recycling):
                         raise Violation("messages after the call's done")
                     return parse_done(worker, msg, sha256, self.script_cache), writes
                 if kind == protocol.KV and msg.get("nr") is True:
-                    # A write the worker did not wait for: it runs in order with the call's
-                    # other writes (``Writes``), before any KV op the worker waits for; after
-                    # one failed, no later KV op of the call takes effect.
+                    # A write the worker did not wait for: queued, and run in order with the
+                    # call's other writes (``Writes``) before any KV op the worker waits for and
+                    # before the result; after one failed, no later KV op of the call takes effect.
                     self._count_kv(worker, budgets)
                     if writes is None:
                         writes = Writes(budgets, kv)
