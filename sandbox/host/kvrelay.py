@@ -85,10 +85,11 @@ class Writes:
     worker is not held for them: the pool releases it at its ``done`` and awaits ``settle``
     within the call's deadline before the call's result is final (sandbox.host.pool).
 
-    Not a task of their own: an after-callback's script is a write and its ``done``, so
-    the writes would start a few microseconds earlier, and a task per call cost the HTTP
-    process ~4% of its CPU under an after-callback flood (its creation, scheduling and
-    asyncio's registry of tasks)."""
+    Not a task of their own: an after-callback's script is a write and its ``done``, so a
+    task would start the writes only microseconds earlier, and nothing then runs behind the
+    call's back (a failed call just drops its queue). Task creation and asyncio's registry
+    of tasks were ~4% of the HTTP process's samples under an after-callback flood; the
+    measured gain was within noise (docs/performance.md)."""
 
     __slots__ = ("budgets", "failed", "kv", "queue")
 
